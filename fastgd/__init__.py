@@ -1,0 +1,22 @@
+"""fastgd: fast gradient-descent training on the CPU, the loop in compiled code.
+
+>>> import fastgd
+>>> result = fastgd.fit(X, y, model="logistic", batch_size=32, epochs=10)  # doctest: +SKIP
+"""
+
+from .api import DivergenceError, DivergenceWarning, fit
+from .backends import available_backends
+from .config import show_config
+from .result import FitResult
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "fit",
+    "FitResult",
+    "DivergenceWarning",
+    "DivergenceError",
+    "available_backends",
+    "show_config",
+    "__version__",
+]

@@ -1,0 +1,28 @@
+"""The ``fastgd`` command line: ``fastgd demo``, ``fastgd config``."""
+
+import argparse
+import sys
+
+
+def main(argv=None):
+    """Entry point of the ``fastgd`` console script and ``python -m fastgd``."""
+    parser = argparse.ArgumentParser(prog="fastgd", description="Fast gradient descent on the CPU.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    demo = commands.add_parser("demo", help="fit y = 2x + 1 on every backend and time it")
+    demo.add_argument("--lr", type=float, default=0.1, help="learning rate (default 0.1)")
+    demo.add_argument("--steps", type=int, default=1000, help="full-batch steps (default 1000)")
+    commands.add_parser("config", help="print versions, backends, OpenMP and threads")
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        from .demo import run
+
+        run(lr=args.lr, steps=args.steps)
+    elif args.command == "config":
+        from .config import show_config
+
+        show_config()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,30 @@
+"""Compiler options shared by every compiled kernel (one place, not one per decorator)."""
+
+# Numba fast-math subset: it allows reassociation (so reductions vectorize) and fused
+# multiply-add, but keeps NaN/inf semantics ("nnan"/"ninf" are left out) so that
+# divergence detection inside the kernels still sees non-finite losses.
+FASTMATH_FLAGS = {"nsz", "arcp", "contract", "afn", "reassoc"}
+
+# Options for every @njit kernel: cached on disk so a new process does not recompile,
+# nogil so kernels can run concurrently in threads (e.g. Dask workers).
+NUMBA_OPTIONS = dict(cache=True, nogil=True, fastmath=FASTMATH_FLAGS, error_model="numpy")
+
+# A mini-batch is split into at most this many chunks of at least MIN_ROWS_PER_CHUNK rows.
+# The split depends on the batch size only, never on the thread count, and the chunk
+# partial sums are added in chunk order: results are bit-identical for any n_threads.
+MAX_CHUNKS = 16
+MIN_ROWS_PER_CHUNK = 64
+
+# Below this many multiply-adds per mini-batch the work runs serially: opening a
+# parallel region costs microseconds, more than a small batch takes. Serial and parallel
+# paths walk the same chunks in the same order, so the choice never changes a result.
+PARALLEL_MIN_WORK = 65536
+
+# Extra entries at the end of each per-chunk buffer row (64 bytes of float64), so that
+# chunks running on different threads never write to the same cache line.
+ROW_PADDING = 8
+
+# Rows per block inside a chunk: decision values, loss derivatives and gradient sums are
+# computed block by block, so a block of X rows (64 x 100 float64 = 51 kB) is still in
+# cache when it is read the second time.
+ROWS_PER_BLOCK = 64

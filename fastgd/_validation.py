@@ -1,0 +1,179 @@
+"""The only place that inspects user input: shapes, dtypes, finiteness, labels, numbers.
+
+Arrays are converted once to C-contiguous float32/float64 (float32 stays float32, other
+numeric types become float64). Arrays that already fit are passed through without a copy
+(read-only ones included); the caller's arrays are never written to.
+"""
+
+import numbers
+import operator
+
+import numpy as np
+
+
+def check_features(X, name="X", n_features=None, allow_1d=True):
+    """Validate a feature matrix and return it as a C-contiguous float array.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_samples, n_features) or (n_samples,)
+        A 1-D array is read as one feature.
+    name : str
+        Name used in error messages.
+    n_features : int, optional
+        If given, the required number of columns.
+    allow_1d : bool
+        Whether a 1-D array is accepted as a single feature.
+
+    Returns
+    -------
+    ndarray of shape (n_samples, n_features), float32 or float64, C-contiguous
+
+    Raises
+    ------
+    ValueError
+        For non-numeric, empty, 0-D or >2-D input, NaN or inf, or a wrong number of
+        columns.
+    """
+    arr = np.asarray(X)
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(
+            f"{name} must be numeric (bool, integer or float); got an array of dtype {arr.dtype}"
+        )
+    if arr.ndim == 1 and allow_1d:
+        arr = arr.reshape(-1, 1)
+    if arr.ndim != 2:
+        raise ValueError(
+            f"{name} must be a 2-D array of shape (n_samples, n_features)"
+            f"{' or a 1-D array of one feature' if allow_1d else ''}; got {arr.ndim}-D shape {arr.shape}"
+        )
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(
+            f"{name} is empty: shape {arr.shape}; at least one sample and one feature are needed"
+        )
+    dtype = arr.dtype if arr.dtype in (np.float32, np.float64) else np.float64
+    arr = np.ascontiguousarray(arr, dtype=dtype)
+    _check_finite(arr, name)
+    if n_features is not None and arr.shape[1] != n_features:
+        raise ValueError(
+            f"{name} has {arr.shape[1]} features, but the model was fit with {n_features}"
+        )
+    return arr
+
+
+def _check_finite(arr, name):
+    if not np.isfinite(arr).all():
+        n_nan = int(np.isnan(arr).sum())
+        n_inf = int(np.isinf(arr).sum())
+        raise ValueError(
+            f"{name} contains {n_nan} NaN and {n_inf} infinite values; remove or impute them"
+        )
+
+
+def check_targets(y, n_samples, model_name, dtype):
+    """Validate targets and encode them for the kernels.
+
+    Parameters
+    ----------
+    y : array-like
+        Regression targets of shape (n,) or (n, t) for ``"linear"``; labels of shape (n,)
+        (any values, numeric or not) for ``"logistic"`` and ``"softmax"``.
+    n_samples : int
+        Number of rows of X.
+    model_name : str
+        The model family.
+    dtype : numpy dtype
+        Float dtype of X; encoded targets use it too.
+
+    Returns
+    -------
+    Y : ndarray of shape (n, m), C-contiguous, ``dtype``
+        Regression targets (m = t) or class indices (m = 1).
+    classes : ndarray or None
+        The sorted distinct labels for classifiers (index ``i`` encodes ``classes[i]``).
+    """
+    arr = np.asarray(y)
+    if arr.ndim == 0 or arr.ndim > 2:
+        raise ValueError(
+            f"y must be 1-D (or 2-D for several regression targets); got shape {arr.shape}"
+        )
+    if arr.shape[0] != n_samples:
+        raise ValueError(
+            f"X and y have different lengths: X has {n_samples} samples, y has {arr.shape[0]}"
+        )
+    if model_name == "linear":
+        if arr.dtype.kind not in "biuf":
+            raise ValueError(f"y must be numeric for a regression model; got dtype {arr.dtype}")
+        if arr.ndim == 2 and arr.shape[1] == 0:
+            raise ValueError("y has no target columns")
+        Y = np.ascontiguousarray(arr.reshape(n_samples, -1), dtype=dtype)
+        _check_finite(Y, "y")
+        return Y, None
+    if arr.ndim == 2:
+        if arr.shape[1] != 1:
+            raise ValueError(
+                f"y for {model_name!r} must be 1-D class labels; got shape {arr.shape}"
+            )
+        arr = arr.ravel()
+    if arr.dtype.kind == "f":
+        _check_finite(arr, "y")
+    elif arr.dtype.kind == "O" and any(v is None or (isinstance(v, float) and v != v) for v in arr):
+        raise ValueError("y contains missing labels (None or NaN)")
+    try:
+        classes, codes = np.unique(arr, return_inverse=True)
+    except TypeError as exc:
+        raise ValueError(
+            f"the labels in y cannot be sorted ({exc}); use labels of one type"
+        ) from exc
+    if len(classes) < 2:
+        raise ValueError(
+            f"y has a single class ({classes[0]!r}); a classifier needs at least two classes"
+        )
+    if model_name == "logistic" and len(classes) > 2:
+        raise ValueError(
+            f"model='logistic' is binary but y has {len(classes)} classes; use model='softmax'"
+        )
+    return np.ascontiguousarray(codes.reshape(n_samples, 1), dtype=dtype), classes
+
+
+def check_positive_int(value, name, allow_none=False):
+    """Return ``value`` as an int if it is an integer >= 1 (bools are refused)."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be a positive integer; got {value!r}")
+    value = operator.index(value)
+    if value < 1:
+        raise ValueError(f"{name} must be a positive integer; got {value}")
+    return value
+
+
+def check_positive_float(value, name):
+    """Return ``value`` as a float if it is a finite number > 0."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a positive number; got {value!r}")
+    value = float(value)
+    if not (np.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive finite number; got {value}")
+    return value
+
+
+def check_tol(tol):
+    """Return the tolerance as a float; ``None`` disables the rule (``-inf``)."""
+    if tol is None:
+        return -np.inf
+    if (
+        isinstance(tol, bool)
+        or not isinstance(tol, numbers.Real)
+        or not np.isfinite(tol)
+        or tol < 0
+    ):
+        raise ValueError(f"tol must be None or a finite number >= 0; got {tol!r}")
+    return float(tol)
+
+
+def check_choice(value, name, choices):
+    """Raise a ValueError naming the options unless ``value`` is one of ``choices``."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+    return value

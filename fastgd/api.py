@@ -1,0 +1,208 @@
+"""``fastgd.fit``: validate once, build the model spec, pick a backend, run, wrap the result."""
+
+import os
+import time
+import warnings
+
+import numpy as np
+
+from . import _validation as v
+from .backends import get_backend
+from .result import FitResult
+from .specs import stopping
+from .specs.models import LINEAR_MODELS, LinearModelSpec
+
+# Shuffled row orders are drawn in Python (NumPy's generator, so every backend sees the
+# same batches) and handed to the kernel for a block of epochs at a time; this bounds the
+# int64 entries held at once (32 MB).
+ORDER_BUDGET = 4_000_000
+
+
+class DivergenceWarning(RuntimeWarning):
+    """Training stopped because the loss or the parameters became NaN or infinite."""
+
+
+class DivergenceError(FloatingPointError):
+    """Raised instead of :class:`DivergenceWarning` when ``on_divergence="raise"``."""
+
+
+def _max_threads():
+    try:
+        import numba
+
+        return numba.config.NUMBA_NUM_THREADS
+    except ImportError:
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def fit(
+    X,
+    y,
+    model="linear",
+    *,
+    fit_intercept=True,
+    batch_size=32,
+    epochs=100,
+    lr=0.01,
+    shuffle=True,
+    seed=None,
+    tol=None,
+    n_iter_no_change=5,
+    backend="auto",
+    n_threads=None,
+    verbose=False,
+    on_divergence="warn",
+):
+    """Train a model by gradient descent, with the training loop in compiled code.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_samples, n_features) or (n_samples,)
+        Training samples; a 1-D array is one feature. float32 trains in float32, float64
+        in float64, other numeric types are converted once to float64. The array is never
+        modified, and not copied if it is already C-contiguous float32/float64.
+    y : array-like of shape (n_samples,) or (n_samples, n_targets)
+        Regression targets, or class labels of any values for classifiers.
+    model : {"linear", "logistic", "softmax"}
+        ``"linear"``: least squares (mean squared error, one or several targets).
+        ``"logistic"``: binary logistic regression (cross-entropy), two classes.
+        ``"softmax"``: multinomial logistic regression (cross-entropy), two or more classes.
+    fit_intercept : bool, default True
+        Whether to learn an intercept per output.
+    batch_size : int or None, default 32
+        Samples per update: ``None`` is full-batch gradient descent, ``1`` per-sample SGD,
+        anything between mini-batch SGD (values above n_samples mean full batch).
+    epochs : int, default 100
+        Maximum number of passes over the data.
+    lr : float, default 0.01
+        Learning rate: each update is ``params -= lr * mean gradient of the batch``.
+    shuffle : bool, default True
+        Visit the rows in a new random order each epoch (ignored for full batches).
+    seed : int or None
+        Seed of the shuffling; the same seed gives the same batches on every backend.
+    tol : float or None, default None
+        Stop when the epoch loss has not fallen below ``best_loss - tol`` for
+        ``n_iter_no_change`` epochs in a row; ``None`` runs all ``epochs``.
+    n_iter_no_change : int, default 5
+        See ``tol``.
+    backend : {"auto", "numba", "cython", "numpy"}
+        Which implementation runs the loop; ``"auto"`` is ``FASTGD_BACKEND`` if set, else
+        Numba, else Cython, else NumPy.
+    n_threads : int or None
+        Threads for the compiled kernels (default: all, as Numba sees them). Results do not
+        depend on it.
+    verbose : bool or int, default False
+        Print ``Epoch: e, Loss: ...`` every epoch (``True``) or every ``verbose`` epochs.
+    on_divergence : {"warn", "raise"}
+        What to do when the loss becomes NaN/inf: warn and return the last finite
+        parameters (``result.stop_reason == "diverged"``), or raise ``DivergenceError``.
+
+    Returns
+    -------
+    FitResult
+        Parameters (``coef_``, ``intercept_``), loss history, epochs run, stop reason,
+        backend, timings, and ``predict``/``predict_proba``.
+
+    Raises
+    ------
+    ValueError
+        For invalid data or arguments, with a message naming the problem.
+
+    Examples
+    --------
+    >>> import numpy as np, fastgd
+    >>> X = np.linspace(-1, 1, 100)
+    >>> y = 2 * X + 1 + 0.1 * np.random.default_rng(0).standard_normal(100)
+    >>> result = fastgd.fit(X, y, batch_size=None, epochs=1000, lr=0.5)
+    >>> round(float(result.coef_[0]), 1), round(result.intercept_, 1)
+    (2.0, 1.0)
+    """
+    v.check_choice(model, "model", tuple(LINEAR_MODELS))
+    backend_module = get_backend(backend)
+    X = v.check_features(X)
+    n, d = X.shape
+    Y, classes = v.check_targets(y, n, model, X.dtype)
+    lr = v.check_positive_float(lr, "lr")
+    epochs = v.check_positive_int(epochs, "epochs")
+    batch_size = v.check_positive_int(batch_size, "batch_size", allow_none=True)
+    batch_size = n if batch_size is None else min(batch_size, n)
+    tol = v.check_tol(tol)
+    n_iter_no_change = v.check_positive_int(n_iter_no_change, "n_iter_no_change")
+    v.check_choice(on_divergence, "on_divergence", ("warn", "raise"))
+    max_threads = _max_threads()
+    n_threads = v.check_positive_int(n_threads, "n_threads", allow_none=True) or max_threads
+    if n_threads > max_threads:
+        raise ValueError(
+            f"n_threads={n_threads} exceeds the {max_threads} threads available "
+            "(NUMBA_NUM_THREADS / CPUs of this process)"
+        )
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+        raise ValueError(f"seed must be None or an integer; got {seed!r}")
+    if not isinstance(verbose, (bool, int, np.integer)) or verbose < 0:
+        raise ValueError(f"verbose must be a bool or a non-negative integer; got {verbose!r}")
+    print_every = int(verbose)
+
+    n_outputs = Y.shape[1] if model == "linear" else (1 if model == "logistic" else len(classes))
+    spec = LinearModelSpec(model, d, n_outputs, bool(fit_intercept))
+    params = spec.init_params(X.dtype)
+    shuffled = shuffle and batch_size < n
+    rng = np.random.default_rng(seed)
+    no_orders = np.empty((0, 0), dtype=np.int64)
+    history = np.empty(epochs, dtype=np.float64)
+    stop_state = stopping.new_stop_state()
+
+    def run(n_epochs, orders, history_view):
+        return backend_module.train_epochs(
+            X, Y, params, orders, n_epochs, spec.loss_code, n_outputs, spec.fit_intercept,
+            batch_size, lr, tol, n_iter_no_change, stop_state, history_view, n_threads,
+        )  # fmt: skip
+
+    # A zero-epoch call compiles (or loads from the on-disk cache) the kernels for exactly
+    # these argument types, so compilation is timed apart from training.
+    started = time.perf_counter()
+    run(0, no_orders, history)
+    compile_time = time.perf_counter() - started
+
+    # Epochs run in blocks: as many as the order budget allows (all of them when nothing
+    # is shuffled), cut to the printing interval when verbose.
+    block = max(1, ORDER_BUDGET // n) if shuffled else epochs
+    if print_every:
+        block = min(block, print_every)
+    done, status = 0, stopping.MAX_EPOCHS
+    started = time.perf_counter()
+    while done < epochs and status == stopping.MAX_EPOCHS:
+        count = min(block, epochs - done)
+        orders = np.stack([rng.permutation(n) for _ in range(count)]) if shuffled else no_orders
+        ran, status = run(count, orders, history[done:])
+        for epoch in range(done, done + ran):
+            if print_every and epoch % print_every == 0:
+                print(f"Epoch: {epoch}, Loss: {history[epoch]:.6g}")
+        done += ran
+    train_time = time.perf_counter() - started
+    if print_every and (done - 1) % print_every != 0:
+        print(f"Epoch: {done - 1}, Loss: {history[done - 1]:.6g}")
+
+    if status == stopping.DIVERGED:
+        message = (
+            f"training diverged at epoch {done - 1}: the loss became {history[done - 1]} "
+            f"(or a parameter became NaN/inf) with lr={lr:g}. The last finite parameters, "
+            f"{f'from the end of epoch {done - 2}' if done > 1 else 'the initial ones'}, were kept. "
+            "Try a smaller learning rate, or standardize the features."
+        )
+        if on_divergence == "raise":
+            raise DivergenceError(message)
+        warnings.warn(message, DivergenceWarning, stacklevel=2)
+
+    return FitResult(
+        model=spec,
+        params=params,
+        classes_=classes,
+        loss_history=history[:done].copy(),
+        n_epochs=done,
+        stop_reason=stopping.REASONS[status],
+        backend=backend_module.NAME,
+        n_threads=n_threads,
+        compile_time=compile_time,
+        train_time=train_time,
+        _single_target=model != "linear" or np.ndim(y) == 1,
+    )

@@ -1,0 +1,105 @@
+"""Cython backend: a thin dtype dispatcher over the compiled ``_cython_kernels`` extension.
+
+Same contract as :mod:`fastgd.backends.numpy_ref`, same algorithm as
+:mod:`fastgd.backends.numba_kernels` (chunked mini-batches, chunk sums added in order, so
+results are bit-identical for any ``n_threads``). The kernels are compiled for float32 and
+float64; ``X``, ``Y`` and ``params`` must share one of these dtypes. Importing this module
+raises ImportError when the extension is not built, which the backend registry reports.
+"""
+
+import numpy as np
+
+from .._config import MAX_CHUNKS, MIN_ROWS_PER_CHUNK, PARALLEL_MIN_WORK
+from ..specs import losses, stopping
+from . import _cython_kernels as _k
+from ._cython_kernels import max_threads, openmp_enabled
+
+NAME = "cython"
+
+_CACHE_LINE_BYTES = 64
+
+__all__ = ["NAME", "loss_and_gradient", "max_threads", "openmp_enabled", "train_epochs"]
+
+_LOSS_CODES = (losses.MSE, losses.BINARY_CROSS_ENTROPY, losses.CATEGORICAL_CROSS_ENTROPY)
+_STATUS_CODES = (stopping.MAX_EPOCHS, stopping.CONVERGED, stopping.DIVERGED)
+if _k.LOSS_CODES != _LOSS_CODES or _k.STATUS_CODES != _STATUS_CODES:
+    raise ImportError(
+        "fastgd.backends._cython_kernels is out of date with fastgd.specs; rebuild it "
+        "(pip install -e . or python setup.py build_ext --inplace)"
+    )
+
+
+def _check(X, Y, params, loss_code):
+    """Cheap checks of what the kernels cannot check without bounds checking."""
+    if not (X.dtype == Y.dtype == params.dtype) or params.dtype not in (np.float32, np.float64):
+        raise TypeError(
+            "X, Y and params must share one dtype, float32 or float64; got "
+            f"{X.dtype}, {Y.dtype}, {params.dtype}"
+        )
+    if loss_code not in _LOSS_CODES:
+        raise ValueError(f"unknown loss code {loss_code}")
+    # read-only and contiguous inputs pass through without a copy
+    return np.ascontiguousarray(X), np.ascontiguousarray(Y)
+
+
+def _scratch(params, n_outputs):
+    """Per-chunk gradient rows (n_params + 1, the last slot for the loss) and z vectors.
+
+    Each row is followed by at least one unused cache line, so that chunks run by different
+    threads never write to the same line (false sharing slows the small z rows a lot).
+    """
+    line = _CACHE_LINE_BYTES // params.itemsize
+
+    def padded(size):
+        return -(-(size + line) // line) * line
+
+    buf = np.empty((MAX_CHUNKS, padded(params.shape[0] + 1)), dtype=params.dtype)
+    zbuf = np.empty((MAX_CHUNKS, padded(n_outputs)), dtype=params.dtype)
+    return buf, zbuf
+
+
+def loss_and_gradient(X, Y, params, loss_code, n_outputs, fit_intercept):
+    """Mean loss and gradient over all rows.
+
+    See :func:`fastgd.backends.numpy_ref.loss_and_gradient`. Uses OpenMP's default number
+    of threads (the result does not depend on it).
+    """
+    X, Y = _check(X, Y, params, loss_code)
+    if X.shape[0] == 0:
+        raise ValueError("X has no rows")
+    grad = np.zeros_like(params)
+    buf, zbuf = _scratch(params, n_outputs)
+    loss = _k.loss_and_gradient(
+        X, Y, params, int(loss_code), int(n_outputs), bool(fit_intercept), grad, buf, zbuf,
+        MAX_CHUNKS, MIN_ROWS_PER_CHUNK, PARALLEL_MIN_WORK, max_threads(),
+    )  # fmt: skip
+    return float(loss), grad
+
+
+def train_epochs(
+    X, Y, params, orders, n_epochs, loss_code, n_outputs, fit_intercept, batch_size, lr, tol,
+    n_iter_no_change, stop_state, history, n_threads,
+):  # fmt: skip
+    """Compiled training loop; see :func:`fastgd.backends.numpy_ref.train_epochs`.
+
+    The loop runs with the GIL released; ``n_threads`` is the OpenMP team size of the
+    parallel chunk loop (ignored when the extension was built without OpenMP).
+    """
+    X, Y = _check(X, Y, params, loss_code)
+    orders = np.ascontiguousarray(orders, dtype=np.int64)
+    n = X.shape[0]
+    if n == 0 or batch_size < 1:
+        raise ValueError(f"need at least one row and batch_size >= 1; got {n} rows, {batch_size}")
+    if orders.shape[0] > 0 and orders.shape[1] != n:
+        raise ValueError(f"orders must have shape (n_blocks, {n}); got {orders.shape}")
+    if stop_state.shape[0] < 2 or history.shape[0] < n_epochs:
+        raise ValueError("stop_state needs 2 entries and history at least n_epochs")
+    buf, zbuf = _scratch(params, n_outputs)
+    start_params = np.empty_like(params)
+    n_done, status = _k.train_epochs(
+        X, Y, params, orders, int(n_epochs), int(loss_code), int(n_outputs), bool(fit_intercept),
+        int(batch_size), float(lr), float(tol), float(n_iter_no_change), stop_state, history,
+        buf, zbuf, start_params, MAX_CHUNKS, MIN_ROWS_PER_CHUNK, PARALLEL_MIN_WORK,
+        max(1, int(n_threads)),
+    )  # fmt: skip
+    return n_done, _STATUS_CODES[status]

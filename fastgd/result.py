@@ -1,0 +1,135 @@
+"""FitResult: what ``fastgd.fit`` returns, with prediction helpers."""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ._validation import check_features
+from .specs.models import LinearModelSpec
+
+
+@dataclass
+class FitResult:
+    """The outcome of :func:`fastgd.fit`.
+
+    Attributes
+    ----------
+    model : LinearModelSpec
+        What was trained (family, number of features and outputs).
+    params : ndarray of shape (n_params,)
+        The flat parameter vector (see :mod:`fastgd.specs.models` for its layout).
+    classes_ : ndarray or None
+        The class labels of a classifier, in the order of its outputs.
+    loss_history : ndarray of shape (n_epochs,)
+        Training loss per epoch: the mean over all samples of each sample's loss in its
+        mini-batch, before that batch's update (for full batches: the loss at the start of
+        the step).
+    n_epochs : int
+        Number of epochs run (including a diverged one, whose update was discarded).
+    stop_reason : {"max_epochs", "converged", "diverged"}
+        Why training stopped.
+    backend : str
+        The backend that ran the training loop.
+    n_threads : int
+        Threads used by the compiled kernels.
+    compile_time : float
+        Seconds spent compiling or loading kernels before training.
+    train_time : float
+        Seconds spent in the training loop.
+    """
+
+    model: LinearModelSpec
+    params: np.ndarray
+    classes_: np.ndarray | None
+    loss_history: np.ndarray
+    n_epochs: int
+    stop_reason: str
+    backend: str
+    n_threads: int
+    compile_time: float
+    train_time: float
+    _single_target: bool = field(default=True, repr=False)
+
+    @property
+    def converged(self):
+        """True if the tolerance rule stopped training."""
+        return self.stop_reason == "converged"
+
+    @property
+    def dtype(self):
+        """The float dtype training ran in (that of X)."""
+        return self.params.dtype
+
+    @property
+    def coef_(self):
+        """Weights, scikit-learn style.
+
+        Shape (n_features,) for a single regression target, otherwise
+        (n_outputs, n_features).
+        """
+        W, _ = self.model.unpack(self.params)
+        if self.model.name == "linear" and self._single_target:
+            return W[:, 0].copy()
+        return W.T.copy()
+
+    @property
+    def intercept_(self):
+        """Intercepts: a float for a single regression target, else shape (n_outputs,)."""
+        _, b = self.model.unpack(self.params)
+        if self.model.name == "linear" and self._single_target:
+            return float(b[0])
+        return b.copy()
+
+    def decision_function(self, X):
+        """Decision values ``X @ W + b``, shape (n_samples, n_outputs).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        """
+        X = check_features(X, n_features=self.model.n_features, allow_1d=self.model.n_features == 1)
+        W, b = self.model.unpack(self.params)
+        return X @ W.astype(X.dtype, copy=False) + b.astype(X.dtype, copy=False)
+
+    def predict(self, X):
+        """Predicted targets (regression) or labels (classification).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray of shape (n_samples,) or (n_samples, n_targets)
+        """
+        Z = self.decision_function(X)
+        if self.model.name == "linear":
+            return Z[:, 0] if self._single_target else Z
+        if self.model.name == "logistic":
+            return self.classes_[(Z[:, 0] > 0).astype(np.intp)]
+        return self.classes_[np.argmax(Z, axis=1)]
+
+    def predict_proba(self, X):
+        """Class probabilities, shape (n_samples, n_classes), columns in ``classes_`` order.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        """
+        if self.model.name == "linear":
+            raise AttributeError("predict_proba is only available for classifiers")
+        Z = self.decision_function(X)
+        if self.model.name == "logistic":
+            p = 0.5 * (1.0 + np.tanh(0.5 * Z[:, 0]))  # sigmoid without overflow
+            return np.column_stack([1.0 - p, p])
+        Z = Z - Z.max(axis=1, keepdims=True)
+        E = np.exp(Z)
+        return E / E.sum(axis=1, keepdims=True)
+
+    def __repr__(self):
+        return (
+            f"FitResult(model={self.model.name!r}, backend={self.backend!r}, dtype={self.dtype}, "
+            f"n_epochs={self.n_epochs}, stop_reason={self.stop_reason!r}, "
+            f"final_loss={self.loss_history[-1] if len(self.loss_history) else float('nan'):.6g}, "
+            f"train_time={self.train_time:.4g}s, compile_time={self.compile_time:.4g}s)"
+        )

@@ -1,0 +1,1 @@
+"""Plain-Python descriptions of what to train, turned into integer codes and arrays."""

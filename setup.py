@@ -1,0 +1,123 @@
+"""Build the Cython extension ``fastgd.backends._cython_kernels`` (with OpenMP if possible).
+
+Project metadata lives in pyproject.toml; this file only describes the extension.
+OpenMP is probed with a tiny test program at build time; if that fails, or the environment
+variable ``FASTGD_NO_OPENMP=1`` is set, the extension is built serially (``prange`` then
+runs on one thread) and a warning is printed.
+"""
+
+import os
+import shutil
+import sys
+import tempfile
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+try:  # setuptools >= 59 vendors distutils and re-exports its errors
+    from setuptools.errors import CompileError, LinkError
+except ImportError:  # pragma: no cover
+    from distutils.errors import CompileError, LinkError
+
+# -O3: loop vectorization of the dot-product / axpy loops over a row of X.
+# -fno-math-errno: exp/log1p/log need not set errno, so the compiler may treat them as pure
+#   (no effect on results; NaN/inf still propagate and are detected).
+# -fno-trapping-math: assume floating-point operations do not trap, which allows
+#   if-conversion and vectorization of conditional code (no effect on results either).
+# Not -ffast-math: it implies -ffinite-math-only, which removes the NaN/inf checks that
+# divergence detection relies on.
+UNIX_COMPILE_ARGS = ["-O3", "-fno-math-errno", "-fno-trapping-math"]
+UNIX_OPENMP_ARGS = ["-fopenmp"]
+MSVC_COMPILE_ARGS = ["/O2"]
+MSVC_OPENMP_ARGS = ["/openmp"]
+
+OPENMP_PROBE = r"""
+#include <omp.h>
+int main(void) {
+    int n = 0;
+    #pragma omp parallel reduction(+:n)
+    n += omp_get_num_threads() > 0;
+    return n > 0 ? 0 : 1;
+}
+"""
+
+DIRECTIVES = {
+    "boundscheck": False,
+    "wraparound": False,
+    "initializedcheck": False,
+    "cdivision": True,
+}
+
+
+def _warn(message):
+    line = "*" * 78
+    print(f"\n{line}\nWARNING (fastgd): {message}\n{line}\n", file=sys.stderr)
+
+
+class BuildExt(build_ext):
+    """build_ext that adds OpenMP flags when a test program compiles and links with them."""
+
+    def _openmp_works(self, flags):
+        tmp = tempfile.mkdtemp(prefix="fastgd_openmp_probe_")
+        try:
+            src = os.path.join(tmp, "probe.c")
+            with open(src, "w") as f:
+                f.write(OPENMP_PROBE)
+            objects = self.compiler.compile([src], output_dir=tmp, extra_postargs=flags)
+            self.compiler.link_executable(objects, "probe", output_dir=tmp, extra_postargs=flags)
+            return True
+        except (CompileError, LinkError):
+            return False
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def build_extensions(self):
+        msvc = self.compiler.compiler_type == "msvc"
+        compile_args = MSVC_COMPILE_ARGS if msvc else UNIX_COMPILE_ARGS
+        openmp_args = MSVC_OPENMP_ARGS if msvc else UNIX_OPENMP_ARGS
+        if os.environ.get("FASTGD_NO_OPENMP", "0") not in ("", "0"):
+            use_openmp = False
+            _warn(
+                "FASTGD_NO_OPENMP is set: building the Cython backend WITHOUT OpenMP; "
+                "it will run on one thread."
+            )
+        else:
+            use_openmp = self._openmp_works(openmp_args)
+            if not use_openmp:
+                _warn(
+                    "the compiler cannot build OpenMP code (test compile with "
+                    f"{' '.join(openmp_args)} failed): building the Cython backend WITHOUT "
+                    "OpenMP; it will run on one thread."
+                )
+        compile_args = compile_args + (openmp_args if use_openmp else [])
+        link_args = openmp_args if use_openmp and not msvc else []
+        for ext in self.extensions:
+            ext.extra_compile_args = compile_args
+            ext.extra_link_args = link_args
+        # setuptools rebuilds by file dates only: force a rebuild when the flags changed
+        # (e.g. FASTGD_NO_OPENMP toggled), else a stale serial/parallel build is reused
+        stamp = os.path.join(self.build_temp, "fastgd_build_flags.txt")
+        flags = repr((compile_args, link_args))
+        try:
+            with open(stamp) as f:
+                self.force = self.force or f.read() != flags
+        except OSError:
+            self.force = True
+        super().build_extensions()
+        os.makedirs(self.build_temp, exist_ok=True)
+        with open(stamp, "w") as f:
+            f.write(flags)
+
+
+extensions = [
+    Extension(
+        "fastgd.backends._cython_kernels",
+        sources=["fastgd/backends/_cython_kernels.pyx"],
+    )
+]
+
+setup(
+    ext_modules=cythonize(extensions, compiler_directives=DIRECTIVES, language_level=3),
+    cmdclass={"build_ext": BuildExt},
+)

@@ -1,0 +1,44 @@
+"""One ``backend`` fixture: every test that takes it runs once per available backend.
+
+Set ``FASTGD_REQUIRE_BACKENDS=numba,cython`` (as CI does) to fail, not skip, when a
+backend that should be there could not be loaded (e.g. the Cython extension did not build).
+"""
+
+import os
+
+import pytest
+
+from fastgd.backends import BACKENDS, available_backends, get_backend, unavailable_reason
+
+COMPILED = [name for name in BACKENDS if name != "numpy"]
+
+
+def pytest_sessionstart(session):
+    required = [b for b in os.environ.get("FASTGD_REQUIRE_BACKENDS", "").split(",") if b]
+    missing = {b: unavailable_reason(b) for b in required if b not in available_backends()}
+    if missing:
+        raise pytest.UsageError(f"required fastgd backends are not available: {missing}")
+
+
+def _backend_params(names):
+    return [
+        pytest.param(
+            name,
+            marks=pytest.mark.skipif(
+                name not in available_backends(), reason=f"{name}: {unavailable_reason(name)}"
+            ),
+        )
+        for name in names
+    ]
+
+
+@pytest.fixture(params=_backend_params(BACKENDS))
+def backend(request):
+    """Name of a backend (numba, cython, numpy)."""
+    return request.param
+
+
+@pytest.fixture(params=_backend_params(COMPILED))
+def compiled_backend(request):
+    """The module of a compiled backend (numba, cython), to compare with the reference."""
+    return get_backend(request.param)

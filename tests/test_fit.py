@@ -1,0 +1,291 @@
+"""fastgd.fit end to end: known answers, dtypes, reproducibility, results and messages."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+import fastgd
+from fastgd.backends import get_backend
+
+
+def test_demo_recovers_weight_and_bias(backend):
+    from fastgd.demo import make_data
+
+    X, y = make_data()
+    result = fastgd.fit(X, y, batch_size=None, epochs=1000, lr=0.1, backend=backend)
+    assert result.coef_.shape == (1,)
+    assert result.coef_[0] == pytest.approx(2.0, abs=0.05)
+    assert result.intercept_ == pytest.approx(1.0, abs=0.05)
+    assert result.n_epochs == 1000 and result.stop_reason == "max_epochs"
+    assert result.backend == backend
+    # the loss falls to the noise level (noise variance 0.01)
+    assert result.loss_history[0] > 1.0 and result.loss_history[-1] < 0.012
+
+
+def test_least_squares_matches_normal_equations(backend):
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((500, 6))
+    y = X @ rng.standard_normal(6) + 3.0 + 0.5 * rng.standard_normal(500)
+    A = np.column_stack([X, np.ones(500)])
+    exact = np.linalg.solve(A.T @ A, A.T @ y)
+    result = fastgd.fit(X, y, batch_size=None, epochs=2000, lr=0.2, backend=backend)
+    np.testing.assert_allclose(result.coef_, exact[:6], atol=1e-8)
+    assert result.intercept_ == pytest.approx(exact[6], abs=1e-8)
+
+
+def test_multi_target_regression_matches_normal_equations(backend):
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((300, 4))
+    Y = X @ rng.standard_normal((4, 2)) + 0.1 * rng.standard_normal((300, 2))
+    exact = np.linalg.lstsq(X, Y, rcond=None)[0]
+    result = fastgd.fit(X, Y, batch_size=None, epochs=3000, lr=0.5, fit_intercept=False, backend=backend)  # fmt: skip
+    assert result.coef_.shape == (2, 4) and result.intercept_.shape == (2,)
+    np.testing.assert_allclose(result.coef_, exact.T, atol=1e-8)
+    assert np.all(result.intercept_ == 0)
+    assert result.predict(X).shape == (300, 2)
+
+
+def _standardized(loader):
+    from sklearn.model_selection import train_test_split
+    from sklearn.preprocessing import StandardScaler
+
+    X, y = loader(return_X_y=True)
+    X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.25, random_state=0, stratify=y)  # fmt: skip
+    scaler = StandardScaler().fit(X_train)
+    return scaler.transform(X_train), scaler.transform(X_test), y_train, y_test
+
+
+def test_logistic_on_breast_cancer_close_to_scikit_learn(backend):
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.linear_model import LogisticRegression
+
+    X_train, X_test, y_train, y_test = _standardized(load_breast_cancer)
+    reference = LogisticRegression(C=1e4, max_iter=5000).fit(X_train, y_train).score(X_test, y_test)  # fmt: skip
+    result = fastgd.fit(X_train, y_train, model="logistic", batch_size=32, epochs=50, lr=0.05, seed=0, backend=backend)  # fmt: skip
+    accuracy = np.mean(result.predict(X_test) == y_test)
+    assert accuracy >= reference - 0.03
+    assert accuracy > 0.93
+
+
+def test_softmax_on_digits_close_to_scikit_learn(backend):
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression
+
+    X_train, X_test, y_train, y_test = _standardized(load_digits)
+    reference = LogisticRegression(max_iter=5000).fit(X_train, y_train).score(X_test, y_test)
+    result = fastgd.fit(X_train, y_train, model="softmax", batch_size=32, epochs=30, lr=0.05, seed=0, backend=backend)  # fmt: skip
+    accuracy = np.mean(result.predict(X_test) == y_test)
+    assert accuracy >= reference - 0.03
+    proba = result.predict_proba(X_test)
+    assert proba.shape == (len(X_test), 10)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    np.testing.assert_array_equal(result.classes_[proba.argmax(axis=1)], result.predict(X_test))
+
+
+def test_labels_may_be_any_two_values(backend):
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((200, 2))
+    labels = np.where(X[:, 0] + X[:, 1] > 0, "spam", "ham")
+    result = fastgd.fit(X, labels, model="logistic", epochs=20, lr=0.1, seed=0, backend=backend)
+    assert list(result.classes_) == ["ham", "spam"]
+    assert np.mean(result.predict(X) == labels) > 0.95
+    proba = result.predict_proba(X)
+    assert proba.shape == (200, 2)
+    np.testing.assert_array_equal(
+        result.classes_[(proba[:, 1] > 0.5).astype(int)], result.predict(X)
+    )
+
+
+def test_softmax_with_two_classes_and_unsorted_numeric_labels(backend):
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((200, 2))
+    y = np.where(X[:, 0] > 0, 7, -3)
+    result = fastgd.fit(X, y, model="softmax", epochs=20, lr=0.1, seed=0, backend=backend)
+    assert list(result.classes_) == [-3, 7]
+    assert np.mean(result.predict(X) == y) > 0.95
+
+
+def test_float32_stays_float32_and_agrees_with_float64(backend):
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((1000, 8))
+    y = X @ rng.standard_normal(8) + 1.0
+    r64 = fastgd.fit(X, y, epochs=10, lr=0.01, seed=0, backend=backend)
+    r32 = fastgd.fit(X.astype(np.float32), y.astype(np.float32), epochs=10, lr=0.01, seed=0, backend=backend)  # fmt: skip
+    assert r64.dtype == np.float64 and r32.dtype == np.float32
+    assert r32.coef_.dtype == np.float32
+    assert r32.predict(X.astype(np.float32)).dtype == np.float32
+    np.testing.assert_allclose(r32.params, r64.params, rtol=1e-4, atol=1e-4)
+
+
+def test_integer_input_is_converted_to_float64(backend):
+    X = np.arange(20).reshape(10, 2)
+    y = np.arange(10)
+    result = fastgd.fit(X, y, epochs=2, lr=1e-3, backend=backend)
+    assert result.dtype == np.float64
+
+
+def test_same_seed_same_result_and_backends_agree(backend):
+    rng = np.random.default_rng(6)
+    X = rng.standard_normal((500, 5))
+    y = (X[:, 0] > 0).astype(int)
+    a = fastgd.fit(X, y, model="logistic", epochs=5, seed=42, backend=backend)
+    b = fastgd.fit(X, y, model="logistic", epochs=5, seed=42, backend=backend)
+    reference = fastgd.fit(X, y, model="logistic", epochs=5, seed=42, backend="numpy")
+    assert np.array_equal(a.params, b.params)
+    np.testing.assert_allclose(a.params, reference.params, rtol=1e-10, atol=1e-12)
+    c = fastgd.fit(X, y, model="logistic", epochs=5, seed=43, backend=backend)
+    assert not np.array_equal(a.params, c.params)
+
+
+def test_n_threads_do_not_change_the_fit(backend):
+    rng = np.random.default_rng(7)
+    X = rng.standard_normal((40000, 10))
+    y = X @ rng.standard_normal(10)
+    one = fastgd.fit(X, y, batch_size=None, epochs=3, n_threads=1, backend=backend)
+    two = fastgd.fit(X, y, batch_size=None, epochs=3, n_threads=2, backend=backend)
+    assert np.array_equal(one.params, two.params)
+    assert one.n_threads == 1 and two.n_threads == 2
+
+
+def test_tol_stops_training_as_converged(backend):
+    rng = np.random.default_rng(8)
+    X = rng.standard_normal((200, 3))
+    y = X @ np.array([1.0, -2.0, 0.5])
+    result = fastgd.fit(X, y, batch_size=None, epochs=10000, lr=0.1, tol=1e-12, n_iter_no_change=3, backend=backend)  # fmt: skip
+    assert result.converged and result.stop_reason == "converged"
+    assert result.n_epochs < 10000 and len(result.loss_history) == result.n_epochs
+    history = result.loss_history
+    for epoch in range(result.n_epochs - 3, result.n_epochs):  # no improvement by tol on the best
+        assert history[epoch] > history[:epoch].min() - 1e-12
+    assert history[-4] <= history[:-4].min() - 1e-12  # the epoch before did improve
+
+
+def test_tol_rule_spans_kernel_calls(backend):
+    # verbose=1 runs one epoch per kernel call: the stop must come at the same epoch
+    rng = np.random.default_rng(8)
+    X = rng.standard_normal((200, 3))
+    y = X @ np.array([1.0, -2.0, 0.5])
+    kwargs = dict(batch_size=None, epochs=5000, lr=0.1, tol=1e-10, n_iter_no_change=3, backend=backend)  # fmt: skip
+    whole = fastgd.fit(X, y, **kwargs)
+    stepwise = fastgd.fit(X, y, verbose=100000, **kwargs)
+    assert whole.n_epochs == stepwise.n_epochs < 5000
+    assert np.array_equal(whole.params, stepwise.params)
+
+
+def test_shuffled_blocks_match_one_call(backend, monkeypatch):
+    # the epochs run in several kernel calls when the row orders exceed the budget
+    import fastgd.api
+
+    rng = np.random.default_rng(9)
+    X = rng.standard_normal((1000, 4))
+    y = X @ rng.standard_normal(4)
+    whole = fastgd.fit(X, y, epochs=6, seed=1, backend=backend)
+    monkeypatch.setattr(fastgd.api, "ORDER_BUDGET", 2500)  # two epochs per call
+    blocks = fastgd.fit(X, y, epochs=6, seed=1, backend=backend)
+    assert np.array_equal(whole.params, blocks.params)
+
+
+def test_verbose_prints_loss_per_epoch(backend, capsys):
+    from fastgd.demo import make_data
+
+    X, y = make_data()
+    result = fastgd.fit(X, y, batch_size=None, epochs=5, lr=0.1, verbose=True, backend=backend)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines == [f"Epoch: {e}, Loss: {result.loss_history[e]:.6g}" for e in range(5)]
+    fastgd.fit(X, y, batch_size=None, epochs=250, lr=0.1, verbose=100, backend=backend)
+    printed = [line.split(",")[0] for line in capsys.readouterr().out.strip().splitlines()]
+    assert printed == ["Epoch: 0", "Epoch: 100", "Epoch: 200", "Epoch: 249"]
+
+
+def test_divergence_warns_names_epoch_and_keeps_finite_parameters(backend):
+    rng = np.random.default_rng(10)
+    X = 10 * rng.standard_normal((100, 3))
+    y = X @ np.ones(3)
+    with pytest.warns(
+        fastgd.DivergenceWarning, match=r"diverged at epoch \d+.*smaller learning rate"
+    ):
+        result = fastgd.fit(X, y, batch_size=None, epochs=1000, lr=1.0, backend=backend)
+    assert result.stop_reason == "diverged" and not result.converged
+    assert result.n_epochs < 1000
+    assert np.all(np.isfinite(result.params))
+    assert not np.isfinite(result.loss_history[-1])
+    assert np.all(np.isfinite(result.loss_history[:-1]))
+    with pytest.raises(fastgd.DivergenceError, match="smaller learning rate"):
+        fastgd.fit(X, y, batch_size=None, epochs=1000, lr=1.0, backend=backend, on_divergence="raise")  # fmt: skip
+
+
+def test_user_arrays_are_not_modified_and_fitting_arrays_not_copied(backend, monkeypatch):
+    rng = np.random.default_rng(11)
+    X = rng.standard_normal((300, 4))
+    y = X @ rng.standard_normal(4)
+    X_before, y_before = X.copy(), y.copy()
+    seen = []
+    module = get_backend(backend)
+    original = module.train_epochs
+
+    def spy(X_kernel, *args):
+        seen.append(X_kernel)
+        return original(X_kernel, *args)
+
+    monkeypatch.setattr(module, "train_epochs", spy)
+    fastgd.fit(X, y, epochs=3, backend=backend)
+    assert np.array_equal(X, X_before) and np.array_equal(y, y_before)
+    assert all(np.shares_memory(s, X) for s in seen)  # C-contiguous float64: no copy
+
+
+def test_read_only_and_non_contiguous_input(backend):
+    rng = np.random.default_rng(12)
+    X = rng.standard_normal((200, 6))
+    y = X @ rng.standard_normal(6)
+    X.flags.writeable = False
+    y.flags.writeable = False
+    a = fastgd.fit(X, y, epochs=3, seed=0, backend=backend)
+    b = fastgd.fit(np.asfortranarray(X), y, epochs=3, seed=0, backend=backend)
+    assert np.array_equal(a.params, b.params)
+
+
+def test_second_fit_does_not_compile_again():
+    numba_kernels = pytest.importorskip("fastgd.backends.numba_kernels")
+    rng = np.random.default_rng(13)
+    X = rng.standard_normal((100, 3))
+    y = X @ np.ones(3)
+    fastgd.fit(X, y, epochs=2, backend="numba")
+    count = numba_kernels.compiled_signatures()
+    second = fastgd.fit(X[:50] * 2, y[:50], epochs=3, batch_size=7, lr=0.02, backend="numba")
+    assert numba_kernels.compiled_signatures() == count
+    assert second.compile_time < 0.5
+
+
+def test_result_repr_and_fields():
+    X = np.linspace(-1, 1, 50)
+    result = fastgd.fit(X, 3 * X, epochs=2, backend="numpy")
+    text = repr(result)
+    assert "model='linear'" in text and "backend='numpy'" in text
+    assert result.train_time >= 0 and result.compile_time >= 0
+    with pytest.raises(AttributeError, match="only available for classifiers"):
+        result.predict_proba(X)
+
+
+def test_show_config_lists_backends(capsys):
+    info = fastgd.show_config()
+    out = capsys.readouterr().out
+    assert "backends available" in out and info["backends available"].startswith(fastgd.available_backends()[0])  # fmt: skip
+    assert info["default backend"] in fastgd.available_backends()
+
+
+def test_auto_backend_and_environment_override(monkeypatch):
+    X = np.linspace(-1, 1, 20)
+    assert fastgd.fit(X, X, epochs=1).backend == fastgd.available_backends()[0]
+    monkeypatch.setenv("FASTGD_BACKEND", "numpy")
+    assert fastgd.fit(X, X, epochs=1).backend == "numpy"
+    monkeypatch.setenv("FASTGD_BACKEND", "fortran")
+    with pytest.raises(ValueError, match="FASTGD_BACKEND"):
+        fastgd.fit(X, X, epochs=1)
+
+
+def test_no_warnings_on_a_normal_fit(backend):
+    X = np.linspace(-1, 1, 100)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fastgd.fit(X, 2 * X + 1, epochs=3, backend=backend)

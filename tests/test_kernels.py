@@ -1,0 +1,123 @@
+"""Kernels: the reference against finite differences, every backend against the reference."""
+
+import numpy as np
+import pytest
+from helpers import LOSS_CASES, LOSS_IDS, make_problem, run_epochs
+
+from fastgd.backends import numpy_ref
+from fastgd.specs import losses, stopping
+
+
+@pytest.mark.parametrize("loss_code,k", LOSS_CASES, ids=LOSS_IDS)
+@pytest.mark.parametrize("fit_intercept", [True, False])
+def test_reference_gradient_matches_finite_differences(loss_code, k, fit_intercept):
+    X, Y, params = make_problem(loss_code, k, n=50, d=4)
+    _, grad = numpy_ref.loss_and_gradient(X, Y, params, loss_code, k, fit_intercept)
+    h = 1e-6
+    numeric = np.empty_like(params)
+    for j in range(params.size):
+        up, down = params.copy(), params.copy()
+        up[j] += h
+        down[j] -= h
+        f_up, _ = numpy_ref.loss_and_gradient(X, Y, up, loss_code, k, fit_intercept)
+        f_down, _ = numpy_ref.loss_and_gradient(X, Y, down, loss_code, k, fit_intercept)
+        numeric[j] = (f_up - f_down) / (2 * h)
+    n_weights = X.shape[1] * k
+    np.testing.assert_allclose(grad[:n_weights], numeric[:n_weights], rtol=1e-6, atol=1e-8)
+    if fit_intercept:
+        np.testing.assert_allclose(grad[n_weights:], numeric[n_weights:], rtol=1e-6, atol=1e-8)
+    else:
+        assert np.all(grad[n_weights:] == 0)
+
+
+def test_reference_losses_have_known_values():
+    X = np.zeros((2, 1))
+    params = np.array([0.0, 0.0])  # z = 0 for every sample
+    loss, _ = numpy_ref.loss_and_gradient(X, np.array([[1.0], [3.0]]), params, losses.MSE, 1, True)
+    assert loss == pytest.approx((1 + 9) / 2)
+    loss, _ = numpy_ref.loss_and_gradient(X, np.array([[1.0], [0.0]]), params, losses.BINARY_CROSS_ENTROPY, 1, True)  # fmt: skip
+    assert loss == pytest.approx(np.log(2))
+    params3 = np.zeros(3 + 3)
+    loss, _ = numpy_ref.loss_and_gradient(X, np.array([[2.0], [0.0]]), params3, losses.CATEGORICAL_CROSS_ENTROPY, 3, True)  # fmt: skip
+    assert loss == pytest.approx(np.log(3))
+
+
+def test_cross_entropy_is_finite_for_extreme_decision_values(backend):
+    from fastgd.backends import get_backend
+
+    module = get_backend(backend)
+    X = np.array([[1.0], [-1.0]])
+    huge = np.array([800.0, 0.0])  # z = +-800: exp(800) overflows
+    loss, grad = module.loss_and_gradient(X, np.array([[0.0], [1.0]]), huge, losses.BINARY_CROSS_ENTROPY, 1, True)  # fmt: skip
+    assert loss == pytest.approx(800.0) and np.all(np.isfinite(grad))
+    params = np.array([800.0, -800.0, 0.0, 0.0])
+    loss, grad = module.loss_and_gradient(X, np.array([[1.0], [0.0]]), params, losses.CATEGORICAL_CROSS_ENTROPY, 2, True)  # fmt: skip
+    assert loss == pytest.approx(1600.0) and np.all(np.isfinite(grad))
+
+
+@pytest.mark.parametrize("loss_code,k", LOSS_CASES, ids=LOSS_IDS)
+@pytest.mark.parametrize("fit_intercept", [True, False])
+def test_backend_gradient_matches_reference(compiled_backend, loss_code, k, fit_intercept):
+    X, Y, params = make_problem(loss_code, k, n=3000, d=30)  # large enough for parallel chunks
+    expected_loss, expected = numpy_ref.loss_and_gradient(X, Y, params, loss_code, k, fit_intercept)
+    loss, grad = compiled_backend.loss_and_gradient(X, Y, params, loss_code, k, fit_intercept)
+    assert loss == pytest.approx(expected_loss, rel=1e-12)
+    np.testing.assert_allclose(grad, expected, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("loss_code,k", LOSS_CASES, ids=LOSS_IDS)
+@pytest.mark.parametrize("batch_size,shuffle", [(1, True), (32, True), (100, False), (2000, False)])
+def test_backend_training_matches_reference_float64(compiled_backend, loss_code, k, batch_size, shuffle):  # fmt: skip
+    X, Y, _ = make_problem(loss_code, k, n=2000, d=40)
+    lr = 0.005 if batch_size == 1 else 0.05  # stable for per-sample steps on 40 features
+    expected = run_epochs(numpy_ref, X, Y, loss_code, k, batch_size=batch_size, shuffle=shuffle, lr=lr)  # fmt: skip
+    result = run_epochs(compiled_backend, X, Y, loss_code, k, batch_size=batch_size, shuffle=shuffle, lr=lr, n_threads=2)  # fmt: skip
+    np.testing.assert_allclose(result[0], expected[0], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(result[1], expected[1], rtol=1e-10)
+    assert result[2:] == expected[2:] == (5, stopping.MAX_EPOCHS)
+
+
+@pytest.mark.parametrize("loss_code,k", LOSS_CASES, ids=LOSS_IDS)
+def test_backend_training_matches_reference_float32(compiled_backend, loss_code, k):
+    X, Y, _ = make_problem(loss_code, k, n=2000, d=40, dtype=np.float32)
+    expected = run_epochs(numpy_ref, X, Y, loss_code, k, batch_size=64)
+    result = run_epochs(compiled_backend, X, Y, loss_code, k, batch_size=64, n_threads=2)
+    assert result[0].dtype == np.float32
+    scale = np.abs(expected[0]).max()
+    np.testing.assert_allclose(result[0], expected[0], rtol=1e-4, atol=1e-4 * scale)
+    np.testing.assert_allclose(result[1], expected[1], rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("batch_size", [32, 20000])
+def test_results_bit_identical_for_one_and_two_threads(compiled_backend, dtype, batch_size):
+    # 20000 x 20 full batches take the parallel path; batches of 32 the serial one
+    X, Y, _ = make_problem(losses.CATEGORICAL_CROSS_ENTROPY, 3, n=20000, d=20, dtype=dtype)
+    one = run_epochs(compiled_backend, X, Y, losses.CATEGORICAL_CROSS_ENTROPY, 3, epochs=3, batch_size=batch_size, n_threads=1)  # fmt: skip
+    two = run_epochs(compiled_backend, X, Y, losses.CATEGORICAL_CROSS_ENTROPY, 3, epochs=3, batch_size=batch_size, n_threads=2)  # fmt: skip
+    assert np.array_equal(one[0], two[0])
+    assert np.array_equal(one[1], two[1])
+
+
+def test_read_only_inputs_work(backend):
+    from fastgd.backends import get_backend
+
+    X, Y, _ = make_problem(losses.MSE, 1, n=500, d=5)
+    X.flags.writeable = False
+    Y.flags.writeable = False
+    params, history, _, _ = run_epochs(get_backend(backend), X, Y, losses.MSE, 1, epochs=2)
+    assert np.all(np.isfinite(params)) and history[1] < history[0]
+
+
+def test_divergence_restores_start_of_epoch_parameters(backend):
+    from fastgd.backends import get_backend
+
+    X, Y, _ = make_problem(losses.MSE, 1, n=500, d=5)
+    module = get_backend(backend)
+    good, _, _, _ = run_epochs(module, X, Y, losses.MSE, 1, epochs=1, lr=1e-3, shuffle=False)
+    params, history, n_done, status = run_epochs(
+        module, X, Y, losses.MSE, 1, epochs=50, lr=1e3, shuffle=False, params=good.copy()
+    )
+    assert status == stopping.DIVERGED
+    assert not np.isfinite(history[n_done - 1])
+    assert np.all(np.isfinite(params))

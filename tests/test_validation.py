@@ -1,0 +1,93 @@
+"""Bad input gets a ValueError that names the argument and the problem."""
+
+import numpy as np
+import pytest
+
+import fastgd
+
+X = np.random.default_rng(0).standard_normal((20, 3))
+y = np.arange(20) % 2
+
+
+@pytest.mark.parametrize(
+    "X_bad,message",
+    [
+        (np.where(np.eye(20, 3) > 0, np.nan, X), "X contains 3 NaN"),
+        (np.where(np.eye(20, 3) > 0, np.inf, X), "X contains 0 NaN and 3 infinite"),
+        (np.empty((0, 3)), "X is empty"),
+        (np.empty((20, 0)), "X is empty"),
+        (np.zeros((20, 3, 2)), "X must be a 2-D array.*got 3-D"),
+        (np.array(1.0), "X must be a 2-D array.*got 0-D"),
+        (np.full((20, 3), "a"), "X must be numeric"),
+        (np.zeros((20, 3), dtype=complex), "X must be numeric"),
+        ([[1, "a"]] * 20, "X must be numeric"),
+    ],
+)
+def test_bad_X(X_bad, message):
+    with pytest.raises(ValueError, match=message):
+        fastgd.fit(X_bad, y)
+
+
+@pytest.mark.parametrize(
+    "y_bad,model,message",
+    [
+        (np.arange(19), "linear", "different lengths: X has 20 samples, y has 19"),
+        (np.where(np.arange(20) == 3, np.nan, 1.0), "linear", "y contains 1 NaN"),
+        (np.where(np.arange(20) == 3, np.inf, 1.0), "logistic", "y contains 0 NaN and 1 infinite"),
+        (np.ones(20), "logistic", "single class"),
+        (np.zeros(20, dtype=int), "softmax", "single class"),
+        (np.arange(20) % 3, "logistic", "binary but y has 3 classes; use model='softmax'"),
+        (np.full(20, "a"), "linear", "y must be numeric"),
+        (np.zeros((20, 2, 2)), "linear", "y must be 1-D"),
+        (np.zeros((20, 2)), "softmax", "1-D class labels"),
+        (np.array([None, 1] * 10, dtype=object), "logistic", "missing labels"),
+    ],
+)
+def test_bad_y(y_bad, model, message):
+    with pytest.raises(ValueError, match=message):
+        fastgd.fit(X, y_bad, model=model)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(model="ridge"), "model must be one of 'linear', 'logistic', 'softmax'; got 'ridge'"),
+        (dict(backend="fortran"), "backend must be one of"),
+        (dict(lr=0), "lr must be a positive finite number; got 0"),
+        (dict(lr=-0.1), "lr must be a positive"),
+        (dict(lr=np.nan), "lr must be a positive"),
+        (dict(lr="fast"), "lr must be a positive number"),
+        (dict(epochs=0), "epochs must be a positive integer; got 0"),
+        (dict(epochs=2.5), "epochs must be a positive integer"),
+        (dict(epochs=True), "epochs must be a positive integer"),
+        (dict(batch_size=0), "batch_size must be a positive integer; got 0"),
+        (dict(batch_size=-32), "batch_size must be a positive integer"),
+        (dict(tol=-1.0), "tol must be None or a finite number >= 0"),
+        (dict(n_iter_no_change=0), "n_iter_no_change must be a positive integer"),
+        (dict(n_threads=0), "n_threads must be a positive integer"),
+        (dict(n_threads=10_000), "n_threads=10000 exceeds"),
+        (dict(seed=1.5), "seed must be None or an integer"),
+        (dict(verbose=-1), "verbose must be a bool or a non-negative integer"),
+        (dict(on_divergence="ignore"), "on_divergence must be one of"),
+    ],
+)
+def test_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        fastgd.fit(X, y, **kwargs)
+
+
+def test_unavailable_backend_says_why(monkeypatch):
+    from fastgd import backends
+
+    monkeypatch.setitem(backends._errors, "cython", "ImportError: extension not built")
+    monkeypatch.delitem(backends._loaded, "cython", raising=False)
+    with pytest.raises(ValueError, match="backend 'cython' is not available: ImportError"):
+        fastgd.fit(X, y, backend="cython")
+
+
+def test_predict_checks_its_input():
+    result = fastgd.fit(X, y, epochs=1, backend="numpy")
+    with pytest.raises(ValueError, match="X has 2 features, but the model was fit with 3"):
+        result.predict(X[:, :2])
+    with pytest.raises(ValueError, match="X contains 1 NaN"):
+        result.predict(np.where(np.eye(20, 3) * np.arange(20)[:, None] == 1, np.nan, X))

@@ -3,11 +3,11 @@
 """Cython + OpenMP kernels of the ``cython`` backend (float32 and float64 via ``floating``).
 
 The algorithm is the one of :mod:`fastgd.backends.numba_kernels`: a mini-batch is split
-into chunks that depend on the batch size only, each chunk sums the per-sample gradients of
-its rows into its own row of a buffer, and the rows are added in chunk order. Results are
-therefore bit-identical for any number of threads. The chunking constants and all scratch
-buffers come from the Python wrapper (``cython_backend.py``), so :mod:`fastgd._config`
-stays the single source of truth and nothing is allocated here.
+into chunks that depend on the batch size only; each chunk sums the per-sample gradients
+of its rows into its own row of a buffer; the rows are added in chunk order. Results are
+therefore bit-identical for any number of threads. Batches of one row take a direct
+per-sample path. The constants of :mod:`fastgd._config` and all scratch buffers come from
+the Python wrapper (``cython_backend.py``), so nothing is duplicated or allocated here.
 """
 
 from cython cimport floating
@@ -55,21 +55,24 @@ STATUS_CODES = (MAX_EPOCHS, CONVERGED, DIVERGED)
 cdef enum:
     # The row PREFETCH_AHEAD places later in the order is requested from memory while the
     # current one is computed (no effect on results). Needed for shuffled orders, whose rows
-    # are scattered; it also helped the natural order here (measured: full batch 0.058 s ->
-    # 0.046 s on 1e6 x 100 float64), as hardware prefetchers stop at page boundaries.
+    # are scattered; it also helped the natural order here, as hardware prefetchers stop at
+    # page boundaries.
     PREFETCH_AHEAD = 4
     CACHE_LINE_BYTES = 64
 
 
 cdef struct Problem:
-    # Sizes and settings shared by all the chunks of a call (the typed arrays are passed
-    # separately because a struct cannot hold fused types).
+    # Sizes and settings shared by all the chunks of a call (typed arrays are passed
+    # separately: a struct cannot hold fused types).
     Py_ssize_t n, d, m, k  # rows, features, target columns, outputs
-    Py_ssize_t n_params  # d * k + k; buffer rows hold n_params gradients and the loss
-    Py_ssize_t ld_buf, ld_z  # row strides of the (padded) chunk buffers
+    Py_ssize_t n_params  # d * k + k; buffer rows hold n_params gradients, then the loss
+    Py_ssize_t ld_g, ld_z  # row strides of the (padded) per-chunk buffers G and Z
     int loss_code
     bint shuffled
     const int64_t* order  # the epoch's row order if shuffled
+    # fastgd._config
+    Py_ssize_t max_chunks, min_rows_per_chunk, parallel_min_work, rows_per_block
+    int n_threads
 
 
 def openmp_enabled():
@@ -104,56 +107,13 @@ cdef inline floating _abs(floating x) noexcept nogil:
         return fabs(x)
 
 
-cdef inline double _row_loss_and_dz(
-    floating* z, const floating* y, int loss_code, Py_ssize_t k
-) noexcept nogil:
-    """Loss of one sample; overwrites ``z`` (decision values) with dloss/dz."""
-    cdef Py_ssize_t c, label
-    cdef double loss, s
-    cdef floating r, v, e, m, z_label
-    if loss_code == MSE:
-        loss = 0.0
-        for c in range(k):
-            r = z[c] - y[c]
-            loss += r * r  # product in the data precision, sum in double (as in Numba)
-            z[c] = (2.0 / k) * r
-        return loss / k
-    if loss_code == BINARY_CROSS_ENTROPY:
-        # log(1 + exp(v)) - y v and sigmoid(v) - y through exp(-|v|), which never overflows
-        v = z[0]
-        e = _exp(-_abs(v))
-        if v >= 0:
-            loss = v + _log1p(e) - y[0] * v
-            z[0] = 1.0 / (1.0 + e) - y[0]
-        else:
-            loss = _log1p(e) - y[0] * v
-            z[0] = e / (1.0 + e) - y[0]
-        return loss
-    # categorical cross-entropy: logsumexp(z) - z[label], shifted by max(z) so that exp
-    # cannot overflow; z[label] is saved before z is overwritten by the softmax
-    label = <Py_ssize_t>y[0]
-    z_label = z[label]
-    m = z[0]
-    for c in range(1, k):
-        if z[c] > m:
-            m = z[c]
-    s = 0.0
-    for c in range(k):
-        z[c] = _exp(z[c] - m)
-        s += z[c]
-    for c in range(k):
-        z[c] = z[c] / s
-    z[label] -= 1.0
-    return m + log(s) - z_label
-
-
 cdef inline floating _dot(const floating* x, const floating* w, Py_ssize_t d) noexcept nogil:
     """sum_j x[j] w[j] in four interleaved partial sums.
 
     One running sum is a chain of dependent additions that strict IEEE semantics forbid the
     compiler to reorder; four independent chains are vectorized and pipelined. (Numba gets
-    the same freedom from its "reassoc" flag; either way the order differs from NumPy's
-    BLAS by rounding only.)
+    the same freedom from its "reassoc" flag; either way the result differs from a
+    sequential sum by rounding only.)
     """
     cdef floating s0 = 0, s1 = 0, s2 = 0, s3 = 0
     cdef Py_ssize_t j
@@ -176,148 +136,267 @@ cdef inline void _prefetch_row(const floating* x, Py_ssize_t d) noexcept nogil:
         j += step
 
 
-cdef inline void _chunk_gradient(
+cdef inline Py_ssize_t _row(const Problem* pb, Py_ssize_t r) noexcept nogil:
+    return pb.order[r] if pb.shuffled else r
+
+
+cdef inline void _forward_row(
     const Problem* pb, const floating* X, const floating* Y, const floating* params,
-    Py_ssize_t lo, Py_ssize_t hi, floating* out, floating* z,
+    Py_ssize_t r, floating* z,
 ) noexcept nogil:
-    """Add the per-sample gradients of rows ``lo:hi`` (in batch order) to ``out``.
-
-    ``out`` has length n_params + 1; its last entry receives the summed loss.
-    """
-    cdef Py_ssize_t d = pb.d, m = pb.m, k = pb.k, n = pb.n
+    """Decision values ``z = x @ W + b`` of the r-th row of the order."""
+    cdef Py_ssize_t d = pb.d, k = pb.k
     cdef Py_ssize_t bias = d * k
-    cdef bint shuffled = pb.shuffled
-    cdef const int64_t* order = pb.order
-    cdef int loss_code = pb.loss_code
-    cdef Py_ssize_t r, i, ahead, j, c
-    cdef const floating* x
+    cdef Py_ssize_t ahead, j, c
+    cdef const floating* x = X + _row(pb, r) * d
     cdef const floating* w
-    cdef floating g, xj
-    cdef double loss = 0.0
-    for r in range(lo, hi):
-        i = order[r] if shuffled else r
-        x = X + i * d
-        if r + PREFETCH_AHEAD < n:
-            ahead = order[r + PREFETCH_AHEAD] if shuffled else r + PREFETCH_AHEAD
-            _prefetch_row(X + ahead * d, d)
-            fastgd_prefetch(Y + ahead * m)
-        # decision values z = x @ W + b
-        if k == 1:
-            z[0] = params[bias] + _dot(x, params, d)
-        else:
+    cdef floating xj
+    if r + PREFETCH_AHEAD < pb.n:
+        ahead = _row(pb, r + PREFETCH_AHEAD)
+        _prefetch_row(X + ahead * d, d)
+        fastgd_prefetch(Y + ahead * pb.m)
+    if k == 1:  # one output: a plain dot product
+        z[0] = params[bias] + _dot(x, params, d)
+    else:
+        for c in range(k):
+            z[c] = params[bias + c]
+        for j in range(d):
+            xj = x[j]
+            w = params + j * k
             for c in range(k):
-                z[c] = params[bias + c]
-            for j in range(d):
-                xj = x[j]
-                w = params + j * k
-                for c in range(k):
-                    z[c] += xj * w[c]
-        loss += _row_loss_and_dz(z, Y + i * m, loss_code, k)
-        # gradient of this sample: dW += outer(x, dz), db += dz
-        if k == 1:
-            g = z[0]
-            for j in range(d):
-                out[j] += g * x[j]
-            out[bias] += g
-        else:
-            for j in range(d):
-                xj = x[j]
-                for c in range(k):
-                    out[j * k + c] += xj * z[c]
-            for c in range(k):
-                out[bias + c] += z[c]
-    out[pb.n_params] += loss
+                z[c] += xj * w[c]
 
 
-cdef inline void _one_chunk(
-    const Problem* pb, Py_ssize_t c, Py_ssize_t n_chunks, Py_ssize_t start, Py_ssize_t stop,
-    const floating* X, const floating* Y, const floating* params, floating* buf, floating* zbuf,
+cdef inline double _add_row_loss(
+    double loss, floating* z, const floating* y, int loss_code, Py_ssize_t k
 ) noexcept nogil:
+    """``loss`` plus the loss term of one sample; overwrites ``z`` with dloss/dz.
+
+    The terms are computed in the data precision and added to the double ``loss`` one by
+    one, as in Numba's ``_loss_block`` (the MSE terms are divided by k once per block).
+    """
+    cdef Py_ssize_t c, label
+    cdef floating e, v, zmax, z_label
+    cdef double s
+    if loss_code == MSE:
+        for c in range(k):
+            e = z[c] - y[c]
+            loss += e * e
+            z[c] = (2.0 / k) * e
+        return loss
+    if loss_code == BINARY_CROSS_ENTROPY:
+        # log(1 + exp(v)) - y v and sigmoid(v) - y through exp(-|v|), which never overflows
+        v = z[0]
+        e = _exp(-_abs(v))
+        if v >= 0:
+            loss += v + _log1p(e) - y[0] * v
+            z[0] = 1.0 / (1.0 + e) - y[0]
+        else:
+            loss += _log1p(e) - y[0] * v
+            z[0] = e / (1.0 + e) - y[0]
+        return loss
+    # categorical cross-entropy: logsumexp(z) - z[label] with the exponentials shifted by
+    # max(z) so that they cannot overflow; z[label] is read before z becomes the softmax
+    label = <Py_ssize_t>y[0]
+    z_label = z[label]
+    zmax = z[0]
+    for c in range(1, k):
+        if z[c] > zmax:
+            zmax = z[c]
+    s = 0.0
+    for c in range(k):
+        z[c] = _exp(z[c] - zmax)
+        s += z[c]
+    for c in range(k):
+        z[c] = z[c] / s
+    z[label] -= 1.0
+    loss += zmax + log(s) - z_label
+    return loss
+
+
+cdef inline void _backward_row(
+    const floating* x, const floating* z, Py_ssize_t d, Py_ssize_t k, floating* G
+) noexcept nogil:
+    """Add ``x * dloss/dz`` (weights) and ``dloss/dz`` (intercepts) of one sample to G."""
+    cdef Py_ssize_t bias = d * k
+    cdef Py_ssize_t j, c
+    cdef floating g, xj
+    if k == 1:
+        g = z[0]
+        for j in range(d):
+            G[j] += g * x[j]
+        G[bias] += g
+    else:
+        for j in range(d):
+            xj = x[j]
+            for c in range(k):
+                G[j * k + c] += xj * z[c]
+        for c in range(k):
+            G[bias + c] += z[c]
+
+
+cdef inline void _chunk_gradient(
+    const Problem* pb, Py_ssize_t start, Py_ssize_t stop, Py_ssize_t n_chunks, Py_ssize_t chunk,
+    const floating* X, const floating* Y, const floating* params, floating* Gbuf,
+    floating* Zbuf,
+) noexcept nogil:
+    """Sum the per-sample gradients of one chunk of the batch ``start:stop`` into its G row.
+
+    The chunk is walked in blocks of rows_per_block rows, as in Numba: decision values of
+    the block, their losses, then the gradient sums while the block of X is in cache. The
+    row's entry n_params receives the summed loss. With one output the three steps are
+    done row by row instead (while the row is in L1 cache): the same floating-point
+    operations in the same order, measured faster here for this memory-bound case.
+    """
+    cdef Py_ssize_t d = pb.d, k = pb.k, m = pb.m
     cdef Py_ssize_t size = stop - start
-    cdef Py_ssize_t lo = start + (c * size) // n_chunks
-    cdef Py_ssize_t hi = start + ((c + 1) * size) // n_chunks
-    cdef floating* out = buf + c * pb.ld_buf
-    memset(out, 0, (pb.n_params + 1) * sizeof(floating))
-    _chunk_gradient(pb, X, Y, params, lo, hi, out, zbuf + c * pb.ld_z)
+    cdef Py_ssize_t lo = start + (chunk * size) // n_chunks
+    cdef Py_ssize_t hi = start + ((chunk + 1) * size) // n_chunks
+    cdef floating* G = Gbuf + chunk * pb.ld_g
+    cdef floating* Z = Zbuf + chunk * pb.ld_z
+    cdef Py_ssize_t block_lo = lo, block_hi, r, i
+    cdef double loss = 0.0, block_loss
+    memset(G, 0, pb.n_params * sizeof(floating))
+    while block_lo < hi:
+        block_hi = min(block_lo + pb.rows_per_block, hi)
+        block_loss = 0.0
+        if k == 1:
+            for r in range(block_lo, block_hi):
+                i = _row(pb, r)
+                _forward_row(pb, X, Y, params, r, Z)
+                block_loss = _add_row_loss(block_loss, Z, Y + i * m, pb.loss_code, k)
+                _backward_row(X + i * d, Z, d, k, G)
+        else:
+            for r in range(block_lo, block_hi):
+                _forward_row(pb, X, Y, params, r, Z + (r - block_lo) * k)
+            for r in range(block_lo, block_hi):
+                block_loss = _add_row_loss(block_loss, Z + (r - block_lo) * k,
+                                           Y + _row(pb, r) * m, pb.loss_code, k)
+            for r in range(block_lo, block_hi):
+                _backward_row(X + _row(pb, r) * d, Z + (r - block_lo) * k, d, k, G)
+        loss += block_loss / k if pb.loss_code == MSE else block_loss
+        block_lo = block_hi
+    G[pb.n_params] = loss
 
 
 cdef Py_ssize_t _batch_gradient(
     const Problem* pb, Py_ssize_t start, Py_ssize_t stop, const floating* X, const floating* Y,
-    const floating* params, floating* buf, floating* zbuf, Py_ssize_t max_chunks,
-    Py_ssize_t min_rows_per_chunk, Py_ssize_t parallel_min_work, int n_threads,
+    const floating* params, floating* G, floating* Z,
 ) noexcept nogil:
-    """Fill the first n_chunks rows of ``buf`` with chunk partial sums; return n_chunks."""
-    cdef Py_ssize_t c
+    """Gradient and loss sums of rows ``start:stop`` in row 0 of G; returns n_chunks.
+
+    Each chunk fills its own row of G (in parallel if the batch is large enough), then the
+    rows are added into row 0 in chunk order, in the data precision (loss slot included).
+    """
+    cdef Py_ssize_t chunk, c, j
     cdef Py_ssize_t size = stop - start
-    cdef Py_ssize_t n_chunks = min(max_chunks, max(1, size // min_rows_per_chunk))
-    if n_chunks > 1 and size * pb.d * pb.k >= parallel_min_work:
-        for c in prange(n_chunks, num_threads=n_threads, schedule="static"):
-            _one_chunk(pb, c, n_chunks, start, stop, X, Y, params, buf, zbuf)
+    cdef Py_ssize_t n_chunks = min(pb.max_chunks, max(1, size // pb.min_rows_per_chunk))
+    cdef floating* row
+    if n_chunks > 1 and size * pb.d * pb.k >= pb.parallel_min_work:
+        for chunk in prange(n_chunks, num_threads=pb.n_threads, schedule="static"):
+            _chunk_gradient(pb, start, stop, n_chunks, chunk, X, Y, params, G, Z)
     else:
-        for c in range(n_chunks):
-            _one_chunk(pb, c, n_chunks, start, stop, X, Y, params, buf, zbuf)
+        for chunk in range(n_chunks):
+            _chunk_gradient(pb, start, stop, n_chunks, chunk, X, Y, params, G, Z)
+    for c in range(1, n_chunks):
+        row = G + c * pb.ld_g
+        for j in range(pb.n_params + 1):
+            G[j] += row[j]
     return n_chunks
 
 
+cdef double _per_sample_epoch(
+    const Problem* pb, const floating* X, const floating* Y, floating* params,
+    Py_ssize_t n_trained, double lr, floating* z,
+) noexcept nogil:
+    """One epoch of per-sample SGD; returns the summed loss.
+
+    The same arithmetic as a mini-batch of one row (the gradient is ``dz * x``, divided by
+    1), without the chunk buffer: each step updates the parameters directly.
+    """
+    cdef Py_ssize_t d = pb.d, k = pb.k
+    cdef Py_ssize_t bias = d * k
+    cdef Py_ssize_t r, i, j, c
+    cdef const floating* x
+    cdef floating g, xj
+    cdef double loss
+    cdef double loss_sum = 0.0
+    for r in range(pb.n):
+        i = _row(pb, r)
+        x = X + i * d
+        _forward_row(pb, X, Y, params, r, z)
+        loss = _add_row_loss(0.0, z, Y + i * pb.m, pb.loss_code, k)
+        loss_sum += loss / k if pb.loss_code == MSE else loss  # a block of one row
+        if k == 1:
+            g = z[0]
+            for j in range(bias):
+                params[j] -= lr * (g * x[j])
+        else:
+            for j in range(d):
+                xj = x[j]
+                for c in range(k):
+                    params[j * k + c] -= lr * (xj * z[c])
+        for c in range(n_trained - bias):
+            params[bias + c] -= lr * z[c]
+    return loss_sum
+
+
 cdef Problem _problem(
-    Py_ssize_t n, Py_ssize_t d, Py_ssize_t m, Py_ssize_t k, Py_ssize_t n_params,
-    Py_ssize_t ld_buf, Py_ssize_t ld_z, int loss_code,
+    const floating[:, ::1] X, const floating[:, ::1] Y, floating[::1] params, Py_ssize_t k,
+    int loss_code, floating[:, ::1] G, floating[:, ::1] Z, Py_ssize_t max_chunks,
+    Py_ssize_t min_rows_per_chunk, Py_ssize_t parallel_min_work, Py_ssize_t rows_per_block,
+    int n_threads,
 ) noexcept nogil:
     cdef Problem pb
-    pb.n, pb.d, pb.m, pb.k = n, d, m, k
-    pb.n_params, pb.ld_buf, pb.ld_z = n_params, ld_buf, ld_z
+    pb.n, pb.d, pb.m, pb.k = X.shape[0], X.shape[1], Y.shape[1], k
+    pb.n_params, pb.ld_g, pb.ld_z = params.shape[0], G.shape[1], Z.shape[1]
     pb.loss_code = loss_code
     pb.shuffled = False
     pb.order = NULL
+    pb.max_chunks, pb.min_rows_per_chunk = max_chunks, min_rows_per_chunk
+    pb.parallel_min_work, pb.rows_per_block = parallel_min_work, rows_per_block
+    pb.n_threads = n_threads
     return pb
 
 
 def loss_and_gradient(
     const floating[:, ::1] X, const floating[:, ::1] Y, floating[::1] params, int loss_code,
-    Py_ssize_t n_outputs, bint fit_intercept, floating[::1] grad, floating[:, ::1] buf,
-    floating[:, ::1] zbuf, Py_ssize_t max_chunks, Py_ssize_t min_rows_per_chunk,
-    Py_ssize_t parallel_min_work, int n_threads,
+    Py_ssize_t n_outputs, bint fit_intercept, floating[::1] grad, floating[:, ::1] G,
+    floating[:, ::1] Z, Py_ssize_t max_chunks, Py_ssize_t min_rows_per_chunk,
+    Py_ssize_t parallel_min_work, Py_ssize_t rows_per_block, int n_threads,
 ):
-    """Mean loss over all rows; fills ``grad`` (zeros on entry) with the mean gradient.
+    """Mean loss over all rows; writes the mean gradient into ``grad[:n_trained]``.
 
-    ``buf`` and ``zbuf`` are scratch of shapes (>= max_chunks, >= n_params + 1) and
-    (>= max_chunks, >= n_outputs).
+    ``G`` and ``Z`` are scratch of shapes (>= max_chunks, >= n_params + 1) and
+    (>= max_chunks, >= rows_per_block * n_outputs).
     """
-    cdef Py_ssize_t n = X.shape[0], p = params.shape[0]
-    cdef Py_ssize_t n_trained = p if fit_intercept else X.shape[1] * n_outputs
-    cdef Py_ssize_t c, j, n_chunks
-    cdef double loss = 0.0
-    cdef Problem pb = _problem(n, X.shape[1], Y.shape[1], n_outputs, p, buf.shape[1],
-                               zbuf.shape[1], loss_code)
+    cdef Problem pb = _problem(X, Y, params, n_outputs, loss_code, G, Z, max_chunks,
+                               min_rows_per_chunk, parallel_min_work, rows_per_block, n_threads)
+    cdef Py_ssize_t n = pb.n, p = pb.n_params
+    cdef Py_ssize_t n_trained = p if fit_intercept else pb.d * n_outputs
+    cdef Py_ssize_t j
+    cdef double loss
     with nogil:
-        n_chunks = _batch_gradient(
-            &pb, 0, n, &X[0, 0], &Y[0, 0], &params[0], &buf[0, 0], &zbuf[0, 0], max_chunks,
-            min_rows_per_chunk, parallel_min_work, n_threads,
-        )
-        for c in range(n_chunks):
-            loss += buf[c, p]
-            for j in range(n_trained):
-                grad[j] += buf[c, j]
+        _batch_gradient(&pb, 0, n, &X[0, 0], &Y[0, 0], &params[0], &G[0, 0], &Z[0, 0])
         for j in range(n_trained):
-            grad[j] = grad[j] / <double>n  # divided in double, as in Numba
-    return loss / n
+            grad[j] = G[0, j] / <double>n  # divided in double, as in Numba
+        loss = G[0, p] / <double>n
+    return loss
 
 
 cdef Py_ssize_t _train_epochs(
     Problem* pb, const floating[:, ::1] X, const floating[:, ::1] Y, floating[::1] params,
     const int64_t[:, ::1] orders, Py_ssize_t n_epochs, bint fit_intercept,
     Py_ssize_t batch_size, double lr, double tol, double n_iter_no_change,
-    double[::1] stop_state, double[::1] history, floating[:, ::1] buf, floating[:, ::1] zbuf,
-    floating[::1] start_params, Py_ssize_t max_chunks, Py_ssize_t min_rows_per_chunk,
-    Py_ssize_t parallel_min_work, int n_threads, int* status,
+    double[::1] stop_state, double[::1] history, floating[:, ::1] Gbuf, floating[:, ::1] Zbuf,
+    floating[::1] start_params, int* status,
 ) noexcept nogil:
     """The loop of :func:`train_epochs`; returns the number of epochs run."""
-    cdef Py_ssize_t n = pb.n, p = pb.n_params, ld = pb.ld_buf
+    cdef Py_ssize_t n = pb.n, p = pb.n_params
     cdef Py_ssize_t n_trained = p if fit_intercept else pb.d * pb.k
-    cdef Py_ssize_t epoch, start, stop, n_chunks, c, j
+    cdef Py_ssize_t epoch, start, stop, batched_rows, j
     cdef floating* w = &params[0]
-    cdef floating* bp = &buf[0, 0]
-    cdef floating g
+    cdef floating* G = &Gbuf[0, 0]
     cdef double loss_sum, inv_rows, epoch_loss
     cdef bint finite
     pb.shuffled = orders.shape[0] > 0
@@ -326,23 +405,19 @@ cdef Py_ssize_t _train_epochs(
         if pb.shuffled:
             pb.order = &orders[epoch % orders.shape[0], 0]
         loss_sum = 0.0
+        batched_rows = n
+        if batch_size == 1:
+            loss_sum = _per_sample_epoch(pb, &X[0, 0], &Y[0, 0], w, n_trained, lr, &Zbuf[0, 0])
+            batched_rows = 0
         start = 0
-        while start < n:
+        while start < batched_rows:
             stop = min(start + batch_size, n)
-            n_chunks = _batch_gradient(
-                pb, start, stop, &X[0, 0], &Y[0, 0], w, bp, &zbuf[0, 0], max_chunks,
-                min_rows_per_chunk, parallel_min_work, n_threads,
-            )
+            _batch_gradient(pb, start, stop, &X[0, 0], &Y[0, 0], w, G, &Zbuf[0, 0])
+            loss_sum += G[p]
+            # the step is computed in double (lr and inv_rows are double), as in Numba
             inv_rows = 1.0 / (stop - start)
-            # chunk partial sums added in chunk order, in the data precision; the step
-            # itself is computed in double (lr and inv_rows are double), as in Numba
             for j in range(n_trained):
-                g = bp[j]
-                for c in range(1, n_chunks):
-                    g += bp[c * ld + j]
-                w[j] -= lr * (g * inv_rows)
-            for c in range(n_chunks):
-                loss_sum += bp[c * ld + p]
+                w[j] -= lr * (G[j] * inv_rows)
             start = stop
         epoch_loss = loss_sum / n
         history[epoch] = epoch_loss
@@ -372,24 +447,23 @@ def train_epochs(
     const floating[:, ::1] X, const floating[:, ::1] Y, floating[::1] params,
     const int64_t[:, ::1] orders, Py_ssize_t n_epochs, int loss_code, Py_ssize_t n_outputs,
     bint fit_intercept, Py_ssize_t batch_size, double lr, double tol, double n_iter_no_change,
-    double[::1] stop_state, double[::1] history, floating[:, ::1] buf, floating[:, ::1] zbuf,
+    double[::1] stop_state, double[::1] history, floating[:, ::1] G, floating[:, ::1] Z,
     floating[::1] start_params, Py_ssize_t max_chunks, Py_ssize_t min_rows_per_chunk,
-    Py_ssize_t parallel_min_work, int n_threads,
+    Py_ssize_t parallel_min_work, Py_ssize_t rows_per_block, int n_threads,
 ):
     """Run the epochs with the GIL released; returns ``(n_done, status)``.
 
-    Arguments as in :func:`fastgd.backends.numpy_ref.train_epochs`, plus scratch: ``buf``
-    (>= max_chunks, >= n_params + 1), ``zbuf`` (>= max_chunks, >= n_outputs) and
-    ``start_params`` (n_params,).
+    Arguments as in :func:`fastgd.backends.numpy_ref.train_epochs`, plus scratch: ``G``
+    (>= max_chunks, >= n_params + 1), ``Z`` (>= max_chunks, >= rows_per_block * n_outputs)
+    and ``start_params`` (n_params,), and the constants of :mod:`fastgd._config`.
     """
+    cdef Problem pb = _problem(X, Y, params, n_outputs, loss_code, G, Z, max_chunks,
+                               min_rows_per_chunk, parallel_min_work, rows_per_block, n_threads)
     cdef int status = MAX_EPOCHS
     cdef Py_ssize_t n_done
-    cdef Problem pb = _problem(X.shape[0], X.shape[1], Y.shape[1], n_outputs, params.shape[0],
-                               buf.shape[1], zbuf.shape[1], loss_code)
     with nogil:
         n_done = _train_epochs(
             &pb, X, Y, params, orders, n_epochs, fit_intercept, batch_size, lr, tol,
-            n_iter_no_change, stop_state, history, buf, zbuf, start_params, max_chunks,
-            min_rows_per_chunk, parallel_min_work, n_threads, &status,
+            n_iter_no_change, stop_state, history, G, Z, start_params, &status,
         )
     return n_done, status

@@ -9,7 +9,7 @@ raises ImportError when the extension is not built, which the backend registry r
 
 import numpy as np
 
-from .._config import MAX_CHUNKS, MIN_ROWS_PER_CHUNK, PARALLEL_MIN_WORK
+from .._config import MAX_CHUNKS, MIN_ROWS_PER_CHUNK, PARALLEL_MIN_WORK, ROWS_PER_BLOCK
 from ..specs import losses, stopping
 from . import _cython_kernels as _k
 from ._cython_kernels import max_threads, openmp_enabled
@@ -43,7 +43,7 @@ def _check(X, Y, params, loss_code):
 
 
 def _scratch(params, n_outputs):
-    """Per-chunk gradient rows (n_params + 1, the last slot for the loss) and z vectors.
+    """Per-chunk rows of gradient sums G (n_params, then the loss) and of z values Z.
 
     Each row is followed by at least one unused cache line, so that chunks run by different
     threads never write to the same line (false sharing slows the small z rows a lot).
@@ -54,7 +54,7 @@ def _scratch(params, n_outputs):
         return -(-(size + line) // line) * line
 
     buf = np.empty((MAX_CHUNKS, padded(params.shape[0] + 1)), dtype=params.dtype)
-    zbuf = np.empty((MAX_CHUNKS, padded(n_outputs)), dtype=params.dtype)
+    zbuf = np.empty((MAX_CHUNKS, padded(ROWS_PER_BLOCK * n_outputs)), dtype=params.dtype)
     return buf, zbuf
 
 
@@ -71,7 +71,7 @@ def loss_and_gradient(X, Y, params, loss_code, n_outputs, fit_intercept):
     buf, zbuf = _scratch(params, n_outputs)
     loss = _k.loss_and_gradient(
         X, Y, params, int(loss_code), int(n_outputs), bool(fit_intercept), grad, buf, zbuf,
-        MAX_CHUNKS, MIN_ROWS_PER_CHUNK, PARALLEL_MIN_WORK, max_threads(),
+        MAX_CHUNKS, MIN_ROWS_PER_CHUNK, PARALLEL_MIN_WORK, ROWS_PER_BLOCK, max_threads(),
     )  # fmt: skip
     return float(loss), grad
 
@@ -100,6 +100,6 @@ def train_epochs(
         X, Y, params, orders, int(n_epochs), int(loss_code), int(n_outputs), bool(fit_intercept),
         int(batch_size), float(lr), float(tol), float(n_iter_no_change), stop_state, history,
         buf, zbuf, start_params, MAX_CHUNKS, MIN_ROWS_PER_CHUNK, PARALLEL_MIN_WORK,
-        max(1, int(n_threads)),
+        ROWS_PER_BLOCK, max(1, int(n_threads)),
     )  # fmt: skip
     return n_done, _STATUS_CODES[status]

@@ -191,7 +191,7 @@ def _sum_chunks(G, n_chunks, width):
             G[0, j] += G[c, j]
 
 
-@njit(**NUMBA_OPTIONS)
+@njit(inline="always", **NUMBA_OPTIONS)
 def _all_finite(a):
     for v in a:
         if not math.isfinite(v):
@@ -216,7 +216,7 @@ def loss_and_gradient(X, Y, params, loss_code, n_outputs, fit_intercept):
     return G[0, p] / n, grad
 
 
-@njit(**NUMBA_OPTIONS)
+@njit(inline="always", **NUMBA_OPTIONS)
 def _per_sample_epoch(X, Y, params, order, shuffled, loss_code, k, n_trained, lr, Z):
     """One epoch of per-sample SGD; returns the summed loss.
 

@@ -289,3 +289,22 @@ def test_no_warnings_on_a_normal_fit(backend):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         fastgd.fit(X, 2 * X + 1, epochs=3, backend=backend)
+
+
+def test_new_process_loads_compiled_kernels_from_disk_cache():
+    pytest.importorskip("fastgd.backends.numba_kernels")
+    import subprocess
+    import sys
+
+    script = (
+        "import numpy as np, fastgd\n"
+        "from fastgd.backends import numba_kernels as nk\n"
+        "X = np.linspace(-1, 1, 50)\n"
+        "fastgd.fit(X, 2 * X, epochs=2, backend='numba')\n"
+        "print(dict(nk._train_epochs.stats.cache_misses))\n"
+    )
+    runs = [
+        subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+        for _ in range(2)
+    ]
+    assert runs[1].stdout.strip() == "{}", runs[1].stdout + runs[1].stderr  # nothing compiled

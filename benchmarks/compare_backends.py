@@ -4,8 +4,9 @@ Usage::
 
     python benchmarks/compare_backends.py            # the figures quoted in README
     python benchmarks/compare_backends.py --quick    # small sizes, a smoke test
+    python benchmarks/compare_backends.py --optimizer adam --batch-sizes 32
 
-Fairness rules: every side runs the same algorithm (plain SGD on the mean squared error,
+Fairness rules: every side runs the same algorithm (the mean squared error, the same optimizer,
 same learning rate, same number of epochs and updates); fastgd backends see the same
 batches (same seed) and their final parameters are checked against the NumPy reference
 before any time is reported; compile time is measured apart and not counted; BLAS and
@@ -53,11 +54,11 @@ def make_data(n, d, seed=0):
     return X, y
 
 
-def time_fit(X, y, backend, batch_size, epochs, lr, threads, repeats):
+def time_fit(X, y, backend, batch_size, epochs, lr, threads, repeats, optimizer="sgd"):
     """Median train time of ``fastgd.fit`` (compile excluded) and the last result."""
     times = []
     for _ in range(repeats):
-        result = fastgd.fit(X, y, batch_size=batch_size, epochs=epochs, lr=lr, seed=0,
+        result = fastgd.fit(X, y, batch_size=batch_size, epochs=epochs, lr=lr, seed=0, optimizer=optimizer,
                             backend=backend, n_threads=threads)  # fmt: skip
         times.append(result.train_time)
     return statistics.median(times), result
@@ -112,6 +113,7 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--optimizer", default="sgd", help="sgd, adagrad, rmsprop, adam, adamw")
     parser.add_argument("--quick", action="store_true", help="20,000 x 20, one repeat")
     parser.add_argument("--json", default="benchmarks/results/compare_backends.json")
     args = parser.parse_args(argv)
@@ -121,7 +123,7 @@ def main(argv=None):
     X, y = make_data(args.rows, args.features)
     backends = available_backends()
     print(
-        f"data: {args.rows} x {args.features} float64, {args.epochs} epochs, plain SGD, lr={args.lr}"
+        f"data: {args.rows} x {args.features} float64, {args.epochs} epochs, {args.optimizer}, lr={args.lr}"
     )
     print(f"threads: {args.threads}; BLAS: {_blas_info()}; backends: {', '.join(backends)}")
     records = []
@@ -137,14 +139,14 @@ def main(argv=None):
                 if backend == "numpy" and batch_size == 1 and args.rows > 50_000:
                     continue  # millions of Python-level steps: minutes, not informative
                 results[backend] = time_fit(X, y, backend, batch_size, args.epochs, args.lr,
-                                            args.threads, args.repeats)  # fmt: skip
+                                            args.threads, args.repeats, args.optimizer)  # fmt: skip
             if "numpy" in results:
                 reference = results["numpy"][1].params
                 for backend, (_, result) in results.items():
                     np.testing.assert_allclose(result.params, reference, rtol=1e-8, atol=1e-10,
                                                err_msg=f"{backend} differs from numpy")  # fmt: skip
             sk_time = None
-            if batch_size == 1:
+            if batch_size == 1 and args.optimizer == "sgd":
                 sk_time, sk_model = time_sklearn_sgd(X, y, args.epochs, args.lr, args.repeats)
                 if sk_model is not None:  # different shuffles: both near the same solution
                     ours = results[backends[0]][1]

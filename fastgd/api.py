@@ -8,6 +8,7 @@ import numpy as np
 
 from . import _validation as v
 from .backends import get_backend
+from .optim import make_optimizer
 from .result import FitResult
 from .specs import stopping
 from .specs.models import LINEAR_MODELS, LinearModelSpec
@@ -43,7 +44,8 @@ def fit(
     fit_intercept=True,
     batch_size=32,
     epochs=100,
-    lr=0.01,
+    lr=None,
+    optimizer="sgd",
     shuffle=True,
     seed=None,
     tol=None,
@@ -74,8 +76,13 @@ def fit(
         anything between mini-batch SGD (values above n_samples mean full batch).
     epochs : int, default 100
         Maximum number of passes over the data.
-    lr : float, default 0.01
-        Learning rate: each update is ``params -= lr * mean gradient of the batch``.
+    lr : float, optional
+        Learning rate of a named optimizer (default: the optimizer's own, 0.01 for SGD).
+    optimizer : str or fastgd.optim.Optimizer, default "sgd"
+        ``"sgd"`` (plain: ``params -= lr * mean gradient of the batch``), ``"adagrad"``,
+        ``"rmsprop"``, ``"adam"``, ``"adamw"`` with the defaults of ``torch.optim``, or an
+        object such as ``fastgd.optim.Adam(lr=1e-3, betas=(0.9, 0.999))`` for other
+        hyperparameters. The update runs inside the compiled loop on every backend.
     shuffle : bool, default True
         Visit the rows in a new random order each epoch (ignored for full batches).
     seed : int or None
@@ -122,7 +129,9 @@ def fit(
     X = v.check_features(X)
     n, d = X.shape
     Y, classes = v.check_targets(y, n, model, X.dtype)
-    lr = v.check_positive_float(lr, "lr")
+    if lr is not None:
+        lr = v.check_positive_float(lr, "lr")
+    opt = make_optimizer(optimizer, lr)
     epochs = v.check_positive_int(epochs, "epochs")
     batch_size = v.check_positive_int(batch_size, "batch_size", allow_none=True)
     batch_size = n if batch_size is None else min(batch_size, n)
@@ -145,6 +154,9 @@ def fit(
     n_outputs = Y.shape[1] if model == "linear" else (1 if model == "logistic" else len(classes))
     spec = LinearModelSpec(model, d, n_outputs, bool(fit_intercept))
     params = spec.init_params(X.dtype)
+    hyper = opt.hyperparameters()
+    opt_state = opt.new_state(spec.n_params, X.dtype)
+    step_count = np.zeros(1, dtype=np.int64)
     shuffled = shuffle and batch_size < n
     rng = np.random.default_rng(seed)
     no_orders = np.empty((0, 0), dtype=np.int64)
@@ -154,7 +166,8 @@ def fit(
     def run(n_epochs, orders, history_view):
         return backend_module.train_epochs(
             X, Y, params, orders, n_epochs, spec.loss_code, n_outputs, spec.fit_intercept,
-            batch_size, lr, tol, n_iter_no_change, stop_state, history_view, n_threads,
+            batch_size, opt.code, hyper, opt_state, step_count, tol, n_iter_no_change, stop_state,
+            history_view, n_threads,
         )  # fmt: skip
 
     # A zero-epoch call compiles (or loads from the on-disk cache) the kernels for exactly
@@ -185,7 +198,7 @@ def fit(
     if status == stopping.DIVERGED:
         message = (
             f"training diverged at epoch {done - 1}: the loss became {history[done - 1]} "
-            f"(or a parameter became NaN/inf) with lr={lr:g}. The last finite parameters, "
+            f"(or a parameter became NaN/inf) with lr={opt.lr:g}. The last finite parameters, "
             f"{f'from the end of epoch {done - 2}' if done > 1 else 'the initial ones'}, were kept. "
             "Try a smaller learning rate, or standardize the features."
         )
@@ -204,5 +217,8 @@ def fit(
         n_threads=n_threads,
         compile_time=compile_time,
         train_time=train_time,
+        optimizer=opt,
+        optimizer_state=opt_state,
+        n_updates=int(step_count[0]),
         _single_target=model != "linear" or np.ndim(y) == 1,
     )

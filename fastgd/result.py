@@ -36,6 +36,13 @@ class FitResult:
         Seconds spent compiling or loading kernels before training.
     train_time : float
         Seconds spent in the training loop.
+    optimizer : fastgd.optim.Optimizer
+        The optimizer and its hyperparameters.
+    optimizer_state : ndarray of shape (n_rows, n_params)
+        Its state at the end (momentum buffers, moments; rows named in
+        :data:`fastgd.specs.optimizers.STATE_ROWS`).
+    n_updates : int
+        Parameter updates made (Adam's step count).
     """
 
     model: LinearModelSpec
@@ -48,6 +55,9 @@ class FitResult:
     n_threads: int
     compile_time: float
     train_time: float
+    optimizer: object = None
+    optimizer_state: np.ndarray | None = None
+    n_updates: int = 0
     _single_target: bool = field(default=True, repr=False)
 
     @property

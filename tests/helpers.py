@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from fastgd import optim
 from fastgd.specs import losses
 from fastgd.specs.stopping import new_stop_state
 
@@ -30,7 +31,7 @@ def make_problem(loss_code, k, n=300, d=7, seed=0, dtype=np.float64):
 
 
 def run_epochs(module, X, Y, loss_code, k, *, epochs=5, batch_size=32, lr=0.05, shuffle=True,
-               fit_intercept=True, n_threads=1, seed=0, params=None):  # fmt: skip
+               fit_intercept=True, n_threads=1, seed=0, params=None, optimizer=None):  # fmt: skip
     """Call ``module.train_epochs`` on fresh state; returns (params, history, n_done, status)."""
     n, d = X.shape
     if params is None:
@@ -41,8 +42,12 @@ def run_epochs(module, X, Y, loss_code, k, *, epochs=5, batch_size=32, lr=0.05, 
     else:
         orders = np.empty((0, 0), dtype=np.int64)
     history = np.full(epochs, np.nan)
+    optimizer = optim.SGD(lr=lr) if optimizer is None else optimizer
+    state = optimizer.new_state(params.size, X.dtype)
+    step_count = np.zeros(1, dtype=np.int64)
     n_done, status = module.train_epochs(
-        X, Y, params, orders, epochs, loss_code, k, fit_intercept, batch_size, lr, -np.inf, 5,
-        new_stop_state(), history, n_threads,
+        X, Y, params, orders, epochs, loss_code, k, fit_intercept, batch_size, optimizer.code,
+        optimizer.hyperparameters(), state, step_count, -np.inf, 5, new_stop_state(), history,
+        n_threads,
     )  # fmt: skip
     return params, history, n_done, status

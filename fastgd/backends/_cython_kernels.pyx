@@ -8,11 +8,16 @@ of its rows into its own row of a buffer; the rows are added in chunk order. Res
 therefore bit-identical for any number of threads. Batches of one row take a direct
 per-sample path. The constants of :mod:`fastgd._config` and all scratch buffers come from
 the Python wrapper (``cython_backend.py``), so nothing is duplicated or allocated here.
+
+After each batch the optimizer of :mod:`fastgd.specs.optimizers` updates the parameters
+elementwise from the mean gradient (``_optimizer_step``), with the operations of
+:func:`fastgd.backends.numpy_ref.optimizer_step` in the same order, in double precision;
+the optimizer state is stored in the precision of the data.
 """
 
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport exp, expf, fabs, fabsf, isfinite, log, log1p, log1pf
+from libc.math cimport exp, expf, fabs, fabsf, isfinite, log, log1p, log1pf, pow, sqrt
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy, memset
 
@@ -49,8 +54,39 @@ cdef enum:
     CONVERGED = 1
     DIVERGED = 2
 
+# Optimizer codes and hyperparameter positions of fastgd.specs.optimizers (also checked by
+# the wrapper at import time).
+cdef enum:
+    SGD = 0
+    ADAGRAD = 1
+    RMSPROP = 2
+    ADAM = 3
+    ADAMW = 4
+
+cdef enum:
+    H_LR = 0
+    H_MOMENTUM = 1
+    H_DAMPENING = 2
+    H_NESTEROV = 3
+    H_BETA1 = 4
+    H_BETA2 = 5
+    H_EPS = 6
+    H_WEIGHT_DECAY = 7
+    H_AMSGRAD = 8
+    H_CENTERED = 9
+    H_ALPHA = 10
+    H_LR_DECAY = 11
+    N_HYPER = 12
+
 LOSS_CODES = (MSE, BINARY_CROSS_ENTROPY, CATEGORICAL_CROSS_ENTROPY)
 STATUS_CODES = (MAX_EPOCHS, CONVERGED, DIVERGED)
+OPTIMIZER_CODES = (SGD, ADAGRAD, RMSPROP, ADAM, ADAMW)
+# (LR, MOMENTUM, DAMPENING, NESTEROV, BETA1, BETA2, EPS, WEIGHT_DECAY, AMSGRAD, CENTERED,
+#  ALPHA, LR_DECAY, N_HYPER)
+HYPER_POSITIONS = (
+    H_LR, H_MOMENTUM, H_DAMPENING, H_NESTEROV, H_BETA1, H_BETA2, H_EPS, H_WEIGHT_DECAY,
+    H_AMSGRAD, H_CENTERED, H_ALPHA, H_LR_DECAY, N_HYPER,
+)
 
 cdef enum:
     # The row PREFETCH_AHEAD places later in the order is requested from memory while the
@@ -73,6 +109,13 @@ cdef struct Problem:
     # fastgd._config
     Py_ssize_t max_chunks, min_rows_per_chunk, parallel_min_work, rows_per_block
     int n_threads
+
+
+cdef struct Optimizer:
+    # An optimizer code and its hyperparameters, unpacked from the ``hyper`` vector.
+    int code
+    double lr, momentum, dampening, beta1, beta2, eps, weight_decay, alpha, lr_decay
+    bint nesterov, amsgrad, centered
 
 
 def openmp_enabled():
@@ -309,7 +352,7 @@ cdef double _per_sample_epoch(
     const Problem* pb, const floating* X, const floating* Y, floating* params,
     Py_ssize_t n_trained, double lr, floating* z,
 ) noexcept nogil:
-    """One epoch of per-sample SGD; returns the summed loss.
+    """One epoch of per-sample plain SGD (no momentum); returns the summed loss.
 
     The same arithmetic as a mini-batch of one row (the gradient is ``dz * x``, divided by
     1), without the chunk buffer: each step updates the parameters directly.
@@ -339,6 +382,85 @@ cdef double _per_sample_epoch(
         for c in range(n_trained - bias):
             params[bias + c] -= lr * z[c]
     return loss_sum
+
+
+cdef void _optimizer_step(
+    const Optimizer* opt, floating* w, const floating* G, double inv_rows, floating* state,
+    Py_ssize_t ld_state, Py_ssize_t n_trained, int64_t t,
+) noexcept nogil:
+    """Update number ``t`` (1-based) of ``w[:n_trained]`` from the gradient sums ``G``.
+
+    The gradient of entry j is ``G[j] * inv_rows``. Row r of the optimizer state starts at
+    ``state + r * ld_state``. The operations are those of
+    :func:`fastgd.backends.numpy_ref.optimizer_step`, in its order, in double precision;
+    each state entry is stored, then read back, so the update uses the stored value.
+    """
+    cdef Py_ssize_t j
+    cdef double lr = opt.lr, g, step, denom, v, clr, bias1, correction2, decay
+    cdef double mu = opt.momentum, alpha = opt.alpha, eps = opt.eps
+    cdef double b1 = opt.beta1, b2 = opt.beta2, wd = opt.weight_decay
+    cdef floating* s0 = state
+    cdef floating* s1 = state + ld_state
+    cdef floating* s2 = state + 2 * ld_state
+    if opt.code == SGD:
+        if mu == 0.0:  # plain SGD, rounded exactly as before optimizers existed
+            for j in range(n_trained):
+                w[j] -= lr * (G[j] * inv_rows)
+            return
+        # momentum buffer s0
+        for j in range(n_trained):
+            g = G[j] * inv_rows
+            if t == 1:
+                s0[j] = g
+            else:
+                s0[j] = s0[j] * mu + (1.0 - opt.dampening) * g
+            if opt.nesterov:
+                step = g + mu * s0[j]
+            else:
+                step = s0[j]
+            w[j] -= lr * step
+    elif opt.code == ADAGRAD:
+        # sum of squares s0
+        clr = lr / (1.0 + <double>(t - 1) * opt.lr_decay)
+        for j in range(n_trained):
+            g = G[j] * inv_rows
+            s0[j] = s0[j] + g * g
+            w[j] -= clr * g / (sqrt(<double>s0[j]) + eps)
+    elif opt.code == RMSPROP:
+        # square_avg s0, grad_avg s1, momentum buffer s2
+        for j in range(n_trained):
+            g = G[j] * inv_rows
+            s0[j] = s0[j] * alpha + (1.0 - alpha) * g * g
+            if opt.centered:
+                s1[j] = s1[j] * alpha + (1.0 - alpha) * g
+                denom = sqrt(s0[j] - <double>s1[j] * s1[j]) + eps
+            else:
+                denom = sqrt(<double>s0[j]) + eps
+            if mu > 0.0:
+                s2[j] = s2[j] * mu + g / denom
+                w[j] -= lr * s2[j]
+            else:
+                w[j] -= lr * g / denom
+    else:  # ADAM, ADAMW: exp_avg s0, exp_avg_sq s1, max_exp_avg_sq s2
+        bias1 = 1.0 - pow(b1, <double>t)
+        correction2 = sqrt(1.0 - pow(b2, <double>t))
+        clr = lr / bias1
+        decay = 1.0 - lr * wd
+        for j in range(n_trained):
+            g = G[j] * inv_rows
+            if opt.code == ADAMW:
+                w[j] = w[j] * decay
+            elif wd != 0.0:
+                g = g + wd * w[j]
+            s0[j] = s0[j] * b1 + (1.0 - b1) * g
+            s1[j] = s1[j] * b2 + (1.0 - b2) * g * g
+            v = s1[j]
+            if opt.amsgrad:
+                # as np.maximum: a NaN in either operand gives NaN
+                if s2[j] == s2[j] and not (s2[j] >= v):
+                    s2[j] = v
+                v = s2[j]
+            w[j] -= clr * s0[j] / (sqrt(v) / correction2 + eps)
 
 
 cdef Problem _problem(
@@ -387,37 +509,51 @@ def loss_and_gradient(
 cdef Py_ssize_t _train_epochs(
     Problem* pb, const floating[:, ::1] X, const floating[:, ::1] Y, floating[::1] params,
     const int64_t[:, ::1] orders, Py_ssize_t n_epochs, bint fit_intercept,
-    Py_ssize_t batch_size, double lr, double tol, double n_iter_no_change,
-    double[::1] stop_state, double[::1] history, floating[:, ::1] Gbuf, floating[:, ::1] Zbuf,
-    floating[::1] start_params, int* status,
+    Py_ssize_t batch_size, const Optimizer* opt, floating* state, Py_ssize_t state_size,
+    int64_t* step_count, double tol, double n_iter_no_change, double[::1] stop_state,
+    double[::1] history, floating[:, ::1] Gbuf, floating[:, ::1] Zbuf,
+    floating[::1] start_params, floating* start_state, int* status,
 ) noexcept nogil:
-    """The loop of :func:`train_epochs`; returns the number of epochs run."""
+    """The loop of :func:`train_epochs`; returns the number of epochs run.
+
+    ``state`` holds ``state_size`` entries, rows of n_params entries; it is saved with
+    the parameters and the step count at the start of each epoch and restored with them
+    if the epoch diverges.
+    """
     cdef Py_ssize_t n = pb.n, p = pb.n_params
     cdef Py_ssize_t n_trained = p if fit_intercept else pb.d * pb.k
     cdef Py_ssize_t epoch, start, stop, batched_rows, j
     cdef floating* w = &params[0]
     cdef floating* G = &Gbuf[0, 0]
     cdef double loss_sum, inv_rows, epoch_loss
+    cdef int64_t start_step
     cdef bint finite
+    # batches of one row take the direct per-sample path, for plain SGD only
+    cdef bint per_sample = batch_size == 1 and opt.code == SGD and opt.momentum == 0.0
     pb.shuffled = orders.shape[0] > 0
     for epoch in range(n_epochs):
         memcpy(&start_params[0], w, p * sizeof(floating))
+        if state_size > 0:
+            memcpy(start_state, state, state_size * sizeof(floating))
+        start_step = step_count[0]
         if pb.shuffled:
             pb.order = &orders[epoch % orders.shape[0], 0]
         loss_sum = 0.0
         batched_rows = n
-        if batch_size == 1:
-            loss_sum = _per_sample_epoch(pb, &X[0, 0], &Y[0, 0], w, n_trained, lr, &Zbuf[0, 0])
+        if per_sample:
+            loss_sum = _per_sample_epoch(pb, &X[0, 0], &Y[0, 0], w, n_trained, opt.lr,
+                                         &Zbuf[0, 0])
+            step_count[0] += n
             batched_rows = 0
         start = 0
         while start < batched_rows:
             stop = min(start + batch_size, n)
             _batch_gradient(pb, start, stop, &X[0, 0], &Y[0, 0], w, G, &Zbuf[0, 0])
             loss_sum += G[p]
-            # the step is computed in double (lr and inv_rows are double), as in Numba
+            # the step is computed in double (inv_rows and the hyperparameters are double)
             inv_rows = 1.0 / (stop - start)
-            for j in range(n_trained):
-                w[j] -= lr * (G[j] * inv_rows)
+            step_count[0] += 1
+            _optimizer_step(opt, w, G, inv_rows, state, p, n_trained, step_count[0])
             start = stop
         epoch_loss = loss_sum / n
         history[epoch] = epoch_loss
@@ -427,6 +563,9 @@ cdef Py_ssize_t _train_epochs(
                 finite = False
         if not finite:
             memcpy(w, &start_params[0], p * sizeof(floating))
+            if state_size > 0:
+                memcpy(state, start_state, state_size * sizeof(floating))
+            step_count[0] = start_step
             status[0] = DIVERGED
             return epoch + 1
         # tolerance rule, state carried across calls in stop_state = [best, n_no_change]
@@ -446,24 +585,43 @@ cdef Py_ssize_t _train_epochs(
 def train_epochs(
     const floating[:, ::1] X, const floating[:, ::1] Y, floating[::1] params,
     const int64_t[:, ::1] orders, Py_ssize_t n_epochs, int loss_code, Py_ssize_t n_outputs,
-    bint fit_intercept, Py_ssize_t batch_size, double lr, double tol, double n_iter_no_change,
+    bint fit_intercept, Py_ssize_t batch_size, int opt_code, const double[::1] hyper,
+    floating[:, ::1] opt_state, int64_t[::1] step_count, double tol, double n_iter_no_change,
     double[::1] stop_state, double[::1] history, floating[:, ::1] G, floating[:, ::1] Z,
-    floating[::1] start_params, Py_ssize_t max_chunks, Py_ssize_t min_rows_per_chunk,
-    Py_ssize_t parallel_min_work, Py_ssize_t rows_per_block, int n_threads,
+    floating[::1] start_params, floating[:, ::1] start_state, Py_ssize_t max_chunks,
+    Py_ssize_t min_rows_per_chunk, Py_ssize_t parallel_min_work, Py_ssize_t rows_per_block,
+    int n_threads,
 ):
     """Run the epochs with the GIL released; returns ``(n_done, status)``.
 
     Arguments as in :func:`fastgd.backends.numpy_ref.train_epochs`, plus scratch: ``G``
-    (>= max_chunks, >= n_params + 1), ``Z`` (>= max_chunks, >= rows_per_block * n_outputs)
-    and ``start_params`` (n_params,), and the constants of :mod:`fastgd._config`.
+    (>= max_chunks, >= n_params + 1), ``Z`` (>= max_chunks, >= rows_per_block * n_outputs),
+    ``start_params`` (n_params,) and ``start_state`` (shaped as ``opt_state``), and the
+    constants of :mod:`fastgd._config`. The wrapper checks that ``hyper`` has N_HYPER
+    entries, ``opt_state`` (n_rows, n_params) has the rows the optimizer uses and
+    ``step_count`` one entry.
     """
     cdef Problem pb = _problem(X, Y, params, n_outputs, loss_code, G, Z, max_chunks,
                                min_rows_per_chunk, parallel_min_work, rows_per_block, n_threads)
+    cdef Optimizer opt
     cdef int status = MAX_EPOCHS
     cdef Py_ssize_t n_done
+    cdef Py_ssize_t state_size = opt_state.shape[0] * opt_state.shape[1]
+    cdef floating* state = &opt_state[0, 0] if state_size > 0 else NULL
+    cdef floating* saved_state = &start_state[0, 0] if state_size > 0 else NULL
+    opt.code = opt_code
+    opt.lr, opt.momentum, opt.dampening = hyper[H_LR], hyper[H_MOMENTUM], hyper[H_DAMPENING]
+    opt.beta1, opt.beta2, opt.eps = hyper[H_BETA1], hyper[H_BETA2], hyper[H_EPS]
+    opt.weight_decay, opt.alpha, opt.lr_decay = (
+        hyper[H_WEIGHT_DECAY], hyper[H_ALPHA], hyper[H_LR_DECAY]
+    )
+    opt.nesterov = hyper[H_NESTEROV] != 0.0
+    opt.amsgrad = hyper[H_AMSGRAD] != 0.0
+    opt.centered = hyper[H_CENTERED] != 0.0
     with nogil:
         n_done = _train_epochs(
-            &pb, X, Y, params, orders, n_epochs, fit_intercept, batch_size, lr, tol,
-            n_iter_no_change, stop_state, history, G, Z, start_params, &status,
+            &pb, X, Y, params, orders, n_epochs, fit_intercept, batch_size, &opt, state,
+            state_size, &step_count[0], tol, n_iter_no_change, stop_state, history, G, Z,
+            start_params, saved_state, &status,
         )
     return n_done, status

@@ -11,6 +11,7 @@ import numpy as np
 
 from .._config import MAX_CHUNKS, MIN_ROWS_PER_CHUNK, PARALLEL_MIN_WORK, ROWS_PER_BLOCK
 from ..specs import losses, stopping
+from ..specs import optimizers as opt
 from . import _cython_kernels as _k
 from ._cython_kernels import max_threads, openmp_enabled
 
@@ -22,7 +23,17 @@ __all__ = ["NAME", "loss_and_gradient", "max_threads", "openmp_enabled", "train_
 
 _LOSS_CODES = (losses.MSE, losses.BINARY_CROSS_ENTROPY, losses.CATEGORICAL_CROSS_ENTROPY)
 _STATUS_CODES = (stopping.MAX_EPOCHS, stopping.CONVERGED, stopping.DIVERGED)
-if _k.LOSS_CODES != _LOSS_CODES or _k.STATUS_CODES != _STATUS_CODES:
+_OPTIMIZER_CODES = (opt.SGD, opt.ADAGRAD, opt.RMSPROP, opt.ADAM, opt.ADAMW)
+_HYPER_POSITIONS = (
+    opt.LR, opt.MOMENTUM, opt.DAMPENING, opt.NESTEROV, opt.BETA1, opt.BETA2, opt.EPS,
+    opt.WEIGHT_DECAY, opt.AMSGRAD, opt.CENTERED, opt.ALPHA, opt.LR_DECAY, opt.N_HYPER,
+)  # fmt: skip
+if (
+    _k.LOSS_CODES != _LOSS_CODES
+    or _k.STATUS_CODES != _STATUS_CODES
+    or getattr(_k, "OPTIMIZER_CODES", None) != _OPTIMIZER_CODES
+    or getattr(_k, "HYPER_POSITIONS", None) != _HYPER_POSITIONS
+):
     raise ImportError(
         "fastgd.backends._cython_kernels is out of date with fastgd.specs; rebuild it "
         "(pip install -e . or python setup.py build_ext --inplace)"
@@ -76,16 +87,54 @@ def loss_and_gradient(X, Y, params, loss_code, n_outputs, fit_intercept):
     return float(loss), grad
 
 
+def _check_optimizer(params, opt_code, hyper, opt_state, step_count):
+    """Checks of the optimizer arguments; returns ``hyper`` as a contiguous float64 array.
+
+    ``opt_state`` and ``step_count`` are updated in place, so they are never copied: they
+    must already have the right dtype and layout.
+    """
+    if opt_code not in _OPTIMIZER_CODES:
+        raise ValueError(f"unknown optimizer code {opt_code}")
+    hyper = np.ascontiguousarray(hyper, dtype=np.float64)
+    if hyper.shape != (opt.N_HYPER,):
+        raise ValueError(f"hyper must have shape ({opt.N_HYPER},); got {hyper.shape}")
+    n_rows = len(opt.STATE_ROWS[opt_code])
+    if (
+        not isinstance(opt_state, np.ndarray)
+        or opt_state.dtype != params.dtype
+        or opt_state.ndim != 2
+        or opt_state.shape[0] < n_rows
+        or opt_state.shape[1] != params.shape[0]
+        or not opt_state.flags.c_contiguous
+        or not opt_state.flags.writeable
+    ):
+        raise ValueError(
+            f"opt_state must be a writeable C-contiguous {params.dtype} array of shape "
+            f"({n_rows}, {params.shape[0]})"
+        )
+    if (
+        not isinstance(step_count, np.ndarray)
+        or step_count.dtype != np.int64
+        or step_count.shape != (1,)
+        or not step_count.flags.writeable
+    ):
+        raise ValueError("step_count must be a writeable int64 array of shape (1,)")
+    return hyper
+
+
 def train_epochs(
-    X, Y, params, orders, n_epochs, loss_code, n_outputs, fit_intercept, batch_size, lr, tol,
-    n_iter_no_change, stop_state, history, n_threads,
+    X, Y, params, orders, n_epochs, loss_code, n_outputs, fit_intercept, batch_size, opt_code,
+    hyper, opt_state, step_count, tol, n_iter_no_change, stop_state, history, n_threads,
 ):  # fmt: skip
     """Compiled training loop; see :func:`fastgd.backends.numpy_ref.train_epochs`.
 
     The loop runs with the GIL released; ``n_threads`` is the OpenMP team size of the
     parallel chunk loop (ignored when the extension was built without OpenMP).
+    ``opt_state`` (same dtype as ``params``, C-contiguous) and ``step_count`` (int64) are
+    updated in place.
     """
     X, Y = _check(X, Y, params, loss_code)
+    hyper = _check_optimizer(params, opt_code, hyper, opt_state, step_count)
     orders = np.ascontiguousarray(orders, dtype=np.int64)
     n = X.shape[0]
     if n == 0 or batch_size < 1:
@@ -96,10 +145,11 @@ def train_epochs(
         raise ValueError("stop_state needs 2 entries and history at least n_epochs")
     buf, zbuf = _scratch(params, n_outputs)
     start_params = np.empty_like(params)
+    start_state = np.empty_like(opt_state)
     n_done, status = _k.train_epochs(
         X, Y, params, orders, int(n_epochs), int(loss_code), int(n_outputs), bool(fit_intercept),
-        int(batch_size), float(lr), float(tol), float(n_iter_no_change), stop_state, history,
-        buf, zbuf, start_params, MAX_CHUNKS, MIN_ROWS_PER_CHUNK, PARALLEL_MIN_WORK,
-        ROWS_PER_BLOCK, max(1, int(n_threads)),
+        int(batch_size), int(opt_code), hyper, opt_state, step_count, float(tol),
+        float(n_iter_no_change), stop_state, history, buf, zbuf, start_params, start_state,
+        MAX_CHUNKS, MIN_ROWS_PER_CHUNK, PARALLEL_MIN_WORK, ROWS_PER_BLOCK, max(1, int(n_threads)),
     )  # fmt: skip
     return n_done, _STATUS_CODES[status]

@@ -22,6 +22,7 @@ from .._config import (
     ROWS_PER_BLOCK,
 )
 from ..specs import losses, stopping
+from ..specs import optimizers as opt
 
 NAME = "numba"
 
@@ -217,6 +218,81 @@ def loss_and_gradient(X, Y, params, loss_code, n_outputs, fit_intercept):
 
 
 @njit(inline="always", **NUMBA_OPTIONS)
+def _optimizer_step(params, G, inv_rows, n_trained, opt_code, hyper, state, t):
+    """Update ``t`` (1-based) of the optimizer, with gradient ``G[0, j] * inv_rows``.
+
+    Elementwise over the flat parameters, in the order of operations of
+    :func:`fastgd.backends.numpy_ref.optimizer_step` (formulas: :mod:`fastgd.specs.optimizers`).
+    """
+    lr = hyper[opt.LR]
+    if opt_code == opt.SGD:
+        mu = hyper[opt.MOMENTUM]
+        if mu == 0.0:
+            for j in range(n_trained):
+                params[j] -= lr * (G[0, j] * inv_rows)
+            return
+        damp = 1.0 - hyper[opt.DAMPENING]
+        nesterov = hyper[opt.NESTEROV] != 0.0
+        for j in range(n_trained):
+            g = G[0, j] * inv_rows
+            b = g if t == 1 else mu * state[0, j] + damp * g
+            state[0, j] = b
+            params[j] -= lr * (g + mu * b if nesterov else b)
+    elif opt_code == opt.ADAGRAD:
+        clr = lr / (1.0 + (t - 1) * hyper[opt.LR_DECAY])
+        eps = hyper[opt.EPS]
+        for j in range(n_trained):
+            g = G[0, j] * inv_rows
+            total = state[0, j] + g * g
+            state[0, j] = total
+            params[j] -= clr * g / (math.sqrt(total) + eps)
+    elif opt_code == opt.RMSPROP:
+        alpha, eps, mu = hyper[opt.ALPHA], hyper[opt.EPS], hyper[opt.MOMENTUM]
+        centered = hyper[opt.CENTERED] != 0.0
+        for j in range(n_trained):
+            g = G[0, j] * inv_rows
+            v = alpha * state[0, j] + (1.0 - alpha) * g * g
+            state[0, j] = v
+            if centered:
+                a = alpha * state[1, j] + (1.0 - alpha) * g
+                state[1, j] = a
+                denom = math.sqrt(v - a * a) + eps
+            else:
+                denom = math.sqrt(v) + eps
+            if mu > 0.0:
+                b = mu * state[2, j] + g / denom
+                state[2, j] = b
+                params[j] -= lr * b
+            else:
+                params[j] -= lr * g / denom
+    else:  # ADAM, ADAMW
+        b1, b2, eps, wd = (
+            hyper[opt.BETA1],
+            hyper[opt.BETA2],
+            hyper[opt.EPS],
+            hyper[opt.WEIGHT_DECAY],
+        )
+        decoupled = opt_code == opt.ADAMW
+        amsgrad = hyper[opt.AMSGRAD] != 0.0
+        step = lr / (1.0 - b1**t)
+        correction2 = math.sqrt(1.0 - b2**t)
+        for j in range(n_trained):
+            g = G[0, j] * inv_rows
+            if decoupled:
+                params[j] *= 1.0 - lr * wd
+            elif wd != 0.0:
+                g = g + wd * params[j]
+            m = b1 * state[0, j] + (1.0 - b1) * g
+            v = b2 * state[1, j] + (1.0 - b2) * g * g
+            state[0, j] = m
+            state[1, j] = v
+            if amsgrad:
+                v = max(state[2, j], v)
+                state[2, j] = v
+            params[j] -= step * m / (math.sqrt(v) / correction2 + eps)
+
+
+@njit(inline="always", **NUMBA_OPTIONS)
 def _per_sample_epoch(X, Y, params, order, shuffled, loss_code, k, n_trained, lr, Z):
     """One epoch of per-sample SGD; returns the summed loss.
 
@@ -246,8 +322,8 @@ def _per_sample_epoch(X, Y, params, order, shuffled, loss_code, k, n_trained, lr
 
 @njit(**NUMBA_OPTIONS)
 def _train_epochs(
-    X, Y, params, orders, n_epochs, loss_code, k, fit_intercept, batch_size, lr, tol,
-    n_iter_no_change, stop_state, history,
+    X, Y, params, orders, n_epochs, loss_code, k, fit_intercept, batch_size, opt_code, hyper,
+    opt_state, step_count, tol, n_iter_no_change, stop_state, history,
 ):  # fmt: skip
     n, d = X.shape
     p = params.shape[0]
@@ -256,14 +332,22 @@ def _train_epochs(
     G = np.empty((MAX_CHUNKS, p + 1 + ROW_PADDING), dtype=params.dtype)
     Z = np.empty((MAX_CHUNKS, ROWS_PER_BLOCK, k), dtype=params.dtype)
     start_params = np.empty_like(params)
+    start_state = np.empty_like(opt_state)
     natural = np.empty(0, dtype=np.int64)
+    lr = hyper[opt.LR]
+    plain_sgd = opt_code == opt.SGD and hyper[opt.MOMENTUM] == 0.0
     for epoch in range(n_epochs):
         start_params[:] = params
+        start_state[:, :] = opt_state
+        start_step = step_count[0]
         order = orders[epoch % orders.shape[0]] if shuffled else natural
         loss_sum = 0.0
         batched_rows = n
-        if batch_size == 1:
-            loss_sum = _per_sample_epoch(X, Y, params, order, shuffled, loss_code, k, n_trained, lr, Z)
+        if batch_size == 1 and plain_sgd:
+            loss_sum = _per_sample_epoch(
+                X, Y, params, order, shuffled, loss_code, k, n_trained, lr, Z
+            )
+            step_count[0] += n
             batched_rows = 0
         for start in range(0, batched_rows, batch_size):
             stop = min(start + batch_size, n)
@@ -272,13 +356,23 @@ def _train_epochs(
             )
             _sum_chunks(G, n_chunks, p + 1)
             loss_sum += G[0, p]
-            inv_rows = 1.0 / (stop - start)
-            for j in range(n_trained):
-                params[j] -= lr * (G[0, j] * inv_rows)
+            step_count[0] += 1
+            _optimizer_step(
+                params,
+                G,
+                1.0 / (stop - start),
+                n_trained,
+                opt_code,
+                hyper,
+                opt_state,
+                step_count[0],
+            )
         epoch_loss = loss_sum / n
         history[epoch] = epoch_loss
         if not (math.isfinite(epoch_loss) and _all_finite(params)):
             params[:] = start_params
+            opt_state[:, :] = start_state
+            step_count[0] = start_step
             return epoch + 1, stopping.DIVERGED
         if epoch_loss > stop_state[0] - tol:
             stop_state[1] += 1
@@ -291,8 +385,8 @@ def _train_epochs(
 
 
 def train_epochs(
-    X, Y, params, orders, n_epochs, loss_code, n_outputs, fit_intercept, batch_size, lr, tol,
-    n_iter_no_change, stop_state, history, n_threads,
+    X, Y, params, orders, n_epochs, loss_code, n_outputs, fit_intercept, batch_size, opt_code,
+    hyper, opt_state, step_count, tol, n_iter_no_change, stop_state, history, n_threads,
 ):  # fmt: skip
     """Compiled training loop; see :func:`fastgd.backends.numpy_ref.train_epochs`."""
     previous = numba.get_num_threads()
@@ -300,7 +394,7 @@ def train_epochs(
     try:
         return _train_epochs(
             X, Y, params, orders, n_epochs, loss_code, n_outputs, fit_intercept, batch_size,
-            lr, tol, n_iter_no_change, stop_state, history,
+            opt_code, hyper, opt_state, step_count, tol, n_iter_no_change, stop_state, history,
         )  # fmt: skip
     finally:
         numba.set_num_threads(previous)

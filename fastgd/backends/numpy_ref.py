@@ -8,6 +8,7 @@ arrays, numbers and integer codes only. See :mod:`fastgd.backends` for the contr
 import numpy as np
 
 from ..specs import losses, stopping
+from ..specs import optimizers as opt
 
 NAME = "numpy"
 
@@ -86,7 +87,10 @@ def train_epochs(
     n_outputs,
     fit_intercept,
     batch_size,
-    lr,
+    opt_code,
+    hyper,
+    opt_state,
+    step_count,
     tol,
     n_iter_no_change,
     stop_state,
@@ -110,8 +114,15 @@ def train_epochs(
         As in :func:`loss_and_gradient`.
     batch_size : int
         Rows per mini-batch (the last batch of an epoch may be smaller).
-    lr : float
-        Learning rate: ``params -= lr * mean_gradient`` after each batch.
+    opt_code : int
+        The optimizer, a code of :mod:`fastgd.specs.optimizers`; it updates ``params``
+        from the mean gradient after each batch (see :func:`optimizer_step`).
+    hyper : ndarray of shape (N_HYPER,), float64
+        Its hyperparameters, at the positions named in :mod:`fastgd.specs.optimizers`.
+    opt_state : ndarray of shape (n_rows, n_params)
+        Its state (momentum buffers, moments), same dtype as params, updated in place.
+    step_count : ndarray of shape (1,), int64
+        Updates made so far (Adam's bias correction), updated in place.
     tol, n_iter_no_change : float, int
         The tolerance stopping rule (see :mod:`fastgd.specs.stopping`).
     stop_state : ndarray of shape (2,), float64
@@ -132,19 +143,85 @@ def train_epochs(
     # overflow to inf/NaN is detected below and reported as divergence, not as warnings
     with np.errstate(over="ignore", invalid="ignore"):
         return _train_epochs(
-            X, Y, params, orders, n_epochs, loss_code, n_outputs, fit_intercept, batch_size, lr,
-            tol, n_iter_no_change, stop_state, history,
+            X, Y, params, orders, n_epochs, loss_code, n_outputs, fit_intercept, batch_size,
+            opt_code, hyper, opt_state, step_count, tol, n_iter_no_change, stop_state, history,
         )  # fmt: skip
 
 
+def optimizer_step(params, grad, n_trained, opt_code, hyper, state, t):
+    """Apply update number ``t`` (1-based) of an optimizer to ``params[:n_trained]``.
+
+    The formulas are written out in :mod:`fastgd.specs.optimizers` (those of torch.optim).
+    ``state`` rows are updated in place; entries past ``n_trained`` (untrained intercepts)
+    are left alone.
+    """
+    p = params[:n_trained]
+    g = grad[:n_trained]
+    lr = hyper[opt.LR]
+    if opt_code == opt.SGD:
+        mu = hyper[opt.MOMENTUM]
+        if mu != 0.0:
+            buf = state[0, :n_trained]
+            if t == 1:
+                buf[:] = g
+            else:
+                buf *= mu
+                buf += (1.0 - hyper[opt.DAMPENING]) * g
+            g = g + mu * buf if hyper[opt.NESTEROV] else buf
+        p -= lr * g
+    elif opt_code == opt.ADAGRAD:
+        total = state[0, :n_trained]
+        total += g * g
+        p -= lr / (1.0 + (t - 1) * hyper[opt.LR_DECAY]) * g / (np.sqrt(total) + hyper[opt.EPS])
+    elif opt_code == opt.RMSPROP:
+        alpha, eps, mu = hyper[opt.ALPHA], hyper[opt.EPS], hyper[opt.MOMENTUM]
+        square_avg, grad_avg, buf = state[0, :n_trained], state[1, :n_trained], state[2, :n_trained]
+        square_avg *= alpha
+        square_avg += (1.0 - alpha) * g * g
+        if hyper[opt.CENTERED]:
+            grad_avg *= alpha
+            grad_avg += (1.0 - alpha) * g
+            denom = np.sqrt(square_avg - grad_avg * grad_avg) + eps
+        else:
+            denom = np.sqrt(square_avg) + eps
+        if mu > 0.0:
+            buf *= mu
+            buf += g / denom
+            p -= lr * buf
+        else:
+            p -= lr * g / denom
+    else:  # ADAM, ADAMW
+        b1, b2, eps, wd = (
+            hyper[opt.BETA1],
+            hyper[opt.BETA2],
+            hyper[opt.EPS],
+            hyper[opt.WEIGHT_DECAY],
+        )
+        if opt_code == opt.ADAMW:
+            p *= 1.0 - lr * wd
+        elif wd != 0.0:
+            g = g + wd * p
+        m, v, v_max = state[0, :n_trained], state[1, :n_trained], state[2, :n_trained]
+        m *= b1
+        m += (1.0 - b1) * g
+        v *= b2
+        v += (1.0 - b2) * g * g
+        if hyper[opt.AMSGRAD]:
+            np.maximum(v_max, v, out=v_max)
+            v = v_max
+        correction2 = np.sqrt(1.0 - b2**t)
+        p -= lr / (1.0 - b1**t) * m / (np.sqrt(v) / correction2 + eps)
+
+
 def _train_epochs(
-    X, Y, params, orders, n_epochs, loss_code, n_outputs, fit_intercept, batch_size, lr, tol,
-    n_iter_no_change, stop_state, history,
+    X, Y, params, orders, n_epochs, loss_code, n_outputs, fit_intercept, batch_size, opt_code,
+    hyper, opt_state, step_count, tol, n_iter_no_change, stop_state, history,
 ):  # fmt: skip
-    n = X.shape[0]
+    n, d = X.shape
+    n_trained = params.size if fit_intercept else d * n_outputs
     shuffled = orders.shape[0] > 0
     for epoch in range(n_epochs):
-        start_params = params.copy()
+        start_params, start_state, start_step = params.copy(), opt_state.copy(), step_count[0]
         loss_sum = 0.0
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
@@ -155,11 +232,12 @@ def _train_epochs(
                 Xb, Yb = X[start:stop], Y[start:stop]
             loss, grad = loss_and_gradient(Xb, Yb, params, loss_code, n_outputs, fit_intercept)
             loss_sum += loss * (stop - start)
-            params -= lr * grad
+            step_count[0] += 1
+            optimizer_step(params, grad, n_trained, opt_code, hyper, opt_state, step_count[0])
         epoch_loss = loss_sum / n
         history[epoch] = epoch_loss
         if not (np.isfinite(epoch_loss) and np.all(np.isfinite(params))):
-            params[:] = start_params
+            params[:], opt_state[:], step_count[0] = start_params, start_state, start_step
             return epoch + 1, stopping.DIVERGED
         if epoch_loss > stop_state[0] - tol:
             stop_state[1] += 1

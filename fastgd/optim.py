@@ -1,0 +1,227 @@
+"""Optimizers: ``fastgd.optim.Adam(lr=1e-3, betas=(0.9, 0.999))`` and friends.
+
+Each object validates its hyperparameters and turns them into an integer code and a
+float64 vector for the compiled kernels. Formulas and defaults follow ``torch.optim``
+(written out in :mod:`fastgd.specs.optimizers`), so a fit can be compared with PyTorch
+step for step.
+"""
+
+import numbers
+
+import numpy as np
+
+from .specs import optimizers as codes
+
+
+def _number(value, name, low=None, high=None, low_open=False, high_open=False):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
+        raise ValueError(f"{name} must be a finite number; got {value!r}")
+    value = float(value)
+    if low is not None and (value < low or (low_open and value == low)):
+        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}; got {value}")
+    if high is not None and (value > high or (high_open and value == high)):
+        raise ValueError(f"{name} must be {'<' if high_open else '<='} {high}; got {value}")
+    return value
+
+
+class Optimizer:
+    """Base class: a code, hyperparameters and the number of state rows."""
+
+    code = None
+
+    def __init__(self, lr):
+        self.lr = _number(lr, "lr", low=0.0, low_open=True)
+
+    def hyperparameters(self):
+        """The float64 vector the kernels read (positions in :mod:`fastgd.specs.optimizers`)."""
+        hyper = np.zeros(codes.N_HYPER)
+        hyper[codes.LR] = self.lr
+        return hyper
+
+    def new_state(self, n_params, dtype):
+        """Zeroed state arrays for ``n_params`` parameters."""
+        return codes.new_state(self.code, n_params, dtype)
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({args})"
+
+    def __eq__(self, other):
+        return type(self) is type(other) and vars(self) == vars(other)
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent, optionally with (Nesterov) momentum.
+
+    ``b = g`` at the first update, then ``b = momentum * b + (1 - dampening) * g``;
+    ``p -= lr * (g + momentum * b)`` with Nesterov, ``p -= lr * b`` without, and
+    ``p -= lr * g`` when ``momentum == 0``.
+
+    Parameters
+    ----------
+    lr : float, default 0.01
+    momentum : float, default 0
+    dampening : float, default 0
+    nesterov : bool, default False
+        Requires ``momentum > 0`` and ``dampening == 0`` (as in PyTorch).
+    """
+
+    code = codes.SGD
+
+    def __init__(self, lr=0.01, momentum=0.0, dampening=0.0, nesterov=False):
+        super().__init__(lr)
+        self.momentum = _number(momentum, "momentum", low=0.0)
+        self.dampening = _number(dampening, "dampening", low=0.0, high=1.0)
+        self.nesterov = bool(nesterov)
+        if self.nesterov and (self.momentum == 0.0 or self.dampening != 0.0):
+            raise ValueError("nesterov=True requires momentum > 0 and dampening == 0")
+
+    def hyperparameters(self):
+        hyper = super().hyperparameters()
+        hyper[codes.MOMENTUM] = self.momentum
+        hyper[codes.DAMPENING] = self.dampening
+        hyper[codes.NESTEROV] = self.nesterov
+        return hyper
+
+
+class Adagrad(Optimizer):
+    """Adagrad: ``s += g**2``; ``p -= lr / (1 + (t - 1) lr_decay) * g / (sqrt(s) + eps)``.
+
+    Parameters
+    ----------
+    lr : float, default 0.01
+    lr_decay : float, default 0
+    eps : float, default 1e-10
+    initial_accumulator_value : float, default 0
+    """
+
+    code = codes.ADAGRAD
+
+    def __init__(self, lr=0.01, lr_decay=0.0, eps=1e-10, initial_accumulator_value=0.0):
+        super().__init__(lr)
+        self.lr_decay = _number(lr_decay, "lr_decay", low=0.0)
+        self.eps = _number(eps, "eps", low=0.0)
+        self.initial_accumulator_value = _number(
+            initial_accumulator_value, "initial_accumulator_value", low=0.0
+        )
+
+    def hyperparameters(self):
+        hyper = super().hyperparameters()
+        hyper[codes.LR_DECAY] = self.lr_decay
+        hyper[codes.EPS] = self.eps
+        return hyper
+
+    def new_state(self, n_params, dtype):
+        return codes.new_state(self.code, n_params, dtype, self.initial_accumulator_value)
+
+
+class RMSprop(Optimizer):
+    """RMSprop: ``v = alpha v + (1 - alpha) g**2``, step ``lr * g / (sqrt(v) + eps)``.
+
+    ``centered`` subtracts the squared running mean of ``g`` under the root; ``momentum``
+    accumulates ``b = momentum * b + g / denom`` and steps ``lr * b``.
+
+    Parameters
+    ----------
+    lr : float, default 0.01
+    alpha : float, default 0.99
+    eps : float, default 1e-8
+    momentum : float, default 0
+    centered : bool, default False
+    """
+
+    code = codes.RMSPROP
+
+    def __init__(self, lr=0.01, alpha=0.99, eps=1e-8, momentum=0.0, centered=False):
+        super().__init__(lr)
+        self.alpha = _number(alpha, "alpha", low=0.0, high=1.0, high_open=True)
+        self.eps = _number(eps, "eps", low=0.0)
+        self.momentum = _number(momentum, "momentum", low=0.0)
+        self.centered = bool(centered)
+
+    def hyperparameters(self):
+        hyper = super().hyperparameters()
+        hyper[codes.ALPHA] = self.alpha
+        hyper[codes.EPS] = self.eps
+        hyper[codes.MOMENTUM] = self.momentum
+        hyper[codes.CENTERED] = self.centered
+        return hyper
+
+
+class Adam(Optimizer):
+    """Adam (optionally AMSGrad), with L2 ``weight_decay`` added to the gradient.
+
+    ``m = b1 m + (1 - b1) g``; ``v = b2 v + (1 - b2) g**2``;
+    ``p -= lr / (1 - b1**t) * m / (sqrt(v) / sqrt(1 - b2**t) + eps)``.
+
+    Parameters
+    ----------
+    lr : float, default 1e-3
+    betas : (float, float), default (0.9, 0.999)
+        Each in [0, 1).
+    eps : float, default 1e-8
+    weight_decay : float, default 0
+    amsgrad : bool, default False
+        Use the running maximum of ``v``.
+    """
+
+    code = codes.ADAM
+    default_weight_decay = 0.0
+
+    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=None, amsgrad=False):
+        super().__init__(lr)
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ValueError(f"betas must be a pair of numbers in [0, 1); got {betas!r}")
+        self.betas = tuple(
+            _number(b, f"betas[{i}]", low=0.0, high=1.0, high_open=True)
+            for i, b in enumerate(betas)
+        )
+        self.eps = _number(eps, "eps", low=0.0)
+        if weight_decay is None:
+            weight_decay = self.default_weight_decay
+        self.weight_decay = _number(weight_decay, "weight_decay", low=0.0)
+        self.amsgrad = bool(amsgrad)
+
+    def hyperparameters(self):
+        hyper = super().hyperparameters()
+        hyper[codes.BETA1], hyper[codes.BETA2] = self.betas
+        hyper[codes.EPS] = self.eps
+        hyper[codes.WEIGHT_DECAY] = self.weight_decay
+        hyper[codes.AMSGRAD] = self.amsgrad
+        return hyper
+
+
+class AdamW(Adam):
+    """AdamW: Adam with decoupled weight decay, ``p *= 1 - lr * weight_decay`` each step.
+
+    Parameters as :class:`Adam`, with ``weight_decay`` defaulting to 0.01.
+    """
+
+    code = codes.ADAMW
+    default_weight_decay = 1e-2
+
+
+OPTIMIZERS = {"sgd": SGD, "adagrad": Adagrad, "rmsprop": RMSprop, "adam": Adam, "adamw": AdamW}
+
+
+def make_optimizer(optimizer, lr=None):
+    """An :class:`Optimizer` from a name (with ``lr`` if given) or an optimizer object.
+
+    Parameters
+    ----------
+    optimizer : str or Optimizer
+        One of ``"sgd"``, ``"adagrad"``, ``"rmsprop"``, ``"adam"``, ``"adamw"``, or an object.
+    lr : float, optional
+        Learning rate for a named optimizer (default: the optimizer's own). Giving it with
+        an optimizer object is an error: the object carries its own.
+    """
+    if isinstance(optimizer, Optimizer):
+        if lr is not None:
+            raise ValueError("pass lr either to fit or to the optimizer object, not both")
+        return optimizer
+    if not isinstance(optimizer, str) or optimizer not in OPTIMIZERS:
+        raise ValueError(
+            f"optimizer must be one of {', '.join(map(repr, OPTIMIZERS))} or a "
+            f"fastgd.optim.Optimizer; got {optimizer!r}"
+        )
+    return OPTIMIZERS[optimizer]() if lr is None else OPTIMIZERS[optimizer](lr=lr)

@@ -1,0 +1,59 @@
+"""Optimizers as integer codes, a hyperparameter vector and state arrays.
+
+Every optimizer updates the flat parameter vector elementwise, so one implementation per
+backend serves every model. The formulas (and defaults, in :mod:`fastgd.optim`) are those
+of ``torch.optim``, so results can be compared with PyTorch step for step. With ``g`` the
+mean gradient of the batch and ``t`` the 1-based number of the update:
+
+- ``SGD``: with momentum ``mu`` and dampening ``tau``, ``b = g`` at ``t = 1``, else
+  ``b = mu b + (1 - tau) g``; the step uses ``g + mu b`` (Nesterov) or ``b``;
+  ``p -= lr * step``. Without momentum, ``p -= lr * g``.
+- ``ADAGRAD``: ``s += g**2``; ``p -= lr / (1 + (t - 1) lr_decay) * g / (sqrt(s) + eps)``.
+- ``RMSPROP``: ``v = alpha v + (1 - alpha) g**2``; centered: ``a = alpha a + (1 - alpha) g``
+  and ``d = sqrt(v - a**2) + eps``, else ``d = sqrt(v) + eps``; with momentum ``mu``:
+  ``b = mu b + g / d`` and ``p -= lr b``, else ``p -= lr g / d``.
+- ``ADAM`` / ``ADAMW``: AdamW first decays ``p *= 1 - lr wd``; Adam with ``wd`` adds
+  ``wd p`` to ``g``. Then ``m = b1 m + (1 - b1) g``, ``v = b2 v + (1 - b2) g**2``
+  (AMSGrad: ``vmax = max(vmax, v)`` is used for ``v``), and
+  ``p -= lr / (1 - b1**t) * m / (sqrt(v) / sqrt(1 - b2**t) + eps)``.
+"""
+
+import numpy as np
+
+SGD = 0
+ADAGRAD = 1
+RMSPROP = 2
+ADAM = 3
+ADAMW = 4
+
+# positions in the hyperparameter vector handed to the kernels (float64)
+LR = 0
+MOMENTUM = 1
+DAMPENING = 2
+NESTEROV = 3
+BETA1 = 4
+BETA2 = 5
+EPS = 6
+WEIGHT_DECAY = 7
+AMSGRAD = 8
+CENTERED = 9
+ALPHA = 10
+LR_DECAY = 11
+N_HYPER = 12
+
+# rows of the (n_rows, n_params) state array: what each row holds, per optimizer
+STATE_ROWS = {
+    SGD: ("momentum_buffer",),
+    ADAGRAD: ("sum",),
+    RMSPROP: ("square_avg", "grad_avg", "momentum_buffer"),
+    ADAM: ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
+    ADAMW: ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
+}
+
+
+def new_state(opt_code, n_params, dtype, initial_accumulator_value=0.0):
+    """Zeroed optimizer state of shape (len(STATE_ROWS[opt_code]), n_params)."""
+    state = np.zeros((len(STATE_ROWS[opt_code]), n_params), dtype=dtype)
+    if opt_code == ADAGRAD:
+        state[0] = initial_accumulator_value
+    return state

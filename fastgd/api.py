@@ -12,6 +12,7 @@ from .optim import make_optimizer
 from .result import FitResult
 from .specs import stopping
 from .specs.models import LINEAR_MODELS, LinearModelSpec
+from .specs.optimizers import CLIP_NORM, CLIP_VALUE
 
 # Shuffled row orders are drawn in Python (NumPy's generator, so every backend sees the
 # same batches) and handed to the kernel for a block of epochs at a time; this bounds the
@@ -54,6 +55,10 @@ def fit(
     n_threads=None,
     verbose=False,
     on_divergence="warn",
+    clip_value=None,
+    clip_norm=None,
+    callback=None,
+    init=None,
 ):
     """Train a model by gradient descent, with the training loop in compiled code.
 
@@ -103,6 +108,20 @@ def fit(
     on_divergence : {"warn", "raise"}
         What to do when the loss becomes NaN/inf: warn and return the last finite
         parameters (``result.stop_reason == "diverged"``), or raise ``DivergenceError``.
+    clip_value : float, optional
+        Clamp every entry of the mean gradient to ``[-clip_value, clip_value]`` before the
+        update (``torch.nn.utils.clip_grad_value_``).
+    clip_norm : float, optional
+        Then scale the gradient by ``clip_norm / (norm + 1e-6)`` when that is below 1,
+        ``norm`` being its Euclidean norm (``torch.nn.utils.clip_grad_norm_``).
+    callback : callable, optional
+        ``callback(epoch, info)`` after every epoch, with ``info`` a dict holding ``loss``
+        and a copy of ``params``; returning ``True`` stops training
+        (``stop_reason == "callback"``). Epochs then run one kernel call each.
+    init : FitResult, optional
+        Warm start: continue from its parameters, and from its optimizer state and update
+        count when the optimizer is of the same kind. It must come from the same model
+        (family, features, outputs, intercept, classes).
 
     Returns
     -------
@@ -150,13 +169,20 @@ def fit(
     if not isinstance(verbose, (bool, int, np.integer)) or verbose < 0:
         raise ValueError(f"verbose must be a bool or a non-negative integer; got {verbose!r}")
     print_every = int(verbose)
+    if callback is not None and not callable(callback):
+        raise ValueError(f"callback must be callable; got {callback!r}")
 
     n_outputs = Y.shape[1] if model == "linear" else (1 if model == "logistic" else len(classes))
     spec = LinearModelSpec(model, d, n_outputs, bool(fit_intercept))
     params = spec.init_params(X.dtype)
     hyper = opt.hyperparameters()
+    for name, value, position in [("clip_value", clip_value, CLIP_VALUE), ("clip_norm", clip_norm, CLIP_NORM)]:  # fmt: skip
+        if value is not None:
+            hyper[position] = v.check_positive_float(value, name)
     opt_state = opt.new_state(spec.n_params, X.dtype)
     step_count = np.zeros(1, dtype=np.int64)
+    if init is not None:
+        _warm_start(init, spec, classes, opt, params, opt_state, step_count)
     shuffled = shuffle and batch_size < n
     rng = np.random.default_rng(seed)
     no_orders = np.empty((0, 0), dtype=np.int64)
@@ -181,9 +207,11 @@ def fit(
     block = max(1, ORDER_BUDGET // n) if shuffled else epochs
     if print_every:
         block = min(block, print_every)
-    done, status = 0, stopping.MAX_EPOCHS
+    if callback is not None:
+        block = 1
+    done, status, stopped_by_callback = 0, stopping.MAX_EPOCHS, False
     started = time.perf_counter()
-    while done < epochs and status == stopping.MAX_EPOCHS:
+    while done < epochs and status == stopping.MAX_EPOCHS and not stopped_by_callback:
         count = min(block, epochs - done)
         orders = np.stack([rng.permutation(n) for _ in range(count)]) if shuffled else no_orders
         ran, status = run(count, orders, history[done:])
@@ -191,6 +219,9 @@ def fit(
             if print_every and epoch % print_every == 0:
                 print(f"Epoch: {epoch}, Loss: {history[epoch]:.6g}")
         done += ran
+        if callback is not None and status != stopping.DIVERGED:
+            info = {"loss": float(history[done - 1]), "params": params.copy()}
+            stopped_by_callback = bool(callback(done - 1, info))
     train_time = time.perf_counter() - started
     if print_every and (done - 1) % print_every != 0:
         print(f"Epoch: {done - 1}, Loss: {history[done - 1]:.6g}")
@@ -212,7 +243,7 @@ def fit(
         classes_=classes,
         loss_history=history[:done].copy(),
         n_epochs=done,
-        stop_reason=stopping.REASONS[status],
+        stop_reason="callback" if stopped_by_callback else stopping.REASONS[status],
         backend=backend_module.NAME,
         n_threads=n_threads,
         compile_time=compile_time,
@@ -222,3 +253,19 @@ def fit(
         n_updates=int(step_count[0]),
         _single_target=model != "linear" or np.ndim(y) == 1,
     )
+
+
+def _warm_start(init, spec, classes, opt, params, opt_state, step_count):
+    """Copy parameters (and optimizer state of the same kind) from an earlier FitResult."""
+    if not isinstance(init, FitResult):
+        raise ValueError(f"init must be a FitResult from fastgd.fit; got {type(init).__name__}")
+    if init.model != spec:
+        raise ValueError(f"init was fit for {init.model}, which does not match {spec}")
+    if (init.classes_ is None) != (classes is None) or (
+        classes is not None and not np.array_equal(init.classes_, classes)
+    ):
+        raise ValueError(f"init was fit on classes {init.classes_}, but y has {classes}")
+    params[:] = init.params
+    if type(init.optimizer) is type(opt) and init.optimizer_state is not None:
+        opt_state[:] = init.optimizer_state
+        step_count[0] = init.n_updates

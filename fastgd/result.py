@@ -26,8 +26,9 @@ class FitResult:
         the step).
     n_epochs : int
         Number of epochs run (including a diverged one, whose update was discarded).
-    stop_reason : {"max_epochs", "converged", "diverged"}
-        Why training stopped.
+    stop_reason : {"max_epochs", "converged", "diverged", "callback"}
+        Why training stopped: all epochs run, the tolerance rule, a NaN/inf loss, or the
+        callback returned True.
     backend : str
         The backend that ran the training loop.
     n_threads : int

@@ -308,3 +308,40 @@ def test_new_process_loads_compiled_kernels_from_disk_cache():
         for _ in range(2)
     ]
     assert runs[1].stdout.strip() == "{}", runs[1].stdout + runs[1].stderr  # nothing compiled
+
+
+def test_callback_sees_each_epoch_and_can_stop(backend):
+    X = np.linspace(-1, 1, 100)
+    seen = []
+
+    def stop_after_three(epoch, info):
+        seen.append((epoch, info["loss"], info["params"]))
+        return epoch == 2
+
+    result = fastgd.fit(X, 2 * X + 1, epochs=50, callback=stop_after_three, seed=0, backend=backend)
+    assert [e for e, _, _ in seen] == [0, 1, 2]
+    assert result.n_epochs == 3 and result.stop_reason == "callback"
+    assert [loss for _, loss, _ in seen] == list(result.loss_history)
+    np.testing.assert_array_equal(seen[-1][2], result.params)
+    assert not np.array_equal(seen[0][2], seen[-1][2])  # copies, not views of live params
+    with pytest.raises(ValueError, match="callback must be callable"):
+        fastgd.fit(X, X, callback="print")
+
+
+def test_warm_start_continues_training(backend):
+    rng = np.random.default_rng(14)
+    X = rng.standard_normal((300, 4))
+    y = (X[:, 0] - X[:, 1] > 0).astype(int)
+    kwargs = dict(model="logistic", optimizer="adam", lr=0.01, batch_size=None, backend=backend)
+    whole = fastgd.fit(X, y, epochs=10, **kwargs)
+    first = fastgd.fit(X, y, epochs=4, **kwargs)
+    rest = fastgd.fit(X, y, epochs=6, init=first, **kwargs)
+    # full batches, same optimizer state carried over: exactly the uninterrupted run
+    np.testing.assert_allclose(rest.params, whole.params, rtol=1e-12)
+    np.testing.assert_allclose(np.concatenate([first.loss_history, rest.loss_history]), whole.loss_history, rtol=1e-12)  # fmt: skip
+    assert rest.n_updates == 10
+    assert first.params is not rest.params and not np.array_equal(first.params, rest.params)
+    with pytest.raises(ValueError, match="does not match"):
+        fastgd.fit(X[:, :3], y, epochs=1, init=first, **kwargs)
+    with pytest.raises(ValueError, match="init must be a FitResult"):
+        fastgd.fit(X, y, epochs=1, init=first.params, **kwargs)

@@ -10,6 +10,7 @@ import fastgd
 from fastgd import optim
 from fastgd.backends import numpy_ref
 from fastgd.specs import losses, stopping
+from fastgd.specs import optimizers as opt_codes
 
 CONFIGS = {
     "sgd": optim.SGD(lr=0.05),
@@ -172,3 +173,103 @@ def test_unknown_optimizer_and_double_lr():
         fastgd.fit(X, X, optimizer="lbfgs")
     with pytest.raises(ValueError, match="not both"):
         fastgd.fit(X, X, optimizer=optim.Adam(), lr=0.1)
+
+
+ILL_CONDITIONED = {
+    "sgd": optim.SGD(lr=9e-4),
+    "momentum": optim.SGD(lr=9e-4, momentum=0.9),
+    "nesterov": optim.SGD(lr=4e-4, momentum=0.9, nesterov=True),
+    "adagrad": optim.Adagrad(lr=1.0),
+    "rmsprop": optim.RMSprop(lr=1e-3),
+    "adam": optim.Adam(lr=0.05),
+    "adamw": optim.AdamW(lr=0.05, weight_decay=0.0),
+}
+
+
+def test_ill_conditioned_least_squares(backend):
+    # feature scales 1, 10, 31.6: the Hessian's condition number is ~1e3
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((200, 3)) * np.array([1.0, 10.0, 31.6])
+    X -= X.mean(axis=0)
+    y = X @ np.array([1.0, -0.5, 0.2]) + 3.0 + 0.1 * rng.standard_normal(200)
+    A = np.column_stack([X, np.ones(200)])
+    assert 5e2 < np.linalg.cond(A.T @ A) < 2e3
+    exact = np.linalg.solve(A.T @ A, A.T @ y)
+
+    def reached(epoch, info):  # stop once every parameter is within 1e-3 of the solution
+        return np.abs(info["params"] - exact).max() < 1e-3
+
+    epochs_needed = {}
+    for name, optimizer in ILL_CONDITIONED.items():
+        result = fastgd.fit(X, y, optimizer=optimizer, batch_size=None, epochs=20000, callback=reached, backend=backend)  # fmt: skip
+        assert result.stop_reason == "callback", (name, result)
+        epochs_needed[name] = result.n_epochs
+    assert epochs_needed["momentum"] < epochs_needed["sgd"] / 5
+    assert epochs_needed["adam"] < epochs_needed["sgd"] / 5
+
+
+def test_clip_gradient_by_hand():
+    hyper = optim.SGD().hyperparameters()
+    hyper[opt_codes.CLIP_NORM] = 1.0
+    grad = np.array([3.0, -4.0, 100.0])  # the last entry is an untrained intercept
+    numpy_ref.clip_gradient(grad, 2, hyper)
+    np.testing.assert_allclose(grad, [3.0 / (5 + 1e-6), -4.0 / (5 + 1e-6), 100.0])
+    hyper[opt_codes.CLIP_VALUE] = 2.0  # value first: [2, -2], norm sqrt(8) > 1
+    grad = np.array([3.0, -4.0])
+    numpy_ref.clip_gradient(grad, 2, hyper)
+    np.testing.assert_allclose(grad, np.array([2.0, -2.0]) / (np.sqrt(8) + 1e-6))
+    grad = np.array([0.3, -0.4])  # norm 0.5 < 1 and below the value bound: unchanged
+    numpy_ref.clip_gradient(grad, 2, hyper)
+    np.testing.assert_array_equal(grad, [0.3, -0.4])
+
+
+CLIPPED = {
+    "value": dict(clip_value=0.01),
+    "norm": dict(clip_norm=0.05),
+    "both": dict(clip_value=0.02, clip_norm=0.05),
+}
+
+
+@pytest.mark.parametrize("clip", list(CLIPPED))
+@pytest.mark.parametrize("name", ["sgd", "momentum", "adam"])
+@pytest.mark.parametrize("batch_size", [1, 32, 2000])
+def test_backend_clipping_matches_reference(compiled_backend, clip, name, batch_size):
+    X, Y, _ = make_problem(losses.BINARY_CROSS_ENTROPY, 1, n=2000, d=20)
+    optimizer = CONFIGS[name]
+    hyper = optimizer.hyperparameters()
+    for key, value in CLIPPED[clip].items():
+        hyper[getattr(opt_codes, key.upper())] = value
+
+    class Clipped(type(optimizer)):
+        def hyperparameters(self):
+            return hyper
+
+    clipped = Clipped.__new__(Clipped)
+    clipped.__dict__.update(vars(optimizer))
+    kwargs = dict(epochs=3, batch_size=batch_size, optimizer=clipped, shuffle=batch_size < 2000)
+    expected = run_epochs(numpy_ref, X, Y, losses.BINARY_CROSS_ENTROPY, 1, **kwargs)
+    unclipped = run_epochs(numpy_ref, X, Y, losses.BINARY_CROSS_ENTROPY, 1, **{**kwargs, "optimizer": optimizer})  # fmt: skip
+    assert not np.allclose(expected[0], unclipped[0])  # the thresholds do bite
+    one = run_epochs(compiled_backend, X, Y, losses.BINARY_CROSS_ENTROPY, 1, n_threads=1, **kwargs)
+    two = run_epochs(compiled_backend, X, Y, losses.BINARY_CROSS_ENTROPY, 1, n_threads=2, **kwargs)
+    np.testing.assert_allclose(one[0], expected[0], rtol=1e-9, atol=1e-12)
+    assert np.array_equal(one[0], two[0])
+
+
+def test_clip_norm_bounds_the_step(backend):
+    rng = np.random.default_rng(1)
+    X = 10 * rng.standard_normal((100, 3))
+    y = X @ np.ones(3)
+    result = fastgd.fit(X, y, batch_size=None, epochs=1, lr=0.1, clip_norm=0.5, backend=backend)
+    assert np.linalg.norm(result.params) <= 0.1 * 0.5 + 1e-12
+    assert np.linalg.norm(result.params) > 0.1 * 0.5 * 0.99  # the raw gradient is far larger
+    result = fastgd.fit(X, y, batch_size=None, epochs=1, lr=0.1, clip_value=0.2, backend=backend)
+    np.testing.assert_allclose(np.abs(result.params[:3]), 0.1 * 0.2)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [dict(clip_value=0), dict(clip_norm=-1.0), dict(clip_norm=np.inf)]
+)
+def test_invalid_clipping_thresholds(kwargs):
+    with pytest.raises(ValueError, match=f"{next(iter(kwargs))} must be a positive"):
+        fastgd.fit(np.linspace(-1, 1, 20), np.linspace(-1, 1, 20), **kwargs)

@@ -76,16 +76,18 @@ cdef enum:
     H_CENTERED = 9
     H_ALPHA = 10
     H_LR_DECAY = 11
-    N_HYPER = 12
+    H_CLIP_VALUE = 12
+    H_CLIP_NORM = 13
+    N_HYPER = 14
 
 LOSS_CODES = (MSE, BINARY_CROSS_ENTROPY, CATEGORICAL_CROSS_ENTROPY)
 STATUS_CODES = (MAX_EPOCHS, CONVERGED, DIVERGED)
 OPTIMIZER_CODES = (SGD, ADAGRAD, RMSPROP, ADAM, ADAMW)
 # (LR, MOMENTUM, DAMPENING, NESTEROV, BETA1, BETA2, EPS, WEIGHT_DECAY, AMSGRAD, CENTERED,
-#  ALPHA, LR_DECAY, N_HYPER)
+#  ALPHA, LR_DECAY, CLIP_VALUE, CLIP_NORM, N_HYPER)
 HYPER_POSITIONS = (
     H_LR, H_MOMENTUM, H_DAMPENING, H_NESTEROV, H_BETA1, H_BETA2, H_EPS, H_WEIGHT_DECAY,
-    H_AMSGRAD, H_CENTERED, H_ALPHA, H_LR_DECAY, N_HYPER,
+    H_AMSGRAD, H_CENTERED, H_ALPHA, H_LR_DECAY, H_CLIP_VALUE, H_CLIP_NORM, N_HYPER,
 )
 
 cdef enum:
@@ -115,6 +117,7 @@ cdef struct Optimizer:
     # An optimizer code and its hyperparameters, unpacked from the ``hyper`` vector.
     int code
     double lr, momentum, dampening, beta1, beta2, eps, weight_decay, alpha, lr_decay
+    double clip_value, clip_norm  # gradient clipping before the step; 0 disables each
     bint nesterov, amsgrad, centered
 
 
@@ -384,6 +387,38 @@ cdef double _per_sample_epoch(
     return loss_sum
 
 
+cdef void _clip_gradient(
+    const Optimizer* opt, floating* G, double inv_rows, Py_ssize_t n_trained
+) noexcept nogil:
+    """Turn ``G[:n_trained]`` into the mean gradient clipped by value, then by global norm.
+
+    The operations of :func:`fastgd.backends.numpy_ref.clip_gradient` (as Numba's
+    ``_clip_gradient``): the mean ``G[j] * inv_rows`` is computed and clamped in double,
+    stored in the data precision; the squared norm is summed in double.
+    """
+    cdef Py_ssize_t j
+    cdef double g, total, factor
+    cdef double clip_value = opt.clip_value, clip_norm = opt.clip_norm
+    for j in range(n_trained):
+        g = G[j] * inv_rows
+        if clip_value > 0.0:
+            # as np.clip: a NaN stays NaN
+            if g < -clip_value:
+                g = -clip_value
+            elif g > clip_value:
+                g = clip_value
+        G[j] = <floating>g
+    if clip_norm > 0.0:
+        total = 0.0
+        for j in range(n_trained):
+            g = G[j]
+            total += g * g
+        factor = clip_norm / (sqrt(total) + 1e-6)
+        if factor < 1.0:
+            for j in range(n_trained):
+                G[j] = <floating>(G[j] * factor)
+
+
 cdef void _optimizer_step(
     const Optimizer* opt, floating* w, const floating* G, double inv_rows, floating* state,
     Py_ssize_t ld_state, Py_ssize_t n_trained, int64_t t,
@@ -528,8 +563,12 @@ cdef Py_ssize_t _train_epochs(
     cdef double loss_sum, inv_rows, epoch_loss
     cdef int64_t start_step
     cdef bint finite
-    # batches of one row take the direct per-sample path, for plain SGD only
-    cdef bint per_sample = batch_size == 1 and opt.code == SGD and opt.momentum == 0.0
+    cdef bint clipping = opt.clip_value > 0.0 or opt.clip_norm > 0.0
+    # batches of one row take the direct per-sample path, for plain SGD (no momentum, no
+    # clipping) only
+    cdef bint per_sample = (
+        batch_size == 1 and opt.code == SGD and opt.momentum == 0.0 and not clipping
+    )
     pb.shuffled = orders.shape[0] > 0
     for epoch in range(n_epochs):
         memcpy(&start_params[0], w, p * sizeof(floating))
@@ -553,6 +592,9 @@ cdef Py_ssize_t _train_epochs(
             # the step is computed in double (inv_rows and the hyperparameters are double)
             inv_rows = 1.0 / (stop - start)
             step_count[0] += 1
+            if clipping:
+                _clip_gradient(opt, G, inv_rows, n_trained)
+                inv_rows = 1.0  # G now holds the clipped mean gradient
             _optimizer_step(opt, w, G, inv_rows, state, p, n_trained, step_count[0])
             start = stop
         epoch_loss = loss_sum / n
@@ -615,6 +657,7 @@ def train_epochs(
     opt.weight_decay, opt.alpha, opt.lr_decay = (
         hyper[H_WEIGHT_DECAY], hyper[H_ALPHA], hyper[H_LR_DECAY]
     )
+    opt.clip_value, opt.clip_norm = hyper[H_CLIP_VALUE], hyper[H_CLIP_NORM]
     opt.nesterov = hyper[H_NESTEROV] != 0.0
     opt.amsgrad = hyper[H_AMSGRAD] != 0.0
     opt.centered = hyper[H_CENTERED] != 0.0

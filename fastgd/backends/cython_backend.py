@@ -26,7 +26,8 @@ _STATUS_CODES = (stopping.MAX_EPOCHS, stopping.CONVERGED, stopping.DIVERGED)
 _OPTIMIZER_CODES = (opt.SGD, opt.ADAGRAD, opt.RMSPROP, opt.ADAM, opt.ADAMW)
 _HYPER_POSITIONS = (
     opt.LR, opt.MOMENTUM, opt.DAMPENING, opt.NESTEROV, opt.BETA1, opt.BETA2, opt.EPS,
-    opt.WEIGHT_DECAY, opt.AMSGRAD, opt.CENTERED, opt.ALPHA, opt.LR_DECAY, opt.N_HYPER,
+    opt.WEIGHT_DECAY, opt.AMSGRAD, opt.CENTERED, opt.ALPHA, opt.LR_DECAY, opt.CLIP_VALUE,
+    opt.CLIP_NORM, opt.N_HYPER,
 )  # fmt: skip
 if (
     _k.LOSS_CODES != _LOSS_CODES

@@ -218,6 +218,28 @@ def loss_and_gradient(X, Y, params, loss_code, n_outputs, fit_intercept):
 
 
 @njit(inline="always", **NUMBA_OPTIONS)
+def _clip_gradient(G, inv_rows, n_trained, hyper):
+    """Turn ``G[0]`` into the mean gradient clipped by value, then by global norm.
+
+    Same operations as :func:`fastgd.backends.numpy_ref.clip_gradient`.
+    """
+    clip_value, clip_norm = hyper[opt.CLIP_VALUE], hyper[opt.CLIP_NORM]
+    for j in range(n_trained):
+        g = G[0, j] * inv_rows
+        if clip_value > 0.0:
+            g = min(max(g, -clip_value), clip_value)
+        G[0, j] = g
+    if clip_norm > 0.0:
+        total = 0.0
+        for j in range(n_trained):
+            total += float(G[0, j]) ** 2
+        factor = clip_norm / (math.sqrt(total) + 1e-6)
+        if factor < 1.0:
+            for j in range(n_trained):
+                G[0, j] *= factor
+
+
+@njit(inline="always", **NUMBA_OPTIONS)
 def _optimizer_step(params, G, inv_rows, n_trained, opt_code, hyper, state, t):
     """Update ``t`` (1-based) of the optimizer, with gradient ``G[0, j] * inv_rows``.
 
@@ -335,7 +357,8 @@ def _train_epochs(
     start_state = np.empty_like(opt_state)
     natural = np.empty(0, dtype=np.int64)
     lr = hyper[opt.LR]
-    plain_sgd = opt_code == opt.SGD and hyper[opt.MOMENTUM] == 0.0
+    clipping = hyper[opt.CLIP_VALUE] > 0.0 or hyper[opt.CLIP_NORM] > 0.0
+    plain_sgd = opt_code == opt.SGD and hyper[opt.MOMENTUM] == 0.0 and not clipping
     for epoch in range(n_epochs):
         start_params[:] = params
         start_state[:, :] = opt_state
@@ -357,16 +380,11 @@ def _train_epochs(
             _sum_chunks(G, n_chunks, p + 1)
             loss_sum += G[0, p]
             step_count[0] += 1
-            _optimizer_step(
-                params,
-                G,
-                1.0 / (stop - start),
-                n_trained,
-                opt_code,
-                hyper,
-                opt_state,
-                step_count[0],
-            )
+            inv_rows = 1.0 / (stop - start)
+            if clipping:
+                _clip_gradient(G, inv_rows, n_trained, hyper)
+                inv_rows = 1.0  # G[0] now holds the clipped mean gradient
+            _optimizer_step(params, G, inv_rows, n_trained, opt_code, hyper, opt_state, step_count[0])  # fmt: skip
         epoch_loss = loss_sum / n
         history[epoch] = epoch_loss
         if not (math.isfinite(epoch_loss) and _all_finite(params)):

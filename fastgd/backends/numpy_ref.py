@@ -148,6 +148,17 @@ def train_epochs(
         )  # fmt: skip
 
 
+def clip_gradient(grad, n_trained, hyper):
+    """Clip ``grad[:n_trained]`` in place by value, then by global norm (0 disables each)."""
+    g = grad[:n_trained]
+    if hyper[opt.CLIP_VALUE] > 0.0:
+        np.clip(g, -hyper[opt.CLIP_VALUE], hyper[opt.CLIP_VALUE], out=g)
+    if hyper[opt.CLIP_NORM] > 0.0:
+        factor = hyper[opt.CLIP_NORM] / (np.sqrt(np.sum(g.astype(np.float64) ** 2)) + 1e-6)
+        if factor < 1.0:
+            g *= factor
+
+
 def optimizer_step(params, grad, n_trained, opt_code, hyper, state, t):
     """Apply update number ``t`` (1-based) of an optimizer to ``params[:n_trained]``.
 
@@ -233,6 +244,7 @@ def _train_epochs(
             loss, grad = loss_and_gradient(Xb, Yb, params, loss_code, n_outputs, fit_intercept)
             loss_sum += loss * (stop - start)
             step_count[0] += 1
+            clip_gradient(grad, n_trained, hyper)
             optimizer_step(params, grad, n_trained, opt_code, hyper, opt_state, step_count[0])
         epoch_loss = loss_sum / n
         history[epoch] = epoch_loss

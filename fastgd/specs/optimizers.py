@@ -16,6 +16,11 @@ mean gradient of the batch and ``t`` the 1-based number of the update:
   ``wd p`` to ``g``. Then ``m = b1 m + (1 - b1) g``, ``v = b2 v + (1 - b2) g**2``
   (AMSGrad: ``vmax = max(vmax, v)`` is used for ``v``), and
   ``p -= lr / (1 - b1**t) * m / (sqrt(v) / sqrt(1 - b2**t) + eps)``.
+
+Gradient clipping happens before the optimizer sees ``g`` (as ``torch.nn.utils``'s
+``clip_grad_value_`` then ``clip_grad_norm_``): first each entry is clamped to
+``[-clip_value, clip_value]``, then, with ``norm`` the Euclidean norm of the trained
+entries, ``g *= clip_norm / (norm + 1e-6)`` when that factor is below 1.
 """
 
 import numpy as np
@@ -39,7 +44,9 @@ AMSGRAD = 8
 CENTERED = 9
 ALPHA = 10
 LR_DECAY = 11
-N_HYPER = 12
+CLIP_VALUE = 12  # 0: off; else each gradient entry is clamped to [-clip_value, clip_value]
+CLIP_NORM = 13  # 0: off; else the gradient is scaled by clip_norm / (norm + 1e-6) if below 1
+N_HYPER = 14
 
 # rows of the (n_rows, n_params) state array: what each row holds, per optimizer
 STATE_ROWS = {

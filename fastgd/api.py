@@ -14,6 +14,10 @@ from .specs import stopping
 from .specs.models import LINEAR_MODELS, LinearModelSpec
 from .specs.optimizers import CLIP_NORM, CLIP_VALUE
 
+# early stopping is decided in Python, between kernel calls
+EARLY_STOPPED = -1
+REASONS = {**stopping.REASONS, EARLY_STOPPED: "early_stopping"}
+
 # Shuffled row orders are drawn in Python (NumPy's generator, so every backend sees the
 # same batches) and handed to the kernel for a block of epochs at a time; this bounds the
 # int64 entries held at once (32 MB).
@@ -59,6 +63,8 @@ def fit(
     clip_norm=None,
     callback=None,
     init=None,
+    early_stopping=False,
+    validation_fraction=0.1,
 ):
     """Train a model by gradient descent, with the training loop in compiled code.
 
@@ -118,6 +124,14 @@ def fit(
         ``callback(epoch, info)`` after every epoch, with ``info`` a dict holding ``loss``
         and a copy of ``params``; returning ``True`` stops training
         (``stop_reason == "callback"``). Epochs then run one kernel call each.
+    early_stopping : bool, default False
+        Hold out ``validation_fraction`` of the rows (chosen with ``seed``), compute the
+        validation loss after every epoch, stop when it has not fallen below
+        ``best - tol`` (``tol`` None counts as 0) for ``n_iter_no_change`` epochs, and
+        return the parameters of the best validation epoch. The training-loss rule is
+        then off. Epochs run one kernel call each.
+    validation_fraction : float, default 0.1
+        Share of rows held out for early stopping, in (0, 1).
     init : FitResult, optional
         Warm start: continue from its parameters, and from its optimizer state and update
         count when the optimizer is of the same kind. It must come from the same model
@@ -148,6 +162,15 @@ def fit(
     X = v.check_features(X)
     n, d = X.shape
     Y, classes = v.check_targets(y, n, model, X.dtype)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+        raise ValueError(f"seed must be None or an integer; got {seed!r}")
+    validation_rows = None
+    if early_stopping:
+        validation_rows = _validation_split(n, validation_fraction, seed)
+        train_rows = np.setdiff1d(np.arange(n), validation_rows)
+        X_val, Y_val = X[validation_rows], Y[validation_rows]
+        X, Y = X[train_rows], Y[train_rows]
+        n = len(train_rows)
     if lr is not None:
         lr = v.check_positive_float(lr, "lr")
     opt = make_optimizer(optimizer, lr)
@@ -155,6 +178,9 @@ def fit(
     batch_size = v.check_positive_int(batch_size, "batch_size", allow_none=True)
     batch_size = n if batch_size is None else min(batch_size, n)
     tol = v.check_tol(tol)
+    validation_tol = max(tol, 0.0)
+    if early_stopping:
+        tol = -np.inf  # the kernel's training-loss rule is replaced by the validation rule
     n_iter_no_change = v.check_positive_int(n_iter_no_change, "n_iter_no_change")
     v.check_choice(on_divergence, "on_divergence", ("warn", "raise"))
     max_threads = _max_threads()
@@ -164,8 +190,6 @@ def fit(
             f"n_threads={n_threads} exceeds the {max_threads} threads available "
             "(NUMBA_NUM_THREADS / CPUs of this process)"
         )
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
-        raise ValueError(f"seed must be None or an integer; got {seed!r}")
     if not isinstance(verbose, (bool, int, np.integer)) or verbose < 0:
         raise ValueError(f"verbose must be a bool or a non-negative integer; got {verbose!r}")
     print_every = int(verbose)
@@ -207,8 +231,9 @@ def fit(
     block = max(1, ORDER_BUDGET // n) if shuffled else epochs
     if print_every:
         block = min(block, print_every)
-    if callback is not None:
+    if callback is not None or early_stopping:
         block = 1
+    validation_history, best = [], None
     done, status, stopped_by_callback = 0, stopping.MAX_EPOCHS, False
     started = time.perf_counter()
     while done < epochs and status == stopping.MAX_EPOCHS and not stopped_by_callback:
@@ -219,10 +244,24 @@ def fit(
             if print_every and epoch % print_every == 0:
                 print(f"Epoch: {epoch}, Loss: {history[epoch]:.6g}")
         done += ran
+        if early_stopping and status != stopping.DIVERGED:
+            loss, _ = backend_module.loss_and_gradient(
+                X_val, Y_val, params, spec.loss_code, n_outputs, spec.fit_intercept
+            )
+            validation_history.append(loss)
+            if best is None or loss < best["loss"] - validation_tol:
+                best = dict(loss=loss, epoch=done - 1, params=params.copy(),
+                            state=opt_state.copy(), step=int(step_count[0]), no_change=0)  # fmt: skip
+            else:
+                best["no_change"] += 1
+                if best["no_change"] >= n_iter_no_change:
+                    status = EARLY_STOPPED
         if callback is not None and status != stopping.DIVERGED:
             info = {"loss": float(history[done - 1]), "params": params.copy()}
             stopped_by_callback = bool(callback(done - 1, info))
     train_time = time.perf_counter() - started
+    if best is not None:  # early stopping returns the best validation epoch's parameters
+        params[:], opt_state[:], step_count[0] = best["params"], best["state"], best["step"]
     if print_every and (done - 1) % print_every != 0:
         print(f"Epoch: {done - 1}, Loss: {history[done - 1]:.6g}")
 
@@ -243,7 +282,7 @@ def fit(
         classes_=classes,
         loss_history=history[:done].copy(),
         n_epochs=done,
-        stop_reason="callback" if stopped_by_callback else stopping.REASONS[status],
+        stop_reason="callback" if stopped_by_callback else REASONS[status],
         backend=backend_module.NAME,
         n_threads=n_threads,
         compile_time=compile_time,
@@ -251,6 +290,9 @@ def fit(
         optimizer=opt,
         optimizer_state=opt_state,
         n_updates=int(step_count[0]),
+        validation_loss_history=np.array(validation_history) if early_stopping else None,
+        best_epoch=best["epoch"] if best is not None else None,
+        validation_rows=validation_rows,
         _single_target=model != "linear" or np.ndim(y) == 1,
     )
 
@@ -269,3 +311,20 @@ def _warm_start(init, spec, classes, opt, params, opt_state, step_count):
     if type(init.optimizer) is type(opt) and init.optimizer_state is not None:
         opt_state[:] = init.optimizer_state
         step_count[0] = init.n_updates
+
+
+def _validation_split(n, validation_fraction, seed):
+    """Sorted indices of the rows held out for early stopping."""
+    if (
+        isinstance(validation_fraction, bool)
+        or not isinstance(validation_fraction, (int, float, np.floating))
+        or not 0.0 < validation_fraction < 1.0
+    ):
+        raise ValueError(f"validation_fraction must be in (0, 1); got {validation_fraction!r}")
+    n_validation = int(np.ceil(validation_fraction * n))
+    if n_validation >= n:
+        raise ValueError(
+            f"validation_fraction={validation_fraction} of {n} samples leaves none to train on"
+        )
+    rng = np.random.default_rng(None if seed is None else [int(seed), 1])
+    return np.sort(rng.permutation(n)[:n_validation])

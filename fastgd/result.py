@@ -26,9 +26,9 @@ class FitResult:
         the step).
     n_epochs : int
         Number of epochs run (including a diverged one, whose update was discarded).
-    stop_reason : {"max_epochs", "converged", "diverged", "callback"}
-        Why training stopped: all epochs run, the tolerance rule, a NaN/inf loss, or the
-        callback returned True.
+    stop_reason : {"max_epochs", "converged", "diverged", "callback", "early_stopping"}
+        Why training stopped: all epochs run, the tolerance rule, a NaN/inf loss, the
+        callback returned True, or the validation loss stopped improving.
     backend : str
         The backend that ran the training loop.
     n_threads : int
@@ -43,7 +43,13 @@ class FitResult:
         Its state at the end (momentum buffers, moments; rows named in
         :data:`fastgd.specs.optimizers.STATE_ROWS`).
     n_updates : int
-        Parameter updates made (Adam's step count).
+        Parameter updates made (Adam's step count), up to the returned parameters.
+    validation_loss_history : ndarray or None
+        With early stopping: the validation loss after each epoch.
+    best_epoch : int or None
+        With early stopping: the epoch whose parameters are returned.
+    validation_rows : ndarray or None
+        With early stopping: the indices of the rows held out for validation.
     """
 
     model: LinearModelSpec
@@ -59,6 +65,9 @@ class FitResult:
     optimizer: object = None
     optimizer_state: np.ndarray | None = None
     n_updates: int = 0
+    validation_loss_history: np.ndarray | None = None
+    best_epoch: int | None = None
+    validation_rows: np.ndarray | None = None
     _single_target: bool = field(default=True, repr=False)
 
     @property

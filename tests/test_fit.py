@@ -345,3 +345,31 @@ def test_warm_start_continues_training(backend):
         fastgd.fit(X[:, :3], y, epochs=1, init=first, **kwargs)
     with pytest.raises(ValueError, match="init must be a FitResult"):
         fastgd.fit(X, y, epochs=1, init=first.params, **kwargs)
+
+
+def test_early_stopping_returns_the_best_validation_epoch(backend):
+    # more features than the training rows can pin down: the validation loss turns up
+    rng = np.random.default_rng(15)
+    X = rng.standard_normal((60, 40))
+    y = X[:, 0] + 0.5 * rng.standard_normal(60)
+    result = fastgd.fit(X, y, early_stopping=True, validation_fraction=0.25, n_iter_no_change=5,
+                        optimizer="adam", lr=0.05, batch_size=None, epochs=2000, seed=3, backend=backend)  # fmt: skip
+    assert result.stop_reason == "early_stopping"
+    history = result.validation_loss_history
+    assert len(history) == result.n_epochs == result.best_epoch + 1 + 5
+    assert result.best_epoch == int(np.argmin(history))
+    assert len(result.validation_rows) == 15
+    # the returned parameters are those of the best epoch: their validation loss is the minimum
+    rows = result.validation_rows
+    loss = np.mean((result.predict(X[rows]) - y[rows]) ** 2)
+    assert loss == pytest.approx(history.min(), rel=1e-10)
+    assert result.loss_history[-1] < result.loss_history[result.best_epoch]  # training went on
+
+
+def test_early_stopping_arguments():
+    X = np.linspace(-1, 1, 20)
+    for bad in (0.0, 1.0, -0.2, "a"):
+        with pytest.raises(ValueError, match="validation_fraction must be in \\(0, 1\\)"):
+            fastgd.fit(X, X, early_stopping=True, validation_fraction=bad)
+    with pytest.raises(ValueError, match="leaves none to train on"):
+        fastgd.fit(X[:2], X[:2], early_stopping=True, validation_fraction=0.9)

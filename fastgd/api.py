@@ -65,6 +65,7 @@ def fit(
     init=None,
     early_stopping=False,
     validation_fraction=0.1,
+    progress=False,
 ):
     """Train a model by gradient descent, with the training loop in compiled code.
 
@@ -132,6 +133,10 @@ def fit(
         then off. Epochs run one kernel call each.
     validation_fraction : float, default 0.1
         Share of rows held out for early stopping, in (0, 1).
+    progress : bool, default False
+        Show a progress bar over the epochs with the current loss (needs the optional
+        dependency tqdm: ``pip install "fastgd[progress]"``). Epochs then run one kernel
+        call each.
     init : FitResult, optional
         Warm start: continue from its parameters, and from its optimizer state and update
         count when the optimizer is of the same kind. It must come from the same model
@@ -231,7 +236,8 @@ def fit(
     block = max(1, ORDER_BUDGET // n) if shuffled else epochs
     if print_every:
         block = min(block, print_every)
-    if callback is not None or early_stopping:
+    bar = _progress_bar(epochs) if progress else None
+    if callback is not None or early_stopping or bar is not None:
         block = 1
     validation_history, best = [], None
     done, status, stopped_by_callback = 0, stopping.MAX_EPOCHS, False
@@ -244,6 +250,9 @@ def fit(
             if print_every and epoch % print_every == 0:
                 print(f"Epoch: {epoch}, Loss: {history[epoch]:.6g}")
         done += ran
+        if bar is not None:
+            bar.update(ran)
+            bar.set_postfix(loss=f"{history[done - 1]:.4g}")
         if early_stopping and status != stopping.DIVERGED:
             loss, _ = backend_module.loss_and_gradient(
                 X_val, Y_val, params, spec.loss_code, n_outputs, spec.fit_intercept
@@ -260,6 +269,8 @@ def fit(
             info = {"loss": float(history[done - 1]), "params": params.copy()}
             stopped_by_callback = bool(callback(done - 1, info))
     train_time = time.perf_counter() - started
+    if bar is not None:
+        bar.close()
     if best is not None:  # early stopping returns the best validation epoch's parameters
         params[:], opt_state[:], step_count[0] = best["params"], best["state"], best["step"]
     if print_every and (done - 1) % print_every != 0:
@@ -328,3 +339,13 @@ def _validation_split(n, validation_fraction, seed):
         )
     rng = np.random.default_rng(None if seed is None else [int(seed), 1])
     return np.sort(rng.permutation(n)[:n_validation])
+
+
+def _progress_bar(epochs):
+    try:
+        from tqdm.auto import tqdm
+    except ImportError as exc:
+        raise ValueError(
+            'progress=True needs tqdm, an optional dependency: pip install "fastgd[progress]"'
+        ) from exc
+    return tqdm(total=epochs, unit="epoch")

@@ -373,3 +373,19 @@ def test_early_stopping_arguments():
             fastgd.fit(X, X, early_stopping=True, validation_fraction=bad)
     with pytest.raises(ValueError, match="leaves none to train on"):
         fastgd.fit(X[:2], X[:2], early_stopping=True, validation_fraction=0.9)
+
+
+def test_progress_bar_shows_epochs_and_loss(backend, capsys):
+    pytest.importorskip("tqdm")
+    X = np.linspace(-1, 1, 100)
+    result = fastgd.fit(X, 2 * X, epochs=7, progress=True, backend=backend)
+    err = capsys.readouterr().err
+    assert "7/7" in err and f"loss={result.loss_history[-1]:.4g}" in err
+
+
+def test_progress_without_tqdm_says_how_to_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)  # makes the import fail
+    with pytest.raises(ValueError, match=r"progress=True needs tqdm.*fastgd\[progress\]"):
+        fastgd.fit(np.linspace(-1, 1, 20), np.linspace(-1, 1, 20), progress=True)

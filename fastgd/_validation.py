@@ -177,3 +177,58 @@ def check_choice(value, name, choices):
     if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
     return value
+
+
+def check_sample_weight(sample_weight, n_samples, dtype):
+    """Validate per-sample weights; returns them as a C-contiguous ``dtype`` array (a copy).
+
+    Weights must be finite and non-negative with a positive sum; the caller rescales them.
+    ``None`` returns an empty array, the kernels' "all weights are 1".
+    """
+    if sample_weight is None:
+        return np.empty(0, dtype=dtype)
+    arr = np.asarray(sample_weight)
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(f"sample_weight must be numeric; got an array of dtype {arr.dtype}")
+    if arr.ndim != 1 or arr.shape[0] != n_samples:
+        raise ValueError(
+            f"sample_weight must be 1-D with one weight per sample ({n_samples}); "
+            f"got shape {arr.shape}"
+        )
+    _check_finite(arr, "sample_weight")
+    if (arr < 0).any():
+        raise ValueError(
+            f"sample_weight must be >= 0; it has {int((arr < 0).sum())} negative values"
+        )
+    if not arr.any():
+        raise ValueError("sample_weight is zero for every sample; nothing would be learned")
+    return np.array(arr, dtype=dtype, order="C")
+
+
+PENALTIES = (None, "l2", "l1", "elasticnet")
+
+
+def check_penalty(penalty, alpha, l1_ratio):
+    """Strengths ``(l1, l2)`` of the penalty ``alpha * (l1_ratio |w|_1 + (1 - l1_ratio) / 2 |w|^2)``.
+
+    ``"l2"`` is ``l1_ratio = 0``, ``"l1"`` is ``l1_ratio = 1``; ``None`` is no penalty.
+    """
+    if penalty not in PENALTIES:
+        raise ValueError(
+            f"penalty must be one of {', '.join(map(repr, PENALTIES))}; got {penalty!r}"
+        )
+    if (
+        isinstance(alpha, bool)
+        or not isinstance(alpha, numbers.Real)
+        or not (np.isfinite(alpha) and alpha >= 0)
+    ):
+        raise ValueError(f"alpha must be a finite number >= 0; got {alpha!r}")
+    if (
+        isinstance(l1_ratio, bool)
+        or not isinstance(l1_ratio, numbers.Real)
+        or not (0.0 <= l1_ratio <= 1.0)
+    ):
+        raise ValueError(f"l1_ratio must be a number in [0, 1]; got {l1_ratio!r}")
+    ratio = {None: 0.0, "l2": 0.0, "l1": 1.0, "elasticnet": float(l1_ratio)}[penalty]
+    alpha = 0.0 if penalty is None else float(alpha)
+    return alpha * ratio, alpha * (1.0 - ratio)

@@ -10,9 +10,10 @@ from . import _validation as v
 from .backends import get_backend
 from .optim import make_optimizer
 from .result import FitResult
+from .schedules import make_schedule
 from .specs import stopping
 from .specs.models import LINEAR_MODELS, LinearModelSpec
-from .specs.optimizers import CLIP_NORM, CLIP_VALUE
+from .specs.optimizers import CLIP_NORM, CLIP_VALUE, L1, L2, POWER_T
 
 # early stopping is decided in Python, between kernel calls
 EARLY_STOPPED = -1
@@ -66,6 +67,10 @@ def fit(
     early_stopping=False,
     validation_fraction=0.1,
     progress=False,
+    sample_weight=None,
+    penalty=None,
+    alpha=1e-4,
+    l1_ratio=0.15,
 ):
     """Train a model by gradient descent, with the training loop in compiled code.
 
@@ -88,8 +93,13 @@ def fit(
         anything between mini-batch SGD (values above n_samples mean full batch).
     epochs : int, default 100
         Maximum number of passes over the data.
-    lr : float, optional
-        Learning rate of a named optimizer (default: the optimizer's own, 0.01 for SGD).
+    lr : float, str or fastgd.schedules.LRSchedule, optional
+        Learning rate (default: the optimizer's own, 0.01 for SGD), or a schedule: an
+        object of :mod:`fastgd.schedules` (``StepDecay``, ``ExponentialDecay``,
+        ``CosineAnnealing``, ``InverseScaling``, ``Warmup``, ``ReduceOnPlateau``) or one
+        of the names ``"constant"``, ``"invscaling"``, ``"cosine"`` (over all ``epochs``),
+        ``"plateau"`` with default settings. Rates per epoch are evaluated in Python and
+        handed to the compiled loop; ``result.lr_history`` records them.
     optimizer : str or fastgd.optim.Optimizer, default "sgd"
         ``"sgd"`` (plain: ``params -= lr * mean gradient of the batch``), ``"adagrad"``,
         ``"rmsprop"``, ``"adam"``, ``"adamw"`` with the defaults of ``torch.optim``, or an
@@ -137,6 +147,20 @@ def fit(
         Show a progress bar over the epochs with the current loss (needs the optional
         dependency tqdm: ``pip install "fastgd[progress]"``). Epochs then run one kernel
         call each.
+    sample_weight : array-like of shape (n_samples,), optional
+        Non-negative weight of each sample in the loss and its gradient. Weights are
+        rescaled to mean 1, so ``lr`` keeps its meaning; a weight of 2 counts a sample as
+        two copies of it (exactly so for full batches).
+    penalty : {None, "l2", "l1", "elasticnet"}, default None
+        Adds ``alpha * (l1_ratio * sum|w| + (1 - l1_ratio) / 2 * sum w**2)`` on the weights
+        (not the intercepts) to the objective; ``"l2"`` and ``"l1"`` fix ``l1_ratio`` to 0
+        and 1. The L2 part enters the gradient; the L1 part is a proximal step after each
+        update (soft-thresholding by ``lr_t * alpha * l1_ratio``), so irrelevant weights
+        become exactly 0. The loss history includes the penalty.
+    alpha : float, default 1e-4
+        Strength of the penalty, ``>= 0``.
+    l1_ratio : float, default 0.15
+        Share of L1 in ``"elasticnet"``, in [0, 1].
     init : FitResult, optional
         Warm start: continue from its parameters, and from its optimizer state and update
         count when the optimizer is of the same kind. It must come from the same model
@@ -167,6 +191,7 @@ def fit(
     X = v.check_features(X)
     n, d = X.shape
     Y, classes = v.check_targets(y, n, model, X.dtype)
+    weights = v.check_sample_weight(sample_weight, n, X.dtype)
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
         raise ValueError(f"seed must be None or an integer; got {seed!r}")
     validation_rows = None
@@ -176,10 +201,17 @@ def fit(
         X_val, Y_val = X[validation_rows], Y[validation_rows]
         X, Y = X[train_rows], Y[train_rows]
         n = len(train_rows)
-    if lr is not None:
-        lr = v.check_positive_float(lr, "lr")
-    opt = make_optimizer(optimizer, lr)
+        if weights.size:
+            weights_val = _mean_one(weights[validation_rows], "the held-out validation rows")
+            weights = weights[train_rows]
+        else:
+            weights_val = weights
+    if weights.size:
+        weights = _mean_one(weights, "the training rows")
     epochs = v.check_positive_int(epochs, "epochs")
+    schedule, lr = make_schedule(lr, epochs)
+    opt = make_optimizer(optimizer, lr)
+    l1, l2 = v.check_penalty(penalty, alpha, l1_ratio)
     batch_size = v.check_positive_int(batch_size, "batch_size", allow_none=True)
     batch_size = n if batch_size is None else min(batch_size, n)
     tol = v.check_tol(tol)
@@ -208,6 +240,8 @@ def fit(
     for name, value, position in [("clip_value", clip_value, CLIP_VALUE), ("clip_norm", clip_norm, CLIP_NORM)]:  # fmt: skip
         if value is not None:
             hyper[position] = v.check_positive_float(value, name)
+    hyper[L1], hyper[L2], hyper[POWER_T] = l1, l2, schedule.power_t
+    rates = schedule.start(opt.lr)
     opt_state = opt.new_state(spec.n_params, X.dtype)
     step_count = np.zeros(1, dtype=np.int64)
     if init is not None:
@@ -218,17 +252,19 @@ def fit(
     history = np.empty(epochs, dtype=np.float64)
     stop_state = stopping.new_stop_state()
 
-    def run(n_epochs, orders, history_view):
+    lr_history = np.empty(epochs, dtype=np.float64)
+
+    def run(n_epochs, orders, history_view, lr_view):
         return backend_module.train_epochs(
-            X, Y, params, orders, n_epochs, spec.loss_code, n_outputs, spec.fit_intercept,
-            batch_size, opt.code, hyper, opt_state, step_count, tol, n_iter_no_change, stop_state,
-            history_view, n_threads,
+            X, Y, weights, params, orders, lr_view, n_epochs, spec.loss_code, n_outputs,
+            spec.fit_intercept, batch_size, opt.code, hyper, opt_state, step_count, tol,
+            n_iter_no_change, stop_state, history_view, n_threads,
         )  # fmt: skip
 
     # A zero-epoch call compiles (or loads from the on-disk cache) the kernels for exactly
     # these argument types, so compilation is timed apart from training.
     started = time.perf_counter()
-    run(0, no_orders, history)
+    run(0, no_orders, history, lr_history)
     compile_time = time.perf_counter() - started
 
     # Epochs run in blocks: as many as the order budget allows (all of them when nothing
@@ -237,7 +273,7 @@ def fit(
     if print_every:
         block = min(block, print_every)
     bar = _progress_bar(epochs) if progress else None
-    if callback is not None or early_stopping or bar is not None:
+    if callback is not None or early_stopping or bar is not None or rates.adaptive:
         block = 1
     validation_history, best = [], None
     done, status, stopped_by_callback = 0, stopping.MAX_EPOCHS, False
@@ -245,7 +281,9 @@ def fit(
     while done < epochs and status == stopping.MAX_EPOCHS and not stopped_by_callback:
         count = min(block, epochs - done)
         orders = np.stack([rng.permutation(n) for _ in range(count)]) if shuffled else no_orders
-        ran, status = run(count, orders, history[done:])
+        for epoch in range(done, done + count):
+            lr_history[epoch] = rates.lr(epoch)
+        ran, status = run(count, orders, history[done:], lr_history[done:])
         for epoch in range(done, done + ran):
             if print_every and epoch % print_every == 0:
                 print(f"Epoch: {epoch}, Loss: {history[epoch]:.6g}")
@@ -255,7 +293,7 @@ def fit(
             bar.set_postfix(loss=f"{history[done - 1]:.4g}")
         if early_stopping and status != stopping.DIVERGED:
             loss, _ = backend_module.loss_and_gradient(
-                X_val, Y_val, params, spec.loss_code, n_outputs, spec.fit_intercept
+                X_val, Y_val, weights_val, params, spec.loss_code, n_outputs, spec.fit_intercept
             )
             validation_history.append(loss)
             if best is None or loss < best["loss"] - validation_tol:
@@ -265,6 +303,8 @@ def fit(
                 best["no_change"] += 1
                 if best["no_change"] >= n_iter_no_change:
                     status = EARLY_STOPPED
+        if rates.adaptive and status != stopping.DIVERGED:
+            rates.observe(validation_history[-1] if early_stopping else history[done - 1])
         if callback is not None and status != stopping.DIVERGED:
             info = {"loss": float(history[done - 1]), "params": params.copy()}
             stopped_by_callback = bool(callback(done - 1, info))
@@ -292,6 +332,7 @@ def fit(
         params=params,
         classes_=classes,
         loss_history=history[:done].copy(),
+        lr_history=lr_history[:done].copy(),
         n_epochs=done,
         stop_reason="callback" if stopped_by_callback else REASONS[status],
         backend=backend_module.NAME,
@@ -306,6 +347,14 @@ def fit(
         validation_rows=validation_rows,
         _single_target=model != "linear" or np.ndim(y) == 1,
     )
+
+
+def _mean_one(weights, rows):
+    """Sample weights rescaled to mean 1 (the kernels average ``weight * loss`` over rows)."""
+    mean = weights.mean(dtype=np.float64)
+    if mean == 0.0:
+        raise ValueError(f"sample_weight is zero on all of {rows}")
+    return (weights / mean).astype(weights.dtype)
 
 
 def _warm_start(init, spec, classes, opt, params, opt_state, step_count):

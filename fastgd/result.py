@@ -23,7 +23,10 @@ class FitResult:
     loss_history : ndarray of shape (n_epochs,)
         Training loss per epoch: the mean over all samples of each sample's loss in its
         mini-batch, before that batch's update (for full batches: the loss at the start of
-        the step).
+        the step), plus the penalty (if any) of the parameters at the end of the epoch.
+    lr_history : ndarray of shape (n_epochs,)
+        Learning rate of each epoch, as the schedule set it (before the per-update factor
+        ``t**-power`` of inverse scaling).
     n_epochs : int
         Number of epochs run (including a diverged one, whose update was discarded).
     stop_reason : {"max_epochs", "converged", "diverged", "callback", "early_stopping"}
@@ -68,6 +71,7 @@ class FitResult:
     validation_loss_history: np.ndarray | None = None
     best_epoch: int | None = None
     validation_rows: np.ndarray | None = None
+    lr_history: np.ndarray | None = None
     _single_target: bool = field(default=True, repr=False)
 
     @property

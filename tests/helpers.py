@@ -4,6 +4,7 @@ import numpy as np
 
 from fastgd import optim
 from fastgd.specs import losses
+from fastgd.specs import optimizers as opt_codes
 from fastgd.specs.stopping import new_stop_state
 
 # (loss code, number of outputs) for every linear model family
@@ -14,6 +15,7 @@ LOSS_CASES = [
     (losses.CATEGORICAL_CROSS_ENTROPY, 4),
 ]
 LOSS_IDS = ["mse", "mse-3-targets", "binary-ce", "categorical-ce"]
+NO_WEIGHTS = np.empty(0)  # the kernels' "all sample weights are 1" (float64)
 
 
 def make_problem(loss_code, k, n=300, d=7, seed=0, dtype=np.float64):
@@ -31,8 +33,13 @@ def make_problem(loss_code, k, n=300, d=7, seed=0, dtype=np.float64):
 
 
 def run_epochs(module, X, Y, loss_code, k, *, epochs=5, batch_size=32, lr=0.05, shuffle=True,
-               fit_intercept=True, n_threads=1, seed=0, params=None, optimizer=None):  # fmt: skip
-    """Call ``module.train_epochs`` on fresh state; returns (params, history, n_done, status)."""
+               fit_intercept=True, n_threads=1, seed=0, params=None, optimizer=None,
+               weights=None, lr_epochs=None, l1=0.0, l2=0.0, power_t=0.0):  # fmt: skip
+    """Call ``module.train_epochs`` on fresh state; returns (params, history, n_done, status).
+
+    ``lr_epochs`` defaults to the optimizer's lr in every epoch; ``l1``, ``l2`` and
+    ``power_t`` go into the hyperparameter vector.
+    """
     n, d = X.shape
     if params is None:
         params = np.zeros(d * k + k, dtype=X.dtype)
@@ -45,9 +52,14 @@ def run_epochs(module, X, Y, loss_code, k, *, epochs=5, batch_size=32, lr=0.05, 
     optimizer = optim.SGD(lr=lr) if optimizer is None else optimizer
     state = optimizer.new_state(params.size, X.dtype)
     step_count = np.zeros(1, dtype=np.int64)
+    hyper = optimizer.hyperparameters()
+    hyper[opt_codes.L1], hyper[opt_codes.L2], hyper[opt_codes.POWER_T] = l1, l2, power_t
+    if lr_epochs is None:
+        lr_epochs = np.full(epochs, optimizer.lr)
+    weights = np.empty(0, dtype=X.dtype) if weights is None else weights.astype(X.dtype)
     n_done, status = module.train_epochs(
-        X, Y, params, orders, epochs, loss_code, k, fit_intercept, batch_size, optimizer.code,
-        optimizer.hyperparameters(), state, step_count, -np.inf, 5, new_stop_state(), history,
-        n_threads,
+        X, Y, weights, params, orders, lr_epochs, epochs, loss_code, k, fit_intercept,
+        batch_size, optimizer.code, hyper, state, step_count, -np.inf, 5, new_stop_state(),
+        history, n_threads,
     )  # fmt: skip
     return params, history, n_done, status

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from helpers import LOSS_CASES, LOSS_IDS, make_problem, run_epochs
+from helpers import LOSS_CASES, LOSS_IDS, NO_WEIGHTS, make_problem, run_epochs
 
 from fastgd.backends import numpy_ref
 from fastgd.specs import losses, stopping
@@ -12,15 +12,15 @@ from fastgd.specs import losses, stopping
 @pytest.mark.parametrize("fit_intercept", [True, False])
 def test_reference_gradient_matches_finite_differences(loss_code, k, fit_intercept):
     X, Y, params = make_problem(loss_code, k, n=50, d=4)
-    _, grad = numpy_ref.loss_and_gradient(X, Y, params, loss_code, k, fit_intercept)
+    _, grad = numpy_ref.loss_and_gradient(X, Y, NO_WEIGHTS, params, loss_code, k, fit_intercept)
     h = 1e-6
     numeric = np.empty_like(params)
     for j in range(params.size):
         up, down = params.copy(), params.copy()
         up[j] += h
         down[j] -= h
-        f_up, _ = numpy_ref.loss_and_gradient(X, Y, up, loss_code, k, fit_intercept)
-        f_down, _ = numpy_ref.loss_and_gradient(X, Y, down, loss_code, k, fit_intercept)
+        f_up, _ = numpy_ref.loss_and_gradient(X, Y, NO_WEIGHTS, up, loss_code, k, fit_intercept)
+        f_down, _ = numpy_ref.loss_and_gradient(X, Y, NO_WEIGHTS, down, loss_code, k, fit_intercept)
         numeric[j] = (f_up - f_down) / (2 * h)
     n_weights = X.shape[1] * k
     np.testing.assert_allclose(grad[:n_weights], numeric[:n_weights], rtol=1e-6, atol=1e-8)
@@ -33,12 +33,14 @@ def test_reference_gradient_matches_finite_differences(loss_code, k, fit_interce
 def test_reference_losses_have_known_values():
     X = np.zeros((2, 1))
     params = np.array([0.0, 0.0])  # z = 0 for every sample
-    loss, _ = numpy_ref.loss_and_gradient(X, np.array([[1.0], [3.0]]), params, losses.MSE, 1, True)
+    loss, _ = numpy_ref.loss_and_gradient(
+        X, np.array([[1.0], [3.0]]), NO_WEIGHTS, params, losses.MSE, 1, True
+    )
     assert loss == pytest.approx((1 + 9) / 2)
-    loss, _ = numpy_ref.loss_and_gradient(X, np.array([[1.0], [0.0]]), params, losses.BINARY_CROSS_ENTROPY, 1, True)  # fmt: skip
+    loss, _ = numpy_ref.loss_and_gradient(X, np.array([[1.0], [0.0]]), NO_WEIGHTS, params, losses.BINARY_CROSS_ENTROPY, 1, True)  # fmt: skip
     assert loss == pytest.approx(np.log(2))
     params3 = np.zeros(3 + 3)
-    loss, _ = numpy_ref.loss_and_gradient(X, np.array([[2.0], [0.0]]), params3, losses.CATEGORICAL_CROSS_ENTROPY, 3, True)  # fmt: skip
+    loss, _ = numpy_ref.loss_and_gradient(X, np.array([[2.0], [0.0]]), NO_WEIGHTS, params3, losses.CATEGORICAL_CROSS_ENTROPY, 3, True)  # fmt: skip
     assert loss == pytest.approx(np.log(3))
 
 
@@ -48,10 +50,10 @@ def test_cross_entropy_is_finite_for_extreme_decision_values(backend):
     module = get_backend(backend)
     X = np.array([[1.0], [-1.0]])
     huge = np.array([800.0, 0.0])  # z = +-800: exp(800) overflows
-    loss, grad = module.loss_and_gradient(X, np.array([[0.0], [1.0]]), huge, losses.BINARY_CROSS_ENTROPY, 1, True)  # fmt: skip
+    loss, grad = module.loss_and_gradient(X, np.array([[0.0], [1.0]]), NO_WEIGHTS, huge, losses.BINARY_CROSS_ENTROPY, 1, True)  # fmt: skip
     assert loss == pytest.approx(800.0) and np.all(np.isfinite(grad))
     params = np.array([800.0, -800.0, 0.0, 0.0])
-    loss, grad = module.loss_and_gradient(X, np.array([[1.0], [0.0]]), params, losses.CATEGORICAL_CROSS_ENTROPY, 2, True)  # fmt: skip
+    loss, grad = module.loss_and_gradient(X, np.array([[1.0], [0.0]]), NO_WEIGHTS, params, losses.CATEGORICAL_CROSS_ENTROPY, 2, True)  # fmt: skip
     assert loss == pytest.approx(1600.0) and np.all(np.isfinite(grad))
 
 
@@ -59,8 +61,12 @@ def test_cross_entropy_is_finite_for_extreme_decision_values(backend):
 @pytest.mark.parametrize("fit_intercept", [True, False])
 def test_backend_gradient_matches_reference(compiled_backend, loss_code, k, fit_intercept):
     X, Y, params = make_problem(loss_code, k, n=3000, d=30)  # large enough for parallel chunks
-    expected_loss, expected = numpy_ref.loss_and_gradient(X, Y, params, loss_code, k, fit_intercept)
-    loss, grad = compiled_backend.loss_and_gradient(X, Y, params, loss_code, k, fit_intercept)
+    expected_loss, expected = numpy_ref.loss_and_gradient(
+        X, Y, NO_WEIGHTS, params, loss_code, k, fit_intercept
+    )
+    loss, grad = compiled_backend.loss_and_gradient(
+        X, Y, NO_WEIGHTS, params, loss_code, k, fit_intercept
+    )
     assert loss == pytest.approx(expected_loss, rel=1e-12)
     np.testing.assert_allclose(grad, expected, rtol=1e-10, atol=1e-13)
 

@@ -5,19 +5,27 @@
 The algorithm is the one of :mod:`fastgd.backends.numba_kernels`: a mini-batch is split
 into chunks that depend on the batch size only; each chunk sums the per-sample gradients
 of its rows into its own row of a buffer; the rows are added in chunk order. Results are
-therefore bit-identical for any number of threads. Batches of one row take a direct
-per-sample path. The constants of :mod:`fastgd._config` and all scratch buffers come from
-the Python wrapper (``cython_backend.py``), so nothing is duplicated or allocated here.
+therefore bit-identical for any number of threads. Batches of one row of plain SGD take a
+direct per-sample path. The constants of :mod:`fastgd._config` and all scratch buffers
+come from the Python wrapper (``cython_backend.py``), so nothing is duplicated or
+allocated here.
 
-After each batch the optimizer of :mod:`fastgd.specs.optimizers` updates the parameters
-elementwise from the mean gradient (``_optimizer_step``), with the operations of
-:func:`fastgd.backends.numpy_ref.optimizer_step` in the same order, in double precision;
-the optimizer state is stored in the precision of the data.
+Sample weights (an empty array: unweighted) multiply each row's loss and dloss/dz, so
+the sums above become weighted sums; the unweighted path skips the multiplications.
+
+After each batch the update of :mod:`fastgd.specs.optimizers` is applied, in its order:
+the L2 term is added to the mean gradient, which is clipped (``_prepare_gradient``); the
+optimizer updates the parameters elementwise with the learning rate ``lr_t`` of the update
+(``_optimizer_step``, the operations of :func:`fastgd.backends.numpy_ref.optimizer_step`
+in the same order, in double precision); the L1 proximal step follows
+(``_soft_threshold``). The optimizer state is stored in the precision of the data.
 """
 
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport exp, expf, fabs, fabsf, isfinite, log, log1p, log1pf, pow, sqrt
+from libc.math cimport (
+    copysign, exp, expf, fabs, fabsf, isfinite, log, log1p, log1pf, pow, sqrt
+)
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy, memset
 
@@ -78,16 +86,20 @@ cdef enum:
     H_LR_DECAY = 11
     H_CLIP_VALUE = 12
     H_CLIP_NORM = 13
-    N_HYPER = 14
+    H_POWER_T = 14
+    H_L1 = 15
+    H_L2 = 16
+    N_HYPER = 17
 
 LOSS_CODES = (MSE, BINARY_CROSS_ENTROPY, CATEGORICAL_CROSS_ENTROPY)
 STATUS_CODES = (MAX_EPOCHS, CONVERGED, DIVERGED)
 OPTIMIZER_CODES = (SGD, ADAGRAD, RMSPROP, ADAM, ADAMW)
 # (LR, MOMENTUM, DAMPENING, NESTEROV, BETA1, BETA2, EPS, WEIGHT_DECAY, AMSGRAD, CENTERED,
-#  ALPHA, LR_DECAY, CLIP_VALUE, CLIP_NORM, N_HYPER)
+#  ALPHA, LR_DECAY, CLIP_VALUE, CLIP_NORM, POWER_T, L1, L2, N_HYPER)
 HYPER_POSITIONS = (
     H_LR, H_MOMENTUM, H_DAMPENING, H_NESTEROV, H_BETA1, H_BETA2, H_EPS, H_WEIGHT_DECAY,
-    H_AMSGRAD, H_CENTERED, H_ALPHA, H_LR_DECAY, H_CLIP_VALUE, H_CLIP_NORM, N_HYPER,
+    H_AMSGRAD, H_CENTERED, H_ALPHA, H_LR_DECAY, H_CLIP_VALUE, H_CLIP_NORM, H_POWER_T, H_L1,
+    H_L2, N_HYPER,
 )
 
 cdef enum:
@@ -114,10 +126,13 @@ cdef struct Problem:
 
 
 cdef struct Optimizer:
-    # An optimizer code and its hyperparameters, unpacked from the ``hyper`` vector.
+    # An optimizer code and its hyperparameters, unpacked from the ``hyper`` vector. The
+    # learning rate is not here: it changes with each update (lr_epochs and power_t).
     int code
-    double lr, momentum, dampening, beta1, beta2, eps, weight_decay, alpha, lr_decay
+    double momentum, dampening, beta1, beta2, eps, weight_decay, alpha, lr_decay
     double clip_value, clip_norm  # gradient clipping before the step; 0 disables each
+    double power_t  # update t uses lr_epochs[epoch] / t**power_t; 0 disables
+    double l1, l2  # penalty strengths on the weights (not the intercepts); 0 disables each
     bint nesterov, amsgrad, centered
 
 
@@ -260,6 +275,22 @@ cdef inline double _add_row_loss(
     return loss
 
 
+cdef inline double _add_weighted_row_loss(
+    double loss, floating* z, const floating* y, int loss_code, Py_ssize_t k, floating sw
+) noexcept nogil:
+    """As :func:`_add_row_loss` for a sample of weight ``sw``.
+
+    Adds ``sw`` times the sample's loss term (the term summed, then multiplied, in double)
+    and leaves ``sw * dloss/dz`` in ``z``, in the data precision as NumPy's
+    ``weights[:, None] * dZ``.
+    """
+    cdef Py_ssize_t c
+    cdef double row_loss = _add_row_loss(0.0, z, y, loss_code, k)
+    for c in range(k):
+        z[c] = sw * z[c]
+    return loss + sw * row_loss
+
+
 cdef inline void _backward_row(
     const floating* x, const floating* z, Py_ssize_t d, Py_ssize_t k, floating* G
 ) noexcept nogil:
@@ -283,8 +314,8 @@ cdef inline void _backward_row(
 
 cdef inline void _chunk_gradient(
     const Problem* pb, Py_ssize_t start, Py_ssize_t stop, Py_ssize_t n_chunks, Py_ssize_t chunk,
-    const floating* X, const floating* Y, const floating* params, floating* Gbuf,
-    floating* Zbuf,
+    const floating* X, const floating* Y, const floating* sw, const floating* params,
+    floating* Gbuf, floating* Zbuf,
 ) noexcept nogil:
     """Sum the per-sample gradients of one chunk of the batch ``start:stop`` into its G row.
 
@@ -293,6 +324,8 @@ cdef inline void _chunk_gradient(
     row's entry n_params receives the summed loss. With one output the three steps are
     done row by row instead (while the row is in L1 cache): the same floating-point
     operations in the same order, measured faster here for this memory-bound case.
+    ``sw`` holds the sample weights by original row index, or is NULL (unweighted: the
+    loss terms and dloss/dz are used as they are, without multiplying by 1).
     """
     cdef Py_ssize_t d = pb.d, k = pb.k, m = pb.m
     cdef Py_ssize_t size = stop - start
@@ -310,14 +343,24 @@ cdef inline void _chunk_gradient(
             for r in range(block_lo, block_hi):
                 i = _row(pb, r)
                 _forward_row(pb, X, Y, params, r, Z)
-                block_loss = _add_row_loss(block_loss, Z, Y + i * m, pb.loss_code, k)
+                if sw == NULL:  # loop-invariant, predicted perfectly
+                    block_loss = _add_row_loss(block_loss, Z, Y + i * m, pb.loss_code, k)
+                else:
+                    block_loss = _add_weighted_row_loss(block_loss, Z, Y + i * m,
+                                                        pb.loss_code, k, sw[i])
                 _backward_row(X + i * d, Z, d, k, G)
         else:
             for r in range(block_lo, block_hi):
                 _forward_row(pb, X, Y, params, r, Z + (r - block_lo) * k)
-            for r in range(block_lo, block_hi):
-                block_loss = _add_row_loss(block_loss, Z + (r - block_lo) * k,
-                                           Y + _row(pb, r) * m, pb.loss_code, k)
+            if sw == NULL:
+                for r in range(block_lo, block_hi):
+                    block_loss = _add_row_loss(block_loss, Z + (r - block_lo) * k,
+                                               Y + _row(pb, r) * m, pb.loss_code, k)
+            else:
+                for r in range(block_lo, block_hi):
+                    i = _row(pb, r)
+                    block_loss = _add_weighted_row_loss(block_loss, Z + (r - block_lo) * k,
+                                                        Y + i * m, pb.loss_code, k, sw[i])
             for r in range(block_lo, block_hi):
                 _backward_row(X + _row(pb, r) * d, Z + (r - block_lo) * k, d, k, G)
         loss += block_loss / k if pb.loss_code == MSE else block_loss
@@ -327,7 +370,7 @@ cdef inline void _chunk_gradient(
 
 cdef Py_ssize_t _batch_gradient(
     const Problem* pb, Py_ssize_t start, Py_ssize_t stop, const floating* X, const floating* Y,
-    const floating* params, floating* G, floating* Z,
+    const floating* sw, const floating* params, floating* G, floating* Z,
 ) noexcept nogil:
     """Gradient and loss sums of rows ``start:stop`` in row 0 of G; returns n_chunks.
 
@@ -340,10 +383,10 @@ cdef Py_ssize_t _batch_gradient(
     cdef floating* row
     if n_chunks > 1 and size * pb.d * pb.k >= pb.parallel_min_work:
         for chunk in prange(n_chunks, num_threads=pb.n_threads, schedule="static"):
-            _chunk_gradient(pb, start, stop, n_chunks, chunk, X, Y, params, G, Z)
+            _chunk_gradient(pb, start, stop, n_chunks, chunk, X, Y, sw, params, G, Z)
     else:
         for chunk in range(n_chunks):
-            _chunk_gradient(pb, start, stop, n_chunks, chunk, X, Y, params, G, Z)
+            _chunk_gradient(pb, start, stop, n_chunks, chunk, X, Y, sw, params, G, Z)
     for c in range(1, n_chunks):
         row = G + c * pb.ld_g
         for j in range(pb.n_params + 1):
@@ -352,13 +395,15 @@ cdef Py_ssize_t _batch_gradient(
 
 
 cdef double _per_sample_epoch(
-    const Problem* pb, const floating* X, const floating* Y, floating* params,
-    Py_ssize_t n_trained, double lr, floating* z,
+    const Problem* pb, const floating* X, const floating* Y, const floating* sw,
+    floating* params, Py_ssize_t n_trained, double lr, floating* z,
 ) noexcept nogil:
-    """One epoch of per-sample plain SGD (no momentum); returns the summed loss.
+    """One epoch of per-sample plain SGD at a fixed rate ``lr``; returns the summed loss.
 
     The same arithmetic as a mini-batch of one row (the gradient is ``dz * x``, divided by
-    1), without the chunk buffer: each step updates the parameters directly.
+    1), without the chunk buffer: each step updates the parameters directly. Only valid
+    without momentum, clipping, penalties and power_t (the caller checks); sample weights
+    (``sw``, or NULL) scale the loss term and dz exactly as in the chunked path.
     """
     cdef Py_ssize_t d = pb.d, k = pb.k
     cdef Py_ssize_t bias = d * k
@@ -371,7 +416,10 @@ cdef double _per_sample_epoch(
         i = _row(pb, r)
         x = X + i * d
         _forward_row(pb, X, Y, params, r, z)
-        loss = _add_row_loss(0.0, z, Y + i * pb.m, pb.loss_code, k)
+        if sw == NULL:
+            loss = _add_row_loss(0.0, z, Y + i * pb.m, pb.loss_code, k)
+        else:
+            loss = _add_weighted_row_loss(0.0, z, Y + i * pb.m, pb.loss_code, k, sw[i])
         loss_sum += loss / k if pb.loss_code == MSE else loss  # a block of one row
         if k == 1:
             g = z[0]
@@ -387,20 +435,25 @@ cdef double _per_sample_epoch(
     return loss_sum
 
 
-cdef void _clip_gradient(
-    const Optimizer* opt, floating* G, double inv_rows, Py_ssize_t n_trained
+cdef void _prepare_gradient(
+    const Optimizer* opt, floating* G, double inv_rows, const floating* w,
+    Py_ssize_t n_weights, Py_ssize_t n_trained
 ) noexcept nogil:
-    """Turn ``G[:n_trained]`` into the mean gradient clipped by value, then by global norm.
+    """Turn ``G[:n_trained]`` into the mean gradient plus the L2 term, clipped by value,
+    then by global norm (steps 2 and 3 of the update in :mod:`fastgd.specs.optimizers`).
 
-    The operations of :func:`fastgd.backends.numpy_ref.clip_gradient` (as Numba's
-    ``_clip_gradient``): the mean ``G[j] * inv_rows`` is computed and clamped in double,
-    stored in the data precision; the squared norm is summed in double.
+    The mean ``G[j] * inv_rows`` plus ``l2 * w[j]`` on the weights (``j < n_weights``, not
+    the intercepts) is computed and clamped in double, stored in the data precision; then
+    the operations of :func:`fastgd.backends.numpy_ref.clip_gradient` follow, the squared
+    norm summed in double.
     """
     cdef Py_ssize_t j
     cdef double g, total, factor
-    cdef double clip_value = opt.clip_value, clip_norm = opt.clip_norm
+    cdef double clip_value = opt.clip_value, clip_norm = opt.clip_norm, l2 = opt.l2
     for j in range(n_trained):
         g = G[j] * inv_rows
+        if l2 > 0.0 and j < n_weights:
+            g = g + l2 * w[j]
         if clip_value > 0.0:
             # as np.clip: a NaN stays NaN
             if g < -clip_value:
@@ -421,17 +474,18 @@ cdef void _clip_gradient(
 
 cdef void _optimizer_step(
     const Optimizer* opt, floating* w, const floating* G, double inv_rows, floating* state,
-    Py_ssize_t ld_state, Py_ssize_t n_trained, int64_t t,
+    Py_ssize_t ld_state, Py_ssize_t n_trained, int64_t t, double lr,
 ) noexcept nogil:
     """Update number ``t`` (1-based) of ``w[:n_trained]`` from the gradient sums ``G``.
 
-    The gradient of entry j is ``G[j] * inv_rows``. Row r of the optimizer state starts at
-    ``state + r * ld_state``. The operations are those of
+    The gradient of entry j is ``G[j] * inv_rows``; ``lr`` is the update's rate ``lr_t``
+    (it also enters Adagrad's decayed rate and AdamW's decoupled decay). Row r of the
+    optimizer state starts at ``state + r * ld_state``. The operations are those of
     :func:`fastgd.backends.numpy_ref.optimizer_step`, in its order, in double precision;
     each state entry is stored, then read back, so the update uses the stored value.
     """
     cdef Py_ssize_t j
-    cdef double lr = opt.lr, g, step, denom, v, clr, bias1, correction2, decay
+    cdef double g, step, denom, v, clr, bias1, correction2, decay
     cdef double mu = opt.momentum, alpha = opt.alpha, eps = opt.eps
     cdef double b1 = opt.beta1, b2 = opt.beta2, wd = opt.weight_decay
     cdef floating* s0 = state
@@ -498,6 +552,35 @@ cdef void _optimizer_step(
             w[j] -= clr * s0[j] / (sqrt(v) / correction2 + eps)
 
 
+cdef void _soft_threshold(floating* w, Py_ssize_t n_weights, double threshold) noexcept nogil:
+    """The L1 proximal step on ``w[:n_weights]``: ``sign(w) * max(|w| - threshold, 0)``.
+
+    Computed in double and rounded once. A NaN weight stays NaN (``not (a <= 0)`` holds for
+    a NaN ``a``), so a diverged run is still detected; shrunk-through weights become +0.
+    """
+    cdef Py_ssize_t j
+    cdef double a
+    for j in range(n_weights):
+        a = fabs(<double>w[j]) - threshold
+        if a <= 0.0:
+            w[j] = 0.0
+        else:
+            w[j] = <floating>copysign(a, <double>w[j])
+
+
+cdef double _penalty_value(
+    const Optimizer* opt, const floating* w, Py_ssize_t n_weights
+) noexcept nogil:
+    """``l1 * sum|w| + l2 / 2 * sum w**2`` over ``w[:n_weights]``, summed in double."""
+    cdef Py_ssize_t j
+    cdef double v, sum_abs = 0.0, sum_sq = 0.0
+    for j in range(n_weights):
+        v = w[j]
+        sum_abs += fabs(v)
+        sum_sq += v * v
+    return opt.l1 * sum_abs + 0.5 * opt.l2 * sum_sq
+
+
 cdef Problem _problem(
     const floating[:, ::1] X, const floating[:, ::1] Y, floating[::1] params, Py_ssize_t k,
     int loss_code, floating[:, ::1] G, floating[:, ::1] Z, Py_ssize_t max_chunks,
@@ -517,15 +600,16 @@ cdef Problem _problem(
 
 
 def loss_and_gradient(
-    const floating[:, ::1] X, const floating[:, ::1] Y, floating[::1] params, int loss_code,
-    Py_ssize_t n_outputs, bint fit_intercept, floating[::1] grad, floating[:, ::1] G,
-    floating[:, ::1] Z, Py_ssize_t max_chunks, Py_ssize_t min_rows_per_chunk,
-    Py_ssize_t parallel_min_work, Py_ssize_t rows_per_block, int n_threads,
+    const floating[:, ::1] X, const floating[:, ::1] Y, const floating[::1] weights,
+    floating[::1] params, int loss_code, Py_ssize_t n_outputs, bint fit_intercept,
+    floating[::1] grad, floating[:, ::1] G, floating[:, ::1] Z, Py_ssize_t max_chunks,
+    Py_ssize_t min_rows_per_chunk, Py_ssize_t parallel_min_work, Py_ssize_t rows_per_block,
+    int n_threads,
 ):
-    """Mean loss over all rows; writes the mean gradient into ``grad[:n_trained]``.
+    """Mean (weighted) loss over all rows; writes the mean gradient into ``grad[:n_trained]``.
 
-    ``G`` and ``Z`` are scratch of shapes (>= max_chunks, >= n_params + 1) and
-    (>= max_chunks, >= rows_per_block * n_outputs).
+    ``weights`` has n entries or none (unweighted). ``G`` and ``Z`` are scratch of shapes
+    (>= max_chunks, >= n_params + 1) and (>= max_chunks, >= rows_per_block * n_outputs).
     """
     cdef Problem pb = _problem(X, Y, params, n_outputs, loss_code, G, Z, max_chunks,
                                min_rows_per_chunk, parallel_min_work, rows_per_block, n_threads)
@@ -533,8 +617,9 @@ def loss_and_gradient(
     cdef Py_ssize_t n_trained = p if fit_intercept else pb.d * n_outputs
     cdef Py_ssize_t j
     cdef double loss
+    cdef const floating* sw = &weights[0] if weights.shape[0] > 0 else NULL
     with nogil:
-        _batch_gradient(&pb, 0, n, &X[0, 0], &Y[0, 0], &params[0], &G[0, 0], &Z[0, 0])
+        _batch_gradient(&pb, 0, n, &X[0, 0], &Y[0, 0], sw, &params[0], &G[0, 0], &Z[0, 0])
         for j in range(n_trained):
             grad[j] = G[0, j] / <double>n  # divided in double, as in Numba
         loss = G[0, p] / <double>n
@@ -542,32 +627,40 @@ def loss_and_gradient(
 
 
 cdef Py_ssize_t _train_epochs(
-    Problem* pb, const floating[:, ::1] X, const floating[:, ::1] Y, floating[::1] params,
-    const int64_t[:, ::1] orders, Py_ssize_t n_epochs, bint fit_intercept,
-    Py_ssize_t batch_size, const Optimizer* opt, floating* state, Py_ssize_t state_size,
+    Problem* pb, const floating[:, ::1] X, const floating[:, ::1] Y, const floating* sw,
+    floating[::1] params, const int64_t[:, ::1] orders, const double[::1] lr_epochs,
+    Py_ssize_t n_epochs, bint fit_intercept, Py_ssize_t batch_size, const Optimizer* opt,
+    floating* state, Py_ssize_t state_size,
     int64_t* step_count, double tol, double n_iter_no_change, double[::1] stop_state,
     double[::1] history, floating[:, ::1] Gbuf, floating[:, ::1] Zbuf,
     floating[::1] start_params, floating* start_state, int* status,
 ) noexcept nogil:
     """The loop of :func:`train_epochs`; returns the number of epochs run.
 
-    ``state`` holds ``state_size`` entries, rows of n_params entries; it is saved with
-    the parameters and the step count at the start of each epoch and restored with them
-    if the epoch diverges.
+    ``sw`` holds the sample weights, or is NULL (unweighted). ``state`` holds
+    ``state_size`` entries, rows of n_params entries; it is saved with the parameters and
+    the step count at the start of each epoch and restored with them if the epoch
+    diverges.
     """
     cdef Py_ssize_t n = pb.n, p = pb.n_params
-    cdef Py_ssize_t n_trained = p if fit_intercept else pb.d * pb.k
+    cdef Py_ssize_t n_weights = pb.d * pb.k
+    cdef Py_ssize_t n_trained = p if fit_intercept else n_weights
     cdef Py_ssize_t epoch, start, stop, batched_rows, j
     cdef floating* w = &params[0]
     cdef floating* G = &Gbuf[0, 0]
-    cdef double loss_sum, inv_rows, epoch_loss
-    cdef int64_t start_step
+    cdef double loss_sum, inv_rows, epoch_loss, lr_epoch, lr
+    cdef int64_t start_step, t
     cdef bint finite
     cdef bint clipping = opt.clip_value > 0.0 or opt.clip_norm > 0.0
-    # batches of one row take the direct per-sample path, for plain SGD (no momentum, no
-    # clipping) only
+    # the mean gradient is materialized in G before the step only when it is modified
+    cdef bint prepare = clipping or opt.l2 > 0.0
+    cdef bint penalized = opt.l1 > 0.0 or opt.l2 > 0.0
+    # batches of one row take the direct per-sample path only where it computes the same
+    # update: plain SGD (no momentum, no clipping, no penalties) at the epoch's fixed rate
+    # (power_t == 0); sample weights are applied inside the per-row loss derivative
     cdef bint per_sample = (
         batch_size == 1 and opt.code == SGD and opt.momentum == 0.0 and not clipping
+        and not penalized and opt.power_t == 0.0
     )
     pb.shuffled = orders.shape[0] > 0
     for epoch in range(n_epochs):
@@ -577,27 +670,35 @@ cdef Py_ssize_t _train_epochs(
         start_step = step_count[0]
         if pb.shuffled:
             pb.order = &orders[epoch % orders.shape[0], 0]
+        lr_epoch = lr_epochs[epoch]  # epoch numbers count from 0 in each call
         loss_sum = 0.0
         batched_rows = n
         if per_sample:
-            loss_sum = _per_sample_epoch(pb, &X[0, 0], &Y[0, 0], w, n_trained, opt.lr,
+            loss_sum = _per_sample_epoch(pb, &X[0, 0], &Y[0, 0], sw, w, n_trained, lr_epoch,
                                          &Zbuf[0, 0])
             step_count[0] += n
             batched_rows = 0
         start = 0
         while start < batched_rows:
             stop = min(start + batch_size, n)
-            _batch_gradient(pb, start, stop, &X[0, 0], &Y[0, 0], w, G, &Zbuf[0, 0])
+            _batch_gradient(pb, start, stop, &X[0, 0], &Y[0, 0], sw, w, G, &Zbuf[0, 0])
             loss_sum += G[p]
             # the step is computed in double (inv_rows and the hyperparameters are double)
             inv_rows = 1.0 / (stop - start)
             step_count[0] += 1
-            if clipping:
-                _clip_gradient(opt, G, inv_rows, n_trained)
-                inv_rows = 1.0  # G now holds the clipped mean gradient
-            _optimizer_step(opt, w, G, inv_rows, state, p, n_trained, step_count[0])
+            t = step_count[0]
+            if prepare:
+                _prepare_gradient(opt, G, inv_rows, w, n_weights, n_trained)
+                inv_rows = 1.0  # G now holds the mean gradient, L2 term added, clipped
+            # inverse scaling: lr_t = lr_epoch / t**power_t (pow in double, as NumPy's **)
+            lr = lr_epoch / pow(<double>t, opt.power_t) if opt.power_t != 0.0 else lr_epoch
+            _optimizer_step(opt, w, G, inv_rows, state, p, n_trained, t, lr)
+            if opt.l1 > 0.0:
+                _soft_threshold(w, n_weights, lr * opt.l1)
             start = stop
         epoch_loss = loss_sum / n
+        if penalized:  # the penalty of the parameters at the end of the epoch
+            epoch_loss += _penalty_value(opt, w, n_weights)
         history[epoch] = epoch_loss
         finite = isfinite(epoch_loss)
         for j in range(p):
@@ -625,8 +726,9 @@ cdef Py_ssize_t _train_epochs(
 
 
 def train_epochs(
-    const floating[:, ::1] X, const floating[:, ::1] Y, floating[::1] params,
-    const int64_t[:, ::1] orders, Py_ssize_t n_epochs, int loss_code, Py_ssize_t n_outputs,
+    const floating[:, ::1] X, const floating[:, ::1] Y, const floating[::1] weights,
+    floating[::1] params, const int64_t[:, ::1] orders, const double[::1] lr_epochs,
+    Py_ssize_t n_epochs, int loss_code, Py_ssize_t n_outputs,
     bint fit_intercept, Py_ssize_t batch_size, int opt_code, const double[::1] hyper,
     floating[:, ::1] opt_state, int64_t[::1] step_count, double tol, double n_iter_no_change,
     double[::1] stop_state, double[::1] history, floating[:, ::1] G, floating[:, ::1] Z,
@@ -640,8 +742,8 @@ def train_epochs(
     (>= max_chunks, >= n_params + 1), ``Z`` (>= max_chunks, >= rows_per_block * n_outputs),
     ``start_params`` (n_params,) and ``start_state`` (shaped as ``opt_state``), and the
     constants of :mod:`fastgd._config`. The wrapper checks that ``hyper`` has N_HYPER
-    entries, ``opt_state`` (n_rows, n_params) has the rows the optimizer uses and
-    ``step_count`` one entry.
+    entries, ``weights`` n entries or none, ``lr_epochs`` at least n_epochs, ``opt_state``
+    (n_rows, n_params) has the rows the optimizer uses and ``step_count`` one entry.
     """
     cdef Problem pb = _problem(X, Y, params, n_outputs, loss_code, G, Z, max_chunks,
                                min_rows_per_chunk, parallel_min_work, rows_per_block, n_threads)
@@ -651,20 +753,22 @@ def train_epochs(
     cdef Py_ssize_t state_size = opt_state.shape[0] * opt_state.shape[1]
     cdef floating* state = &opt_state[0, 0] if state_size > 0 else NULL
     cdef floating* saved_state = &start_state[0, 0] if state_size > 0 else NULL
-    opt.code = opt_code
-    opt.lr, opt.momentum, opt.dampening = hyper[H_LR], hyper[H_MOMENTUM], hyper[H_DAMPENING]
+    cdef const floating* sw = &weights[0] if weights.shape[0] > 0 else NULL
+    opt.code = opt_code  # hyper[H_LR] is not read: the rates come from lr_epochs
+    opt.momentum, opt.dampening = hyper[H_MOMENTUM], hyper[H_DAMPENING]
     opt.beta1, opt.beta2, opt.eps = hyper[H_BETA1], hyper[H_BETA2], hyper[H_EPS]
     opt.weight_decay, opt.alpha, opt.lr_decay = (
         hyper[H_WEIGHT_DECAY], hyper[H_ALPHA], hyper[H_LR_DECAY]
     )
     opt.clip_value, opt.clip_norm = hyper[H_CLIP_VALUE], hyper[H_CLIP_NORM]
+    opt.power_t, opt.l1, opt.l2 = hyper[H_POWER_T], hyper[H_L1], hyper[H_L2]
     opt.nesterov = hyper[H_NESTEROV] != 0.0
     opt.amsgrad = hyper[H_AMSGRAD] != 0.0
     opt.centered = hyper[H_CENTERED] != 0.0
     with nogil:
         n_done = _train_epochs(
-            &pb, X, Y, params, orders, n_epochs, fit_intercept, batch_size, &opt, state,
-            state_size, &step_count[0], tol, n_iter_no_change, stop_state, history, G, Z,
-            start_params, saved_state, &status,
+            &pb, X, Y, sw, params, orders, lr_epochs, n_epochs, fit_intercept, batch_size,
+            &opt, state, state_size, &step_count[0], tol, n_iter_no_change, stop_state,
+            history, G, Z, start_params, saved_state, &status,
         )
     return n_done, status

@@ -27,7 +27,7 @@ _OPTIMIZER_CODES = (opt.SGD, opt.ADAGRAD, opt.RMSPROP, opt.ADAM, opt.ADAMW)
 _HYPER_POSITIONS = (
     opt.LR, opt.MOMENTUM, opt.DAMPENING, opt.NESTEROV, opt.BETA1, opt.BETA2, opt.EPS,
     opt.WEIGHT_DECAY, opt.AMSGRAD, opt.CENTERED, opt.ALPHA, opt.LR_DECAY, opt.CLIP_VALUE,
-    opt.CLIP_NORM, opt.N_HYPER,
+    opt.CLIP_NORM, opt.POWER_T, opt.L1, opt.L2, opt.N_HYPER,
 )  # fmt: skip
 if (
     _k.LOSS_CODES != _LOSS_CODES
@@ -54,6 +54,19 @@ def _check(X, Y, params, loss_code):
     return np.ascontiguousarray(X), np.ascontiguousarray(Y)
 
 
+def _check_weights(weights, X):
+    """Sample weights as a contiguous array: shape (n,), or (0,) for unweighted."""
+    if not isinstance(weights, np.ndarray):
+        raise TypeError(f"weights must be a NumPy array; got {type(weights).__name__}")
+    if weights.dtype != X.dtype:
+        raise TypeError(f"weights must have the dtype of X, {X.dtype}; got {weights.dtype}")
+    if weights.ndim != 1 or weights.shape[0] not in (0, X.shape[0]):
+        raise ValueError(
+            f"weights must have shape ({X.shape[0]},), or (0,) for unweighted; got {weights.shape}"
+        )
+    return np.ascontiguousarray(weights)
+
+
 def _scratch(params, n_outputs):
     """Per-chunk rows of gradient sums G (n_params, then the loss) and of z values Z.
 
@@ -70,20 +83,21 @@ def _scratch(params, n_outputs):
     return buf, zbuf
 
 
-def loss_and_gradient(X, Y, params, loss_code, n_outputs, fit_intercept):
-    """Mean loss and gradient over all rows.
+def loss_and_gradient(X, Y, weights, params, loss_code, n_outputs, fit_intercept):
+    """Mean (weighted) loss and gradient over all rows.
 
     See :func:`fastgd.backends.numpy_ref.loss_and_gradient`. Uses OpenMP's default number
     of threads (the result does not depend on it).
     """
     X, Y = _check(X, Y, params, loss_code)
+    weights = _check_weights(weights, X)
     if X.shape[0] == 0:
         raise ValueError("X has no rows")
     grad = np.zeros_like(params)
     buf, zbuf = _scratch(params, n_outputs)
     loss = _k.loss_and_gradient(
-        X, Y, params, int(loss_code), int(n_outputs), bool(fit_intercept), grad, buf, zbuf,
-        MAX_CHUNKS, MIN_ROWS_PER_CHUNK, PARALLEL_MIN_WORK, ROWS_PER_BLOCK, max_threads(),
+        X, Y, weights, params, int(loss_code), int(n_outputs), bool(fit_intercept), grad, buf,
+        zbuf, MAX_CHUNKS, MIN_ROWS_PER_CHUNK, PARALLEL_MIN_WORK, ROWS_PER_BLOCK, max_threads(),
     )  # fmt: skip
     return float(loss), grad
 
@@ -124,18 +138,27 @@ def _check_optimizer(params, opt_code, hyper, opt_state, step_count):
 
 
 def train_epochs(
-    X, Y, params, orders, n_epochs, loss_code, n_outputs, fit_intercept, batch_size, opt_code,
-    hyper, opt_state, step_count, tol, n_iter_no_change, stop_state, history, n_threads,
+    X, Y, weights, params, orders, lr_epochs, n_epochs, loss_code, n_outputs, fit_intercept,
+    batch_size, opt_code, hyper, opt_state, step_count, tol, n_iter_no_change, stop_state,
+    history, n_threads,
 ):  # fmt: skip
     """Compiled training loop; see :func:`fastgd.backends.numpy_ref.train_epochs`.
 
     The loop runs with the GIL released; ``n_threads`` is the OpenMP team size of the
     parallel chunk loop (ignored when the extension was built without OpenMP).
     ``opt_state`` (same dtype as ``params``, C-contiguous) and ``step_count`` (int64) are
-    updated in place.
+    updated in place. ``lr_epochs`` (float64, at least ``n_epochs`` entries) gives the
+    learning rate of each epoch of this call; ``hyper[LR]`` is not read.
     """
     X, Y = _check(X, Y, params, loss_code)
+    weights = _check_weights(weights, X)
     hyper = _check_optimizer(params, opt_code, hyper, opt_state, step_count)
+    lr_epochs = np.ascontiguousarray(lr_epochs, dtype=np.float64)
+    if lr_epochs.ndim != 1 or lr_epochs.shape[0] < n_epochs:
+        raise ValueError(
+            f"lr_epochs must be 1-D with at least n_epochs = {n_epochs} entries; "
+            f"got shape {lr_epochs.shape}"
+        )
     orders = np.ascontiguousarray(orders, dtype=np.int64)
     n = X.shape[0]
     if n == 0 or batch_size < 1:
@@ -148,9 +171,10 @@ def train_epochs(
     start_params = np.empty_like(params)
     start_state = np.empty_like(opt_state)
     n_done, status = _k.train_epochs(
-        X, Y, params, orders, int(n_epochs), int(loss_code), int(n_outputs), bool(fit_intercept),
-        int(batch_size), int(opt_code), hyper, opt_state, step_count, float(tol),
-        float(n_iter_no_change), stop_state, history, buf, zbuf, start_params, start_state,
-        MAX_CHUNKS, MIN_ROWS_PER_CHUNK, PARALLEL_MIN_WORK, ROWS_PER_BLOCK, max(1, int(n_threads)),
+        X, Y, weights, params, orders, lr_epochs, int(n_epochs), int(loss_code), int(n_outputs),
+        bool(fit_intercept), int(batch_size), int(opt_code), hyper, opt_state, step_count,
+        float(tol), float(n_iter_no_change), stop_state, history, buf, zbuf, start_params,
+        start_state, MAX_CHUNKS, MIN_ROWS_PER_CHUNK, PARALLEL_MIN_WORK, ROWS_PER_BLOCK,
+        max(1, int(n_threads)),
     )  # fmt: skip
     return n_done, _STATUS_CODES[status]

@@ -55,19 +55,22 @@ def _forward_block(X, params, order, shuffled, lo, hi, k, Z, chunk):
 
 
 @njit(inline="always", **NUMBA_OPTIONS)
-def _loss_block(Y, order, shuffled, lo, hi, loss_code, k, Z, chunk):
-    """Summed loss of rows ``lo:hi``; overwrites their decision values with dloss/dz.
+def _loss_block(Y, weights, order, shuffled, lo, hi, loss_code, k, Z, chunk):
+    """Summed (weighted) loss of rows ``lo:hi``; overwrites their decision values with dloss/dz.
 
-    The branch on the loss is taken once per block, so each loop below stays simple.
+    The branch on the loss is taken once per block, so each loop below stays simple. With
+    sample weights, row i's loss and dloss/dz are multiplied by ``weights[i]``.
     """
+    weighted = weights.shape[0] > 0
     loss = 0.0
     if loss_code == MSE:
         for r in range(lo, hi):
             i = order[r] if shuffled else r
+            w = weights[i] if weighted else 1.0
             for c in range(k):
                 e = Z[chunk, r - lo, c] - Y[i, c]
-                loss += e * e
-                Z[chunk, r - lo, c] = (2.0 / k) * e
+                loss += w * (e * e)
+                Z[chunk, r - lo, c] = (2.0 / k) * (w * e) if weighted else (2.0 / k) * e
         return loss / k
     if loss_code == BINARY_CROSS_ENTROPY:
         for r in range(lo, hi):
@@ -76,11 +79,16 @@ def _loss_block(Y, order, shuffled, lo, hi, loss_code, k, Z, chunk):
             e = math.exp(-abs(v))  # never overflows
             # log(1 + exp(v)) - y v, and sigmoid(v) - y, both written to avoid overflow
             if v >= 0:
-                loss += v + math.log1p(e) - Y[i, 0] * v
-                Z[chunk, r - lo, 0] = 1.0 / (1.0 + e) - Y[i, 0]
+                row_loss = v + math.log1p(e) - Y[i, 0] * v
+                dz = 1.0 / (1.0 + e) - Y[i, 0]
             else:
-                loss += math.log1p(e) - Y[i, 0] * v
-                Z[chunk, r - lo, 0] = e / (1.0 + e) - Y[i, 0]
+                row_loss = math.log1p(e) - Y[i, 0] * v
+                dz = e / (1.0 + e) - Y[i, 0]
+            if weighted:
+                row_loss *= weights[i]
+                dz *= weights[i]
+            loss += row_loss
+            Z[chunk, r - lo, 0] = dz
         return loss
     # categorical cross-entropy: logsumexp(z) - z[label], exponentials shifted by max(z)
     for r in range(lo, hi):
@@ -94,10 +102,14 @@ def _loss_block(Y, order, shuffled, lo, hi, loss_code, k, Z, chunk):
         for c in range(k):
             Z[chunk, r - lo, c] = math.exp(Z[chunk, r - lo, c] - m)
             s += Z[chunk, r - lo, c]
+        w = weights[i] if weighted else 1.0
         for c in range(k):
             Z[chunk, r - lo, c] = Z[chunk, r - lo, c] / s
         Z[chunk, r - lo, label] -= 1.0
-        loss += m + math.log(s) - z_label
+        if weighted:
+            for c in range(k):
+                Z[chunk, r - lo, c] *= w
+        loss += w * (m + math.log(s) - z_label)
     return loss
 
 
@@ -126,7 +138,7 @@ def _backward_block(X, order, shuffled, lo, hi, k, Z, chunk, G):
 
 @njit(inline="always", **NUMBA_OPTIONS)
 def _chunk_gradient(
-    X, Y, params, order, shuffled, start, stop, n_chunks, chunk, loss_code, k, G, Z
+    X, Y, weights, params, order, shuffled, start, stop, n_chunks, chunk, loss_code, k, G, Z
 ):
     """Sum the per-sample gradients of one chunk of the batch ``start:stop`` into ``G[chunk]``.
 
@@ -147,24 +159,28 @@ def _chunk_gradient(
     for block_lo in range(lo, hi, block):
         block_hi = min(block_lo + block, hi)
         _forward_block(X, params, order, shuffled, block_lo, block_hi, k, Z, chunk)
-        loss += _loss_block(Y, order, shuffled, block_lo, block_hi, loss_code, k, Z, chunk)
+        loss += _loss_block(Y, weights, order, shuffled, block_lo, block_hi, loss_code, k, Z, chunk)
         _backward_block(X, order, shuffled, block_lo, block_hi, k, Z, chunk, G)
     G[chunk, bias + k] = loss
 
 
 @njit(inline="always", **NUMBA_OPTIONS)
-def _batch_serial(X, Y, params, order, shuffled, start, stop, n_chunks, loss_code, k, G, Z):
+def _batch_serial(
+    X, Y, weights, params, order, shuffled, start, stop, n_chunks, loss_code, k, G, Z
+):
     for chunk in range(n_chunks):
         _chunk_gradient(
-            X, Y, params, order, shuffled, start, stop, n_chunks, chunk, loss_code, k, G, Z
+            X, Y, weights, params, order, shuffled, start, stop, n_chunks, chunk, loss_code, k, G, Z
         )
 
 
 @njit(parallel=True, **NUMBA_OPTIONS)
-def _batch_parallel(X, Y, params, order, shuffled, start, stop, n_chunks, loss_code, k, G, Z):
+def _batch_parallel(
+    X, Y, weights, params, order, shuffled, start, stop, n_chunks, loss_code, k, G, Z
+):
     for chunk in prange(n_chunks):
         _chunk_gradient(
-            X, Y, params, order, shuffled, start, stop, n_chunks, chunk, loss_code, k, G, Z
+            X, Y, weights, params, order, shuffled, start, stop, n_chunks, chunk, loss_code, k, G, Z
         )
 
 
@@ -174,13 +190,17 @@ def _n_chunks(batch_rows):
 
 
 @njit(inline="always", **NUMBA_OPTIONS)
-def _batch_gradient(X, Y, params, order, shuffled, start, stop, loss_code, k, G, Z):
+def _batch_gradient(X, Y, weights, params, order, shuffled, start, stop, loss_code, k, G, Z):
     """Fill ``G[:n_chunks]`` with chunk partial sums; returns n_chunks."""
     n_chunks = _n_chunks(stop - start)
     if n_chunks > 1 and (stop - start) * X.shape[1] * k >= PARALLEL_MIN_WORK:
-        _batch_parallel(X, Y, params, order, shuffled, start, stop, n_chunks, loss_code, k, G, Z)
+        _batch_parallel(
+            X, Y, weights, params, order, shuffled, start, stop, n_chunks, loss_code, k, G, Z
+        )
     else:
-        _batch_serial(X, Y, params, order, shuffled, start, stop, n_chunks, loss_code, k, G, Z)
+        _batch_serial(
+            X, Y, weights, params, order, shuffled, start, stop, n_chunks, loss_code, k, G, Z
+        )
     return n_chunks
 
 
@@ -201,14 +221,16 @@ def _all_finite(a):
 
 
 @njit(**NUMBA_OPTIONS)
-def loss_and_gradient(X, Y, params, loss_code, n_outputs, fit_intercept):
+def loss_and_gradient(X, Y, weights, params, loss_code, n_outputs, fit_intercept):
     """Mean loss and gradient over all rows; see :func:`fastgd.backends.numpy_ref.loss_and_gradient`."""
     n, d = X.shape
     p = params.shape[0]
     G = np.empty((MAX_CHUNKS, p + 1 + ROW_PADDING), dtype=params.dtype)
     Z = np.empty((MAX_CHUNKS, ROWS_PER_BLOCK, n_outputs), dtype=params.dtype)
     order = np.empty(0, dtype=np.int64)
-    n_chunks = _batch_gradient(X, Y, params, order, False, 0, n, loss_code, n_outputs, G, Z)
+    n_chunks = _batch_gradient(
+        X, Y, weights, params, order, False, 0, n, loss_code, n_outputs, G, Z
+    )
     _sum_chunks(G, n_chunks, p + 1)
     grad = np.zeros(p, dtype=params.dtype)
     n_trained = p if fit_intercept else d * n_outputs
@@ -218,14 +240,16 @@ def loss_and_gradient(X, Y, params, loss_code, n_outputs, fit_intercept):
 
 
 @njit(inline="always", **NUMBA_OPTIONS)
-def _clip_gradient(G, inv_rows, n_trained, hyper):
-    """Turn ``G[0]`` into the mean gradient clipped by value, then by global norm.
+def _finish_gradient(G, inv_rows, params, n_weights, n_trained, hyper):
+    """Turn ``G[0]`` into the mean gradient, plus the L2 term, clipped by value then norm.
 
-    Same operations as :func:`fastgd.backends.numpy_ref.clip_gradient`.
+    Same operations as the L2 step and :func:`fastgd.backends.numpy_ref.clip_gradient`.
     """
-    clip_value, clip_norm = hyper[opt.CLIP_VALUE], hyper[opt.CLIP_NORM]
+    clip_value, clip_norm, l2 = hyper[opt.CLIP_VALUE], hyper[opt.CLIP_NORM], hyper[opt.L2]
     for j in range(n_trained):
         g = G[0, j] * inv_rows
+        if l2 > 0.0 and j < n_weights:
+            g += l2 * params[j]
         if clip_value > 0.0:
             g = min(max(g, -clip_value), clip_value)
         G[0, j] = g
@@ -240,13 +264,13 @@ def _clip_gradient(G, inv_rows, n_trained, hyper):
 
 
 @njit(inline="always", **NUMBA_OPTIONS)
-def _optimizer_step(params, G, inv_rows, n_trained, opt_code, hyper, state, t):
+def _optimizer_step(params, G, inv_rows, n_trained, opt_code, hyper, state, t, lr):
     """Update ``t`` (1-based) of the optimizer, with gradient ``G[0, j] * inv_rows``.
 
     Elementwise over the flat parameters, in the order of operations of
-    :func:`fastgd.backends.numpy_ref.optimizer_step` (formulas: :mod:`fastgd.specs.optimizers`).
+    :func:`fastgd.backends.numpy_ref.optimizer_step` (formulas: :mod:`fastgd.specs.optimizers`),
+    with ``lr`` the scheduled learning rate of this update.
     """
-    lr = hyper[opt.LR]
     if opt_code == opt.SGD:
         mu = hyper[opt.MOMENTUM]
         if mu == 0.0:
@@ -315,7 +339,31 @@ def _optimizer_step(params, G, inv_rows, n_trained, opt_code, hyper, state, t):
 
 
 @njit(inline="always", **NUMBA_OPTIONS)
-def _per_sample_epoch(X, Y, params, order, shuffled, loss_code, k, n_trained, lr, Z):
+def _soft_threshold(params, n_weights, threshold):
+    """L1 proximal step: shrink each weight toward 0 by ``threshold``, stopping at 0."""
+    for j in range(n_weights):
+        w = params[j]
+        if w > threshold:
+            params[j] = w - threshold
+        elif w < -threshold:
+            params[j] = w + threshold
+        else:
+            params[j] = 0.0
+
+
+@njit(inline="always", **NUMBA_OPTIONS)
+def _penalty_value(params, n_weights, l1, l2):
+    """``l1 * sum|w| + l2 / 2 * sum w**2`` over the weights, accumulated in float64."""
+    absolute, square = 0.0, 0.0
+    for j in range(n_weights):
+        w = float(params[j])
+        absolute += abs(w)
+        square += w * w
+    return l1 * absolute + 0.5 * l2 * square
+
+
+@njit(inline="always", **NUMBA_OPTIONS)
+def _per_sample_epoch(X, Y, weights, params, order, shuffled, loss_code, k, n_trained, lr, Z):
     """One epoch of per-sample SGD; returns the summed loss.
 
     The same arithmetic as a mini-batch of one row (the gradient is ``dz * x``, divided by
@@ -327,7 +375,7 @@ def _per_sample_epoch(X, Y, params, order, shuffled, loss_code, k, n_trained, lr
     for r in range(X.shape[0]):
         i = order[r] if shuffled else r
         _forward_block(X, params, order, shuffled, r, r + 1, k, Z, 0)
-        loss_sum += _loss_block(Y, order, shuffled, r, r + 1, loss_code, k, Z, 0)
+        loss_sum += _loss_block(Y, weights, order, shuffled, r, r + 1, loss_code, k, Z, 0)
         if k == 1:
             g = Z[0, 0, 0]
             for j in range(min(n_trained, bias)):
@@ -344,21 +392,27 @@ def _per_sample_epoch(X, Y, params, order, shuffled, loss_code, k, n_trained, lr
 
 @njit(**NUMBA_OPTIONS)
 def _train_epochs(
-    X, Y, params, orders, n_epochs, loss_code, k, fit_intercept, batch_size, opt_code, hyper,
-    opt_state, step_count, tol, n_iter_no_change, stop_state, history,
+    X, Y, weights, params, orders, lr_epochs, n_epochs, loss_code, k, fit_intercept, batch_size,
+    opt_code, hyper, opt_state, step_count, tol, n_iter_no_change, stop_state, history,
 ):  # fmt: skip
     n, d = X.shape
     p = params.shape[0]
-    n_trained = p if fit_intercept else d * k
+    n_weights = d * k
+    n_trained = p if fit_intercept else n_weights
     shuffled = orders.shape[0] > 0
     G = np.empty((MAX_CHUNKS, p + 1 + ROW_PADDING), dtype=params.dtype)
     Z = np.empty((MAX_CHUNKS, ROWS_PER_BLOCK, k), dtype=params.dtype)
     start_params = np.empty_like(params)
     start_state = np.empty_like(opt_state)
     natural = np.empty(0, dtype=np.int64)
-    lr = hyper[opt.LR]
-    clipping = hyper[opt.CLIP_VALUE] > 0.0 or hyper[opt.CLIP_NORM] > 0.0
-    plain_sgd = opt_code == opt.SGD and hyper[opt.MOMENTUM] == 0.0 and not clipping
+    l1, l2, power_t = hyper[opt.L1], hyper[opt.L2], hyper[opt.POWER_T]
+    penalized = l1 > 0.0 or l2 > 0.0
+    # mean, L2 term and clipping need a pass over G before the update
+    finishing = hyper[opt.CLIP_VALUE] > 0.0 or hyper[opt.CLIP_NORM] > 0.0 or l2 > 0.0
+    plain_sgd = (
+        opt_code == opt.SGD and hyper[opt.MOMENTUM] == 0.0 and not finishing and l1 == 0.0
+        and power_t == 0.0
+    )  # fmt: skip
     for epoch in range(n_epochs):
         start_params[:] = params
         start_state[:, :] = opt_state
@@ -368,24 +422,30 @@ def _train_epochs(
         batched_rows = n
         if batch_size == 1 and plain_sgd:
             loss_sum = _per_sample_epoch(
-                X, Y, params, order, shuffled, loss_code, k, n_trained, lr, Z
+                X, Y, weights, params, order, shuffled, loss_code, k, n_trained, lr_epochs[epoch], Z
             )
             step_count[0] += n
             batched_rows = 0
         for start in range(0, batched_rows, batch_size):
             stop = min(start + batch_size, n)
             n_chunks = _batch_gradient(
-                X, Y, params, order, shuffled, start, stop, loss_code, k, G, Z
+                X, Y, weights, params, order, shuffled, start, stop, loss_code, k, G, Z
             )
             _sum_chunks(G, n_chunks, p + 1)
             loss_sum += G[0, p]
             step_count[0] += 1
+            t = step_count[0]
             inv_rows = 1.0 / (stop - start)
-            if clipping:
-                _clip_gradient(G, inv_rows, n_trained, hyper)
-                inv_rows = 1.0  # G[0] now holds the clipped mean gradient
-            _optimizer_step(params, G, inv_rows, n_trained, opt_code, hyper, opt_state, step_count[0])  # fmt: skip
+            if finishing:
+                _finish_gradient(G, inv_rows, params, n_weights, n_trained, hyper)
+                inv_rows = 1.0  # G[0] now holds the finished mean gradient
+            lr = lr_epochs[epoch] / t**power_t if power_t != 0.0 else lr_epochs[epoch]
+            _optimizer_step(params, G, inv_rows, n_trained, opt_code, hyper, opt_state, t, lr)
+            if l1 > 0.0:
+                _soft_threshold(params, n_weights, lr * l1)
         epoch_loss = loss_sum / n
+        if penalized:
+            epoch_loss += _penalty_value(params, n_weights, l1, l2)
         history[epoch] = epoch_loss
         if not (math.isfinite(epoch_loss) and _all_finite(params)):
             params[:] = start_params
@@ -403,15 +463,16 @@ def _train_epochs(
 
 
 def train_epochs(
-    X, Y, params, orders, n_epochs, loss_code, n_outputs, fit_intercept, batch_size, opt_code,
-    hyper, opt_state, step_count, tol, n_iter_no_change, stop_state, history, n_threads,
+    X, Y, weights, params, orders, lr_epochs, n_epochs, loss_code, n_outputs, fit_intercept,
+    batch_size, opt_code, hyper, opt_state, step_count, tol, n_iter_no_change, stop_state, history,
+    n_threads,
 ):  # fmt: skip
     """Compiled training loop; see :func:`fastgd.backends.numpy_ref.train_epochs`."""
     previous = numba.get_num_threads()
     numba.set_num_threads(n_threads)
     try:
         return _train_epochs(
-            X, Y, params, orders, n_epochs, loss_code, n_outputs, fit_intercept, batch_size,
+            X, Y, weights, params, orders, lr_epochs, n_epochs, loss_code, n_outputs, fit_intercept, batch_size,
             opt_code, hyper, opt_state, step_count, tol, n_iter_no_change, stop_state, history,
         )  # fmt: skip
     finally:

@@ -19,7 +19,7 @@ def _stable_sigmoid(z):
     return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(z.dtype, copy=False)
 
 
-def loss_and_gradient(X, Y, params, loss_code, n_outputs, fit_intercept):
+def loss_and_gradient(X, Y, weights, params, loss_code, n_outputs, fit_intercept):
     """Mean loss over the rows of ``X`` and its gradient with respect to ``params``.
 
     Parameters
@@ -29,6 +29,9 @@ def loss_and_gradient(X, Y, params, loss_code, n_outputs, fit_intercept):
     Y : ndarray of shape (n, m)
         Targets: ``m = k`` regression targets for MSE, otherwise one column holding the
         label (0/1 for binary cross-entropy, the class index for categorical).
+    weights : ndarray of shape (n,) or (0,)
+        Sample weights, same dtype as X: the loss is ``mean(weights * per-sample loss)``.
+        An empty array means all weights are 1.
     params : ndarray of shape (d * k + k,)
         Flat parameters ``[W (d, k) row-major, b (k)]``.
     loss_code : int
@@ -41,7 +44,7 @@ def loss_and_gradient(X, Y, params, loss_code, n_outputs, fit_intercept):
     Returns
     -------
     loss : float
-        The mean per-sample loss.
+        The mean (weighted) per-sample loss; penalties are not included.
     grad : ndarray of shape (d * k + k,)
         Its gradient, same dtype as ``params``.
     """
@@ -52,12 +55,12 @@ def loss_and_gradient(X, Y, params, loss_code, n_outputs, fit_intercept):
     Z = X @ W + b
     if loss_code == losses.MSE:
         R = Z - Y
-        loss = np.mean(R * R)
+        sample_loss = R * R / k  # summed over outputs below: the mean over outputs
         dZ = (2.0 / k) * R
     elif loss_code == losses.BINARY_CROSS_ENTROPY:
         z, y = Z[:, 0], Y[:, 0]
         # log(1 + exp(z)) - y z, without overflow for large |z|
-        loss = np.mean(np.logaddexp(0.0, z) - y * z)
+        sample_loss = np.logaddexp(0.0, z) - y * z
         dZ = (_stable_sigmoid(z) - y)[:, None]
     elif loss_code == losses.CATEGORICAL_CROSS_ENTROPY:
         labels = Y[:, 0].astype(np.intp)
@@ -65,11 +68,15 @@ def loss_and_gradient(X, Y, params, loss_code, n_outputs, fit_intercept):
         m = Z.max(axis=1)
         E = np.exp(Z - m[:, None])
         s = E.sum(axis=1)
-        loss = np.mean(m + np.log(s) - Z[rows, labels])
+        sample_loss = m + np.log(s) - Z[rows, labels]
         dZ = E / s[:, None]
         dZ[rows, labels] -= 1.0
     else:
         raise ValueError(f"unknown loss code {loss_code}")
+    if weights.size:
+        sample_loss = (weights * sample_loss.T).T
+        dZ = weights[:, None] * dZ
+    loss = np.sum(sample_loss) / n
     dZ = dZ.astype(params.dtype, copy=False) / n
     grad = np.empty_like(params)
     grad[: d * k] = (X.T @ dZ).ravel()
@@ -80,8 +87,10 @@ def loss_and_gradient(X, Y, params, loss_code, n_outputs, fit_intercept):
 def train_epochs(
     X,
     Y,
+    weights,
     params,
     orders,
+    lr_epochs,
     n_epochs,
     loss_code,
     n_outputs,
@@ -101,13 +110,17 @@ def train_epochs(
 
     Parameters
     ----------
-    X, Y : ndarray
-        Samples (n, d) and targets (n, m), as in :func:`loss_and_gradient`.
+    X, Y, weights : ndarray
+        Samples (n, d), targets (n, m) and sample weights (n,) or (0,), as in
+        :func:`loss_and_gradient`.
     params : ndarray of shape (n_params,)
         Flat parameters, updated in place.
     orders : ndarray of shape (n_blocks, n) or (0, 0), int64
         Row order of each epoch: epoch ``e`` visits ``orders[e % n_blocks]``. An empty
         array means the natural order ``0..n-1`` in every epoch.
+    lr_epochs : ndarray of shape (>= n_epochs,), float64
+        Learning rate of each epoch of this call (the schedule, evaluated in Python);
+        update ``t`` uses ``lr_epochs[epoch] / t**hyper[POWER_T]``.
     n_epochs : int
         Maximum number of epochs in this call.
     loss_code, n_outputs, fit_intercept
@@ -118,7 +131,8 @@ def train_epochs(
         The optimizer, a code of :mod:`fastgd.specs.optimizers`; it updates ``params``
         from the mean gradient after each batch (see :func:`optimizer_step`).
     hyper : ndarray of shape (N_HYPER,), float64
-        Its hyperparameters, at the positions named in :mod:`fastgd.specs.optimizers`.
+        Its hyperparameters, clipping thresholds and penalty strengths, at the positions
+        named in :mod:`fastgd.specs.optimizers` (``hyper[LR]`` is not read here).
     opt_state : ndarray of shape (n_rows, n_params)
         Its state (momentum buffers, moments), same dtype as params, updated in place.
     step_count : ndarray of shape (1,), int64
@@ -128,8 +142,9 @@ def train_epochs(
     stop_state : ndarray of shape (2,), float64
         ``[best_loss, n_no_change]``, updated in place so the rule spans calls.
     history : ndarray of shape (>= n_epochs,), float64
-        Receives the loss of each epoch: the mean over all samples of the loss each saw
-        in its mini-batch, before that batch's update.
+        Receives the loss of each epoch: the mean over all samples of the (weighted) loss
+        each saw in its mini-batch, before that batch's update, plus the penalty of the
+        parameters at the end of the epoch.
     n_threads : int
         Unused here (NumPy's BLAS threads are its own).
 
@@ -143,7 +158,7 @@ def train_epochs(
     # overflow to inf/NaN is detected below and reported as divergence, not as warnings
     with np.errstate(over="ignore", invalid="ignore"):
         return _train_epochs(
-            X, Y, params, orders, n_epochs, loss_code, n_outputs, fit_intercept, batch_size,
+            X, Y, weights, params, orders, lr_epochs, n_epochs, loss_code, n_outputs, fit_intercept, batch_size,
             opt_code, hyper, opt_state, step_count, tol, n_iter_no_change, stop_state, history,
         )  # fmt: skip
 
@@ -159,16 +174,28 @@ def clip_gradient(grad, n_trained, hyper):
             g *= factor
 
 
-def optimizer_step(params, grad, n_trained, opt_code, hyper, state, t):
+def penalty_value(params, n_weights, hyper):
+    """``l1 * sum|w| + l2 / 2 * sum w**2`` over the weights ``params[:n_weights]``."""
+    w = params[:n_weights].astype(np.float64)
+    return hyper[opt.L1] * np.sum(np.abs(w)) + 0.5 * hyper[opt.L2] * np.sum(w * w)
+
+
+def soft_threshold(params, n_weights, threshold):
+    """The L1 proximal step in place: shrink the weights toward 0 by ``threshold``, to 0."""
+    w = params[:n_weights]
+    w[:] = np.sign(w) * np.maximum(np.abs(w) - threshold, 0.0)
+
+
+def optimizer_step(params, grad, n_trained, opt_code, hyper, state, t, lr=None):
     """Apply update number ``t`` (1-based) of an optimizer to ``params[:n_trained]``.
 
     The formulas are written out in :mod:`fastgd.specs.optimizers` (those of torch.optim).
-    ``state`` rows are updated in place; entries past ``n_trained`` (untrained intercepts)
-    are left alone.
+    ``lr`` is the learning rate of this update (default ``hyper[LR]``). ``state`` rows are
+    updated in place; entries past ``n_trained`` (untrained intercepts) are left alone.
     """
     p = params[:n_trained]
     g = grad[:n_trained]
-    lr = hyper[opt.LR]
+    lr = hyper[opt.LR] if lr is None else lr
     if opt_code == opt.SGD:
         mu = hyper[opt.MOMENTUM]
         if mu != 0.0:
@@ -225,28 +252,37 @@ def optimizer_step(params, grad, n_trained, opt_code, hyper, state, t):
 
 
 def _train_epochs(
-    X, Y, params, orders, n_epochs, loss_code, n_outputs, fit_intercept, batch_size, opt_code,
+    X, Y, weights, params, orders, lr_epochs, n_epochs, loss_code, n_outputs, fit_intercept, batch_size, opt_code,
     hyper, opt_state, step_count, tol, n_iter_no_change, stop_state, history,
 ):  # fmt: skip
     n, d = X.shape
-    n_trained = params.size if fit_intercept else d * n_outputs
+    n_weights = d * n_outputs
+    n_trained = params.size if fit_intercept else n_weights
     shuffled = orders.shape[0] > 0
+    l1, l2, power_t = hyper[opt.L1], hyper[opt.L2], hyper[opt.POWER_T]
     for epoch in range(n_epochs):
         start_params, start_state, start_step = params.copy(), opt_state.copy(), step_count[0]
         loss_sum = 0.0
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
-            if shuffled:
-                rows = orders[epoch % orders.shape[0], start:stop]
-                Xb, Yb = X[rows], Y[rows]
-            else:
-                Xb, Yb = X[start:stop], Y[start:stop]
-            loss, grad = loss_and_gradient(Xb, Yb, params, loss_code, n_outputs, fit_intercept)
+            rows = orders[epoch % orders.shape[0], start:stop] if shuffled else slice(start, stop)
+            Wb = weights[rows] if weights.size else weights
+            loss, grad = loss_and_gradient(
+                X[rows], Y[rows], Wb, params, loss_code, n_outputs, fit_intercept
+            )
             loss_sum += loss * (stop - start)
             step_count[0] += 1
+            t = step_count[0]
+            if l2 > 0.0:
+                grad[:n_weights] += l2 * params[:n_weights]
             clip_gradient(grad, n_trained, hyper)
-            optimizer_step(params, grad, n_trained, opt_code, hyper, opt_state, step_count[0])
+            lr = lr_epochs[epoch] / t**power_t if power_t != 0.0 else lr_epochs[epoch]
+            optimizer_step(params, grad, n_trained, opt_code, hyper, opt_state, t, lr)
+            if l1 > 0.0:
+                soft_threshold(params, n_weights, lr * l1)
         epoch_loss = loss_sum / n
+        if l1 > 0.0 or l2 > 0.0:
+            epoch_loss += penalty_value(params, n_weights, hyper)
         history[epoch] = epoch_loss
         if not (np.isfinite(epoch_loss) and np.all(np.isfinite(params))):
             params[:], opt_state[:], step_count[0] = start_params, start_state, start_step

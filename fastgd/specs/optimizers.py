@@ -21,6 +21,19 @@ Gradient clipping happens before the optimizer sees ``g`` (as ``torch.nn.utils``
 ``clip_grad_value_`` then ``clip_grad_norm_``): first each entry is clamped to
 ``[-clip_value, clip_value]``, then, with ``norm`` the Euclidean norm of the trained
 entries, ``g *= clip_norm / (norm + 1e-6)`` when that factor is below 1.
+
+The whole update ``t`` (1-based) of a batch, on every backend, in this order:
+
+1. ``g`` = the (sample-weighted) mean gradient of the data loss over the batch;
+2. L2 penalty: ``g[w] += l2 * p[w]`` on the weights ``w`` (not the intercepts);
+3. clipping, as above;
+4. the learning rate of the update: ``lr_t = lr_epochs[epoch] / t**power_t``, where
+   ``lr_epochs`` holds the schedule's rate per epoch (see :mod:`fastgd.schedules`);
+5. the optimizer's update with ``lr_t`` in place of ``lr``;
+6. L1 penalty, a proximal (soft-thresholding) step on the weights:
+   ``p[w] = sign(p[w]) * max(|p[w]| - lr_t * l1, 0)``, which sets small weights exactly
+   to zero. It is the exact proximal step of ``lr_t * l1 * |w|`` for plain SGD; with the
+   adaptive optimizers it is the same truncation applied after their step.
 """
 
 import numpy as np
@@ -46,7 +59,10 @@ ALPHA = 10
 LR_DECAY = 11
 CLIP_VALUE = 12  # 0: off; else each gradient entry is clamped to [-clip_value, clip_value]
 CLIP_NORM = 13  # 0: off; else the gradient is scaled by clip_norm / (norm + 1e-6) if below 1
-N_HYPER = 14
+POWER_T = 14  # inverse scaling: update t uses lr_epoch / t**power_t (0: off)
+L1 = 15  # strength of the L1 penalty l1 * sum|w| (proximal step after the update; 0: off)
+L2 = 16  # strength of the L2 penalty l2 / 2 * sum w**2 (added to the gradient; 0: off)
+N_HYPER = 17
 
 # rows of the (n_rows, n_params) state array: what each row holds, per optimizer
 STATE_ROWS = {

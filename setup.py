@@ -1,5 +1,9 @@
 """Build the Cython extension ``fastgd.backends._cython_kernels`` (with OpenMP if possible).
 
+The extension holds the linear and the network kernels (``_network_kernels.pxi`` is
+included by ``_cython_kernels.pyx``); SciPy must be installed at build time for its
+``scipy.linalg.cython_blas`` declarations.
+
 Project metadata lives in pyproject.toml; this file only describes the extension.
 OpenMP is probed with a tiny test program at build time; if that fails, or the environment
 variable ``FASTGD_NO_OPENMP=1`` is set, the extension is built serially (``prange`` then
@@ -114,6 +118,10 @@ extensions = [
     Extension(
         "fastgd.backends._cython_kernels",
         sources=["fastgd/backends/_cython_kernels.pyx"],
+        # the network kernels, included by the .pyx (they share its update code); they call
+        # BLAS through scipy.linalg.cython_blas (function pointers resolved at import, so
+        # nothing to link)
+        depends=["fastgd/backends/_network_kernels.pxi"],
     )
 ]
 

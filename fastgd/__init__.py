@@ -7,6 +7,8 @@
 from .api import DivergenceError, DivergenceWarning, fit
 from .backends import available_backends
 from .config import show_config
+from .diagnostics import GradientWarning
+from .network import MLP
 from .result import FitResult
 
 __version__ = "0.1.0"
@@ -14,6 +16,8 @@ __version__ = "0.1.0"
 __all__ = [
     "fit",
     "FitResult",
+    "MLP",
+    "GradientWarning",
     "DivergenceWarning",
     "DivergenceError",
     "available_backends",

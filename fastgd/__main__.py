@@ -1,4 +1,4 @@
-"""The ``fastgd`` command line: ``fastgd demo``, ``fastgd config``."""
+"""The ``fastgd`` command line: ``fastgd demo``, ``fastgd config``, ``fastgd bench``."""
 
 import argparse
 import sys
@@ -12,6 +12,15 @@ def main(argv=None):
     demo.add_argument("--lr", type=float, default=0.1, help="learning rate (default 0.1)")
     demo.add_argument("--steps", type=int, default=1000, help="full-batch steps (default 1000)")
     commands.add_parser("config", help="print versions, backends, OpenMP and threads")
+    bench = commands.add_parser(
+        "bench",
+        help="benchmark the backends against NumPy (and scikit-learn, PyTorch)",
+        description="Time every backend (and scikit-learn / PyTorch where installed) on the "
+        "same data, check the results agree, print a table, write JSON and a chart.",
+    )
+    from .bench.cli import add_arguments
+
+    add_arguments(bench)
     args = parser.parse_args(argv)
     if args.command == "demo":
         from .demo import run
@@ -21,6 +30,10 @@ def main(argv=None):
         from .config import show_config
 
         show_config()
+    elif args.command == "bench":
+        from .bench.cli import run
+
+        return run(args)
     return 0
 
 

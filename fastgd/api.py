@@ -8,6 +8,9 @@ import numpy as np
 
 from . import _validation as v
 from .backends import get_backend
+from .backends.numpy_ref import output_loss
+from .diagnostics import GradientWarning, diagnose_gradients
+from .network import MLP
 from .optim import make_optimizer
 from .result import FitResult
 from .schedules import make_schedule
@@ -82,12 +85,17 @@ def fit(
         modified, and not copied if it is already C-contiguous float32/float64.
     y : array-like of shape (n_samples,) or (n_samples, n_targets)
         Regression targets, or class labels of any values for classifiers.
-    model : {"linear", "logistic", "softmax"}
+    model : {"linear", "logistic", "softmax"} or fastgd.MLP
         ``"linear"``: least squares (mean squared error, one or several targets).
         ``"logistic"``: binary logistic regression (cross-entropy), two classes.
         ``"softmax"``: multinomial logistic regression (cross-entropy), two or more classes.
+        ``fastgd.MLP(hidden=(128, 64), activation="relu", batch_norm=False, init="he")``:
+        a multi-layer perceptron whose output layer and loss follow its ``task`` and the
+        targets (see :class:`fastgd.MLP`); its weights are initialized with ``seed``. The
+        per-layer gradient norms are recorded, and vanishing or exploding gradients are
+        reported with a :class:`fastgd.GradientWarning`.
     fit_intercept : bool, default True
-        Whether to learn an intercept per output.
+        Whether to learn an intercept per output (networks always train their biases).
     batch_size : int or None, default 32
         Samples per update: ``None`` is full-batch gradient descent, ``1`` per-sample SGD,
         anything between mini-batch SGD (values above n_samples mean full batch).
@@ -186,11 +194,21 @@ def fit(
     >>> round(float(result.coef_[0]), 1), round(result.intercept_, 1)
     (2.0, 1.0)
     """
-    v.check_choice(model, "model", tuple(LINEAR_MODELS))
+    is_network = isinstance(model, MLP)
+    if not is_network and (not isinstance(model, str) or model not in LINEAR_MODELS):
+        raise ValueError(
+            f"model must be one of {', '.join(map(repr, LINEAR_MODELS))} or a fastgd.MLP; "
+            f"got {model!r}"
+        )
     backend_module = get_backend(backend)
     X = v.check_features(X)
     n, d = X.shape
-    Y, classes = v.check_targets(y, n, model, X.dtype)
+    if is_network:
+        target_kind = "linear" if model.task == "regression" else "softmax"
+        Y, classes = v.check_targets(y, n, target_kind, X.dtype)
+        _check_network_labels(y, classes)
+    else:
+        Y, classes = v.check_targets(y, n, model, X.dtype)
     weights = v.check_sample_weight(sample_weight, n, X.dtype)
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
         raise ValueError(f"seed must be None or an integer; got {seed!r}")
@@ -233,9 +251,18 @@ def fit(
     if callback is not None and not callable(callback):
         raise ValueError(f"callback must be callable; got {callback!r}")
 
-    n_outputs = Y.shape[1] if model == "linear" else (1 if model == "logistic" else len(classes))
-    spec = LinearModelSpec(model, d, n_outputs, bool(fit_intercept))
-    params = spec.init_params(X.dtype)
+    if is_network:
+        spec = model.spec(d, Y.shape[1], None if classes is None else len(classes))
+        params, running = spec.init_params(X.dtype, seed)
+        if batch_size == 1 and any(spec.batch_norm):
+            raise ValueError(
+                "batch normalization needs batches of at least 2 samples; got batch_size=1"
+            )
+    else:
+        n_outputs = Y.shape[1] if model == "linear" else (1 if model == "logistic" else len(classes))  # fmt: skip
+        spec = LinearModelSpec(model, d, n_outputs, bool(fit_intercept))
+        params, running = spec.init_params(X.dtype), None
+    n_outputs = spec.n_outputs
     hyper = opt.hyperparameters()
     for name, value, position in [("clip_value", clip_value, CLIP_VALUE), ("clip_norm", clip_norm, CLIP_NORM)]:  # fmt: skip
         if value is not None:
@@ -245,7 +272,7 @@ def fit(
     opt_state = opt.new_state(spec.n_params, X.dtype)
     step_count = np.zeros(1, dtype=np.int64)
     if init is not None:
-        _warm_start(init, spec, classes, opt, params, opt_state, step_count)
+        _warm_start(init, spec, classes, opt, params, running, opt_state, step_count)
     shuffled = shuffle and batch_size < n
     rng = np.random.default_rng(seed)
     no_orders = np.empty((0, 0), dtype=np.int64)
@@ -254,12 +281,30 @@ def fit(
 
     lr_history = np.empty(epochs, dtype=np.float64)
 
-    def run(n_epochs, orders, history_view, lr_view):
+    grad_norms = np.zeros((epochs, spec.n_layers) if is_network else (0, 0))
+
+    def run(n_epochs, orders, history_view, lr_view, first_epoch=0):
+        if is_network:
+            return backend_module.network_train_epochs(
+                X, Y, weights, params, running, orders, lr_view, n_epochs,
+                *spec.kernel_arguments(), spec.loss_code, batch_size, opt.code, hyper, opt_state,
+                step_count, tol, n_iter_no_change, stop_state, history_view,
+                grad_norms[first_epoch:], n_threads,
+            )  # fmt: skip
         return backend_module.train_epochs(
             X, Y, weights, params, orders, lr_view, n_epochs, spec.loss_code, n_outputs,
             spec.fit_intercept, batch_size, opt.code, hyper, opt_state, step_count, tol,
             n_iter_no_change, stop_state, history_view, n_threads,
         )  # fmt: skip
+
+    def validation_loss():
+        if is_network:
+            Z = backend_module.network_predict(X_val, params, running, *spec.kernel_arguments())
+            return output_loss(Z, Y_val, weights_val, spec.loss_code)[0]
+        loss, _ = backend_module.loss_and_gradient(
+            X_val, Y_val, weights_val, params, spec.loss_code, n_outputs, spec.fit_intercept
+        )
+        return loss
 
     # A zero-epoch call compiles (or loads from the on-disk cache) the kernels for exactly
     # these argument types, so compilation is timed apart from training.
@@ -283,7 +328,7 @@ def fit(
         orders = np.stack([rng.permutation(n) for _ in range(count)]) if shuffled else no_orders
         for epoch in range(done, done + count):
             lr_history[epoch] = rates.lr(epoch)
-        ran, status = run(count, orders, history[done:], lr_history[done:])
+        ran, status = run(count, orders, history[done:], lr_history[done:], done)
         for epoch in range(done, done + ran):
             if print_every and epoch % print_every == 0:
                 print(f"Epoch: {epoch}, Loss: {history[epoch]:.6g}")
@@ -292,12 +337,11 @@ def fit(
             bar.update(ran)
             bar.set_postfix(loss=f"{history[done - 1]:.4g}")
         if early_stopping and status != stopping.DIVERGED:
-            loss, _ = backend_module.loss_and_gradient(
-                X_val, Y_val, weights_val, params, spec.loss_code, n_outputs, spec.fit_intercept
-            )
+            loss = validation_loss()
             validation_history.append(loss)
             if best is None or loss < best["loss"] - validation_tol:
                 best = dict(loss=loss, epoch=done - 1, params=params.copy(),
+                            running=None if running is None else running.copy(),
                             state=opt_state.copy(), step=int(step_count[0]), no_change=0)  # fmt: skip
             else:
                 best["no_change"] += 1
@@ -313,8 +357,18 @@ def fit(
         bar.close()
     if best is not None:  # early stopping returns the best validation epoch's parameters
         params[:], opt_state[:], step_count[0] = best["params"], best["state"], best["step"]
+        if running is not None:
+            running[:] = best["running"]
     if print_every and (done - 1) % print_every != 0:
         print(f"Epoch: {done - 1}, Loss: {history[done - 1]:.6g}")
+
+    diagnosis, diagnosis_message = None, None
+    if is_network:
+        diagnosis, diagnosis_message = diagnose_gradients(
+            grad_norms[:done], status == stopping.DIVERGED, model, opt.lr, hyper
+        )
+        if diagnosis is not None:
+            warnings.warn(diagnosis_message, GradientWarning, stacklevel=2)
 
     if status == stopping.DIVERGED:
         message = (
@@ -345,6 +399,10 @@ def fit(
         validation_loss_history=np.array(validation_history) if early_stopping else None,
         best_epoch=best["epoch"] if best is not None else None,
         validation_rows=validation_rows,
+        running=running,
+        gradient_norms=grad_norms[:done].copy() if is_network else None,
+        gradient_diagnosis=diagnosis,
+        gradient_message=diagnosis_message,
         _single_target=model != "linear" or np.ndim(y) == 1,
     )
 
@@ -357,7 +415,17 @@ def _mean_one(weights, rows):
     return (weights / mean).astype(weights.dtype)
 
 
-def _warm_start(init, spec, classes, opt, params, opt_state, step_count):
+def _check_network_labels(y, classes):
+    """A classifier network on float targets that are not whole numbers is a likely mistake."""
+    labels = np.asarray(classes)
+    if labels.dtype.kind == "f" and not np.all(labels == np.round(labels)):
+        raise ValueError(
+            "y holds non-integer float values, but MLP(task='classification') needs class "
+            "labels; for a regression network use fastgd.MLP(..., task='regression')"
+        )
+
+
+def _warm_start(init, spec, classes, opt, params, running, opt_state, step_count):
     """Copy parameters (and optimizer state of the same kind) from an earlier FitResult."""
     if not isinstance(init, FitResult):
         raise ValueError(f"init must be a FitResult from fastgd.fit; got {type(init).__name__}")
@@ -368,6 +436,8 @@ def _warm_start(init, spec, classes, opt, params, opt_state, step_count):
     ):
         raise ValueError(f"init was fit on classes {init.classes_}, but y has {classes}")
     params[:] = init.params
+    if running is not None:
+        running[:] = init.running
     if type(init.optimizer) is type(opt) and init.optimizer_state is not None:
         opt_state[:] = init.optimizer_state
         step_count[0] = init.n_updates

@@ -5,7 +5,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._validation import check_features
-from .specs.models import LinearModelSpec
 
 
 @dataclass
@@ -14,8 +13,8 @@ class FitResult:
 
     Attributes
     ----------
-    model : LinearModelSpec
-        What was trained (family, number of features and outputs).
+    model : LinearModelSpec or NetworkSpec
+        What was trained (family or layers, number of features and outputs).
     params : ndarray of shape (n_params,)
         The flat parameter vector (see :mod:`fastgd.specs.models` for its layout).
     classes_ : ndarray or None
@@ -53,9 +52,17 @@ class FitResult:
         With early stopping: the epoch whose parameters are returned.
     validation_rows : ndarray or None
         With early stopping: the indices of the rows held out for validation.
+    running : ndarray or None
+        Networks: the batch-norm running averages (see :attr:`named_params`).
+    gradient_norms : ndarray of shape (n_epochs, n_layers) or None
+        Networks: per epoch and layer, the root mean square over the epoch's batches of
+        the norm of the layer's weight gradient.
+    gradient_diagnosis : {None, "vanishing", "exploding"}
+        Networks: whether the gradients vanished or exploded; ``gradient_message`` says
+        where and what may help.
     """
 
-    model: LinearModelSpec
+    model: object
     params: np.ndarray
     classes_: np.ndarray | None
     loss_history: np.ndarray
@@ -72,6 +79,10 @@ class FitResult:
     best_epoch: int | None = None
     validation_rows: np.ndarray | None = None
     lr_history: np.ndarray | None = None
+    running: np.ndarray | None = None
+    gradient_norms: np.ndarray | None = None
+    gradient_diagnosis: str | None = None
+    gradient_message: str | None = None
     _single_target: bool = field(default=True, repr=False)
 
     @property
@@ -85,33 +96,64 @@ class FitResult:
         return self.params.dtype
 
     @property
+    def is_network(self):
+        """True for a multi-layer perceptron."""
+        return self.model.name == "mlp"
+
+    @property
+    def named_params(self):
+        """Networks: copies of every layer's parameters by name (``"dense1.weight"`` with
+        shape (n_in, n_out), ``"dense1.bias"``, ``"dense1.bn_scale"``, ...); linear
+        models: ``"weight"`` (n_features, n_outputs) and ``"bias"``."""
+        if self.is_network:
+            views = self.model.named(self.params, self.running)
+        else:
+            W, b = self.model.unpack(self.params)
+            views = {"weight": W, "bias": b}
+        return {name: view.copy() for name, view in views.items()}
+
+    @property
     def coef_(self):
         """Weights, scikit-learn style.
 
         Shape (n_features,) for a single regression target, otherwise
-        (n_outputs, n_features).
+        (n_outputs, n_features). Linear models only (networks: :attr:`named_params`).
         """
+        self._linear_only("coef_")
         W, _ = self.model.unpack(self.params)
-        if self.model.name == "linear" and self._single_target:
+        if self.model.task == "regression" and self._single_target:
             return W[:, 0].copy()
         return W.T.copy()
 
     @property
     def intercept_(self):
         """Intercepts: a float for a single regression target, else shape (n_outputs,)."""
+        self._linear_only("intercept_")
         _, b = self.model.unpack(self.params)
-        if self.model.name == "linear" and self._single_target:
+        if self.model.task == "regression" and self._single_target:
             return float(b[0])
         return b.copy()
 
+    def _linear_only(self, name):
+        if self.is_network:
+            raise AttributeError(f"{name} is defined for linear models; use named_params")
+
     def decision_function(self, X):
-        """Decision values ``X @ W + b``, shape (n_samples, n_outputs).
+        """Decision values ``X @ W + b`` (networks: the output layer's), shape (n_samples, n_outputs).
+
+        Networks use the batch-norm running averages.
 
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
         """
         X = check_features(X, n_features=self.model.n_features, allow_1d=self.model.n_features == 1)
+        if self.is_network:
+            from .backends.numpy_network import network_predict
+
+            params = self.params.astype(X.dtype, copy=False)
+            running = self.running.astype(X.dtype, copy=False)
+            return network_predict(X, params, running, *self.model.kernel_arguments())
         W, b = self.model.unpack(self.params)
         return X @ W.astype(X.dtype, copy=False) + b.astype(X.dtype, copy=False)
 
@@ -127,9 +169,9 @@ class FitResult:
         ndarray of shape (n_samples,) or (n_samples, n_targets)
         """
         Z = self.decision_function(X)
-        if self.model.name == "linear":
+        if self.model.task == "regression":
             return Z[:, 0] if self._single_target else Z
-        if self.model.name == "logistic":
+        if self.model.task == "binary":
             return self.classes_[(Z[:, 0] > 0).astype(np.intp)]
         return self.classes_[np.argmax(Z, axis=1)]
 
@@ -140,10 +182,10 @@ class FitResult:
         ----------
         X : array-like of shape (n_samples, n_features)
         """
-        if self.model.name == "linear":
+        if self.model.task == "regression":
             raise AttributeError("predict_proba is only available for classifiers")
         Z = self.decision_function(X)
-        if self.model.name == "logistic":
+        if self.model.task == "binary":
             p = 0.5 * (1.0 + np.tanh(0.5 * Z[:, 0]))  # sigmoid without overflow
             return np.column_stack([1.0 - p, p])
         Z = Z - Z.max(axis=1, keepdims=True)

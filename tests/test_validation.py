@@ -51,7 +51,10 @@ def test_bad_y(y_bad, model, message):
 @pytest.mark.parametrize(
     "kwargs,message",
     [
-        (dict(model="ridge"), "model must be one of 'linear', 'logistic', 'softmax'; got 'ridge'"),
+        (
+            dict(model="ridge"),
+            "model must be one of 'linear', 'logistic', 'softmax' or a fastgd.MLP; got 'ridge'",
+        ),
         (dict(backend="fortran"), "backend must be one of"),
         (dict(lr=0), "lr must be a positive finite number; got 0"),
         (dict(lr=-0.1), "lr must be a positive"),

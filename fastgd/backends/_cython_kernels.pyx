@@ -19,6 +19,10 @@ optimizer updates the parameters elementwise with the learning rate ``lr_t`` of 
 (``_optimizer_step``, the operations of :func:`fastgd.backends.numpy_ref.optimizer_step`
 in the same order, in double precision); the L1 proximal step follows
 (``_soft_threshold``). The optimizer state is stored in the precision of the data.
+``_apply_update`` runs these steps and ``_end_epoch`` the bookkeeping after an epoch
+(penalty, divergence test, tolerance rule), for the linear kernels here and the network
+kernels of ``_network_kernels.pxi``, which is included at the end of this file so that
+both use the one implementation.
 """
 
 from cython cimport floating
@@ -535,6 +539,15 @@ cdef void _optimizer_step(
         correction2 = sqrt(1.0 - pow(b2, <double>t))
         clr = lr / bias1
         decay = 1.0 - lr * wd
+        if opt.code == ADAM and wd == 0.0 and not opt.amsgrad:
+            # the common case, the same operations as below in a loop without branches,
+            # which the compiler vectorizes (elementwise, so the results are the same)
+            for j in range(n_trained):
+                g = G[j] * inv_rows
+                s0[j] = s0[j] * b1 + (1.0 - b1) * g
+                s1[j] = s1[j] * b2 + (1.0 - b2) * g * g
+                w[j] -= clr * s0[j] / (sqrt(<double>s1[j]) / correction2 + eps)
+            return
         for j in range(n_trained):
             g = G[j] * inv_rows
             if opt.code == ADAMW:
@@ -579,6 +592,127 @@ cdef double _penalty_value(
         sum_abs += fabs(v)
         sum_sq += v * v
     return opt.l1 * sum_abs + 0.5 * opt.l2 * sum_sq
+
+
+# The update of a batch and the end of an epoch, shared by the linear and the network
+# kernels (the network kernels are included at the end of this file).
+
+cdef enum:
+    # The optimizer step costs this many multiply-adds per parameter, roughly (Adam: about
+    # ten operations with a square root and two divisions): it runs in parallel when
+    # n_trained * UPDATE_WORK_PER_PARAM >= parallel_min_work.
+    UPDATE_WORK_PER_PARAM = 8
+    # parameter blocks of the parallel step start on multiples of this many entries (a
+    # cache line of float32), so threads never write to the same line
+    UPDATE_ALIGN = 16
+
+
+cdef inline void _step_block(
+    const Optimizer* opt, floating* w, const floating* G, double inv_rows, floating* state,
+    Py_ssize_t ld_state, Py_ssize_t n_weights, Py_ssize_t n_trained, int64_t t, double lr,
+    Py_ssize_t block, Py_ssize_t n_blocks,
+) noexcept nogil:
+    """Steps 5 and 6 of the update on block ``block`` of ``n_blocks`` of w[:n_trained].
+
+    Both steps are elementwise, so any partition into blocks gives the same results.
+    """
+    cdef Py_ssize_t lo = (block * n_trained // n_blocks) // UPDATE_ALIGN * UPDATE_ALIGN
+    cdef Py_ssize_t hi = n_trained
+    if block + 1 < n_blocks:
+        hi = ((block + 1) * n_trained // n_blocks) // UPDATE_ALIGN * UPDATE_ALIGN
+    if hi <= lo:
+        return
+    _optimizer_step(opt, w + lo, G + lo, inv_rows, state + lo if state != NULL else NULL,
+                    ld_state, hi - lo, t, lr)
+    if opt.l1 > 0.0 and lo < n_weights:
+        _soft_threshold(w + lo, min(hi, n_weights) - lo, lr * opt.l1)
+
+
+cdef void _apply_update(
+    const Optimizer* opt, floating* w, floating* G, double inv_rows, floating* state,
+    Py_ssize_t ld_state, Py_ssize_t n_weights, Py_ssize_t n_trained, int64_t* step_count,
+    double lr_epoch, int n_threads, Py_ssize_t parallel_min_work,
+) noexcept nogil:
+    """One update of ``w[:n_trained]`` from the gradient ``G[j] * inv_rows``.
+
+    Steps 2-6 of :mod:`fastgd.specs.optimizers`, as
+    :func:`fastgd.backends.numpy_ref.apply_update`: increments ``step_count[0]`` to ``t``;
+    adds the L2 term on ``w[:n_weights]`` and clips (``G`` is then overwritten with the
+    mean gradient); ``lr_t = lr_epoch / t**power_t``; the optimizer step; the L1 proximal
+    step on ``w[:n_weights]``. ``state`` has rows of ``ld_state`` entries. The last two
+    steps are elementwise: with many parameters they run on ``n_threads`` blocks of them
+    in parallel, with the same results as serially.
+    """
+    cdef int64_t t
+    cdef double lr
+    cdef Py_ssize_t block, n_blocks = n_threads
+    step_count[0] += 1
+    t = step_count[0]
+    # the mean gradient is materialized in G before the step only when it is modified
+    if opt.clip_value > 0.0 or opt.clip_norm > 0.0 or opt.l2 > 0.0:
+        _prepare_gradient(opt, G, inv_rows, w, n_weights, n_trained)
+        inv_rows = 1.0  # G now holds the mean gradient, L2 term added, clipped
+    # inverse scaling: lr_t = lr_epoch / t**power_t (pow in double, as NumPy's **)
+    lr = lr_epoch / pow(<double>t, opt.power_t) if opt.power_t != 0.0 else lr_epoch
+    if n_blocks > 1 and n_trained * UPDATE_WORK_PER_PARAM >= parallel_min_work:
+        for block in prange(n_blocks, num_threads=n_threads, schedule="static", chunksize=1):
+            _step_block(opt, w, G, inv_rows, state, ld_state, n_weights, n_trained, t, lr,
+                        block, n_blocks)
+    else:
+        _step_block(opt, w, G, inv_rows, state, ld_state, n_weights, n_trained, t, lr, 0, 1)
+
+
+cdef int _end_epoch(
+    const Optimizer* opt, const floating* w, Py_ssize_t n_params, Py_ssize_t n_weights,
+    double epoch_loss, double* history_entry, double* stop_state, double tol,
+    double n_iter_no_change,
+) noexcept nogil:
+    """Bookkeeping after an epoch whose mean data loss is ``epoch_loss``.
+
+    Adds the penalty of the parameters at the end of the epoch, stores the result in
+    ``history_entry[0]`` and returns DIVERGED if it or any of ``w[:n_params]`` is not
+    finite (the caller restores its saved state), else CONVERGED if the tolerance rule
+    (state ``stop_state = [best, n_no_change]``, carried across calls) stops training,
+    else -1.
+    """
+    cdef Py_ssize_t j
+    cdef bint finite
+    if opt.l1 > 0.0 or opt.l2 > 0.0:
+        epoch_loss += _penalty_value(opt, w, n_weights)
+    history_entry[0] = epoch_loss
+    finite = isfinite(epoch_loss)
+    for j in range(n_params):
+        if not isfinite(w[j]):
+            finite = False
+    if not finite:
+        return DIVERGED
+    if epoch_loss > stop_state[0] - tol:
+        stop_state[1] += 1
+    else:
+        stop_state[1] = 0
+    if epoch_loss < stop_state[0]:
+        stop_state[0] = epoch_loss
+    if stop_state[1] >= n_iter_no_change:
+        return CONVERGED
+    return -1
+
+
+cdef Optimizer _unpack_optimizer(int opt_code, const double[::1] hyper):
+    """The optimizer code and hyperparameters (``hyper[H_LR]`` is not read: the rates come
+    from ``lr_epochs``)."""
+    cdef Optimizer opt
+    opt.code = opt_code
+    opt.momentum, opt.dampening = hyper[H_MOMENTUM], hyper[H_DAMPENING]
+    opt.beta1, opt.beta2, opt.eps = hyper[H_BETA1], hyper[H_BETA2], hyper[H_EPS]
+    opt.weight_decay, opt.alpha, opt.lr_decay = (
+        hyper[H_WEIGHT_DECAY], hyper[H_ALPHA], hyper[H_LR_DECAY]
+    )
+    opt.clip_value, opt.clip_norm = hyper[H_CLIP_VALUE], hyper[H_CLIP_NORM]
+    opt.power_t, opt.l1, opt.l2 = hyper[H_POWER_T], hyper[H_L1], hyper[H_L2]
+    opt.nesterov = hyper[H_NESTEROV] != 0.0
+    opt.amsgrad = hyper[H_AMSGRAD] != 0.0
+    opt.centered = hyper[H_CENTERED] != 0.0
+    return opt
 
 
 cdef Problem _problem(
@@ -645,22 +779,19 @@ cdef Py_ssize_t _train_epochs(
     cdef Py_ssize_t n = pb.n, p = pb.n_params
     cdef Py_ssize_t n_weights = pb.d * pb.k
     cdef Py_ssize_t n_trained = p if fit_intercept else n_weights
-    cdef Py_ssize_t epoch, start, stop, batched_rows, j
+    cdef Py_ssize_t epoch, start, stop, batched_rows
     cdef floating* w = &params[0]
     cdef floating* G = &Gbuf[0, 0]
-    cdef double loss_sum, inv_rows, epoch_loss, lr_epoch, lr
-    cdef int64_t start_step, t
-    cdef bint finite
-    cdef bint clipping = opt.clip_value > 0.0 or opt.clip_norm > 0.0
-    # the mean gradient is materialized in G before the step only when it is modified
-    cdef bint prepare = clipping or opt.l2 > 0.0
-    cdef bint penalized = opt.l1 > 0.0 or opt.l2 > 0.0
+    cdef double loss_sum, lr_epoch
+    cdef int64_t start_step
+    cdef int end
     # batches of one row take the direct per-sample path only where it computes the same
     # update: plain SGD (no momentum, no clipping, no penalties) at the epoch's fixed rate
     # (power_t == 0); sample weights are applied inside the per-row loss derivative
     cdef bint per_sample = (
-        batch_size == 1 and opt.code == SGD and opt.momentum == 0.0 and not clipping
-        and not penalized and opt.power_t == 0.0
+        batch_size == 1 and opt.code == SGD and opt.momentum == 0.0
+        and opt.clip_value == 0.0 and opt.clip_norm == 0.0 and opt.l1 == 0.0
+        and opt.l2 == 0.0 and opt.power_t == 0.0
     )
     pb.shuffled = orders.shape[0] > 0
     for epoch in range(n_epochs):
@@ -683,43 +814,19 @@ cdef Py_ssize_t _train_epochs(
             stop = min(start + batch_size, n)
             _batch_gradient(pb, start, stop, &X[0, 0], &Y[0, 0], sw, w, G, &Zbuf[0, 0])
             loss_sum += G[p]
-            # the step is computed in double (inv_rows and the hyperparameters are double)
-            inv_rows = 1.0 / (stop - start)
-            step_count[0] += 1
-            t = step_count[0]
-            if prepare:
-                _prepare_gradient(opt, G, inv_rows, w, n_weights, n_trained)
-                inv_rows = 1.0  # G now holds the mean gradient, L2 term added, clipped
-            # inverse scaling: lr_t = lr_epoch / t**power_t (pow in double, as NumPy's **)
-            lr = lr_epoch / pow(<double>t, opt.power_t) if opt.power_t != 0.0 else lr_epoch
-            _optimizer_step(opt, w, G, inv_rows, state, p, n_trained, t, lr)
-            if opt.l1 > 0.0:
-                _soft_threshold(w, n_weights, lr * opt.l1)
+            # G holds gradient sums: the step is computed in double from G[j] / rows
+            _apply_update(opt, w, G, 1.0 / (stop - start), state, p, n_weights, n_trained,
+                          step_count, lr_epoch, pb.n_threads, pb.parallel_min_work)
             start = stop
-        epoch_loss = loss_sum / n
-        if penalized:  # the penalty of the parameters at the end of the epoch
-            epoch_loss += _penalty_value(opt, w, n_weights)
-        history[epoch] = epoch_loss
-        finite = isfinite(epoch_loss)
-        for j in range(p):
-            if not isfinite(w[j]):
-                finite = False
-        if not finite:
+        end = _end_epoch(opt, w, p, n_weights, loss_sum / n, &history[epoch], &stop_state[0],
+                         tol, n_iter_no_change)
+        if end == DIVERGED:
             memcpy(w, &start_params[0], p * sizeof(floating))
             if state_size > 0:
                 memcpy(state, start_state, state_size * sizeof(floating))
             step_count[0] = start_step
-            status[0] = DIVERGED
-            return epoch + 1
-        # tolerance rule, state carried across calls in stop_state = [best, n_no_change]
-        if epoch_loss > stop_state[0] - tol:
-            stop_state[1] += 1
-        else:
-            stop_state[1] = 0
-        if epoch_loss < stop_state[0]:
-            stop_state[0] = epoch_loss
-        if stop_state[1] >= n_iter_no_change:
-            status[0] = CONVERGED
+        if end >= 0:
+            status[0] = end
             return epoch + 1
     status[0] = MAX_EPOCHS
     return n_epochs
@@ -747,24 +854,13 @@ def train_epochs(
     """
     cdef Problem pb = _problem(X, Y, params, n_outputs, loss_code, G, Z, max_chunks,
                                min_rows_per_chunk, parallel_min_work, rows_per_block, n_threads)
-    cdef Optimizer opt
     cdef int status = MAX_EPOCHS
     cdef Py_ssize_t n_done
     cdef Py_ssize_t state_size = opt_state.shape[0] * opt_state.shape[1]
     cdef floating* state = &opt_state[0, 0] if state_size > 0 else NULL
     cdef floating* saved_state = &start_state[0, 0] if state_size > 0 else NULL
     cdef const floating* sw = &weights[0] if weights.shape[0] > 0 else NULL
-    opt.code = opt_code  # hyper[H_LR] is not read: the rates come from lr_epochs
-    opt.momentum, opt.dampening = hyper[H_MOMENTUM], hyper[H_DAMPENING]
-    opt.beta1, opt.beta2, opt.eps = hyper[H_BETA1], hyper[H_BETA2], hyper[H_EPS]
-    opt.weight_decay, opt.alpha, opt.lr_decay = (
-        hyper[H_WEIGHT_DECAY], hyper[H_ALPHA], hyper[H_LR_DECAY]
-    )
-    opt.clip_value, opt.clip_norm = hyper[H_CLIP_VALUE], hyper[H_CLIP_NORM]
-    opt.power_t, opt.l1, opt.l2 = hyper[H_POWER_T], hyper[H_L1], hyper[H_L2]
-    opt.nesterov = hyper[H_NESTEROV] != 0.0
-    opt.amsgrad = hyper[H_AMSGRAD] != 0.0
-    opt.centered = hyper[H_CENTERED] != 0.0
+    cdef Optimizer opt = _unpack_optimizer(opt_code, hyper)
     with nogil:
         n_done = _train_epochs(
             &pb, X, Y, sw, params, orders, lr_epochs, n_epochs, fit_intercept, batch_size,
@@ -772,3 +868,7 @@ def train_epochs(
             history, G, Z, start_params, saved_state, &status,
         )
     return n_done, status
+
+
+# Multi-layer perceptrons: same module, same update and epoch bookkeeping as above.
+include "_network_kernels.pxi"

@@ -482,3 +482,21 @@ def train_epochs(
 def compiled_signatures():
     """Number of compiled specializations of the training kernel (to detect recompiles)."""
     return len(_train_epochs.signatures)
+
+
+# the network kernels build on the pieces above (loss, update, reductions)
+from .numba_network import (  # noqa: E402
+    network_loss_and_gradient,
+    network_predict,
+    network_train_epochs,
+)
+
+__all__ = [
+    "NAME",
+    "compiled_signatures",
+    "loss_and_gradient",
+    "train_epochs",
+    "network_loss_and_gradient",
+    "network_predict",
+    "network_train_epochs",
+]

@@ -52,7 +52,21 @@ def loss_and_gradient(X, Y, weights, params, loss_code, n_outputs, fit_intercept
     k = n_outputs
     W = params[: d * k].reshape(d, k)
     b = params[d * k :]
-    Z = X @ W + b
+    loss, dZ = output_loss(X @ W + b, Y, weights, loss_code)
+    dZ = dZ.astype(params.dtype, copy=False)
+    grad = np.empty_like(params)
+    grad[: d * k] = (X.T @ dZ).ravel()
+    grad[d * k :] = dZ.sum(axis=0) if fit_intercept else 0.0
+    return loss, grad
+
+
+def output_loss(Z, Y, weights, loss_code):
+    """Mean (weighted) loss of decision values ``Z`` (n, k) and its gradient ``dZ``.
+
+    ``dZ`` is the derivative of the mean loss, i.e. already divided by ``n``. Shared by
+    the linear models and the networks (whose output layer gives ``Z``).
+    """
+    n, k = Z.shape
     if loss_code == losses.MSE:
         R = Z - Y
         sample_loss = R * R / k  # summed over outputs below: the mean over outputs
@@ -76,12 +90,7 @@ def loss_and_gradient(X, Y, weights, params, loss_code, n_outputs, fit_intercept
     if weights.size:
         sample_loss = (weights * sample_loss.T).T
         dZ = weights[:, None] * dZ
-    loss = np.sum(sample_loss) / n
-    dZ = dZ.astype(params.dtype, copy=False) / n
-    grad = np.empty_like(params)
-    grad[: d * k] = (X.T @ dZ).ravel()
-    grad[d * k :] = dZ.sum(axis=0) if fit_intercept else 0.0
-    return float(loss), grad
+    return float(np.sum(sample_loss) / n), dZ / n
 
 
 def train_epochs(
@@ -259,7 +268,7 @@ def _train_epochs(
     n_weights = d * n_outputs
     n_trained = params.size if fit_intercept else n_weights
     shuffled = orders.shape[0] > 0
-    l1, l2, power_t = hyper[opt.L1], hyper[opt.L2], hyper[opt.POWER_T]
+    l1, l2 = hyper[opt.L1], hyper[opt.L2]
     for epoch in range(n_epochs):
         start_params, start_state, start_step = params.copy(), opt_state.copy(), step_count[0]
         loss_sum = 0.0
@@ -271,15 +280,10 @@ def _train_epochs(
                 X[rows], Y[rows], Wb, params, loss_code, n_outputs, fit_intercept
             )
             loss_sum += loss * (stop - start)
-            step_count[0] += 1
-            t = step_count[0]
-            if l2 > 0.0:
-                grad[:n_weights] += l2 * params[:n_weights]
-            clip_gradient(grad, n_trained, hyper)
-            lr = lr_epochs[epoch] / t**power_t if power_t != 0.0 else lr_epochs[epoch]
-            optimizer_step(params, grad, n_trained, opt_code, hyper, opt_state, t, lr)
-            if l1 > 0.0:
-                soft_threshold(params, n_weights, lr * l1)
+            apply_update(
+                params, grad, n_weights, n_trained, opt_code, hyper, opt_state, step_count,
+                lr_epochs[epoch],
+            )  # fmt: skip
         epoch_loss = loss_sum / n
         if l1 > 0.0 or l2 > 0.0:
             epoch_loss += penalty_value(params, n_weights, hyper)
@@ -287,11 +291,52 @@ def _train_epochs(
         if not (np.isfinite(epoch_loss) and np.all(np.isfinite(params))):
             params[:], opt_state[:], step_count[0] = start_params, start_state, start_step
             return epoch + 1, stopping.DIVERGED
-        if epoch_loss > stop_state[0] - tol:
-            stop_state[1] += 1
-        else:
-            stop_state[1] = 0
-        stop_state[0] = min(stop_state[0], epoch_loss)
-        if stop_state[1] >= n_iter_no_change:
+        if tolerance_rule(epoch_loss, tol, n_iter_no_change, stop_state):
             return epoch + 1, stopping.CONVERGED
     return n_epochs, stopping.MAX_EPOCHS
+
+
+def apply_update(params, grad, n_weights, n_trained, opt_code, hyper, opt_state, step_count, lr_epoch):  # fmt: skip
+    """One update from the mean gradient ``grad`` (modified in place).
+
+    The order of operations of :mod:`fastgd.specs.optimizers`: L2 term, clipping, the
+    scheduled rate of update ``t``, optimizer step, L1 proximal step. Increments
+    ``step_count[0]``; ``params[:n_weights]`` are the penalized weights.
+    """
+    step_count[0] += 1
+    t = step_count[0]
+    l1, l2, power_t = hyper[opt.L1], hyper[opt.L2], hyper[opt.POWER_T]
+    if l2 > 0.0:
+        grad[:n_weights] += l2 * params[:n_weights]
+    clip_gradient(grad, n_trained, hyper)
+    lr = lr_epoch / t**power_t if power_t != 0.0 else lr_epoch
+    optimizer_step(params, grad, n_trained, opt_code, hyper, opt_state, t, lr)
+    if l1 > 0.0:
+        soft_threshold(params, n_weights, lr * l1)
+
+
+def tolerance_rule(epoch_loss, tol, n_iter_no_change, stop_state):
+    """Update ``stop_state = [best, n_no_change]``; True when training has converged."""
+    if epoch_loss > stop_state[0] - tol:
+        stop_state[1] += 1
+    else:
+        stop_state[1] = 0
+    stop_state[0] = min(stop_state[0], epoch_loss)
+    return stop_state[1] >= n_iter_no_change
+
+
+# the network kernels build on the pieces above (output_loss, apply_update, ...)
+from .numpy_network import (  # noqa: E402
+    network_loss_and_gradient,
+    network_predict,
+    network_train_epochs,
+)
+
+__all__ = [
+    "NAME",
+    "loss_and_gradient",
+    "train_epochs",
+    "network_loss_and_gradient",
+    "network_predict",
+    "network_train_epochs",
+]

@@ -53,6 +53,11 @@ class LinearModelSpec:
         return LINEAR_MODELS[self.name]
 
     @property
+    def task(self):
+        """``"regression"``, ``"binary"`` or ``"multiclass"``."""
+        return {"linear": "regression", "logistic": "binary"}.get(self.name, "multiclass")
+
+    @property
     def n_params(self):
         """Length of the flat parameter vector."""
         return self.n_features * self.n_outputs + self.n_outputs

@@ -1,0 +1,247 @@
+"""``fastgd bench``: the standard benchmark suite from the command line."""
+
+import dataclasses
+import datetime
+import os
+import sys
+import time
+
+from . import report
+from .models import MODELS
+from .suite import BenchConfig, batch_label, parse_batch, run_grid, scaling
+from .system import BLAS_VARIABLES, machine_info, max_threads, measure_memory, measure_startup
+
+# the standard suite (about two minutes on a 2-core machine) and --quick (about 20 s)
+STANDARD = dict(rows=10_000, features=100, epochs=2, full_epochs=50, repeats=5, max_time=0.5,
+                memory_rows="20000,200000")  # fmt: skip
+QUICK = dict(rows=2_000, features=20, epochs=2, full_epochs=20, repeats=3, max_time=0.2,
+             memory_rows="5000")  # fmt: skip
+
+FAIRNESS = (
+    "Same algorithm (plain SGD, same loss, learning rate, batch size, epochs, start), same data, "
+    "same number of updates on every side; threads pinned on every side (fastgd n_threads, BLAS "
+    "via threadpoolctl, torch.set_num_threads); every implementation warmed up first, so "
+    "compile time is reported apart; medians of repeated wall times of the whole fit call; "
+    "final parameters (or loss/accuracy where the algorithms differ) checked against the NumPy "
+    "reference before a time is reported."
+)
+
+
+def _csv(text, kind=str):
+    return tuple(kind(x) for x in text.split(",") if x)
+
+
+def add_arguments(parser):
+    """Add the ``fastgd bench`` options to an ``argparse`` parser.
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+    """
+    add = parser.add_argument
+    add("--quick", action="store_true",
+        help="a 20-second version: small data, fewer repeats, no cold-cache start-up")  # fmt: skip
+    add("--models", default=",".join(MODELS), help=f"comma-separated, of {', '.join(MODELS)}")
+    add("--backends", default=None, help="fastgd backends (default: all available)")
+    add("--batch-sizes", default="1,32,256,full", help='comma-separated; "full" = full batch')
+    add("--dtypes", default="float64,float32")
+    add("--threads", default="1,2", help="thread counts to run at (default 1,2)")
+    add(
+        "--rows",
+        type=int,
+        help=f"rows of the data (default {STANDARD['rows']}, quick {QUICK['rows']})",
+    )
+    add(
+        "--features",
+        type=int,
+        help=f"features (default {STANDARD['features']}, quick {QUICK['features']})",
+    )
+    add("--epochs", type=int, help=f"epochs of mini-batch runs (default {STANDARD['epochs']})")
+    add(
+        "--full-epochs",
+        type=int,
+        help=f"epochs of full-batch runs (default {STANDARD['full_epochs']})",
+    )
+    add("--repeats", type=int, help="timed runs per implementation, at most (median reported)")
+    add("--max-time", type=float, help="stop repeating after this many seconds per implementation")
+    add("--shuffle", action="store_true",
+        help="shuffle rows each epoch (scikit-learn then draws its own order: loss checked)")  # fmt: skip
+    add("--no-compare", action="store_true", help="skip scikit-learn and PyTorch")
+    add(
+        "--memory-rows",
+        help=f"data sizes of the memory measurement (default {STANDARD['memory_rows']})",
+    )
+    add("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    add("--no-startup", action="store_true", help="skip the import/first-fit measurement")
+    add("--no-cold", action="store_true", help="skip the first fit with an empty kernel cache")
+    add("--seed", type=int, default=0)
+    add("--json", default="fastgd-bench.json", help="results file (default fastgd-bench.json)")
+    add(
+        "--plot",
+        default="fastgd-bench.png",
+        help="chart (needs matplotlib; default fastgd-bench.png)",
+    )
+    add("--no-plot", action="store_true", help="do not draw the chart")
+    add("--markdown", default=None, help="also write the tables as Markdown to this file")
+
+
+def config_from_args(args):
+    """The :class:`BenchConfig` of parsed ``fastgd bench`` options.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+
+    Returns
+    -------
+    BenchConfig
+    """
+    import fastgd
+
+    sizes = QUICK if args.quick else STANDARD
+    value = lambda name: sizes[name] if getattr(args, name) is None else getattr(args, name)  # noqa: E731
+    models = _csv(args.models)
+    unknown = [m for m in models if m not in MODELS]
+    if unknown:
+        raise SystemExit(f"unknown model(s) {unknown}; choose from {list(MODELS)}")
+    backends = _csv(args.backends) if args.backends else tuple(fastgd.available_backends())
+    missing = [b for b in backends if b not in fastgd.available_backends()]
+    if missing:
+        raise SystemExit(f"backend(s) {missing} not available here: {fastgd.available_backends()}")
+    threads = tuple(t for t in _csv(args.threads, int) if 1 <= t <= max_threads())
+    if not threads:
+        raise SystemExit(f"no usable thread count in {args.threads!r} (max {max_threads()})")
+    return BenchConfig(
+        models=models, backends=backends, batch_sizes=_csv(args.batch_sizes, parse_batch),
+        dtypes=_csv(args.dtypes), threads=threads, rows=value("rows"), features=value("features"),
+        epochs=value("epochs"), full_epochs=value("full_epochs"), repeats=value("repeats"),
+        max_time=value("max_time"), shuffle=args.shuffle, competitors=not args.no_compare,
+        seed=args.seed,
+    )  # fmt: skip
+
+
+def _section(title, header_rows, out, md):
+    header, rows = header_rows
+    if not rows:
+        return
+    print(f"\n{title}", file=out)
+    print(report.text_table(header, rows), file=out)
+    md.append(f"{title}\n\n{report.markdown_table(header, rows)}\n")
+
+
+def run(args, out=None):
+    """Run ``fastgd bench`` with parsed options; print, write JSON (and chart).
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Options of :func:`add_arguments`.
+    out : file-like, optional
+        Where to print (default: standard output).
+
+    Returns
+    -------
+    int
+        0, or 1 if any implementation disagreed with the reference.
+    """
+    out = out or sys.stdout
+    log = lambda text: print(text, file=out, flush=True)  # noqa: E731
+    config = config_from_args(args)
+    sizes = QUICK if args.quick else STANDARD
+    machine = machine_info()
+    started = time.perf_counter()
+    log(f"fastgd bench{' --quick' if args.quick else ''}: {machine['cpu']}, "
+        f"{machine['logical_cpus']} logical CPUs, {machine['memory_gb']} GB")  # fmt: skip
+    log(f"BLAS: {machine['blas']}; numba threading layer: {machine.get('numba_threading_layer')}")
+    for name in BLAS_VARIABLES:
+        if name in os.environ:
+            log(f"note: {name}={os.environ[name]} is set and may slow NumPy's BLAS; for a fair "
+                f"baseline run: env -u {' -u '.join(BLAS_VARIABLES)} fastgd bench ...")  # fmt: skip
+    log(f"data: {config.rows} x {config.features}, plain SGD, {config.epochs} epochs "
+        f"(full batch: {config.full_epochs}), {'shuffled' if config.shuffle else 'rows in order'}; "
+        f"threads {', '.join(map(str, config.threads))}")  # fmt: skip
+    log("grid (median wall time of a fit):")
+    records, skipped = run_grid(config, log=log)
+    scale = scaling(records)
+    try:  # the layer Numba actually used, known once a parallel kernel has run
+        import numba
+
+        machine["numba_threading_layer"] = numba.threading_layer()
+    except (ImportError, ValueError):
+        pass
+
+    memory = []
+    if not args.no_memory and config.models:
+        rows = _csv(args.memory_rows or sizes["memory_rows"], int)
+        log("peak memory (one new process per size) ...")
+        memory = measure_memory(config.models[0], rows, config.features, config.backends,
+                                dtype=config.dtypes[0], threads=max(config.threads), log=log)  # fmt: skip
+    startup = []
+    if not args.no_startup:
+        log("import and first fit in a new process ...")
+        startup = measure_startup(config.backends, cold=not (args.no_cold or args.quick), log=log)
+
+    md = []
+    _section("Throughput in samples/s (speed-up over the NumPy baseline):",
+             report.grid_rows(records), out, md)  # fmt: skip
+    _section("Scaling with threads (time at fewer threads / time at more):",
+             report.scaling_rows(scale), out, md)  # fmt: skip
+    _section("Compile or kernel-cache load, first fit in this process (not in the times above):",
+             report.compile_rows(records), out, md)  # fmt: skip
+    _section("Peak memory of a fit (new process per size):", report.memory_rows(memory), out, md)
+    _section("Import and first fit in a new process:", report.startup_rows(startup), out, md)
+    notes = {(r["impl"], r["model"]): r["note"] for r in records if r.get("note")}
+    for (impl, model), note in notes.items():
+        log(f"note: {impl} for {model}: {note}")
+    for entry in skipped:
+        log(f"not compared: {entry['competitor']} for {entry['model']}: {entry['reason']}")
+    failed = [r for r in records if r["check"] is not None and not r["check"]["ok"]]
+    for r in failed:
+        log(f"CHECK FAILED: {r['impl']} {r['model']} {r['dtype']} batch {r['batch_size']} "
+            f"{r['threads']} thr: {r['check']['kind']} differs by {r['check']['value']:.3g} "
+            f"> {r['check']['tol']:g}")  # fmt: skip
+    elapsed = time.perf_counter() - started
+
+    payload = dict(
+        options={k: v for k, v in vars(args).items() if k != "command"},
+        date=datetime.datetime.now().isoformat(timespec="seconds"),
+        elapsed_s=elapsed,
+        settings=dict(dataclasses.asdict(config),
+                      batch_sizes=[batch_label(b) for b in config.batch_sizes]),  # fmt: skip
+        machine=machine, fairness=FAIRNESS, ok=not failed, grid=records, skipped=skipped,
+        scaling=scale, memory=memory, startup=startup,
+    )  # fmt: skip
+    path = report.write_json(args.json, payload)
+    log(f"\nwrote {path}")
+    if args.markdown:
+        with open(args.markdown, "w") as fh:
+            fh.write("\n".join(md))
+        log(f"wrote {args.markdown}")
+    if not args.no_plot and records:
+        chart = report.plot(records, args.plot,
+                            title=f"fastgd speed-up over NumPy ({max(config.threads)} threads), "
+                                  f"{machine['cpu']}")  # fmt: skip
+        if chart:
+            log(f"wrote {chart}")
+    log(f"done in {elapsed:.0f} s" + ("" if not failed else f"; {len(failed)} CHECK(S) FAILED"))
+    return 1 if failed else 0
+
+
+def main(argv=None):
+    """``python -m fastgd.bench``: the same as ``fastgd bench``.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Options (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        The exit status.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="fastgd bench", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))

@@ -1,0 +1,213 @@
+"""The model families of the benchmark suite: ONE table, :data:`MODELS`.
+
+Every part of the suite (``fastgd bench``, the pytest-benchmark suites in ``benchmarks/``,
+the smoke test) iterates over this table, so a new model family is one more entry here:
+how fastgd fits it, its task (which decides the data and the loss used in checks), its
+learning rate, and the libraries it is compared with (names of
+:data:`fastgd.bench.competitors.COMPETITORS`).
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+import fastgd
+
+TASKS = ("regression", "binary", "multiclass")
+
+
+@dataclass(frozen=True)
+class ModelCase:
+    """One model family of the benchmark suite.
+
+    Parameters
+    ----------
+    name : str
+        Its name in tables, JSON and the ``--models`` option.
+    task : {"regression", "binary", "multiclass"}
+        Decides the synthetic data (:func:`make_data`) and the loss of the checks
+        (:func:`training_loss`).
+    lr : float
+        Learning rate of plain SGD, the same on every side.
+    n_classes : int, default 0
+        Number of classes of a multiclass task.
+    model : str or object, optional
+        What ``fastgd.fit`` gets as ``model=`` (default: ``name``), e.g.
+        ``fastgd.MLP(hidden=(64,))``; its ``hidden`` and ``activation`` attributes, if
+        any, tell the competitors what network to build.
+    fit : callable, optional
+        Instead of ``model``: ``fit(X, y, **options)`` returning a
+        :class:`fastgd.FitResult`-like object (``params``, ``train_time``,
+        ``compile_time``, ``predict``, and ``predict_proba`` for classifiers); ``options``
+        are ``batch_size``, ``epochs``, ``lr``, ``seed``, ``backend``, ``n_threads``,
+        ``shuffle``.
+    competitors : tuple of str, default ()
+        Other libraries to time against, keys of
+        :data:`fastgd.bench.competitors.COMPETITORS` (each skips itself when its library
+        is not installed or the batch size does not apply).
+    """
+
+    name: str
+    task: str
+    lr: float
+    n_classes: int = 0
+    model: object = field(default=None, compare=False)
+    fit: Callable | None = field(default=None, compare=False)
+    competitors: tuple = ()
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}; got {self.task!r}")
+        if self.task == "multiclass" and self.n_classes < 2:
+            raise ValueError("a multiclass task needs n_classes >= 2")
+
+    @property
+    def hidden(self):
+        """Hidden layer widths (``model.hidden``); empty for the linear family."""
+        return tuple(getattr(self.model, "hidden", ()) or ())
+
+    @property
+    def activation(self):
+        """Activation of the hidden layers (``model.activation``, default ``"relu"``)."""
+        return getattr(self.model, "activation", "relu")
+
+    @property
+    def linear(self):
+        """True for the linear family: flat parameters ``[W (d, k) row-major, b (k)]``."""
+        return not self.hidden
+
+    def n_outputs(self):
+        """Decision values per sample: 1, or the number of classes of a multiclass task."""
+        return self.n_classes if self.task == "multiclass" else 1
+
+    def run_fastgd(self, X, y, **options):
+        """Fit with fastgd: ``self.fit`` if given, else ``fastgd.fit(X, y, model=...)``."""
+        if self.fit is not None:
+            return self.fit(X, y, **options)
+        return fastgd.fit(X, y, model=self.name if self.model is None else self.model, **options)
+
+
+# THE table of model families. The multi-layer perceptron is one more entry, e.g.
+#     "mlp": ModelCase("mlp", "multiclass", lr=0.05, n_classes=10,
+#                      model=fastgd.MLP(hidden=(64,)), competitors=("sklearn-mlp", "torch")),
+# nothing else in the suite needs to change.
+MODELS = {
+    "linear": ModelCase("linear", "regression", lr=1e-3, competitors=("sklearn-sgd", "torch")),
+    "logistic": ModelCase("logistic", "binary", lr=1e-2, competitors=("sklearn-sgd", "torch")),
+    "softmax": ModelCase(
+        "softmax", "multiclass", lr=1e-2, n_classes=10, competitors=("sklearn-sgd", "torch")
+    ),
+}
+
+CHUNK_ROWS = 8192
+
+
+def make_data(case, n, d, dtype=np.float64, seed=0):
+    """Synthetic data for ``case``: standard normal features and a target of its task.
+
+    Generated chunk by chunk into the final array, so making the data never holds more
+    than the data plus one chunk (the memory measurement relies on it). The float32 data
+    is the float64 data rounded.
+
+    Parameters
+    ----------
+    case : ModelCase
+    n, d : int
+        Rows and features.
+    dtype : numpy dtype, default float64
+    seed : int, default 0
+
+    Returns
+    -------
+    X : ndarray of shape (n, d), C-contiguous, ``dtype``
+    y : ndarray of shape (n,)
+        ``dtype`` targets (regression), or integer class labels ``0 .. k-1``.
+    """
+    rng = np.random.default_rng(seed)
+    k = case.n_outputs()
+    W = rng.standard_normal((d, k)) / np.sqrt(d)
+    if case.task == "multiclass":
+        W *= 3.0  # classes separated enough that accuracy means something
+    X = np.empty((n, d), dtype=dtype)
+    y = np.empty(n, dtype=dtype if case.task == "regression" else np.int64)
+    for start in range(0, n, CHUNK_ROWS):
+        stop = min(start + CHUNK_ROWS, n)
+        block = rng.standard_normal((stop - start, d))
+        X[start:stop] = block
+        Z = block @ W
+        if case.task == "regression":
+            y[start:stop] = Z[:, 0] + 0.5 + 0.1 * rng.standard_normal(stop - start)
+        elif case.task == "binary":
+            y[start:stop] = Z[:, 0] + 0.3 * rng.standard_normal(stop - start) > 0
+        else:
+            y[start:stop] = np.argmax(Z + rng.gumbel(size=Z.shape), axis=1)
+    return X, y
+
+
+def label_indices(y):
+    """Class labels as indices ``0 .. k-1`` into the sorted unique labels.
+
+    Parameters
+    ----------
+    y : array-like of shape (n,)
+
+    Returns
+    -------
+    ndarray of shape (n,), int
+    """
+    return np.unique(y, return_inverse=True)[1].ravel()
+
+
+def training_loss(case, y, outputs):
+    """Mean training loss of a model's outputs, the same formula for every library.
+
+    Parameters
+    ----------
+    case : ModelCase
+    y : ndarray of shape (n,)
+        Targets or labels.
+    outputs : ndarray
+        Predictions (regression) or class probabilities of shape (n, n_classes)
+        (columns in sorted label order).
+
+    Returns
+    -------
+    float
+        Mean squared error, or the mean negative log-likelihood of the true class.
+    """
+    if case.task == "regression":
+        return float(np.mean((np.asarray(outputs, dtype=np.float64).ravel() - y) ** 2))
+    P = np.asarray(outputs, dtype=np.float64)
+    p_true = P[np.arange(len(y)), label_indices(y)]
+    return float(-np.mean(np.log(np.clip(p_true, 1e-300, None))))
+
+
+def accuracy(y, predicted):
+    """Share of the labels predicted right.
+
+    Parameters
+    ----------
+    y, predicted : array-like of shape (n,)
+
+    Returns
+    -------
+    float
+    """
+    return float(np.mean(np.asarray(predicted) == y))
+
+
+def fastgd_outputs(case, result, X):
+    """Predictions (regression) or class probabilities of a fastgd result on ``X``.
+
+    Parameters
+    ----------
+    case : ModelCase
+    result : FitResult
+    X : ndarray of shape (n, d)
+
+    Returns
+    -------
+    ndarray of shape (n,) or (n, n_classes)
+    """
+    return result.predict(X) if case.task == "regression" else result.predict_proba(X)

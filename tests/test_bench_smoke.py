@@ -1,0 +1,87 @@
+"""``fastgd bench --quick`` on tiny data: the table and JSON appear, and every backend and
+competitor agrees with the NumPy reference. No timing is asserted."""
+
+import json
+
+import numpy as np
+import pytest
+
+import fastgd
+from fastgd.__main__ import main
+from fastgd.bench import MODELS, make_data, report
+from fastgd.bench.competitors import row_orders
+from fastgd.bench.system import measure_memory, measure_startup
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bench") / "bench.json"
+    argv = ["bench", "--quick", "--rows", "300", "--features", "4", "--full-epochs", "5",
+            "--repeats", "1", "--no-memory", "--no-startup", "--no-plot", "--json", str(path)]  # fmt: skip
+    return argv, path
+
+
+def test_quick_suite_table_json_and_checks(quick_run, capsys):
+    argv, path = quick_run
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "Throughput in samples/s" in printed
+    payload = json.loads(path.read_text())
+    assert payload["ok"]
+    grid = payload["grid"]
+    backends = fastgd.available_backends()
+    points = {(r["model"], r["dtype"], r["batch_size"], r["threads"]) for r in grid}
+    assert len(points) == len(MODELS) * 2 * 4 * len(payload["settings"]["threads"])
+    for point in points:
+        impls = {
+            r["impl"]
+            for r in grid
+            if (r["model"], r["dtype"], r["batch_size"], r["threads"]) == point
+        }
+        assert set(backends) <= impls
+    for record in grid:
+        if record["impl"] == "numpy":
+            assert record["check"] is None  # the reference
+        else:
+            assert record["check"]["ok"], record
+            assert record["median_s"] is not None and record["samples_per_s"] > 0
+    if "numpy" in backends:
+        assert all(r["speedup_vs_numpy"] for r in grid)
+    header, rows = report.grid_rows(grid)
+    assert len(rows) == len(points) and header[:4] == ["model", "dtype", "batch", "threads"]
+
+
+def test_competitor_batches_are_fastgds():
+    # PyTorch is fed row_orders(): check they are the batches fastgd trains on, with a
+    # plain NumPy mini-batch SGD loop for least squares
+    case = MODELS["linear"]
+    X, y = make_data(case, 103, 3, seed=1)
+    result = fastgd.fit(
+        X, y, batch_size=10, epochs=3, lr=0.05, seed=7, shuffle=True, backend="numpy"
+    )
+    w, b = np.zeros(3), 0.0
+    for order in row_orders(len(X), 3, 10, True, 7):
+        for start in range(0, len(X), 10):
+            rows = order[start : start + 10]
+            r = X[rows] @ w + b - y[rows]
+            w, b = w - 0.05 * 2 * X[rows].T @ r / len(rows), b - 0.05 * 2 * r.mean()
+    np.testing.assert_allclose(result.params, np.r_[w, b], rtol=1e-10)
+
+
+def test_memory_and_startup_children():
+    memory = measure_memory("linear", [400], 3, backends=["numpy"], log=lambda _: None)
+    assert {m["batch_size"] for m in memory} == {"32", "full"}
+    assert all(m["data_mb"] > 0 and m["extra_mb"] >= 0 for m in memory)
+    (startup,) = measure_startup(["numpy"], cold=False, rows=50, features=2, log=print)
+    assert startup["import_s"] > 0 and startup["first_fit_s"] > 0
+
+
+def test_chart(tmp_path):
+    pytest.importorskip("matplotlib")
+    records = [
+        dict(model=m, dtype="float64", batch_size=b, threads=2, impl=i, speedup_vs_numpy=s)
+        for m in ("linear", "softmax") for b in ("1", "32", "full")
+        for i, s in (("numpy", 1.0), ("numba", 3.0), ("cython", 2.0))
+    ]  # fmt: skip
+    path = report.plot(records, tmp_path / "chart.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

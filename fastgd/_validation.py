@@ -158,6 +158,22 @@ def check_positive_float(value, name):
     return value
 
 
+def check_number(value, name, low=None, high=None, low_open=False, high_open=False):
+    """Return ``value`` as a float if it is a finite number within the given bounds.
+
+    ``low``/``high`` are inclusive unless ``low_open``/``high_open``; the error names the
+    argument and the bound it broke.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
+        raise ValueError(f"{name} must be a finite number; got {value!r}")
+    value = float(value)
+    if low is not None and (value < low or (low_open and value == low)):
+        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}; got {value}")
+    if high is not None and (value > high or (high_open and value == high)):
+        raise ValueError(f"{name} must be {'<' if high_open else '<='} {high}; got {value}")
+    return value
+
+
 def check_tol(tol):
     """Return the tolerance as a float; ``None`` disables the rule (``-inf``)."""
     if tol is None:

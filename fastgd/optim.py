@@ -6,22 +6,10 @@ float64 vector for the compiled kernels. Formulas and defaults follow ``torch.op
 step for step.
 """
 
-import numbers
-
 import numpy as np
 
+from ._validation import check_number
 from .specs import optimizers as codes
-
-
-def _number(value, name, low=None, high=None, low_open=False, high_open=False):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
-        raise ValueError(f"{name} must be a finite number; got {value!r}")
-    value = float(value)
-    if low is not None and (value < low or (low_open and value == low)):
-        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}; got {value}")
-    if high is not None and (value > high or (high_open and value == high)):
-        raise ValueError(f"{name} must be {'<' if high_open else '<='} {high}; got {value}")
-    return value
 
 
 class Optimizer:
@@ -30,7 +18,7 @@ class Optimizer:
     code = None
 
     def __init__(self, lr):
-        self.lr = _number(lr, "lr", low=0.0, low_open=True)
+        self.lr = check_number(lr, "lr", low=0.0, low_open=True)
 
     def hyperparameters(self):
         """The float64 vector the kernels read (positions in :mod:`fastgd.specs.optimizers`)."""
@@ -70,8 +58,8 @@ class SGD(Optimizer):
 
     def __init__(self, lr=0.01, momentum=0.0, dampening=0.0, nesterov=False):
         super().__init__(lr)
-        self.momentum = _number(momentum, "momentum", low=0.0)
-        self.dampening = _number(dampening, "dampening", low=0.0, high=1.0)
+        self.momentum = check_number(momentum, "momentum", low=0.0)
+        self.dampening = check_number(dampening, "dampening", low=0.0, high=1.0)
         self.nesterov = bool(nesterov)
         if self.nesterov and (self.momentum == 0.0 or self.dampening != 0.0):
             raise ValueError("nesterov=True requires momentum > 0 and dampening == 0")
@@ -99,9 +87,9 @@ class Adagrad(Optimizer):
 
     def __init__(self, lr=0.01, lr_decay=0.0, eps=1e-10, initial_accumulator_value=0.0):
         super().__init__(lr)
-        self.lr_decay = _number(lr_decay, "lr_decay", low=0.0)
-        self.eps = _number(eps, "eps", low=0.0)
-        self.initial_accumulator_value = _number(
+        self.lr_decay = check_number(lr_decay, "lr_decay", low=0.0)
+        self.eps = check_number(eps, "eps", low=0.0)
+        self.initial_accumulator_value = check_number(
             initial_accumulator_value, "initial_accumulator_value", low=0.0
         )
 
@@ -134,9 +122,9 @@ class RMSprop(Optimizer):
 
     def __init__(self, lr=0.01, alpha=0.99, eps=1e-8, momentum=0.0, centered=False):
         super().__init__(lr)
-        self.alpha = _number(alpha, "alpha", low=0.0, high=1.0, high_open=True)
-        self.eps = _number(eps, "eps", low=0.0)
-        self.momentum = _number(momentum, "momentum", low=0.0)
+        self.alpha = check_number(alpha, "alpha", low=0.0, high=1.0, high_open=True)
+        self.eps = check_number(eps, "eps", low=0.0)
+        self.momentum = check_number(momentum, "momentum", low=0.0)
         self.centered = bool(centered)
 
     def hyperparameters(self):
@@ -173,13 +161,13 @@ class Adam(Optimizer):
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise ValueError(f"betas must be a pair of numbers in [0, 1); got {betas!r}")
         self.betas = tuple(
-            _number(b, f"betas[{i}]", low=0.0, high=1.0, high_open=True)
+            check_number(b, f"betas[{i}]", low=0.0, high=1.0, high_open=True)
             for i, b in enumerate(betas)
         )
-        self.eps = _number(eps, "eps", low=0.0)
+        self.eps = check_number(eps, "eps", low=0.0)
         if weight_decay is None:
             weight_decay = self.default_weight_decay
-        self.weight_decay = _number(weight_decay, "weight_decay", low=0.0)
+        self.weight_decay = check_number(weight_decay, "weight_decay", low=0.0)
         self.amsgrad = bool(amsgrad)
 
     def hyperparameters(self):

@@ -17,18 +17,7 @@ schedulers do when stepped once per epoch, so a fit can be compared with PyTorch
 import math
 import numbers
 
-from ._validation import check_positive_float
-
-
-def _number(value, name, low=None, high=None, low_open=False, high_open=False):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number; got {value!r}")
-    value = float(value)
-    if low is not None and (value < low or (low_open and value == low)):
-        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}; got {value}")
-    if high is not None and (value > high or (high_open and value == high)):
-        raise ValueError(f"{name} must be {'<' if high_open else '<='} {high}; got {value}")
-    return value
+from ._validation import check_number, check_positive_float
 
 
 def _count(value, name):
@@ -50,7 +39,7 @@ class LRSchedule:
     power_t = 0.0
 
     def __init__(self, lr=None):
-        self.lr = None if lr is None else _number(lr, "lr", low=0.0, low_open=True)
+        self.lr = None if lr is None else check_number(lr, "lr", low=0.0, low_open=True)
 
     def epoch_lr(self, base_lr, epoch):
         """The learning rate of epoch ``epoch`` (0-based) for a base rate ``base_lr``."""
@@ -111,7 +100,7 @@ class InverseScaling(LRSchedule):
 
     def __init__(self, power=0.5, lr=None):
         super().__init__(lr)
-        self.power = _number(power, "power", low=0.0, low_open=True)
+        self.power = check_number(power, "power", low=0.0, low_open=True)
 
     @property
     def power_t(self):
@@ -136,7 +125,7 @@ class StepDecay(LRSchedule):
     def __init__(self, step_size, gamma=0.1, lr=None):
         super().__init__(lr)
         self.step_size = _count(step_size, "step_size")
-        self.gamma = _number(gamma, "gamma", low=0.0, high=1.0, low_open=True)
+        self.gamma = check_number(gamma, "gamma", low=0.0, high=1.0, low_open=True)
 
     def epoch_lr(self, base_lr, epoch):
         return base_lr * self.gamma ** (epoch // self.step_size)
@@ -154,7 +143,7 @@ class ExponentialDecay(LRSchedule):
 
     def __init__(self, gamma, lr=None):
         super().__init__(lr)
-        self.gamma = _number(gamma, "gamma", low=0.0, high=1.0, low_open=True)
+        self.gamma = check_number(gamma, "gamma", low=0.0, high=1.0, low_open=True)
 
     def epoch_lr(self, base_lr, epoch):
         return base_lr * self.gamma**epoch
@@ -178,7 +167,7 @@ class CosineAnnealing(LRSchedule):
     def __init__(self, T_max, eta_min=0.0, lr=None):
         super().__init__(lr)
         self.T_max = _count(T_max, "T_max")
-        self.eta_min = _number(eta_min, "eta_min", low=0.0)
+        self.eta_min = check_number(eta_min, "eta_min", low=0.0)
 
     def epoch_lr(self, base_lr, epoch):
         if epoch >= self.T_max:
@@ -213,7 +202,9 @@ class Warmup(LRSchedule):
         super().__init__(after.lr)
         self.after = after
         self.epochs = _count(epochs, "epochs")
-        self.start_factor = _number(start_factor, "start_factor", low=0.0, high=1.0, low_open=True)
+        self.start_factor = check_number(
+            start_factor, "start_factor", low=0.0, high=1.0, low_open=True
+        )
 
     @property
     def power_t(self):
@@ -264,12 +255,14 @@ class ReduceOnPlateau(LRSchedule):
 
     def __init__(self, factor=0.1, patience=10, threshold=1e-4, min_lr=0.0, lr=None):
         super().__init__(lr)
-        self.factor = _number(factor, "factor", low=0.0, high=1.0, low_open=True, high_open=True)
+        self.factor = check_number(
+            factor, "factor", low=0.0, high=1.0, low_open=True, high_open=True
+        )
         if isinstance(patience, bool) or not isinstance(patience, numbers.Integral) or patience < 0:
             raise ValueError(f"patience must be a non-negative integer; got {patience!r}")
         self.patience = int(patience)
-        self.threshold = _number(threshold, "threshold", low=0.0)
-        self.min_lr = _number(min_lr, "min_lr", low=0.0)
+        self.threshold = check_number(threshold, "threshold", low=0.0)
+        self.min_lr = check_number(min_lr, "min_lr", low=0.0)
 
     def start(self, base_lr):
         return _PlateauRun(self, base_lr)

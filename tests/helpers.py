@@ -63,3 +63,14 @@ def run_epochs(module, X, Y, loss_code, k, *, epochs=5, batch_size=32, lr=0.05, 
         history, n_threads,
     )  # fmt: skip
     return params, history, n_done, status
+
+
+def numeric_gradient(loss, params, h=1e-6):
+    """Central finite differences of ``loss(params)``, one parameter at a time."""
+    numeric = np.empty_like(params)
+    for j in range(params.size):
+        up, down = params.copy(), params.copy()
+        up[j] += h
+        down[j] -= h
+        numeric[j] = (loss(up) - loss(down)) / (2 * h)
+    return numeric

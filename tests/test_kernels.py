@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from helpers import LOSS_CASES, LOSS_IDS, NO_WEIGHTS, make_problem, run_epochs
+from helpers import LOSS_CASES, LOSS_IDS, NO_WEIGHTS, make_problem, numeric_gradient, run_epochs
 
 from fastgd.backends import numpy_ref
 from fastgd.specs import losses, stopping
@@ -10,18 +10,16 @@ from fastgd.specs import losses, stopping
 
 @pytest.mark.parametrize("loss_code,k", LOSS_CASES, ids=LOSS_IDS)
 @pytest.mark.parametrize("fit_intercept", [True, False])
-def test_reference_gradient_matches_finite_differences(loss_code, k, fit_intercept):
+@pytest.mark.parametrize("weighted", [False, True])
+def test_reference_gradient_matches_finite_differences(loss_code, k, fit_intercept, weighted):
     X, Y, params = make_problem(loss_code, k, n=50, d=4)
-    _, grad = numpy_ref.loss_and_gradient(X, Y, NO_WEIGHTS, params, loss_code, k, fit_intercept)
-    h = 1e-6
-    numeric = np.empty_like(params)
-    for j in range(params.size):
-        up, down = params.copy(), params.copy()
-        up[j] += h
-        down[j] -= h
-        f_up, _ = numpy_ref.loss_and_gradient(X, Y, NO_WEIGHTS, up, loss_code, k, fit_intercept)
-        f_down, _ = numpy_ref.loss_and_gradient(X, Y, NO_WEIGHTS, down, loss_code, k, fit_intercept)
-        numeric[j] = (f_up - f_down) / (2 * h)
+    weights = np.random.default_rng(5).uniform(0.0, 3.0, size=50) if weighted else NO_WEIGHTS
+
+    def loss(p):
+        return numpy_ref.loss_and_gradient(X, Y, weights, p, loss_code, k, fit_intercept)[0]
+
+    _, grad = numpy_ref.loss_and_gradient(X, Y, weights, params, loss_code, k, fit_intercept)
+    numeric = numeric_gradient(loss, params)
     n_weights = X.shape[1] * k
     np.testing.assert_allclose(grad[:n_weights], numeric[:n_weights], rtol=1e-6, atol=1e-8)
     if fit_intercept:

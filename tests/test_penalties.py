@@ -12,25 +12,6 @@ from fastgd.specs import losses
 PENALTIES = {"l2": dict(l2=0.05), "l1": dict(l1=0.02), "elasticnet": dict(l1=0.01, l2=0.03)}
 
 
-@pytest.mark.parametrize("loss_code,k", LOSS_CASES, ids=LOSS_IDS)
-@pytest.mark.parametrize("fit_intercept", [True, False])
-def test_weighted_gradient_matches_finite_differences(loss_code, k, fit_intercept):
-    X, Y, params = make_problem(loss_code, k, n=40, d=3)
-    weights = np.random.default_rng(5).uniform(0.0, 3.0, size=40)
-    _, grad = numpy_ref.loss_and_gradient(X, Y, weights, params, loss_code, k, fit_intercept)
-    h = 1e-6
-    numeric = np.empty_like(params)
-    for j in range(params.size):
-        up, down = params.copy(), params.copy()
-        up[j] += h
-        down[j] -= h
-        f_up, _ = numpy_ref.loss_and_gradient(X, Y, weights, up, loss_code, k, fit_intercept)
-        f_down, _ = numpy_ref.loss_and_gradient(X, Y, weights, down, loss_code, k, fit_intercept)
-        numeric[j] = (f_up - f_down) / (2 * h)
-    trained = params.size if fit_intercept else X.shape[1] * k
-    np.testing.assert_allclose(grad[:trained], numeric[:trained], rtol=1e-6, atol=1e-8)
-
-
 def test_penalized_steps_by_hand():
     # x = 1, y = 0, no intercept: data gradient 2 w. One full-batch SGD step at lr 0.1:
     X, y = np.array([[1.0]]), np.array([0.0])

@@ -363,6 +363,37 @@ def _penalty_value(params, n_weights, l1, l2):
 
 
 @njit(inline="always", **NUMBA_OPTIONS)
+def _apply_update(params, G, inv_rows, n_weights, n_trained, opt_code, hyper, state, step_count, lr_epoch, finishing):  # fmt: skip
+    """One update from the summed gradient ``G[0] * inv_rows``, shared by every model.
+
+    The order of :mod:`fastgd.specs.optimizers` (as ``numpy_ref.apply_update``): L2 term
+    and clipping (when ``finishing``), the scheduled rate of update ``t``, the optimizer
+    step, the L1 proximal step on ``params[:n_weights]``. Increments ``step_count[0]``.
+    """
+    step_count[0] += 1
+    t = step_count[0]
+    if finishing:
+        _finish_gradient(G, inv_rows, params, n_weights, n_trained, hyper)
+        inv_rows = 1.0  # G[0] now holds the finished mean gradient
+    power_t, l1 = hyper[opt.POWER_T], hyper[opt.L1]
+    lr = lr_epoch / t**power_t if power_t != 0.0 else lr_epoch
+    _optimizer_step(params, G, inv_rows, n_trained, opt_code, hyper, state, t, lr)
+    if l1 > 0.0:
+        _soft_threshold(params, n_weights, lr * l1)
+
+
+@njit(inline="always", **NUMBA_OPTIONS)
+def _tolerance_rule(epoch_loss, tol, n_iter_no_change, stop_state):
+    """Update ``stop_state = [best, n_no_change]``; True when training has converged."""
+    if epoch_loss > stop_state[0] - tol:
+        stop_state[1] += 1
+    else:
+        stop_state[1] = 0
+    stop_state[0] = min(stop_state[0], epoch_loss)
+    return stop_state[1] >= n_iter_no_change
+
+
+@njit(inline="always", **NUMBA_OPTIONS)
 def _per_sample_epoch(X, Y, weights, params, order, shuffled, loss_code, k, n_trained, lr, Z):
     """One epoch of per-sample SGD; returns the summed loss.
 
@@ -433,16 +464,10 @@ def _train_epochs(
             )
             _sum_chunks(G, n_chunks, p + 1)
             loss_sum += G[0, p]
-            step_count[0] += 1
-            t = step_count[0]
-            inv_rows = 1.0 / (stop - start)
-            if finishing:
-                _finish_gradient(G, inv_rows, params, n_weights, n_trained, hyper)
-                inv_rows = 1.0  # G[0] now holds the finished mean gradient
-            lr = lr_epochs[epoch] / t**power_t if power_t != 0.0 else lr_epochs[epoch]
-            _optimizer_step(params, G, inv_rows, n_trained, opt_code, hyper, opt_state, t, lr)
-            if l1 > 0.0:
-                _soft_threshold(params, n_weights, lr * l1)
+            _apply_update(
+                params, G, 1.0 / (stop - start), n_weights, n_trained, opt_code, hyper, opt_state,
+                step_count, lr_epochs[epoch], finishing,
+            )  # fmt: skip
         epoch_loss = loss_sum / n
         if penalized:
             epoch_loss += _penalty_value(params, n_weights, l1, l2)
@@ -452,12 +477,7 @@ def _train_epochs(
             opt_state[:, :] = start_state
             step_count[0] = start_step
             return epoch + 1, stopping.DIVERGED
-        if epoch_loss > stop_state[0] - tol:
-            stop_state[1] += 1
-        else:
-            stop_state[1] = 0
-        stop_state[0] = min(stop_state[0], epoch_loss)
-        if stop_state[1] >= n_iter_no_change:
+        if _tolerance_rule(epoch_loss, tol, n_iter_no_change, stop_state):
             return epoch + 1, stopping.CONVERGED
     return n_epochs, stopping.MAX_EPOCHS
 

@@ -25,13 +25,12 @@ from ..specs import stopping
 from ._blas import single_threaded_blas
 from .numba_kernels import (
     _all_finite,
-    _finish_gradient,
+    _apply_update,
     _loss_block,
     _n_chunks,
-    _optimizer_step,
     _penalty_value,
-    _soft_threshold,
     _sum_chunks,
+    _tolerance_rule,
 )
 from .numpy_network import network_predict  # prediction is BLAS-bound: NumPy on every backend
 
@@ -447,7 +446,7 @@ def _network_train_epochs(
     start_state = np.empty_like(opt_state)
     natural = np.empty(0, dtype=np.int64)
     shuffled = orders.shape[0] > 0
-    l1, l2, power_t = hyper[opt.L1], hyper[opt.L2], hyper[opt.POWER_T]
+    l1, l2 = hyper[opt.L1], hyper[opt.L2]
     finishing = hyper[opt.CLIP_VALUE] > 0.0 or hyper[opt.CLIP_NORM] > 0.0 or l2 > 0.0
     norms_squared = np.zeros(n_layers)
     for epoch in range(n_epochs):
@@ -473,14 +472,10 @@ def _network_train_epochs(
                     total += float(G[0, j]) ** 2
                 norms_squared[layer] += total
             n_batches += 1
-            step_count[0] += 1
-            t = step_count[0]
-            if finishing:
-                _finish_gradient(G, 1.0, params, n_weights, n_params, hyper)
-            lr = lr_epochs[epoch] / t**power_t if power_t != 0.0 else lr_epochs[epoch]
-            _optimizer_step(params, G, 1.0, n_params, opt_code, hyper, opt_state, t, lr)
-            if l1 > 0.0:
-                _soft_threshold(params, n_weights, lr * l1)
+            _apply_update(
+                params, G, 1.0, n_weights, n_params, opt_code, hyper, opt_state, step_count,
+                lr_epochs[epoch], finishing,
+            )  # fmt: skip
         for layer in range(n_layers):
             grad_norms[epoch, layer] = math.sqrt(norms_squared[layer] / n_batches)
         epoch_loss = loss_sum / n
@@ -493,12 +488,7 @@ def _network_train_epochs(
             opt_state[:, :] = start_state
             step_count[0] = start_step
             return epoch + 1, stopping.DIVERGED
-        if epoch_loss > stop_state[0] - tol:
-            stop_state[1] += 1
-        else:
-            stop_state[1] = 0
-        stop_state[0] = min(stop_state[0], epoch_loss)
-        if stop_state[1] >= n_iter_no_change:
+        if _tolerance_rule(epoch_loss, tol, n_iter_no_change, stop_state):
             return epoch + 1, stopping.CONVERGED
     return n_epochs, stopping.MAX_EPOCHS
 

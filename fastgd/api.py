@@ -326,12 +326,12 @@ def fit(
     while done < epochs and status == stopping.MAX_EPOCHS and not stopped_by_callback:
         count = min(block, epochs - done)
         orders = np.stack([rng.permutation(n) for _ in range(count)]) if shuffled else no_orders
-        for epoch in range(done, done + count):
-            lr_history[epoch] = rates.lr(epoch)
+        lr_history[done : done + count] = rates.rates(done, count)
         ran, status = run(count, orders, history[done:], lr_history[done:], done)
-        for epoch in range(done, done + ran):
-            if print_every and epoch % print_every == 0:
-                print(f"Epoch: {epoch}, Loss: {history[epoch]:.6g}")
+        if print_every:
+            for epoch in range(done, done + ran):
+                if epoch % print_every == 0:
+                    print(f"Epoch: {epoch}, Loss: {history[epoch]:.6g}")
         done += ran
         if bar is not None:
             bar.update(ran)

@@ -17,6 +17,8 @@ schedulers do when stepped once per epoch, so a fit can be compared with PyTorch
 import math
 import numbers
 
+import numpy as np
+
 from ._validation import check_number, check_positive_float
 
 
@@ -44,6 +46,12 @@ class LRSchedule:
     def epoch_lr(self, base_lr, epoch):
         """The learning rate of epoch ``epoch`` (0-based) for a base rate ``base_lr``."""
         raise NotImplementedError
+
+    def epoch_lrs(self, base_lr, first, count):
+        """The rates of epochs ``first .. first + count - 1`` as a float64 array."""
+        return np.array(
+            [self.epoch_lr(base_lr, e) for e in range(first, first + count)], dtype=np.float64
+        )
 
     def start(self, base_lr):
         """A fresh :class:`ScheduleRun` of this schedule for one fit."""
@@ -77,6 +85,12 @@ class ScheduleRun:
         """Learning rate of epoch ``epoch``."""
         return self.schedule.epoch_lr(self.base_lr, epoch)
 
+    def rates(self, first, count):
+        """Learning rates of epochs ``first .. first + count - 1`` (float64 array)."""
+        if type(self).lr is ScheduleRun.lr:  # a fixed schedule: possibly one NumPy call
+            return self.schedule.epoch_lrs(self.base_lr, first, count)
+        return np.array([self.lr(e) for e in range(first, first + count)], dtype=np.float64)
+
     def observe(self, loss):
         """Record the monitored loss of the epoch that just ended (no-op here)."""
 
@@ -86,6 +100,9 @@ class Constant(LRSchedule):
 
     def epoch_lr(self, base_lr, epoch):
         return base_lr
+
+    def epoch_lrs(self, base_lr, first, count):
+        return np.full(count, base_lr, dtype=np.float64)
 
 
 class InverseScaling(LRSchedule):
@@ -108,6 +125,9 @@ class InverseScaling(LRSchedule):
 
     def epoch_lr(self, base_lr, epoch):
         return base_lr
+
+    def epoch_lrs(self, base_lr, first, count):
+        return np.full(count, base_lr, dtype=np.float64)
 
 
 class StepDecay(LRSchedule):

@@ -316,6 +316,40 @@ cdef inline void _backward_row(
             G[bias + c] += z[c]
 
 
+cdef inline double _one_feature_least_squares(
+    const floating* x, const floating* y, Py_ssize_t m, floating w, floating b, Py_ssize_t rows,
+    floating* G,
+) noexcept nogil:
+    """Least squares with one feature, rows in natural order, unweighted: the loss sum.
+
+    ``G[0]`` and ``G[1]`` receive the gradient sums. The same per-row arithmetic as the
+    general path (``e = (b + x w) - y`` in the data precision, ``dz = 2 e``), but the sums
+    stay in registers, two rows at a time in independent chains, instead of going through
+    G row after row: the demo's 100-point full batch, 1 instead of ~10 ns per row.
+    """
+    cdef double loss0 = 0.0, loss1 = 0.0, gw0 = 0.0, gw1 = 0.0, gb0 = 0.0, gb1 = 0.0
+    cdef floating e0, e1
+    cdef Py_ssize_t r
+    cdef Py_ssize_t even = rows - rows % 2
+    for r in range(0, even, 2):
+        e0 = (b + x[r] * w) - y[r * m]
+        e1 = (b + x[r + 1] * w) - y[(r + 1) * m]
+        loss0 += e0 * e0
+        loss1 += e1 * e1
+        gw0 += (2 * e0) * x[r]
+        gw1 += (2 * e1) * x[r + 1]
+        gb0 += 2 * e0
+        gb1 += 2 * e1
+    if even < rows:
+        e0 = (b + x[even] * w) - y[even * m]
+        loss0 += e0 * e0
+        gw0 += (2 * e0) * x[even]
+        gb0 += 2 * e0
+    G[0] = <floating>(gw0 + gw1)
+    G[1] = <floating>(gb0 + gb1)
+    return loss0 + loss1
+
+
 cdef inline void _chunk_gradient(
     const Problem* pb, Py_ssize_t start, Py_ssize_t stop, Py_ssize_t n_chunks, Py_ssize_t chunk,
     const floating* X, const floating* Y, const floating* sw, const floating* params,
@@ -340,6 +374,10 @@ cdef inline void _chunk_gradient(
     cdef Py_ssize_t block_lo = lo, block_hi, r, i
     cdef double loss = 0.0, block_loss
     memset(G, 0, pb.n_params * sizeof(floating))
+    if d == 1 and k == 1 and sw == NULL and not pb.shuffled and pb.loss_code == MSE:
+        G[pb.n_params] = _one_feature_least_squares(X + lo, Y + lo * m, m, params[0], params[1],
+                                                    hi - lo, G)
+        return
     while block_lo < hi:
         block_hi = min(block_lo + pb.rows_per_block, hi)
         block_loss = 0.0

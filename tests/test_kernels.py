@@ -92,6 +92,29 @@ def test_backend_training_matches_reference_float32(compiled_backend, loss_code,
     np.testing.assert_allclose(result[1], expected[1], rtol=1e-4)
 
 
+@pytest.mark.parametrize(
+    "loss_code", [losses.MSE, losses.BINARY_CROSS_ENTROPY], ids=["mse", "binary-ce"]
+)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("fit_intercept", [True, False])
+@pytest.mark.parametrize("batch_size,shuffle", [(None, False), (150, False), (32, True), (1, True)])
+def test_one_feature_matches_reference(compiled_backend, loss_code, dtype, weighted, fit_intercept, batch_size, shuffle):  # fmt: skip
+    # one feature has its own loops (gradient sums in registers; least squares in natural
+    # order without weights is vectorized); 150 rows are split into two chunks
+    X, Y, _ = make_problem(loss_code, 1, n=150, d=1, seed=3, dtype=dtype)
+    weights = np.random.default_rng(4).uniform(0.0, 2.0, 150) if weighted else None
+    options = dict(batch_size=batch_size or 150, shuffle=shuffle, lr=0.05, epochs=20, weights=weights, fit_intercept=fit_intercept)  # fmt: skip
+    expected = run_epochs(numpy_ref, X, Y, loss_code, 1, **options)
+    result = run_epochs(compiled_backend, X, Y, loss_code, 1, n_threads=2, **options)
+    assert result[0].dtype == dtype
+    tol = 1e-10 if dtype == np.float64 else 1e-5
+    assert np.abs(expected[0]).max() > 0.1  # it learned something
+    np.testing.assert_allclose(result[0], expected[0], rtol=tol, atol=tol)
+    np.testing.assert_allclose(result[1], expected[1], rtol=tol)
+    assert result[2:] == expected[2:]
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("batch_size", [32, 20000])
 def test_results_bit_identical_for_one_and_two_threads(compiled_backend, dtype, batch_size):

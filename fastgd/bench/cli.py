@@ -11,7 +11,8 @@ from .models import MODELS
 from .suite import BenchConfig, batch_label, parse_batch, run_grid, scaling
 from .system import BLAS_VARIABLES, machine_info, max_threads, measure_memory, measure_startup
 
-# the standard suite (about two minutes on a 2-core machine) and --quick (about 20 s)
+# the standard suite (about two minutes on a 2-core machine) and --quick (about 20 s); the
+# MLP trains on at most 2,000 rows (ModelCase.max_rows)
 STANDARD = dict(rows=10_000, features=100, epochs=2, full_epochs=50, repeats=5, max_time=0.5,
                 memory_rows="20000,200000")  # fmt: skip
 QUICK = dict(rows=2_000, features=20, epochs=2, full_epochs=20, repeats=3, max_time=0.2,
@@ -160,6 +161,10 @@ def run(args, out=None):
     log(f"data: {config.rows} x {config.features}, plain SGD, {config.epochs} epochs "
         f"(full batch: {config.full_epochs}), {'shuffled' if config.shuffle else 'rows in order'}; "
         f"threads {', '.join(map(str, config.threads))}")  # fmt: skip
+    capped = [f"{m} {MODELS[m].n_rows(config.rows)}" for m in config.models
+              if MODELS[m].n_rows(config.rows) < config.rows]  # fmt: skip
+    if capped:
+        log(f"rows of the models with a row limit: {', '.join(capped)}")
     log("grid (median wall time of a fit):")
     records, skipped = run_grid(config, log=log)
     scale = scaling(records)

@@ -111,8 +111,9 @@ class ModelCase:
 #   chaotically (float32 parameters of the backends 0.1 to 0.3 apart); at 0.01 it learns
 #   (loss 0.74, 77% accuracy) and stays reproducible.
 # - max_rows 2000: an update at batch size 1 costs 0.3 to 0.8 ms in NumPy, PyTorch and
-#   scikit-learn (Python overhead per step); 2 epochs of 10,000 rows would add minutes to
-#   the standard suite, 2,000 rows add about 20 s.
+#   scikit-learn on a shared 2-core 2.5 GHz Xeon VM (Python overhead per step, a few times
+#   less on a laptop); there the MLP part of the standard suite took 78 s at 2,000 rows
+#   (most of it batch size 1), and 10,000 rows would take five times as long.
 # - float32 params_rtol 1e-2: a ReLU's derivative jumps at 0, so when a sample's
 #   pre-activation is within float32 rounding of 0 (1.7e-7 measured) one implementation
 #   passes that sample's gradient through the unit and another does not, and the unit's

@@ -66,26 +66,28 @@ def test_quick_suite_checks_the_mlp_exactly(quick_run):
             assert record["check"]["ok"], record
 
 
-def _agreement(competitor, model, batch_size, dtype):
+def _agreement(competitor, model, batch_size, dtype, shuffle=False):
     """A competitor's check against fastgd's NumPy reference at a tiny size."""
     case = MODELS[model]
     X, y = make_data(case, 60, 3, dtype, seed=2)
     epochs = 3 if batch_size is None else 2
     reference = case.run_fastgd(X, y, backend="numpy", batch_size=batch_size, epochs=epochs,
-                                lr=case.lr, seed=5, n_threads=1, shuffle=False)  # fmt: skip
+                                lr=case.lr, seed=5, n_threads=1, shuffle=shuffle)  # fmt: skip
     _, run = COMPETITORS[competitor]
     outcome = run(case, X, y, batch_size=batch_size, epochs=epochs, lr=case.lr, seed=5,
-                  threads=1, shuffle=False)  # fmt: skip
+                  threads=1, shuffle=shuffle)  # fmt: skip
     return check_against(case, outcome.check, reference, X, y, dtype, params=outcome.params,
                          outputs=outcome.outputs, predicted=outcome.predicted)  # fmt: skip
 
 
+@pytest.mark.parametrize("shuffle", [False, True], ids=["in_order", "shuffled"])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("batch_size", [1, 32, None])
 @pytest.mark.parametrize("model", ["linear", "logistic", "softmax", "mlp"])
-def test_torch_agrees_with_fastgd(model, batch_size, dtype):
+def test_torch_agrees_with_fastgd(model, batch_size, dtype, shuffle):
+    # PyTorch is fed fastgd's start and batches: the parameters agree, shuffled or not
     pytest.importorskip("torch")
-    check = _agreement("torch", model, batch_size, dtype)
+    check = _agreement("torch", model, batch_size, dtype, shuffle)
     assert check["kind"] == "params" and check["ok"], check
     assert check["value"] < (1e-12 if dtype == "float64" else 1e-5), check
 
@@ -97,6 +99,13 @@ def test_sklearn_mlp_agrees_with_fastgd(batch_size, dtype):
     check = _agreement("sklearn-mlp", "mlp", batch_size, dtype)
     assert check["kind"] == "params" and check["ok"], check
     assert check["value"] < (1e-12 if dtype == "float64" else 1e-5), check
+
+
+def test_sklearn_mlp_shuffling_is_checked_by_the_loss():
+    # scikit-learn shuffles with its own generator: only the final loss can be compared
+    pytest.importorskip("sklearn")
+    check = _agreement("sklearn-mlp", "mlp", 8, "float64", shuffle=True)
+    assert check["kind"] == "loss" and check["ok"], check
 
 
 def test_competitor_batches_are_fastgds():

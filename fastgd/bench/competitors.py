@@ -375,6 +375,8 @@ def run_torch(case, X, y, *, batch_size, epochs, lr, seed, threads, shuffle, eva
         initial = [np.zeros((d, k), dtype=X.dtype)], [np.zeros(k, dtype=X.dtype)]
     else:
         initial = network_start(case, X, y, seed)
+        if initial[0] is not None:  # fastgd's output layer (one unit for two classes)
+            k = initial[0][-1].shape[1]
     size = n if batch_size is None else min(batch_size, n)
     dtype = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}[X.dtype]
     previous_threads = torch.get_num_threads()

@@ -1,11 +1,12 @@
 """Other libraries timed against fastgd on the same model, data, optimizer and batches.
 
 Each competitor is a function ``run(case, X, y, *, batch_size, epochs, lr, seed, threads,
-shuffle, evaluate=True)`` returning an :class:`Outcome`, or raising :class:`Unavailable` when its library
-is not installed, :class:`NotApplicable` when it does not do this model or batch size
-(scikit-learn's SGD estimators do batch size 1 only). Its ``seconds`` cover building the model and training (``fit``), not the
-evaluation afterwards (skipped with ``evaluate=False``, which returns the time only). An
-outcome says how it can be checked against fastgd:
+shuffle, evaluate=True)`` returning an :class:`Outcome`, or raising :class:`Unavailable`
+when its library is not installed, :class:`NotApplicable` when it does not do this model or
+batch size (scikit-learn's SGD estimators do batch size 1 only). Its ``seconds`` cover
+building the model and training (``fit``), not the evaluation afterwards (skipped with
+``evaluate=False``, which returns the time only). An outcome says how it can be checked
+against fastgd:
 
 - ``"params"``: same start, same updates, same row order: final parameters must agree
   (the linear family against scikit-learn's SGD without shuffling, and against PyTorch;

@@ -10,7 +10,7 @@ from conftest import rounds_for
 
 from fastgd.backends import BACKENDS, available_backends, unavailable_reason
 from fastgd.bench import MODELS
-from fastgd.bench.suite import PARAMS_RTOL, batch_label, check_against
+from fastgd.bench.suite import batch_label, check_against
 from fastgd.bench.system import max_threads, pin_threads
 
 BATCH_SIZES = (1, 32, 256, None)
@@ -46,7 +46,7 @@ def test_fit(benchmark, bench, backend, model, batch_size, dtype, threads):
         reference = bench.reference(case, dtype, batch_size)
         check = check_against(case, "params", reference, X, y, dtype, params=first.params)
         assert check["ok"], (
-            f"{backend} differs from numpy by {check['value']:.3g} > {PARAMS_RTOL[dtype]}"
+            f"{backend} differs from numpy by {check['value']:.3g} > {check['tol']:g}"
         )
         result = benchmark.pedantic(
             case.run_fastgd, args=(X, y), kwargs=dict(backend=backend, **options),

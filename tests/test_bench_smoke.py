@@ -1,5 +1,5 @@
 """``fastgd bench --quick`` on tiny data: the table and JSON appear, and every backend and
-competitor agrees with the NumPy reference. No timing is asserted."""
+competitor agrees with the NumPy reference (the MLP included). No timing is asserted."""
 
 import json
 
@@ -9,7 +9,8 @@ import pytest
 import fastgd
 from fastgd.__main__ import main
 from fastgd.bench import MODELS, make_data, report
-from fastgd.bench.competitors import row_orders
+from fastgd.bench.competitors import COMPETITORS, row_orders
+from fastgd.bench.suite import check_against
 from fastgd.bench.system import measure_memory, measure_startup
 
 
@@ -39,7 +40,9 @@ def test_quick_suite_table_json_and_checks(quick_run, capsys):
             if (r["model"], r["dtype"], r["batch_size"], r["threads"]) == point
         }
         assert set(backends) <= impls
+    assert {r["model"] for r in grid} == set(MODELS)
     for record in grid:
+        assert record["rows"] == MODELS[record["model"]].n_rows(300)
         if record["impl"] == "numpy":
             assert record["check"] is None  # the reference
         else:
@@ -49,6 +52,60 @@ def test_quick_suite_table_json_and_checks(quick_run, capsys):
         assert all(r["speedup_vs_numpy"] for r in grid)
     header, rows = report.grid_rows(grid)
     assert len(rows) == len(points) and header[:4] == ["model", "dtype", "batch", "threads"]
+
+
+def test_quick_suite_checks_the_mlp_exactly(quick_run):
+    # the MLP rows: every backend and every installed competitor (started from fastgd's
+    # initial weights, same batches) is checked by its parameters, not by the loss
+    _, path = quick_run
+    grid = [r for r in json.loads(path.read_text())["grid"] if r["model"] == "mlp"]
+    assert grid
+    for record in grid:
+        if record["impl"] != "numpy":
+            assert record["check"]["kind"] == "params", record
+            assert record["check"]["ok"], record
+
+
+def _agreement(competitor, model, batch_size, dtype, shuffle=False):
+    """A competitor's check against fastgd's NumPy reference at a tiny size."""
+    case = MODELS[model]
+    X, y = make_data(case, 60, 3, dtype, seed=2)
+    epochs = 3 if batch_size is None else 2
+    reference = case.run_fastgd(X, y, backend="numpy", batch_size=batch_size, epochs=epochs,
+                                lr=case.lr, seed=5, n_threads=1, shuffle=shuffle)  # fmt: skip
+    _, run = COMPETITORS[competitor]
+    outcome = run(case, X, y, batch_size=batch_size, epochs=epochs, lr=case.lr, seed=5,
+                  threads=1, shuffle=shuffle)  # fmt: skip
+    return check_against(case, outcome.check, reference, X, y, dtype, params=outcome.params,
+                         outputs=outcome.outputs, predicted=outcome.predicted)  # fmt: skip
+
+
+@pytest.mark.parametrize("shuffle", [False, True], ids=["in_order", "shuffled"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("batch_size", [1, 32, None])
+@pytest.mark.parametrize("model", ["linear", "logistic", "softmax", "mlp"])
+def test_torch_agrees_with_fastgd(model, batch_size, dtype, shuffle):
+    # PyTorch is fed fastgd's start and batches: the parameters agree, shuffled or not
+    pytest.importorskip("torch")
+    check = _agreement("torch", model, batch_size, dtype, shuffle)
+    assert check["kind"] == "params" and check["ok"], check
+    assert check["value"] < (1e-12 if dtype == "float64" else 1e-5), check
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("batch_size", [1, 32, None])
+def test_sklearn_mlp_agrees_with_fastgd(batch_size, dtype):
+    pytest.importorskip("sklearn")
+    check = _agreement("sklearn-mlp", "mlp", batch_size, dtype)
+    assert check["kind"] == "params" and check["ok"], check
+    assert check["value"] < (1e-12 if dtype == "float64" else 1e-5), check
+
+
+def test_sklearn_mlp_shuffling_is_checked_by_the_loss():
+    # scikit-learn shuffles with its own generator: only the final loss can be compared
+    pytest.importorskip("sklearn")
+    check = _agreement("sklearn-mlp", "mlp", 8, "float64", shuffle=True)
+    assert check["kind"] == "loss" and check["ok"], check
 
 
 def test_competitor_batches_are_fastgds():

@@ -11,7 +11,10 @@ from .models import MODELS
 from .suite import BenchConfig, batch_label, parse_batch, run_grid, scaling
 from .system import BLAS_VARIABLES, machine_info, max_threads, measure_memory, measure_startup
 
-# the standard suite (about two minutes on a 2-core machine) and --quick (about 20 s)
+# the standard suite (meant to take about two minutes on a 2-core laptop) and --quick (a
+# fraction of that); the MLP trains on at most 2,000 rows (ModelCase.max_rows). Where
+# PyTorch is installed, its per-step overhead at batch size 1 dominates: on a shared 2-core
+# 2.5 GHz Xeon VM --quick took 90 s, of which the MLP rows 33 s
 STANDARD = dict(rows=10_000, features=100, epochs=2, full_epochs=50, repeats=5, max_time=0.5,
                 memory_rows="20000,200000")  # fmt: skip
 QUICK = dict(rows=2_000, features=20, epochs=2, full_epochs=20, repeats=3, max_time=0.2,
@@ -40,7 +43,7 @@ def add_arguments(parser):
     """
     add = parser.add_argument
     add("--quick", action="store_true",
-        help="a 20-second version: small data, fewer repeats, no cold-cache start-up")  # fmt: skip
+        help="a short version: small data, fewer repeats, no cold-cache start-up")  # fmt: skip
     add("--models", default=",".join(MODELS), help=f"comma-separated, of {', '.join(MODELS)}")
     add("--backends", default=None, help="fastgd backends (default: all available)")
     add("--batch-sizes", default="1,32,256,full", help='comma-separated; "full" = full batch')
@@ -160,6 +163,10 @@ def run(args, out=None):
     log(f"data: {config.rows} x {config.features}, plain SGD, {config.epochs} epochs "
         f"(full batch: {config.full_epochs}), {'shuffled' if config.shuffle else 'rows in order'}; "
         f"threads {', '.join(map(str, config.threads))}")  # fmt: skip
+    capped = [f"{m} {MODELS[m].n_rows(config.rows)}" for m in config.models
+              if MODELS[m].n_rows(config.rows) < config.rows]  # fmt: skip
+    if capped:
+        log(f"rows of the models with a row limit: {', '.join(capped)}")
     log("grid (median wall time of a fit):")
     records, skipped = run_grid(config, log=log)
     scale = scaling(records)

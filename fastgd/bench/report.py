@@ -135,6 +135,26 @@ def scaling_rows(scaling):
     return header, rows
 
 
+# (column title, format of a record's fields) of the tables of system measurements
+MEMORY_COLUMNS = (
+    ("backend", "{backend}"), ("model", "{model}"), ("dtype", "{dtype}"),
+    ("rows x features", "{rows} x {features}"), ("data MB", "{data_mb:.1f}"),
+    ("batch", "{batch_size}"), ("fit peak above data MB", "{extra_mb:.1f}"),
+    ("/ data size", "{extra_vs_data:.2f}"), ("kernels MB", "{kernels_mb:.0f}"),
+)  # fmt: skip
+STARTUP_COLUMNS = (
+    ("backend", "{backend}"), ("kernel cache", "{cache}"), ("import fastgd s", "{import_s:.2f}"),
+    ("first fit s", "{first_fit_s:.2f}"), ("of which compile/load s", "{compile_s:.2f}"),
+    ("whole process s", "{process_s:.2f}"),
+)  # fmt: skip
+
+
+def _format_rows(records, columns):
+    """Header and one row of formatted fields per record."""
+    header = [title for title, _ in columns]
+    return header, [[template.format(**r) for _, template in columns] for r in records]
+
+
 def memory_rows(memory):
     """Peak memory of a fit as a table.
 
@@ -147,15 +167,7 @@ def memory_rows(memory):
     -------
     header, rows : list
     """
-    header = ["backend", "model", "dtype", "rows x features", "data MB", "batch",
-              "fit peak above data MB", "/ data size", "kernels MB"]  # fmt: skip
-    rows = [
-        [m["backend"], m["model"], m["dtype"], f"{m['rows']} x {m['features']}",
-         f"{m['data_mb']:.1f}", m["batch_size"], f"{m['extra_mb']:.1f}",
-         f"{m['extra_vs_data']:.2f}", f"{m['kernels_mb']:.0f}"]
-        for m in memory
-    ]  # fmt: skip
-    return header, rows
+    return _format_rows(memory, MEMORY_COLUMNS)
 
 
 def startup_rows(startup):
@@ -170,14 +182,7 @@ def startup_rows(startup):
     -------
     header, rows : list
     """
-    header = ["backend", "kernel cache", "import fastgd s", "first fit s",
-              "of which compile/load s", "whole process s"]  # fmt: skip
-    rows = [
-        [s["backend"], s["cache"], f"{s['import_s']:.2f}", f"{s['first_fit_s']:.2f}",
-         f"{s['compile_s']:.2f}", f"{s['process_s']:.2f}"]
-        for s in startup
-    ]  # fmt: skip
-    return header, rows
+    return _format_rows(startup, STARTUP_COLUMNS)
 
 
 def compile_rows(records):

@@ -63,6 +63,20 @@ def _single_output_loss(v, y, loss_code):
 
 
 @njit(inline="always", **NUMBA_OPTIONS)
+def _single_output_row(X, Y, weights, params, i, loss_code, weighted):
+    """(Weighted) loss and dloss/dz of row ``i`` of a one-output model."""
+    d = X.shape[1]
+    v = params[d]
+    for j in range(d):
+        v += X[i, j] * params[j]
+    row_loss, dz = _single_output_loss(v, Y[i, 0], loss_code)
+    if weighted:
+        row_loss *= weights[i]
+        dz *= weights[i]
+    return row_loss, dz
+
+
+@njit(inline="always", **NUMBA_OPTIONS)
 def _one_feature_rows(X, Y, weights, params, order, lo, hi, loss_code, shuffled, weighted):
     """Loss and gradient sums ``(loss, d/dw, d/db)`` of rows ``lo:hi`` with one feature."""
     w, b = params[0], params[1]
@@ -111,13 +125,7 @@ def _single_output_rows(X, Y, weights, params, order, shuffled, lo, hi, loss_cod
         G[chunk, j] = 0.0
     for r in range(lo, hi):
         i = order[r] if shuffled else r
-        v = params[d]
-        for j in range(d):
-            v += X[i, j] * params[j]
-        row_loss, dz = _single_output_loss(v, Y[i, 0], loss_code)
-        if weighted:
-            row_loss *= weights[i]
-            dz *= weights[i]
+        row_loss, dz = _single_output_row(X, Y, weights, params, i, loss_code, weighted)
         loss += row_loss
         for j in range(d):
             G[chunk, j] += dz * X[i, j]
@@ -473,13 +481,7 @@ def _per_sample_epoch(X, Y, weights, params, order, shuffled, loss_code, k, n_tr
     for r in range(X.shape[0]):
         i = order[r] if shuffled else r
         if k == 1:
-            v = params[d]
-            for j in range(d):
-                v += X[i, j] * params[j]
-            row_loss, g = _single_output_loss(v, Y[i, 0], loss_code)
-            if weighted:
-                row_loss *= weights[i]
-                g *= weights[i]
+            row_loss, g = _single_output_row(X, Y, weights, params, i, loss_code, weighted)
             loss_sum += row_loss
             for j in range(d):
                 params[j] -= lr * (g * X[i, j])

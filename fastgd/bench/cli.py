@@ -11,13 +11,14 @@ from .models import MODELS
 from .suite import BenchConfig, batch_label, parse_batch, run_grid, scaling
 from .system import BLAS_VARIABLES, machine_info, max_threads, measure_memory, measure_startup
 
-# the standard suite (meant to take about two minutes on a 2-core laptop) and --quick (a
+# The standard suite (meant to take about two minutes on a 2-core laptop) and --quick (a
 # fraction of that); the MLP trains on at most 2,000 rows (ModelCase.max_rows). Where
-# PyTorch is installed, its per-step overhead at batch size 1 dominates: on a shared 2-core
-# 2.5 GHz Xeon VM --quick took 90 s, of which the MLP rows 33 s
+# PyTorch is installed, its per-step overhead (~0.5 ms) dominates the batch-size-1 rows.
+# Measured on a shared 2-core 2.5 GHz Xeon VM with PyTorch: --quick 37 s, of which 12 s
+# PyTorch's timed runs (at 2,000 rows it took 90 s); the standard suite about 6 minutes.
 STANDARD = dict(rows=10_000, features=100, epochs=2, full_epochs=50, repeats=5, max_time=0.5,
                 memory_rows="20000,200000")  # fmt: skip
-QUICK = dict(rows=2_000, features=20, epochs=2, full_epochs=20, repeats=3, max_time=0.2,
+QUICK = dict(rows=500, features=20, epochs=2, full_epochs=20, repeats=3, max_time=0.2,
              memory_rows="5000")  # fmt: skip
 
 FAIRNESS = (

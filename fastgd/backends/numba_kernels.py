@@ -7,6 +7,7 @@ only (see :mod:`fastgd._config`); each chunk sums into its own row of a Gfer, an
 rows are added in chunk order, so results are bit-identical for any thread count.
 """
 
+import contextlib
 import math
 
 import numba
@@ -570,13 +571,20 @@ def train_epochs(
     n_threads,
 ):  # fmt: skip
     """Compiled training loop; see :func:`fastgd.backends.numpy_ref.train_epochs`."""
-    previous = numba.get_num_threads()
-    numba.set_num_threads(n_threads)
-    try:
+    with numba_threads(n_threads):
         return _train_epochs(
             X, Y, weights, params, orders, lr_epochs, n_epochs, loss_code, n_outputs, fit_intercept, batch_size,
             opt_code, hyper, opt_state, step_count, tol, n_iter_no_change, stop_state, history,
         )  # fmt: skip
+
+
+@contextlib.contextmanager
+def numba_threads(n_threads):
+    """Context manager: Numba's parallel regions use ``n_threads`` inside, as before after."""
+    previous = numba.get_num_threads()
+    numba.set_num_threads(n_threads)
+    try:
+        yield
     finally:
         numba.set_num_threads(previous)
 

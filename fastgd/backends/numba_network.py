@@ -14,7 +14,6 @@ one of the linear kernels, imported from :mod:`fastgd.backends.numba_kernels`.
 
 import math
 
-import numba
 import numpy as np
 from numba import njit, prange
 
@@ -31,6 +30,7 @@ from .numba_kernels import (
     _penalty_value,
     _sum_chunks,
     _tolerance_rule,
+    numba_threads,
 )
 from .numpy_network import network_predict  # prediction is BLAS-bound: NumPy on every backend
 
@@ -499,14 +499,9 @@ def network_train_epochs(
     n_iter_no_change, stop_state, history, grad_norms, n_threads,
 ):  # fmt: skip
     """Compiled; see :func:`fastgd.backends.numpy_network.network_train_epochs`."""
-    previous = numba.get_num_threads()
-    numba.set_num_threads(n_threads)
-    try:
-        with single_threaded_blas():
-            return _network_train_epochs(
-                X, Y, weights, params, running, orders, lr_epochs, n_epochs, sizes, batch_norm,
-                activation, net_hyper, loss_code, batch_size, opt_code, hyper, opt_state,
-                step_count, tol, n_iter_no_change, stop_state, history, grad_norms,
-            )  # fmt: skip
-    finally:
-        numba.set_num_threads(previous)
+    with numba_threads(n_threads), single_threaded_blas():
+        return _network_train_epochs(
+            X, Y, weights, params, running, orders, lr_epochs, n_epochs, sizes, batch_norm,
+            activation, net_hyper, loss_code, batch_size, opt_code, hyper, opt_state,
+            step_count, tol, n_iter_no_change, stop_state, history, grad_norms,
+        )  # fmt: skip

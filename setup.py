@@ -1,7 +1,7 @@
-"""Build the Cython extension ``fastgd.backends._cython_kernels`` (with OpenMP if possible).
+"""Build the Cython extension ``fastgd.backends.cython._kernels`` (with OpenMP if possible).
 
 The extension holds the linear and the network kernels (``_network_kernels.pxi`` is
-included by ``_cython_kernels.pyx``); SciPy must be installed at build time for its
+included by ``_kernels.pyx``); SciPy must be installed at build time for its
 ``scipy.linalg.cython_blas`` declarations.
 
 Project metadata lives in pyproject.toml; this file only describes the extension.
@@ -116,12 +116,12 @@ class BuildExt(build_ext):
 
 extensions = [
     Extension(
-        "fastgd.backends._cython_kernels",
-        sources=["fastgd/backends/_cython_kernels.pyx"],
+        "fastgd.backends.cython._kernels",
+        sources=["fastgd/backends/cython/_kernels.pyx"],
         # the network kernels, included by the .pyx (they share its update code); they call
         # BLAS through scipy.linalg.cython_blas (function pointers resolved at import, so
         # nothing to link)
-        depends=["fastgd/backends/_network_kernels.pxi"],
+        depends=["fastgd/backends/cython/_network_kernels.pxi"],
     )
 ]
 

@@ -1,21 +1,16 @@
-"""Backend registry: one contract, three implementations.
+"""Backend registry: one contract (:mod:`.contract`), three implementations.
 
-Each backend module exposes ``NAME``, ``loss_and_gradient(...)`` and ``train_epochs(...)``
-with identical arguments (arrays, numbers and integer codes only; see
-:mod:`fastgd.backends.numpy_ref` for the contract). ``"auto"`` picks the first available of
-Numba, Cython, NumPy; the environment variable ``FASTGD_BACKEND`` overrides ``"auto"``.
+``backends/numpy/`` is the readable reference, ``backends/numba/`` and ``backends/cython/``
+the compiled ones; each package exposes ``BACKEND``, an object satisfying
+:class:`~fastgd.backends.contract.Backend`. ``"auto"`` picks the first available in
+:data:`BACKENDS` order; the environment variable ``FASTGD_BACKEND`` overrides ``"auto"``.
 """
 
 import importlib
 import os
 
+# in preference order: what "auto" takes first
 BACKENDS = ("numba", "cython", "numpy")
-AUTO_ORDER = ("numba", "cython", "numpy")
-_MODULES = {
-    "numba": "fastgd.backends.numba_kernels",
-    "cython": "fastgd.backends.cython_backend",
-    "numpy": "fastgd.backends.numpy_ref",
-}
 _loaded = {}
 _errors = {}
 
@@ -23,7 +18,7 @@ _errors = {}
 def _load(name):
     if name not in _loaded and name not in _errors:
         try:
-            _loaded[name] = importlib.import_module(_MODULES[name])
+            _loaded[name] = importlib.import_module(f"fastgd.backends.{name}").BACKEND
         except ImportError as exc:
             _errors[name] = f"{type(exc).__name__}: {exc}"
     return _loaded.get(name)
@@ -36,17 +31,27 @@ def available_backends():
     -------
     list of str
     """
-    return [name for name in AUTO_ORDER if _load(name) is not None]
+    return [name for name in BACKENDS if _load(name) is not None]
 
 
 def unavailable_reason(name):
-    """Why backend ``name`` could not be loaded, or ``None`` if it is available."""
+    """Why backend ``name`` could not be loaded, or ``None`` if it is available.
+
+    Parameters
+    ----------
+    name : str
+        A backend name.
+
+    Returns
+    -------
+    str or None
+    """
     _load(name)
     return _errors.get(name)
 
 
 def get_backend(name="auto"):
-    """Return the backend module called ``name``.
+    """Return the backend called ``name``.
 
     Parameters
     ----------
@@ -55,8 +60,8 @@ def get_backend(name="auto"):
 
     Returns
     -------
-    module
-        A module implementing the backend contract.
+    fastgd.backends.contract.Backend
+        Its ``name``, ``max_threads()``, ``train_epochs(...)`` and ``loss_and_gradient(...)``.
 
     Raises
     ------
@@ -76,7 +81,7 @@ def get_backend(name="auto"):
                 )
             return get_backend(override)
         return _load(available_backends()[0])
-    module = _load(name)
-    if module is None:
+    backend = _load(name)
+    if backend is None:
         raise ValueError(f"backend {name!r} is not available: {_errors[name]}")
-    return module
+    return backend

@@ -1,6 +1,6 @@
 """Numba kernels for multi-layer perceptrons: one compiled call runs a block of epochs.
 
-Same contract and arithmetic as :mod:`fastgd.backends.numpy_network`. A mini-batch is
+Same contract and arithmetic as :mod:`fastgd.backends.numpy.network`. A mini-batch is
 split into row chunks that depend on the batch size only (as for the linear models);
 every step of the forward and backward pass runs chunk by chunk, in parallel when the
 batch is large enough. Matrix products of a chunk go to BLAS (``np.dot``), one thread per
@@ -9,7 +9,7 @@ needs the whole batch (batch-norm statistics, the gradient) is summed over the c
 chunk order, so results are bit-identical for any thread count.
 
 The parameter update after each batch (penalties, clipping, schedule, optimizer) is the
-one of the linear kernels, imported from :mod:`fastgd.backends.numba_kernels`.
+one of the linear kernels, imported from :mod:`fastgd.backends.numba.update`.
 """
 
 import math
@@ -17,24 +17,21 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .._config import MAX_CHUNKS, NUMBA_OPTIONS, PARALLEL_MIN_WORK, ROW_PADDING
-from ..specs import network as net
-from ..specs import optimizers as opt
-from ..specs import stopping
-from ._blas import single_threaded_blas
-from .numba_kernels import (
+from ..._config import MAX_CHUNKS, NUMBA_OPTIONS, PARALLEL_MIN_WORK, ROW_PADDING
+from ...specs import network as net
+from ...specs import optimizers as opt
+from ...specs import stopping
+from ..blas import single_threaded_blas
+from .losses import _loss_block
+from .threads import numba_threads
+from .update import (
     _all_finite,
     _apply_update,
-    _loss_block,
     _n_chunks,
     _penalty_value,
     _sum_chunks,
     _tolerance_rule,
-    numba_threads,
 )
-from .numpy_network import network_predict  # prediction is BLAS-bound: NumPy on every backend
-
-NAME = "numba"
 
 RELU, LEAKY_RELU, SIGMOID, TANH = net.RELU, net.LEAKY_RELU, net.SIGMOID, net.TANH
 
@@ -44,8 +41,6 @@ BN_VARIANCE = 1  # per-chunk sums of squared deviations from the batch mean
 BN_APPLY = 2  # normalize, scale, shift, activation
 BACKWARD = 3  # gradients of a dense layer; dloss/du of the layer below
 BN_BACKWARD = 4  # dloss/dz through the normalization
-
-__all__ = ["NAME", "network_loss_and_gradient", "network_predict", "network_train_epochs"]
 
 
 @njit(inline="always", **NUMBA_OPTIONS)
@@ -420,12 +415,13 @@ def _network_loss_and_gradient(X, Y, weights, params, sizes, batch_norm, activat
     return G[0, n_params] / n, grad
 
 
-def network_loss_and_gradient(X, Y, weights, params, sizes, batch_norm, activation, net_hyper, loss_code):  # fmt: skip
-    """Compiled; see :func:`fastgd.backends.numpy_network.network_loss_and_gradient`."""
+def loss_and_gradient(model, data, params):
+    """Compiled; see :func:`fastgd.backends.numpy.network.loss_and_gradient`."""
     with single_threaded_blas():
         return _network_loss_and_gradient(
-            X, Y, weights, params, sizes, batch_norm, activation, net_hyper, loss_code
-        )
+            *data, params, model.sizes, model.batch_norm, model.activation, model.net_hyper,
+            model.loss_code,
+        )  # fmt: skip
 
 
 @njit(**NUMBA_OPTIONS)
@@ -493,15 +489,13 @@ def _network_train_epochs(
     return n_epochs, stopping.MAX_EPOCHS
 
 
-def network_train_epochs(
-    X, Y, weights, params, running, orders, lr_epochs, n_epochs, sizes, batch_norm, activation,
-    net_hyper, loss_code, batch_size, opt_code, hyper, opt_state, step_count, tol,
-    n_iter_no_change, stop_state, history, grad_norms, n_threads,
-):  # fmt: skip
-    """Compiled; see :func:`fastgd.backends.numpy_network.network_train_epochs`."""
+def train_epochs(model, data, state, update, block, n_threads):
+    """Compiled; see :meth:`fastgd.backends.contract.Backend.train_epochs`."""
     with numba_threads(n_threads), single_threaded_blas():
         return _network_train_epochs(
-            X, Y, weights, params, running, orders, lr_epochs, n_epochs, sizes, batch_norm,
-            activation, net_hyper, loss_code, batch_size, opt_code, hyper, opt_state,
-            step_count, tol, n_iter_no_change, stop_state, history, grad_norms,
+            *data, state.params, state.running, block.orders, block.lr_epochs, block.n_epochs,
+            model.sizes, model.batch_norm, model.activation, model.net_hyper, model.loss_code,
+            update.batch_size, update.opt_code, update.hyper, state.opt_state, state.step_count,
+            update.tol, update.n_iter_no_change, state.stop_state, block.history,
+            block.grad_norms,
         )  # fmt: skip

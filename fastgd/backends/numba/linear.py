@@ -1,35 +1,30 @@
-"""Numba backend: the whole training loop in one compiled call per block of epochs.
+"""Numba kernels of the linear family: the whole training loop in one compiled call.
 
-Same contract as :mod:`fastgd.backends.numpy_ref`. The gradient of a mini-batch is one
+Same contract and arithmetic as :mod:`fastgd.backends.numpy.linear`. The gradient of a mini-batch is one
 fused pass over its rows (decision values, loss derivative, accumulation) instead of
 NumPy's two passes over X. A batch is split into chunks that depend on the batch size
-only (see :mod:`fastgd._config`); each chunk sums into its own row of a Gfer, and the
+only (see :mod:`fastgd._config`); each chunk sums into its own row of a buffer, and the
 rows are added in chunk order, so results are bit-identical for any thread count.
 """
 
-import contextlib
 import math
 
-import numba
 import numpy as np
 from numba import njit, prange
 
-from .._config import (
-    MAX_CHUNKS,
-    MIN_ROWS_PER_CHUNK,
-    NUMBA_OPTIONS,
-    PARALLEL_MIN_WORK,
-    ROW_PADDING,
-    ROWS_PER_BLOCK,
+from ..._config import MAX_CHUNKS, NUMBA_OPTIONS, PARALLEL_MIN_WORK, ROW_PADDING, ROWS_PER_BLOCK
+from ...specs import optimizers as opt
+from ...specs import stopping
+from .losses import MSE, _loss_block, _single_output_loss
+from .threads import numba_threads
+from .update import (
+    _all_finite,
+    _apply_update,
+    _n_chunks,
+    _penalty_value,
+    _sum_chunks,
+    _tolerance_rule,
 )
-from ..specs import losses, stopping
-from ..specs import optimizers as opt
-
-NAME = "numba"
-
-MSE = losses.MSE
-BINARY_CROSS_ENTROPY = losses.BINARY_CROSS_ENTROPY
-CATEGORICAL_CROSS_ENTROPY = losses.CATEGORICAL_CROSS_ENTROPY
 
 
 @njit(inline="always", **NUMBA_OPTIONS)
@@ -45,22 +40,6 @@ def _forward_block(X, params, order, shuffled, lo, hi, k, Z, chunk):
             xj = X[i, j]
             for c in range(k):
                 Z[chunk, r - lo, c] += xj * params[j * k + c]
-
-
-@njit(inline="always", **NUMBA_OPTIONS)
-def _single_output_loss(v, y, loss_code):
-    """Loss of one decision value ``v`` against ``y``, and dloss/dv: MSE or binary CE.
-
-    Binary cross-entropy ``log(1 + exp(v)) - y v`` and its derivative ``sigmoid(v) - y``
-    go through ``exp(-|v|)``, which never overflows.
-    """
-    if loss_code == MSE:
-        e = v - y
-        return e * e, 2.0 * e
-    e = math.exp(-abs(v))
-    if v >= 0:
-        return v + math.log1p(e) - y * v, 1.0 / (1.0 + e) - y
-    return math.log1p(e) - y * v, e / (1.0 + e) - y
 
 
 @njit(inline="always", **NUMBA_OPTIONS)
@@ -135,57 +114,6 @@ def _single_output_rows(X, Y, weights, params, order, shuffled, lo, hi, loss_cod
 
 
 @njit(inline="always", **NUMBA_OPTIONS)
-def _loss_block(Y, weights, order, shuffled, lo, hi, loss_code, k, Z, chunk):
-    """Summed (weighted) loss of rows ``lo:hi``; overwrites their decision values with dloss/dz.
-
-    The branch on the loss is taken once per block, so each loop below stays simple. With
-    sample weights, row i's loss and dloss/dz are multiplied by ``weights[i]``.
-    """
-    weighted = weights.shape[0] > 0
-    loss = 0.0
-    if loss_code == MSE:
-        for r in range(lo, hi):
-            i = order[r] if shuffled else r
-            w = weights[i] if weighted else 1.0
-            for c in range(k):
-                e = Z[chunk, r - lo, c] - Y[i, c]
-                loss += w * (e * e)
-                Z[chunk, r - lo, c] = (2.0 / k) * (w * e) if weighted else (2.0 / k) * e
-        return loss / k
-    if loss_code == BINARY_CROSS_ENTROPY:
-        for r in range(lo, hi):
-            i = order[r] if shuffled else r
-            row_loss, dz = _single_output_loss(Z[chunk, r - lo, 0], Y[i, 0], loss_code)
-            if weighted:
-                row_loss *= weights[i]
-                dz *= weights[i]
-            loss += row_loss
-            Z[chunk, r - lo, 0] = dz
-        return loss
-    # categorical cross-entropy: logsumexp(z) - z[label], exponentials shifted by max(z)
-    for r in range(lo, hi):
-        i = order[r] if shuffled else r
-        label = int(Y[i, 0])
-        z_label = Z[chunk, r - lo, label]
-        m = Z[chunk, r - lo, 0]
-        for c in range(1, k):
-            m = max(m, Z[chunk, r - lo, c])
-        s = 0.0
-        for c in range(k):
-            Z[chunk, r - lo, c] = math.exp(Z[chunk, r - lo, c] - m)
-            s += Z[chunk, r - lo, c]
-        w = weights[i] if weighted else 1.0
-        for c in range(k):
-            Z[chunk, r - lo, c] = Z[chunk, r - lo, c] / s
-        Z[chunk, r - lo, label] -= 1.0
-        if weighted:
-            for c in range(k):
-                Z[chunk, r - lo, c] *= w
-        loss += w * (m + math.log(s) - z_label)
-    return loss
-
-
-@njit(inline="always", **NUMBA_OPTIONS)
 def _backward_block(X, order, shuffled, lo, hi, k, Z, chunk, G):
     """Add ``x * dloss/dz`` (weights) and ``dloss/dz`` (intercepts) of rows ``lo:hi`` to G."""
     d = X.shape[1]
@@ -255,11 +183,6 @@ def _batch_parallel(
 
 
 @njit(inline="always", **NUMBA_OPTIONS)
-def _n_chunks(batch_rows):
-    return min(MAX_CHUNKS, max(1, batch_rows // MIN_ROWS_PER_CHUNK))
-
-
-@njit(inline="always", **NUMBA_OPTIONS)
 def _batch_gradient(X, Y, weights, params, order, shuffled, start, stop, loss_code, k, G, Z):
     """Fill ``G[:n_chunks]`` with chunk partial sums; returns n_chunks."""
     n_chunks = _n_chunks(stop - start)
@@ -279,25 +202,8 @@ def _batch_gradient(X, Y, weights, params, order, shuffled, start, stop, loss_co
     return n_chunks
 
 
-@njit(inline="always", **NUMBA_OPTIONS)
-def _sum_chunks(G, n_chunks, width):
-    """Add the chunk rows of G into row 0, in chunk order (the deterministic reduction)."""
-    for c in range(1, n_chunks):
-        for j in range(width):
-            G[0, j] += G[c, j]
-
-
-@njit(inline="always", **NUMBA_OPTIONS)
-def _all_finite(a):
-    for v in a:
-        if not math.isfinite(v):
-            return False
-    return True
-
-
 @njit(**NUMBA_OPTIONS)
-def loss_and_gradient(X, Y, weights, params, loss_code, n_outputs, fit_intercept):
-    """Mean loss and gradient over all rows; see :func:`fastgd.backends.numpy_ref.loss_and_gradient`."""
+def _loss_and_gradient(X, Y, weights, params, loss_code, n_outputs, fit_intercept):
     n, d = X.shape
     p = params.shape[0]
     G = np.empty((MAX_CHUNKS, p + 1 + ROW_PADDING), dtype=params.dtype)
@@ -312,160 +218,6 @@ def loss_and_gradient(X, Y, weights, params, loss_code, n_outputs, fit_intercept
     for j in range(n_trained):
         grad[j] = G[0, j] / n
     return G[0, p] / n, grad
-
-
-@njit(inline="always", **NUMBA_OPTIONS)
-def _finish_gradient(G, inv_rows, params, n_weights, n_trained, hyper):
-    """Turn ``G[0]`` into the mean gradient, plus the L2 term, clipped by value then norm.
-
-    Same operations as the L2 step and :func:`fastgd.backends.numpy_ref.clip_gradient`.
-    """
-    clip_value, clip_norm, l2 = hyper[opt.CLIP_VALUE], hyper[opt.CLIP_NORM], hyper[opt.L2]
-    for j in range(n_trained):
-        g = G[0, j] * inv_rows
-        if l2 > 0.0 and j < n_weights:
-            g += l2 * params[j]
-        if clip_value > 0.0:
-            g = min(max(g, -clip_value), clip_value)
-        G[0, j] = g
-    if clip_norm > 0.0:
-        total = 0.0
-        for j in range(n_trained):
-            total += float(G[0, j]) ** 2
-        factor = clip_norm / (math.sqrt(total) + 1e-6)
-        if factor < 1.0:
-            for j in range(n_trained):
-                G[0, j] *= factor
-
-
-@njit(inline="always", **NUMBA_OPTIONS)
-def _optimizer_step(params, G, inv_rows, n_trained, opt_code, hyper, state, t, lr):
-    """Update ``t`` (1-based) of the optimizer, with gradient ``G[0, j] * inv_rows``.
-
-    Elementwise over the flat parameters, in the order of operations of
-    :func:`fastgd.backends.numpy_ref.optimizer_step` (formulas: :mod:`fastgd.specs.optimizers`),
-    with ``lr`` the scheduled learning rate of this update.
-    """
-    if opt_code == opt.SGD:
-        mu = hyper[opt.MOMENTUM]
-        if mu == 0.0:
-            for j in range(n_trained):
-                params[j] -= lr * (G[0, j] * inv_rows)
-            return
-        damp = 1.0 - hyper[opt.DAMPENING]
-        nesterov = hyper[opt.NESTEROV] != 0.0
-        for j in range(n_trained):
-            g = G[0, j] * inv_rows
-            b = g if t == 1 else mu * state[0, j] + damp * g
-            state[0, j] = b
-            params[j] -= lr * (g + mu * b if nesterov else b)
-    elif opt_code == opt.ADAGRAD:
-        clr = lr / (1.0 + (t - 1) * hyper[opt.LR_DECAY])
-        eps = hyper[opt.EPS]
-        for j in range(n_trained):
-            g = G[0, j] * inv_rows
-            total = state[0, j] + g * g
-            state[0, j] = total
-            params[j] -= clr * g / (math.sqrt(total) + eps)
-    elif opt_code == opt.RMSPROP:
-        alpha, eps, mu = hyper[opt.ALPHA], hyper[opt.EPS], hyper[opt.MOMENTUM]
-        centered = hyper[opt.CENTERED] != 0.0
-        for j in range(n_trained):
-            g = G[0, j] * inv_rows
-            v = alpha * state[0, j] + (1.0 - alpha) * g * g
-            state[0, j] = v
-            if centered:
-                a = alpha * state[1, j] + (1.0 - alpha) * g
-                state[1, j] = a
-                denom = math.sqrt(v - a * a) + eps
-            else:
-                denom = math.sqrt(v) + eps
-            if mu > 0.0:
-                b = mu * state[2, j] + g / denom
-                state[2, j] = b
-                params[j] -= lr * b
-            else:
-                params[j] -= lr * g / denom
-    else:  # ADAM, ADAMW
-        b1, b2, eps, wd = (
-            hyper[opt.BETA1],
-            hyper[opt.BETA2],
-            hyper[opt.EPS],
-            hyper[opt.WEIGHT_DECAY],
-        )
-        decoupled = opt_code == opt.ADAMW
-        amsgrad = hyper[opt.AMSGRAD] != 0.0
-        step = lr / (1.0 - b1**t)
-        correction2 = math.sqrt(1.0 - b2**t)
-        for j in range(n_trained):
-            g = G[0, j] * inv_rows
-            if decoupled:
-                params[j] *= 1.0 - lr * wd
-            elif wd != 0.0:
-                g = g + wd * params[j]
-            m = b1 * state[0, j] + (1.0 - b1) * g
-            v = b2 * state[1, j] + (1.0 - b2) * g * g
-            state[0, j] = m
-            state[1, j] = v
-            if amsgrad:
-                v = max(state[2, j], v)
-                state[2, j] = v
-            params[j] -= step * m / (math.sqrt(v) / correction2 + eps)
-
-
-@njit(inline="always", **NUMBA_OPTIONS)
-def _soft_threshold(params, n_weights, threshold):
-    """L1 proximal step: shrink each weight toward 0 by ``threshold``, stopping at 0."""
-    for j in range(n_weights):
-        w = params[j]
-        if w > threshold:
-            params[j] = w - threshold
-        elif w < -threshold:
-            params[j] = w + threshold
-        else:
-            params[j] = 0.0
-
-
-@njit(inline="always", **NUMBA_OPTIONS)
-def _penalty_value(params, n_weights, l1, l2):
-    """``l1 * sum|w| + l2 / 2 * sum w**2`` over the weights, accumulated in float64."""
-    absolute, square = 0.0, 0.0
-    for j in range(n_weights):
-        w = float(params[j])
-        absolute += abs(w)
-        square += w * w
-    return l1 * absolute + 0.5 * l2 * square
-
-
-@njit(inline="always", **NUMBA_OPTIONS)
-def _apply_update(params, G, inv_rows, n_weights, n_trained, opt_code, hyper, state, step_count, lr_epoch, finishing):  # fmt: skip
-    """One update from the summed gradient ``G[0] * inv_rows``, shared by every model.
-
-    The order of :mod:`fastgd.specs.optimizers` (as ``numpy_ref.apply_update``): L2 term
-    and clipping (when ``finishing``), the scheduled rate of update ``t``, the optimizer
-    step, the L1 proximal step on ``params[:n_weights]``. Increments ``step_count[0]``.
-    """
-    step_count[0] += 1
-    t = step_count[0]
-    if finishing:
-        _finish_gradient(G, inv_rows, params, n_weights, n_trained, hyper)
-        inv_rows = 1.0  # G[0] now holds the finished mean gradient
-    power_t, l1 = hyper[opt.POWER_T], hyper[opt.L1]
-    lr = lr_epoch / t**power_t if power_t != 0.0 else lr_epoch
-    _optimizer_step(params, G, inv_rows, n_trained, opt_code, hyper, state, t, lr)
-    if l1 > 0.0:
-        _soft_threshold(params, n_weights, lr * l1)
-
-
-@njit(inline="always", **NUMBA_OPTIONS)
-def _tolerance_rule(epoch_loss, tol, n_iter_no_change, stop_state):
-    """Update ``stop_state = [best, n_no_change]``; True when training has converged."""
-    if epoch_loss > stop_state[0] - tol:
-        stop_state[1] += 1
-    else:
-        stop_state[1] = 0
-    stop_state[0] = min(stop_state[0], epoch_loss)
-    return stop_state[1] >= n_iter_no_change
 
 
 @njit(inline="always", **NUMBA_OPTIONS)
@@ -565,48 +317,21 @@ def _train_epochs(
     return n_epochs, stopping.MAX_EPOCHS
 
 
-def train_epochs(
-    X, Y, weights, params, orders, lr_epochs, n_epochs, loss_code, n_outputs, fit_intercept,
-    batch_size, opt_code, hyper, opt_state, step_count, tol, n_iter_no_change, stop_state, history,
-    n_threads,
-):  # fmt: skip
-    """Compiled training loop; see :func:`fastgd.backends.numpy_ref.train_epochs`."""
+def loss_and_gradient(model, data, params):
+    """Mean loss and gradient over all rows; see :func:`fastgd.backends.numpy.linear.loss_and_gradient`."""
+    return _loss_and_gradient(*data, params, *model)
+
+
+def train_epochs(model, data, state, update, block, n_threads):
+    """Compiled training loop; see :meth:`fastgd.backends.contract.Backend.train_epochs`."""
     with numba_threads(n_threads):
         return _train_epochs(
-            X, Y, weights, params, orders, lr_epochs, n_epochs, loss_code, n_outputs, fit_intercept, batch_size,
-            opt_code, hyper, opt_state, step_count, tol, n_iter_no_change, stop_state, history,
+            *data, state.params, block.orders, block.lr_epochs, block.n_epochs, *model,
+            update.batch_size, update.opt_code, update.hyper, state.opt_state, state.step_count,
+            update.tol, update.n_iter_no_change, state.stop_state, block.history,
         )  # fmt: skip
-
-
-@contextlib.contextmanager
-def numba_threads(n_threads):
-    """Context manager: Numba's parallel regions use ``n_threads`` inside, as before after."""
-    previous = numba.get_num_threads()
-    numba.set_num_threads(n_threads)
-    try:
-        yield
-    finally:
-        numba.set_num_threads(previous)
 
 
 def compiled_signatures():
     """Number of compiled specializations of the training kernel (to detect recompiles)."""
     return len(_train_epochs.signatures)
-
-
-# the network kernels build on the pieces above (loss, update, reductions)
-from .numba_network import (  # noqa: E402
-    network_loss_and_gradient,
-    network_predict,
-    network_train_epochs,
-)
-
-__all__ = [
-    "NAME",
-    "compiled_signatures",
-    "loss_and_gradient",
-    "train_epochs",
-    "network_loss_and_gradient",
-    "network_predict",
-    "network_train_epochs",
-]

@@ -1,0 +1,237 @@
+"""The backend contract: the containers every kernel takes, and what a backend provides.
+
+Every backend (``numpy``, the readable reference; ``numba``; ``cython``) implements the
+same :class:`Backend` protocol over the same containers. The containers are NamedTuples
+of arrays, numbers and integer codes only (Numba takes them; kernels never see strings,
+objects or Python callbacks):
+
+- a *kernel model*, what to compute: :class:`LinearModel` or :class:`NetworkModel`;
+- :class:`Data`, the rows to train on;
+- :class:`State`, everything training changes in place (parameters, batch-norm running
+  averages, optimizer state, update count, state of the tolerance rule);
+- :class:`UpdateConfig`, how one update is made and when training stops;
+- :class:`EpochBlock`, one call's epochs: row orders, learning rates, and the arrays that
+  receive the loss history and the gradient norms.
+
+A backend dispatches on the type of the kernel model to one module per model kind
+(``backends/<name>/linear.py``, ``network.py``), each with the functions
+``train_epochs(model, data, state, update, block, n_threads)`` and
+``loss_and_gradient(model, data, params)``. A new model kind is one more container here
+and one more module per backend; a new data kind is one more container beside
+:class:`Data`, read by a per-backend row accessor.
+
+Array conventions: float arrays share one dtype, float32 or float64 (that of ``X``),
+except ``hyper``, ``net_hyper``, ``stop_state``, ``lr_epochs``, ``history`` and
+``grad_norms``, which are float64; codes and counts are int64.
+"""
+
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol, runtime_checkable
+
+import numpy as np
+
+
+class Data(NamedTuple):
+    """Training rows.
+
+    Attributes
+    ----------
+    X : ndarray of shape (n, d)
+        Samples, C-contiguous (read-only is fine).
+    Y : ndarray of shape (n, m)
+        Targets: ``m = k`` regression targets for the mean squared error, otherwise one
+        column holding the label (0/1 for binary cross-entropy, the class index for
+        categorical cross-entropy).
+    weights : ndarray of shape (n,) or (0,)
+        Sample weights (mean 1); an empty array means every weight is 1.
+    """
+
+    X: np.ndarray
+    Y: np.ndarray
+    weights: np.ndarray
+
+
+class LinearModel(NamedTuple):
+    """A linear model ``z = x @ W + b``; flat parameters ``[W (d, k) row-major, b (k)]``.
+
+    Attributes
+    ----------
+    loss_code : int
+        A code of :mod:`fastgd.specs.losses`.
+    n_outputs : int
+        ``k``, the decision values per sample.
+    fit_intercept : bool
+        Whether ``b`` is trained (if not, its gradient is zero and it stays as it is).
+    """
+
+    loss_code: int
+    n_outputs: int
+    fit_intercept: bool
+
+
+class NetworkModel(NamedTuple):
+    """A multi-layer perceptron (layout and formulas: :mod:`fastgd.specs.network`).
+
+    Attributes
+    ----------
+    sizes : ndarray of int64, shape (L + 1,)
+        Layer widths, input first.
+    batch_norm : ndarray of int64, shape (L,)
+        1 for batch-normalized hidden layers (the output layer is always 0).
+    activation : int
+        Activation code of the hidden layers.
+    net_hyper : ndarray of float64
+        Leaky slope, batch-norm momentum, batch-norm eps.
+    loss_code : int
+        Loss of the output layer.
+    """
+
+    sizes: np.ndarray
+    batch_norm: np.ndarray
+    activation: int
+    net_hyper: np.ndarray
+    loss_code: int
+
+
+class State(NamedTuple):
+    """What training updates in place; kept between calls so blocks of epochs chain.
+
+    Attributes
+    ----------
+    params : ndarray of shape (n_params,)
+        The flat parameters.
+    running : ndarray of shape (n_running,)
+        Batch-norm running averages (empty for models without).
+    opt_state : ndarray of shape (n_rows, n_params)
+        Optimizer state (rows named in :data:`fastgd.specs.optimizers.STATE_ROWS`).
+    step_count : ndarray of int64, shape (1,)
+        Updates made so far (the ``t`` of bias corrections and inverse scaling).
+    stop_state : ndarray of float64, shape (2,)
+        ``[best_loss, n_no_change]`` of the tolerance rule (:mod:`fastgd.specs.stopping`).
+    """
+
+    params: np.ndarray
+    running: np.ndarray
+    opt_state: np.ndarray
+    step_count: np.ndarray
+    stop_state: np.ndarray
+
+
+class UpdateConfig(NamedTuple):
+    """How one update is made, and the tolerance rule.
+
+    Attributes
+    ----------
+    batch_size : int
+        Rows per mini-batch (the last batch of an epoch may be smaller).
+    opt_code : int
+        A code of :mod:`fastgd.specs.optimizers`.
+    hyper : ndarray of float64, shape (N_HYPER,)
+        Optimizer hyperparameters, clipping thresholds, penalty strengths and the
+        inverse-scaling power, at the positions named in :mod:`fastgd.specs.optimizers`.
+    tol : float
+        An epoch whose loss is not below ``best - tol`` counts as no change (``-inf``: off).
+    n_iter_no_change : int
+        Epochs without change after which training has converged.
+    """
+
+    batch_size: int
+    opt_code: int
+    hyper: np.ndarray
+    tol: float
+    n_iter_no_change: int
+
+
+class EpochBlock(NamedTuple):
+    """The epochs of one kernel call.
+
+    Attributes
+    ----------
+    orders : ndarray of int64, shape (n_orders, n) or (0, 0)
+        Row order of each epoch (epoch ``e`` visits ``orders[e % n_orders]``); empty for
+        the natural order in every epoch.
+    lr_epochs : ndarray of float64, shape (>= n_epochs,)
+        Learning rate of each epoch (update ``t`` uses ``lr / t**hyper[POWER_T]``).
+    n_epochs : int
+        Maximum number of epochs of the call (0 only compiles or loads the kernels).
+    history : ndarray of float64, shape (>= n_epochs,)
+        Receives each epoch's loss: the mean over all rows of the (weighted) loss each saw
+        in its mini-batch before that batch's update, plus the penalty of the parameters
+        at the end of the epoch.
+    grad_norms : ndarray of float64, shape (>= n_epochs, L) or (0, 0)
+        Networks: per epoch and layer, the root mean square over the epoch's batches of
+        the norm of the layer's weight gradient (before penalty and clipping).
+    """
+
+    orders: np.ndarray
+    lr_epochs: np.ndarray
+    n_epochs: int
+    history: np.ndarray
+    grad_norms: np.ndarray
+
+
+KernelModel = LinearModel | NetworkModel
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What every backend provides (see :class:`ModuleBackend`)."""
+
+    name: str
+
+    def max_threads(self) -> int:
+        """Threads the backend's kernels can use in this process."""
+
+    def train_epochs(self, model, data, state, update, block, n_threads) -> tuple:
+        """Run up to ``block.n_epochs`` epochs, updating ``state`` in place.
+
+        Returns ``(n_done, status)``: epochs run (a diverged one included) and a code of
+        :mod:`fastgd.specs.stopping`. On divergence ``state`` is restored to the start of
+        the diverged epoch. Results do not depend on ``n_threads``.
+        """
+
+    def loss_and_gradient(self, model, data, params) -> tuple:
+        """Mean (weighted) data loss over all rows and its gradient (no penalty).
+
+        Networks use batch statistics (training mode), as one full batch would.
+        """
+
+
+@dataclass(frozen=True)
+class ModuleBackend:
+    """A backend made of one module per model kind, chosen by the kernel model's type.
+
+    Parameters
+    ----------
+    name : str
+        ``"numpy"``, ``"numba"`` or ``"cython"``.
+    kinds : dict
+        Kernel-model type (:class:`LinearModel`, :class:`NetworkModel`) -> module with
+        ``train_epochs`` and ``loss_and_gradient`` over the containers.
+    threads : callable
+        Returns the number of threads the kernels can use.
+    """
+
+    name: str
+    kinds: dict
+    threads: object
+
+    def _module(self, model):
+        try:
+            return self.kinds[type(model)]
+        except KeyError:
+            raise TypeError(
+                f"backend {self.name!r} has no kernels for {type(model).__name__}"
+            ) from None
+
+    def max_threads(self):
+        """Threads the kernels can use in this process."""
+        return int(self.threads())
+
+    def train_epochs(self, model, data, state, update, block, n_threads):
+        """See :meth:`Backend.train_epochs`."""
+        return self._module(model).train_epochs(model, data, state, update, block, n_threads)
+
+    def loss_and_gradient(self, model, data, params):
+        """See :meth:`Backend.loss_and_gradient`."""
+        return self._module(model).loss_and_gradient(model, data, params)

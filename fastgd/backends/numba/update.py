@@ -1,0 +1,189 @@
+"""Numba: the update of the flat parameters shared by every model kind.
+
+Chunk reductions (in chunk order: the deterministic sum), the finished mean gradient
+(L2 term, clipping), the optimizer step (formulas of :mod:`fastgd.specs.optimizers`), the
+L1 proximal step, the penalty value and the tolerance rule; the same operations in the
+same order as :mod:`fastgd.backends.numpy.update`.
+"""
+
+import math
+
+from numba import njit
+
+from ..._config import MAX_CHUNKS, MIN_ROWS_PER_CHUNK, NUMBA_OPTIONS
+from ...specs import optimizers as opt
+
+
+@njit(inline="always", **NUMBA_OPTIONS)
+def _n_chunks(batch_rows):
+    return min(MAX_CHUNKS, max(1, batch_rows // MIN_ROWS_PER_CHUNK))
+
+
+@njit(inline="always", **NUMBA_OPTIONS)
+def _sum_chunks(G, n_chunks, width):
+    """Add the chunk rows of G into row 0, in chunk order (the deterministic reduction)."""
+    for c in range(1, n_chunks):
+        for j in range(width):
+            G[0, j] += G[c, j]
+
+
+@njit(inline="always", **NUMBA_OPTIONS)
+def _all_finite(a):
+    for v in a:
+        if not math.isfinite(v):
+            return False
+    return True
+
+
+@njit(inline="always", **NUMBA_OPTIONS)
+def _finish_gradient(G, inv_rows, params, n_weights, n_trained, hyper):
+    """Turn ``G[0]`` into the mean gradient, plus the L2 term, clipped by value then norm.
+
+    Same operations as the L2 step and :func:`fastgd.backends.numpy_ref.clip_gradient`.
+    """
+    clip_value, clip_norm, l2 = hyper[opt.CLIP_VALUE], hyper[opt.CLIP_NORM], hyper[opt.L2]
+    for j in range(n_trained):
+        g = G[0, j] * inv_rows
+        if l2 > 0.0 and j < n_weights:
+            g += l2 * params[j]
+        if clip_value > 0.0:
+            g = min(max(g, -clip_value), clip_value)
+        G[0, j] = g
+    if clip_norm > 0.0:
+        total = 0.0
+        for j in range(n_trained):
+            total += float(G[0, j]) ** 2
+        factor = clip_norm / (math.sqrt(total) + 1e-6)
+        if factor < 1.0:
+            for j in range(n_trained):
+                G[0, j] *= factor
+
+
+@njit(inline="always", **NUMBA_OPTIONS)
+def _optimizer_step(params, G, inv_rows, n_trained, opt_code, hyper, state, t, lr):
+    """Update ``t`` (1-based) of the optimizer, with gradient ``G[0, j] * inv_rows``.
+
+    Elementwise over the flat parameters, in the order of operations of
+    :func:`fastgd.backends.numpy_ref.optimizer_step` (formulas: :mod:`fastgd.specs.optimizers`),
+    with ``lr`` the scheduled learning rate of this update.
+    """
+    if opt_code == opt.SGD:
+        mu = hyper[opt.MOMENTUM]
+        if mu == 0.0:
+            for j in range(n_trained):
+                params[j] -= lr * (G[0, j] * inv_rows)
+            return
+        damp = 1.0 - hyper[opt.DAMPENING]
+        nesterov = hyper[opt.NESTEROV] != 0.0
+        for j in range(n_trained):
+            g = G[0, j] * inv_rows
+            b = g if t == 1 else mu * state[0, j] + damp * g
+            state[0, j] = b
+            params[j] -= lr * (g + mu * b if nesterov else b)
+    elif opt_code == opt.ADAGRAD:
+        clr = lr / (1.0 + (t - 1) * hyper[opt.LR_DECAY])
+        eps = hyper[opt.EPS]
+        for j in range(n_trained):
+            g = G[0, j] * inv_rows
+            total = state[0, j] + g * g
+            state[0, j] = total
+            params[j] -= clr * g / (math.sqrt(total) + eps)
+    elif opt_code == opt.RMSPROP:
+        alpha, eps, mu = hyper[opt.ALPHA], hyper[opt.EPS], hyper[opt.MOMENTUM]
+        centered = hyper[opt.CENTERED] != 0.0
+        for j in range(n_trained):
+            g = G[0, j] * inv_rows
+            v = alpha * state[0, j] + (1.0 - alpha) * g * g
+            state[0, j] = v
+            if centered:
+                a = alpha * state[1, j] + (1.0 - alpha) * g
+                state[1, j] = a
+                denom = math.sqrt(v - a * a) + eps
+            else:
+                denom = math.sqrt(v) + eps
+            if mu > 0.0:
+                b = mu * state[2, j] + g / denom
+                state[2, j] = b
+                params[j] -= lr * b
+            else:
+                params[j] -= lr * g / denom
+    else:  # ADAM, ADAMW
+        b1, b2, eps, wd = (
+            hyper[opt.BETA1],
+            hyper[opt.BETA2],
+            hyper[opt.EPS],
+            hyper[opt.WEIGHT_DECAY],
+        )
+        decoupled = opt_code == opt.ADAMW
+        amsgrad = hyper[opt.AMSGRAD] != 0.0
+        step = lr / (1.0 - b1**t)
+        correction2 = math.sqrt(1.0 - b2**t)
+        for j in range(n_trained):
+            g = G[0, j] * inv_rows
+            if decoupled:
+                params[j] *= 1.0 - lr * wd
+            elif wd != 0.0:
+                g = g + wd * params[j]
+            m = b1 * state[0, j] + (1.0 - b1) * g
+            v = b2 * state[1, j] + (1.0 - b2) * g * g
+            state[0, j] = m
+            state[1, j] = v
+            if amsgrad:
+                v = max(state[2, j], v)
+                state[2, j] = v
+            params[j] -= step * m / (math.sqrt(v) / correction2 + eps)
+
+
+@njit(inline="always", **NUMBA_OPTIONS)
+def _soft_threshold(params, n_weights, threshold):
+    """L1 proximal step: shrink each weight toward 0 by ``threshold``, stopping at 0."""
+    for j in range(n_weights):
+        w = params[j]
+        if w > threshold:
+            params[j] = w - threshold
+        elif w < -threshold:
+            params[j] = w + threshold
+        else:
+            params[j] = 0.0
+
+
+@njit(inline="always", **NUMBA_OPTIONS)
+def _penalty_value(params, n_weights, l1, l2):
+    """``l1 * sum|w| + l2 / 2 * sum w**2`` over the weights, accumulated in float64."""
+    absolute, square = 0.0, 0.0
+    for j in range(n_weights):
+        w = float(params[j])
+        absolute += abs(w)
+        square += w * w
+    return l1 * absolute + 0.5 * l2 * square
+
+
+@njit(inline="always", **NUMBA_OPTIONS)
+def _apply_update(params, G, inv_rows, n_weights, n_trained, opt_code, hyper, state, step_count, lr_epoch, finishing):  # fmt: skip
+    """One update from the summed gradient ``G[0] * inv_rows``, shared by every model.
+
+    The order of :mod:`fastgd.specs.optimizers` (as ``numpy_ref.apply_update``): L2 term
+    and clipping (when ``finishing``), the scheduled rate of update ``t``, the optimizer
+    step, the L1 proximal step on ``params[:n_weights]``. Increments ``step_count[0]``.
+    """
+    step_count[0] += 1
+    t = step_count[0]
+    if finishing:
+        _finish_gradient(G, inv_rows, params, n_weights, n_trained, hyper)
+        inv_rows = 1.0  # G[0] now holds the finished mean gradient
+    power_t, l1 = hyper[opt.POWER_T], hyper[opt.L1]
+    lr = lr_epoch / t**power_t if power_t != 0.0 else lr_epoch
+    _optimizer_step(params, G, inv_rows, n_trained, opt_code, hyper, state, t, lr)
+    if l1 > 0.0:
+        _soft_threshold(params, n_weights, lr * l1)
+
+
+@njit(inline="always", **NUMBA_OPTIONS)
+def _tolerance_rule(epoch_loss, tol, n_iter_no_change, stop_state):
+    """Update ``stop_state = [best, n_no_change]``; True when training has converged."""
+    if epoch_loss > stop_state[0] - tol:
+        stop_state[1] += 1
+    else:
+        stop_state[1] = 0
+    stop_state[0] = min(stop_state[0], epoch_loss)
+    return stop_state[1] >= n_iter_no_change

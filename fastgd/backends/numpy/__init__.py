@@ -1,0 +1,18 @@
+"""The NumPy reference backend: plain and readable, the oracle of every test.
+
+One module per model kind (:mod:`.linear`, :mod:`.network`) over the containers of
+:mod:`fastgd.backends.contract`, and the update shared by both (:mod:`.update`).
+"""
+
+import os
+
+from ..contract import LinearModel, ModuleBackend, NetworkModel
+from . import linear, network
+
+
+def _threads():
+    # NumPy's BLAS has threads of its own; the reference itself runs in one
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+BACKEND = ModuleBackend("numpy", {LinearModel: linear, NetworkModel: network}, _threads)

@@ -1,0 +1,113 @@
+"""NumPy maths shared by every backend and the API: output losses and prediction.
+
+Prediction is BLAS-bound (whole matrix products, no per-batch Python loop), so it runs in
+NumPy on every backend; the loss of output values serves the validation loss of early
+stopping. The NumPy reference backend builds its training pass on the same functions.
+"""
+
+import numpy as np
+
+from ..specs import losses
+from ..specs import network as net
+from .contract import LinearModel
+
+
+def stable_sigmoid(z):
+    # exp of a non-positive number never overflows
+    e = np.exp(-np.abs(z))
+    return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(z.dtype, copy=False)
+
+
+def output_loss(Z, Y, weights, loss_code):
+    """Mean (weighted) loss of decision values ``Z`` (n, k) and its gradient ``dZ``.
+
+    ``dZ`` is the derivative of the mean loss, i.e. already divided by ``n``. Shared by
+    the linear models and the networks (whose output layer gives ``Z``).
+    """
+    n, k = Z.shape
+    if loss_code == losses.MSE:
+        R = Z - Y
+        sample_loss = R * R / k  # summed over outputs below: the mean over outputs
+        dZ = (2.0 / k) * R
+    elif loss_code == losses.BINARY_CROSS_ENTROPY:
+        z, y = Z[:, 0], Y[:, 0]
+        # log(1 + exp(z)) - y z, without overflow for large |z|
+        sample_loss = np.logaddexp(0.0, z) - y * z
+        dZ = (stable_sigmoid(z) - y)[:, None]
+    elif loss_code == losses.CATEGORICAL_CROSS_ENTROPY:
+        labels = Y[:, 0].astype(np.intp)
+        rows = np.arange(n)
+        m = Z.max(axis=1)
+        E = np.exp(Z - m[:, None])
+        s = E.sum(axis=1)
+        sample_loss = m + np.log(s) - Z[rows, labels]
+        dZ = E / s[:, None]
+        dZ[rows, labels] -= 1.0
+    else:
+        raise ValueError(f"unknown loss code {loss_code}")
+    if weights.size:
+        sample_loss = (weights * sample_loss.T).T
+        dZ = weights[:, None] * dZ
+    return float(np.sum(sample_loss) / n), dZ / n
+
+
+def activate(U, code, slope):
+    """The activation ``act(U)``."""
+    if code == net.RELU:
+        return np.maximum(U, 0.0)
+    if code == net.LEAKY_RELU:
+        return np.where(U > 0, U, (slope * U).astype(U.dtype))
+    if code == net.SIGMOID:
+        return stable_sigmoid(U)
+    if code == net.TANH:
+        return np.tanh(U)
+    return U
+
+
+def forward(model, X, params, running, training):
+    """Output ``Z`` of a network (:class:`~fastgd.backends.contract.NetworkModel`) and,
+    per layer, what the backward pass needs. ``training``: batch norm with the statistics
+    of these rows, else with the running averages."""
+    sizes, batch_norm, activation, net_hyper = model.sizes, model.batch_norm, model.activation, model.net_hyper  # fmt: skip
+    offsets = net.layout(sizes, batch_norm)
+    slope, eps = net_hyper[net.LEAKY_SLOPE], net_hyper[net.BN_EPS]
+    n_layers = len(sizes) - 1
+    A = X
+    cache = []
+    for layer in range(n_layers):
+        n_in, n_out = sizes[layer], sizes[layer + 1]
+        w, b = offsets["weight"][layer], offsets["bias"][layer]
+        W = params[w : w + n_in * n_out].reshape(n_in, n_out)
+        Z = A @ W if batch_norm[layer] else A @ W + params[b : b + n_out]
+        entry = dict(A_in=A, W=W)
+        if layer == n_layers - 1:
+            cache.append(entry)
+            return Z, cache
+        if batch_norm[layer]:
+            g, be = offsets["gamma"][layer], offsets["beta"][layer]
+            gamma, beta = params[g : g + n_out], params[be : be + n_out]
+            if training:  # statistics of this batch
+                mean = Z.mean(axis=0)
+                var = ((Z - mean) ** 2).mean(axis=0)
+            else:  # running averages
+                r = offsets["running"][layer]
+                mean, var = running[r : r + n_out], running[r + n_out : r + 2 * n_out]
+            inv_std = (1.0 / np.sqrt(var + eps)).astype(Z.dtype)
+            X_hat = (Z - mean) * inv_std
+            U = gamma * X_hat + beta
+            entry.update(X_hat=X_hat, inv_std=inv_std, gamma=gamma, mean=mean, var=var)
+        else:
+            U = Z
+        A = activate(U, activation, slope)
+        entry.update(U=U, A=A)
+        cache.append(entry)
+
+
+def predict(model, X, params, running):
+    """Decision values (n, k) of a kernel model: ``X @ W + b``, or a network's output
+    layer with batch norm from the running averages."""
+    if isinstance(model, LinearModel):
+        d, k = X.shape[1], model.n_outputs
+        return X @ params[: d * k].reshape(d, k) + params[d * k :]
+    Z, _ = forward(model, X, params, running, training=False)
+    return Z

@@ -246,15 +246,29 @@ def test_read_only_and_non_contiguous_input(backend):
 
 
 def test_second_fit_does_not_compile_again():
-    numba_kernels = pytest.importorskip("fastgd.backends.numba_kernels")
+    pytest.importorskip("numba")
+    from fastgd.backends.numba import linear
+
     rng = np.random.default_rng(13)
     X = rng.standard_normal((100, 3))
     y = X @ np.ones(3)
     fastgd.fit(X, y, epochs=2, backend="numba")
-    count = numba_kernels.compiled_signatures()
+    count = linear.compiled_signatures()
     second = fastgd.fit(X[:50] * 2, y[:50], epochs=3, batch_size=7, lr=0.02, backend="numba")
-    assert numba_kernels.compiled_signatures() == count
+    assert linear.compiled_signatures() == count
     assert second.compile_time < 0.5
+
+
+def test_one_signature_per_kernel_with_early_stopping():
+    pytest.importorskip("numba")
+    from fastgd.backends.numba import linear
+
+    rng = np.random.default_rng(14)
+    X = rng.standard_normal((300, 4))
+    y = (X[:, 0] > 0).astype(int)
+    for _ in range(2):
+        fastgd.fit(X, y, model="logistic", epochs=3, early_stopping=True, backend="numba")
+    assert all(len(kernel.signatures) <= 1 for kernel in linear.dispatchers())
 
 
 def test_result_repr_and_fields():
@@ -292,22 +306,23 @@ def test_no_warnings_on_a_normal_fit(backend):
 
 
 def test_new_process_loads_compiled_kernels_from_disk_cache():
-    pytest.importorskip("fastgd.backends.numba_kernels")
+    pytest.importorskip("numba")
     import subprocess
     import sys
 
     script = (
         "import numpy as np, fastgd\n"
-        "from fastgd.backends import numba_kernels as nk\n"
+        "from fastgd.backends.numba import linear\n"
         "X = np.linspace(-1, 1, 50)\n"
         "fastgd.fit(X, 2 * X, epochs=2, backend='numba')\n"
-        "print(dict(nk._train_epochs.stats.cache_misses))\n"
+        "assert linear.dispatchers()\n"
+        "print([dict(k.stats.cache_misses) for k in linear.dispatchers() if k.stats.cache_misses])\n"
     )
     runs = [
         subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
         for _ in range(2)
     ]
-    assert runs[1].stdout.strip() == "{}", runs[1].stdout + runs[1].stderr  # nothing compiled
+    assert runs[1].stdout.strip() == "[]", runs[1].stdout + runs[1].stderr  # nothing compiled
 
 
 def test_callback_sees_each_epoch_and_can_stop(backend):

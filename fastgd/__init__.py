@@ -6,7 +6,7 @@
 
 from .api import DivergenceError, DivergenceWarning, fit
 from .backends import available_backends
-from .config import show_config
+from .sysinfo import show_config
 from .diagnostics import GradientWarning
 from .network import MLP
 from .result import FitResult

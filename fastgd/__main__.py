@@ -27,7 +27,7 @@ def main(argv=None):
 
         run(lr=args.lr, steps=args.steps)
     elif args.command == "config":
-        from .config import show_config
+        from .sysinfo import show_config
 
         show_config()
     elif args.command == "bench":

@@ -6,10 +6,10 @@
 
 from .api import DivergenceError, DivergenceWarning, fit
 from .backends import available_backends
-from .sysinfo import show_config
 from .diagnostics import GradientWarning
 from .network import MLP
 from .result import FitResult
+from .sysinfo import show_config
 
 __version__ = "0.1.0"
 

@@ -175,13 +175,13 @@ def test_tol_rule_spans_kernel_calls(backend):
 
 def test_shuffled_blocks_match_one_call(backend, monkeypatch):
     # the epochs run in several kernel calls when the row orders exceed the budget
-    import fastgd.api
+    import fastgd.training.trainer
 
     rng = np.random.default_rng(9)
     X = rng.standard_normal((1000, 4))
     y = X @ rng.standard_normal(4)
     whole = fastgd.fit(X, y, epochs=6, seed=1, backend=backend)
-    monkeypatch.setattr(fastgd.api, "ORDER_BUDGET", 2500)  # two epochs per call
+    monkeypatch.setattr(fastgd.training.trainer, "ORDER_BUDGET", 2500)  # two epochs per call
     blocks = fastgd.fit(X, y, epochs=6, seed=1, backend=backend)
     assert np.array_equal(whole.params, blocks.params)
 
@@ -224,9 +224,9 @@ def test_user_arrays_are_not_modified_and_fitting_arrays_not_copied(backend, mon
     module = get_backend(backend)
     original = module.train_epochs
 
-    def spy(X_kernel, *args):
-        seen.append(X_kernel)
-        return original(X_kernel, *args)
+    def spy(model, data, *args):
+        seen.append(data.X)
+        return original(model, data, *args)
 
     monkeypatch.setattr(module, "train_epochs", spy)
     fastgd.fit(X, y, epochs=3, backend=backend)
@@ -246,7 +246,7 @@ def test_read_only_and_non_contiguous_input(backend):
 
 
 def test_second_fit_does_not_compile_again():
-    numba_kernels = pytest.importorskip("fastgd.backends.numba_kernels")
+    numba_kernels = pytest.importorskip("fastgd.backends.numba.linear")
     rng = np.random.default_rng(13)
     X = rng.standard_normal((100, 3))
     y = X @ np.ones(3)
@@ -292,13 +292,13 @@ def test_no_warnings_on_a_normal_fit(backend):
 
 
 def test_new_process_loads_compiled_kernels_from_disk_cache():
-    pytest.importorskip("fastgd.backends.numba_kernels")
+    pytest.importorskip("fastgd.backends.numba.linear")
     import subprocess
     import sys
 
     script = (
         "import numpy as np, fastgd\n"
-        "from fastgd.backends import numba_kernels as nk\n"
+        "from fastgd.backends.numba import linear as nk\n"
         "X = np.linspace(-1, 1, 50)\n"
         "fastgd.fit(X, 2 * X, epochs=2, backend='numba')\n"
         "print(dict(nk._train_epochs.stats.cache_misses))\n"

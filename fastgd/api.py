@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 
 from . import _validation as v
+from ._pandas import frames_to_arrays
 from .backends import get_backend
 from .backends.numpy_ref import output_loss
 from .diagnostics import GradientWarning, diagnose_gradients
@@ -194,6 +195,7 @@ def fit(
     >>> round(float(result.coef_[0]), 1), round(result.intercept_, 1)
     (2.0, 1.0)
     """
+    X, y, feature_names = frames_to_arrays(X, y)  # pandas: arrays and column names
     is_network = isinstance(model, MLP)
     if not is_network and (not isinstance(model, str) or model not in LINEAR_MODELS):
         raise ValueError(
@@ -404,6 +406,7 @@ def fit(
         gradient_diagnosis=diagnosis,
         gradient_message=diagnosis_message,
         _single_target=model != "linear" or np.ndim(y) == 1,
+        feature_names_in_=feature_names,
     )
 
 

@@ -405,7 +405,7 @@ def fit(
         gradient_norms=grad_norms[:done].copy() if is_network else None,
         gradient_diagnosis=diagnosis,
         gradient_message=diagnosis_message,
-        _single_target=model != "linear" or np.ndim(y) == 1,
+        _single_target=spec.task != "regression" or np.ndim(y) == 1,
         feature_names_in_=feature_names,
     )
 

@@ -215,6 +215,9 @@ def test_not_a_model_file(tmp_path):
     (tmp_path / "text.npz").write_text("hello")
     with pytest.raises(ValueError, match="not a readable fastgd model file"):
         fastgd.load(tmp_path / "text.npz")
+    np.save(tmp_path / "array.npy", np.arange(3.0))
+    with pytest.raises(ValueError, match="single array, not an .npz archive"):
+        fastgd.load(tmp_path / "array.npy")
     with pytest.raises(FileNotFoundError):
         fastgd.load(tmp_path / "missing.npz")
     assert zipfile.is_zipfile(_saved(tmp_path)[0])

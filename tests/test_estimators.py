@@ -244,3 +244,21 @@ def test_dataframe_non_numeric_columns_are_named():
         fastgd.fit(X, y, backend="numpy")
     with pytest.raises(ValueError, match=r"\['city', 'size'\]"):
         LinearRegressor(backend="numpy").fit(X, y)
+
+
+def test_fit_network_with_several_regression_targets_predicts_each():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((50, 3))
+    Y = np.column_stack([X[:, 0], -X[:, 1]])
+    net = fastgd.MLP(hidden=(4,), task="regression")
+    result = fastgd.fit(X, Y, model=net, backend="numpy", epochs=2)
+    assert result.predict(X).shape == (50, 2)
+    np.testing.assert_array_equal(result.predict(X), result.decision_function(X))
+    assert fastgd.fit(X, Y[:, 0], model=net, backend="numpy", epochs=2).predict(X).shape == (50,)
+
+
+def test_fit_takes_a_series_as_one_feature():
+    x = pd.Series(np.linspace(-1, 1, 40), name="x")
+    result = fastgd.fit(x, 2 * x + 1, backend="numpy", batch_size=None, epochs=500, lr=0.5)
+    assert list(result.feature_names_in_) == ["x"]
+    np.testing.assert_allclose([result.coef_[0], result.intercept_], [2.0, 1.0], atol=1e-3)

@@ -125,8 +125,11 @@ def _numeric(values, name, path):
     try:
         return np.array([float(v) for v in values])
     except ValueError:
-        bad = next(v for v in values if not _is_float(v))
-        raise UsageError(f"column {name!r} of {path} is not numeric (value {bad!r})") from None
+        row, bad = next((i, v) for i, v in enumerate(values, start=2) if not _is_float(v))
+        what = "an empty value" if not bad.strip() else f"the value {bad!r}"
+        raise UsageError(
+            f"column {name!r} of {path} is not numeric: {what} on line {row}"
+        ) from None
 
 
 def _is_float(text):

@@ -34,6 +34,8 @@ def data_dir(tmp_path):
     with open(tmp_path / "new.csv", "w") as file:  # other column order, no target
         file.write("c,a,b\n")
         file.writelines(f"{r[2]!r},{r[0]!r},{r[1]!r}\n" for r in rows[:10])
+    (tmp_path / "gaps.csv").write_text("a,b\n1,2\n3,\n")
+    (tmp_path / "ragged.csv").write_text("a,b\n1,2\n3\n")
     np.save(tmp_path / "reg.npy", np.column_stack([X, 2 * X[:, 0] - X[:, 2]]))
     np.savez(tmp_path / "cls.npz", X=X, y=(X[:, 0] > 0).astype(int) + (X[:, 1] > 0))
     return tmp_path, X, labels
@@ -102,7 +104,11 @@ BAD_INPUT = [
     (["train", "train.csv", "--target", "weight", "--model", "linear", "--out", "m.npz"],
      "train.csv has no column 'weight' (columns: a, b, c, animal)"),
     (["train", "train.csv", "--target", "a", "--model", "linear", "--out", "m.npz"],
-     "column 'animal' of train.csv is not numeric (value 'dog')"),
+     "column 'animal' of train.csv is not numeric: the value 'dog' on line 2"),
+    (["train", "gaps.csv", "--target", "a", "--model", "linear", "--out", "m.npz"],
+     "column 'b' of gaps.csv is not numeric: an empty value on line 3"),
+    (["train", "ragged.csv", "--target", "a", "--model", "linear", "--out", "m.npz"],
+     "line 3 of ragged.csv has 1 fields, the header has 2"),
     (["train", "train.csv", "--target", "animal", "--model", "linear", "--backend", "numpy",
       "--no-progress", "--out", "m.npz"], "y must be numeric for a regression model"),
     (["train", "reg.npy", "--target", "7", "--model", "linear", "--out", "m.npz"],

@@ -100,6 +100,9 @@ def run(args):
     """
     try:
         return _train(args) if args.command == "train" else _predict(args)
+    except BrokenPipeError:  # the reader of stdout stopped (``| head``): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (ValueError, OSError) as exc:
         message = " ".join(str(exc).split()) or type(exc).__name__
         print(f"fastgd {args.command}: error: {message}", file=sys.stderr)
@@ -178,8 +181,16 @@ def read_training_data(path, target):
         raise UsageError(f"{path} has no column {target!r} (columns: {', '.join(header)})")
     names = [name for name in header if name != target]
     y = columns[header.index(target)]
-    y = _numeric(y, target, path) if all(_is_float(v) for v in y) else np.array(y)
-    return _features_csv(path, header, columns, names), y, names
+    return _features_csv(path, header, columns, names), _target_values(y, target, path), names
+
+
+def _target_values(values, name, path):
+    """Whole numbers as int64 (class labels print as 0, 1, ...), numbers as float, else str."""
+    if all(v.strip().lstrip("+-").isdigit() for v in values):
+        return np.array([int(v) for v in values], dtype=np.int64)
+    if all(_is_float(v) for v in values):
+        return _numeric(values, name, path)
+    return np.array(values)
 
 
 def read_features(path, names):

@@ -146,3 +146,14 @@ def test_proba_of_a_regression_model_is_refused(data_dir):
     done = _run(tmp, "predict", "reg_model.npz", "X3.npy", "--proba")
     assert done.returncode == 2
     assert done.stderr.strip() == "fastgd predict: error: --proba needs a classifier; this model is a regression model"  # fmt: skip
+
+
+def test_whole_number_targets_are_integer_labels(tmp_path):
+    rows = "".join(f"{i / 10!r},{i % 3}\n" for i in range(30))
+    (tmp_path / "d.csv").write_text("x,label\n" + rows)
+    done = _run(tmp_path, "train", "d.csv", "--target", "label", "--model", "softmax",
+                "--epochs", "2", "--backend", "numpy", "--no-progress", "--out", "m.npz")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert fastgd.load(tmp_path / "m.npz").classes_.tolist() == [0, 1, 2]
+    done = _run(tmp_path, "predict", "m.npz", "d.csv", "--proba")
+    assert done.stdout.splitlines()[0] == "proba_0,proba_1,proba_2"

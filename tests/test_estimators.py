@@ -173,9 +173,10 @@ def _partial_case(est):
 
 
 @pytest.mark.parametrize("est", ESTIMATORS, ids=lambda e: type(e).__name__)
-def test_partial_fit_in_10_chunks_equals_one_epoch(est):
+def test_partial_fit_in_10_chunks_equals_one_epoch(est, backend):
     X, y = _partial_case(est)
-    params = dict(optimizer="adam", lr=1e-2, batch_size=16, shuffle=False, random_state=5)
+    params = dict(optimizer="adam", lr=1e-2, batch_size=16, shuffle=False, random_state=5,
+                  backend=backend)  # fmt: skip
     if isinstance(est, (MLPRegressor, MLPClassifier)):
         params["hidden"] = (8,)
     whole = clone(est).set_params(epochs=1, **params).fit(X, y)

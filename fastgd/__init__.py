@@ -23,6 +23,7 @@ def __getattr__(name):  # the estimators import scikit-learn only when first use
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
+
 __all__ = [
     "fit",
     "FitResult",

@@ -6,16 +6,33 @@
 
 from .api import DivergenceError, DivergenceWarning, fit
 from .backends import available_backends
-from .config import show_config
 from .diagnostics import GradientWarning
 from .network import MLP
 from .result import FitResult
+from .sysinfo import show_config
 
 __version__ = "0.1.0"
+
+_LAZY = {"LinearRegressor": "estimators", "LinearClassifier": "estimators", "MLPRegressor": "estimators", "MLPClassifier": "estimators", "save": "persistence", "load": "persistence"}  # fmt: skip
+
+
+def __getattr__(name):  # the estimators import scikit-learn only when first used
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "fit",
     "FitResult",
+    "LinearRegressor",
+    "LinearClassifier",
+    "MLPRegressor",
+    "MLPClassifier",
+    "save",
+    "load",
     "MLP",
     "GradientWarning",
     "DivergenceWarning",

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .backends.contract import NetworkModel
 from .specs import losses
 from .specs import network as net
 
@@ -154,7 +155,10 @@ class MLP:
 
 @dataclass(frozen=True)
 class NetworkSpec:
-    """A network fitted to data: layer sizes, normalization, activation, loss, init."""
+    """A network fitted to data: layer sizes, normalization, activation, loss, init.
+
+    Implements the model interface of :mod:`fastgd.specs.models`.
+    """
 
     sizes: tuple
     batch_norm: tuple
@@ -195,13 +199,24 @@ class NetworkSpec:
     def n_params(self):
         return self.layout["n_params"]
 
-    def kernel_arguments(self):
-        """``(sizes, batch_norm, activation code, net_hyper)`` as the kernels take them."""
-        return (
+    @property
+    def n_weights(self):
+        """Entries of the weight matrices: the leading block, the one penalties apply to."""
+        return self.layout["n_weights"]
+
+    @property
+    def n_trained(self):
+        """Every parameter is trained (biases included)."""
+        return self.n_params
+
+    def kernel_model(self):
+        """The :class:`~fastgd.backends.contract.NetworkModel` the kernels take."""
+        return NetworkModel(
             np.array(self.sizes, dtype=np.int64),
             np.array(self.batch_norm, dtype=np.int64),
             net.ACTIVATIONS[self.activation],
             np.array(self.net_hyper, dtype=np.float64),
+            self.loss_code,
         )
 
     def init_params(self, dtype, seed=None):

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._validation import check_features
+from .backends.shared import predict
 
 
 @dataclass
@@ -60,6 +61,8 @@ class FitResult:
     gradient_diagnosis : {None, "vanishing", "exploding"}
         Networks: whether the gradients vanished or exploded; ``gradient_message`` says
         where and what may help.
+    feature_names_in_ : ndarray of str or None
+        The column names of a pandas ``DataFrame`` X (when all of them are strings).
     """
 
     model: object
@@ -83,6 +86,7 @@ class FitResult:
     gradient_norms: np.ndarray | None = None
     gradient_diagnosis: str | None = None
     gradient_message: str | None = None
+    feature_names_in_: np.ndarray | None = None
     _single_target: bool = field(default=True, repr=False)
 
     @property
@@ -97,19 +101,15 @@ class FitResult:
 
     @property
     def is_network(self):
-        """True for a multi-layer perceptron."""
-        return self.model.name == "mlp"
+        """True for a model with layers (a multi-layer perceptron)."""
+        return self.model.n_layers > 0
 
     @property
     def named_params(self):
         """Networks: copies of every layer's parameters by name (``"dense1.weight"`` with
         shape (n_in, n_out), ``"dense1.bias"``, ``"dense1.bn_scale"``, ...); linear
         models: ``"weight"`` (n_features, n_outputs) and ``"bias"``."""
-        if self.is_network:
-            views = self.model.named(self.params, self.running)
-        else:
-            W, b = self.model.unpack(self.params)
-            views = {"weight": W, "bias": b}
+        views = self.model.named(self.params, self.running)
         return {name: view.copy() for name, view in views.items()}
 
     @property
@@ -148,14 +148,9 @@ class FitResult:
         X : array-like of shape (n_samples, n_features)
         """
         X = check_features(X, n_features=self.model.n_features, allow_1d=self.model.n_features == 1)
-        if self.is_network:
-            from .backends.numpy_network import network_predict
-
-            params = self.params.astype(X.dtype, copy=False)
-            running = self.running.astype(X.dtype, copy=False)
-            return network_predict(X, params, running, *self.model.kernel_arguments())
-        W, b = self.model.unpack(self.params)
-        return X @ W.astype(X.dtype, copy=False) + b.astype(X.dtype, copy=False)
+        params = self.params.astype(X.dtype, copy=False)
+        running = None if self.running is None else self.running.astype(X.dtype, copy=False)
+        return predict(self.model.kernel_model(), X, params, running)
 
     def predict(self, X):
         """Predicted targets (regression) or labels (classification).

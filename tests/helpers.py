@@ -3,6 +3,8 @@
 import numpy as np
 
 from fastgd import optim
+from fastgd.backends import get_backend
+from fastgd.backends.contract import Data, EpochBlock, LinearModel, State, UpdateConfig
 from fastgd.specs import losses
 from fastgd.specs import optimizers as opt_codes
 from fastgd.specs.stopping import new_stop_state
@@ -16,6 +18,7 @@ LOSS_CASES = [
 ]
 LOSS_IDS = ["mse", "mse-3-targets", "binary-ce", "categorical-ce"]
 NO_WEIGHTS = np.empty(0)  # the kernels' "all sample weights are 1" (float64)
+numpy_ref = get_backend("numpy")  # the reference backend, the oracle
 
 
 def make_problem(loss_code, k, n=300, d=7, seed=0, dtype=np.float64):
@@ -35,7 +38,7 @@ def make_problem(loss_code, k, n=300, d=7, seed=0, dtype=np.float64):
 def run_epochs(module, X, Y, loss_code, k, *, epochs=5, batch_size=32, lr=0.05, shuffle=True,
                fit_intercept=True, n_threads=1, seed=0, params=None, optimizer=None,
                weights=None, lr_epochs=None, l1=0.0, l2=0.0, power_t=0.0):  # fmt: skip
-    """Call ``module.train_epochs`` on fresh state; returns (params, history, n_done, status).
+    """Call ``module.train_epochs`` (a backend) on fresh state; returns (params, history, n_done, status).
 
     ``lr_epochs`` defaults to the optimizer's lr in every epoch; ``l1``, ``l2`` and
     ``power_t`` go into the hyperparameter vector.
@@ -58,11 +61,24 @@ def run_epochs(module, X, Y, loss_code, k, *, epochs=5, batch_size=32, lr=0.05, 
         lr_epochs = np.full(epochs, optimizer.lr)
     weights = np.empty(0, dtype=X.dtype) if weights is None else weights.astype(X.dtype)
     n_done, status = module.train_epochs(
-        X, Y, weights, params, orders, lr_epochs, epochs, loss_code, k, fit_intercept,
-        batch_size, optimizer.code, hyper, state, step_count, -np.inf, 5, new_stop_state(),
-        history, n_threads,
-    )  # fmt: skip
+        LinearModel(loss_code, k, fit_intercept),
+        Data(X, Y, weights),
+        State(params, np.zeros(0, X.dtype), state, step_count, new_stop_state()),
+        UpdateConfig(batch_size, optimizer.code, hyper, -np.inf, 5),
+        EpochBlock(orders, lr_epochs, epochs, history, np.zeros((0, 0))),
+        n_threads,
+    )
     return params, history, n_done, status
+
+
+def linear_loss(backend, X, Y, weights, params, loss_code, k, fit_intercept):
+    """``backend.loss_and_gradient`` of a linear model, arguments spelled out."""
+    return backend.loss_and_gradient(LinearModel(loss_code, k, fit_intercept), Data(X, Y, weights), params)  # fmt: skip
+
+
+def kernel_loss(backend, X, Y, weights, params, model):
+    """``backend.loss_and_gradient`` for a kernel model (e.g. ``spec.kernel_model()``)."""
+    return backend.loss_and_gradient(model, Data(X, Y, weights), params)
 
 
 def numeric_gradient(loss, params, h=1e-6):

@@ -175,13 +175,13 @@ def test_tol_rule_spans_kernel_calls(backend):
 
 def test_shuffled_blocks_match_one_call(backend, monkeypatch):
     # the epochs run in several kernel calls when the row orders exceed the budget
-    import fastgd.api
+    import fastgd.training.trainer
 
     rng = np.random.default_rng(9)
     X = rng.standard_normal((1000, 4))
     y = X @ rng.standard_normal(4)
     whole = fastgd.fit(X, y, epochs=6, seed=1, backend=backend)
-    monkeypatch.setattr(fastgd.api, "ORDER_BUDGET", 2500)  # two epochs per call
+    monkeypatch.setattr(fastgd.training.trainer, "ORDER_BUDGET", 2500)  # two epochs per call
     blocks = fastgd.fit(X, y, epochs=6, seed=1, backend=backend)
     assert np.array_equal(whole.params, blocks.params)
 
@@ -224,9 +224,9 @@ def test_user_arrays_are_not_modified_and_fitting_arrays_not_copied(backend, mon
     module = get_backend(backend)
     original = module.train_epochs
 
-    def spy(X_kernel, *args):
-        seen.append(X_kernel)
-        return original(X_kernel, *args)
+    def spy(model, data, *args):
+        seen.append(data.X)
+        return original(model, data, *args)
 
     monkeypatch.setattr(module, "train_epochs", spy)
     fastgd.fit(X, y, epochs=3, backend=backend)

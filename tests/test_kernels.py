@@ -2,9 +2,17 @@
 
 import numpy as np
 import pytest
-from helpers import LOSS_CASES, LOSS_IDS, NO_WEIGHTS, make_problem, numeric_gradient, run_epochs
+from helpers import (
+    LOSS_CASES,
+    LOSS_IDS,
+    NO_WEIGHTS,
+    linear_loss,
+    make_problem,
+    numeric_gradient,
+    numpy_ref,
+    run_epochs,
+)
 
-from fastgd.backends import numpy_ref
 from fastgd.specs import losses, stopping
 
 
@@ -16,9 +24,9 @@ def test_reference_gradient_matches_finite_differences(loss_code, k, fit_interce
     weights = np.random.default_rng(5).uniform(0.0, 3.0, size=50) if weighted else NO_WEIGHTS
 
     def loss(p):
-        return numpy_ref.loss_and_gradient(X, Y, weights, p, loss_code, k, fit_intercept)[0]
+        return linear_loss(numpy_ref, X, Y, weights, p, loss_code, k, fit_intercept)[0]
 
-    _, grad = numpy_ref.loss_and_gradient(X, Y, weights, params, loss_code, k, fit_intercept)
+    _, grad = linear_loss(numpy_ref, X, Y, weights, params, loss_code, k, fit_intercept)
     numeric = numeric_gradient(loss, params)
     n_weights = X.shape[1] * k
     np.testing.assert_allclose(grad[:n_weights], numeric[:n_weights], rtol=1e-6, atol=1e-8)
@@ -31,14 +39,14 @@ def test_reference_gradient_matches_finite_differences(loss_code, k, fit_interce
 def test_reference_losses_have_known_values():
     X = np.zeros((2, 1))
     params = np.array([0.0, 0.0])  # z = 0 for every sample
-    loss, _ = numpy_ref.loss_and_gradient(
-        X, np.array([[1.0], [3.0]]), NO_WEIGHTS, params, losses.MSE, 1, True
+    loss, _ = linear_loss(
+        numpy_ref, X, np.array([[1.0], [3.0]]), NO_WEIGHTS, params, losses.MSE, 1, True
     )
     assert loss == pytest.approx((1 + 9) / 2)
-    loss, _ = numpy_ref.loss_and_gradient(X, np.array([[1.0], [0.0]]), NO_WEIGHTS, params, losses.BINARY_CROSS_ENTROPY, 1, True)  # fmt: skip
+    loss, _ = linear_loss(numpy_ref, X, np.array([[1.0], [0.0]]), NO_WEIGHTS, params, losses.BINARY_CROSS_ENTROPY, 1, True)  # fmt: skip
     assert loss == pytest.approx(np.log(2))
     params3 = np.zeros(3 + 3)
-    loss, _ = numpy_ref.loss_and_gradient(X, np.array([[2.0], [0.0]]), NO_WEIGHTS, params3, losses.CATEGORICAL_CROSS_ENTROPY, 3, True)  # fmt: skip
+    loss, _ = linear_loss(numpy_ref, X, np.array([[2.0], [0.0]]), NO_WEIGHTS, params3, losses.CATEGORICAL_CROSS_ENTROPY, 3, True)  # fmt: skip
     assert loss == pytest.approx(np.log(3))
 
 
@@ -48,10 +56,10 @@ def test_cross_entropy_is_finite_for_extreme_decision_values(backend):
     module = get_backend(backend)
     X = np.array([[1.0], [-1.0]])
     huge = np.array([800.0, 0.0])  # z = +-800: exp(800) overflows
-    loss, grad = module.loss_and_gradient(X, np.array([[0.0], [1.0]]), NO_WEIGHTS, huge, losses.BINARY_CROSS_ENTROPY, 1, True)  # fmt: skip
+    loss, grad = linear_loss(module, X, np.array([[0.0], [1.0]]), NO_WEIGHTS, huge, losses.BINARY_CROSS_ENTROPY, 1, True)  # fmt: skip
     assert loss == pytest.approx(800.0) and np.all(np.isfinite(grad))
     params = np.array([800.0, -800.0, 0.0, 0.0])
-    loss, grad = module.loss_and_gradient(X, np.array([[1.0], [0.0]]), NO_WEIGHTS, params, losses.CATEGORICAL_CROSS_ENTROPY, 2, True)  # fmt: skip
+    loss, grad = linear_loss(module, X, np.array([[1.0], [0.0]]), NO_WEIGHTS, params, losses.CATEGORICAL_CROSS_ENTROPY, 2, True)  # fmt: skip
     assert loss == pytest.approx(1600.0) and np.all(np.isfinite(grad))
 
 
@@ -59,11 +67,11 @@ def test_cross_entropy_is_finite_for_extreme_decision_values(backend):
 @pytest.mark.parametrize("fit_intercept", [True, False])
 def test_backend_gradient_matches_reference(compiled_backend, loss_code, k, fit_intercept):
     X, Y, params = make_problem(loss_code, k, n=3000, d=30)  # large enough for parallel chunks
-    expected_loss, expected = numpy_ref.loss_and_gradient(
-        X, Y, NO_WEIGHTS, params, loss_code, k, fit_intercept
+    expected_loss, expected = linear_loss(
+        numpy_ref, X, Y, NO_WEIGHTS, params, loss_code, k, fit_intercept
     )
-    loss, grad = compiled_backend.loss_and_gradient(
-        X, Y, NO_WEIGHTS, params, loss_code, k, fit_intercept
+    loss, grad = linear_loss(
+        compiled_backend, X, Y, NO_WEIGHTS, params, loss_code, k, fit_intercept
     )
     assert loss == pytest.approx(expected_loss, rel=1e-12)
     np.testing.assert_allclose(grad, expected, rtol=1e-10, atol=1e-13)

@@ -4,11 +4,11 @@ import warnings
 
 import numpy as np
 import pytest
-from helpers import numeric_gradient
+from helpers import kernel_loss, numeric_gradient, numpy_ref
 
 import fastgd
 from fastgd import optim
-from fastgd.backends import numpy_ref
+from fastgd.backends.contract import Data, EpochBlock, State, UpdateConfig
 from fastgd.specs import losses
 from fastgd.specs import optimizers as opt_codes
 from fastgd.specs.stopping import MAX_EPOCHS, new_stop_state
@@ -42,7 +42,7 @@ def _spec(task, d=5, hidden=(7, 6), **kwargs):
 
 def _train(module, X, Y, spec, *, epochs=3, batch_size=32, optimizer=None, seed=0, n_threads=1,
            weights=None, l1=0.0, l2=0.0, clip_norm=0.0, shuffle=True):  # fmt: skip
-    """Run ``module.network_train_epochs`` from the spec's initialization."""
+    """Run ``module.train_epochs`` (a backend) from the spec's initialization."""
     params, running = spec.init_params(X.dtype, seed)
     optimizer = optimizer or optim.Adam(lr=0.01)
     hyper = optimizer.hyperparameters()
@@ -54,11 +54,14 @@ def _train(module, X, Y, spec, *, epochs=3, batch_size=32, optimizer=None, seed=
     history = np.full(epochs, np.nan)
     norms = np.zeros((epochs, spec.n_layers))
     weights = np.empty(0, X.dtype) if weights is None else weights.astype(X.dtype)
-    n_done, status = module.network_train_epochs(
-        X, Y, weights, params, running, orders, np.full(epochs, optimizer.lr), epochs,
-        *spec.kernel_arguments(), spec.loss_code, batch_size, optimizer.code, hyper, state,
-        np.zeros(1, np.int64), -np.inf, 5, new_stop_state(), history, norms, n_threads,
-    )  # fmt: skip
+    n_done, status = module.train_epochs(
+        spec.kernel_model(),
+        Data(X, Y, weights),
+        State(params, running, state, np.zeros(1, np.int64), new_stop_state()),
+        UpdateConfig(batch_size, optimizer.code, hyper, -np.inf, 5),
+        EpochBlock(orders, np.full(epochs, optimizer.lr), epochs, history, norms),
+        n_threads,
+    )
     return params, running, history, norms, n_done, status
 
 
@@ -71,12 +74,12 @@ def test_reference_gradient_matches_finite_differences(activation, batch_norm, t
     params, _ = spec.init_params(np.float64, 0)
     params += 0.1 * np.random.default_rng(1).standard_normal(params.size)  # off the init
     weights = np.random.default_rng(2).uniform(0.0, 2.0, size=20)
-    args = (*spec.kernel_arguments(), spec.loss_code)
+    model = spec.kernel_model()
 
     def loss(p):
-        return numpy_ref.network_loss_and_gradient(X, Y, weights, p, *args)[0]
+        return kernel_loss(numpy_ref, X, Y, weights, p, model)[0]
 
-    _, grad = numpy_ref.network_loss_and_gradient(X, Y, weights, params, *args)
+    _, grad = kernel_loss(numpy_ref, X, Y, weights, params, model)
     np.testing.assert_allclose(grad, numeric_gradient(loss, params), rtol=1e-5, atol=1e-8)
 
 
@@ -86,9 +89,9 @@ def test_backend_gradient_matches_reference(compiled_backend, batch_norm, task):
     X, Y = _problem(task, n=700, d=9)  # large enough for parallel chunks
     spec = _spec(task, d=9, hidden=(40, 30), batch_norm=batch_norm, activation="tanh")
     params, _ = spec.init_params(np.float64, 0)
-    args = (*spec.kernel_arguments(), spec.loss_code)
-    expected = numpy_ref.network_loss_and_gradient(X, Y, np.empty(0), params, *args)
-    loss, grad = compiled_backend.network_loss_and_gradient(X, Y, np.empty(0), params, *args)
+    model = spec.kernel_model()
+    expected = kernel_loss(numpy_ref, X, Y, np.empty(0), params, model)
+    loss, grad = kernel_loss(compiled_backend, X, Y, np.empty(0), params, model)
     assert loss == pytest.approx(expected[0], rel=1e-12)
     np.testing.assert_allclose(grad, expected[1], rtol=1e-9, atol=1e-13)
 

@@ -4,11 +4,11 @@ import math
 
 import numpy as np
 import pytest
-from helpers import LOSS_CASES, LOSS_IDS, make_problem, run_epochs
+from helpers import LOSS_CASES, LOSS_IDS, make_problem, numpy_ref, run_epochs
 
 import fastgd
 from fastgd import optim
-from fastgd.backends import numpy_ref
+from fastgd.backends.numpy import update as numpy_update
 from fastgd.specs import losses, stopping
 from fastgd.specs import optimizers as opt_codes
 
@@ -34,7 +34,7 @@ def _steps(optimizer, p0, grads):
     state = optimizer.new_state(1, np.float64)
     out = []
     for t, g in enumerate(grads, start=1):
-        numpy_ref.optimizer_step(params, np.array([g]), 1, optimizer.code, optimizer.hyperparameters(), state, t)  # fmt: skip
+        numpy_update.optimizer_step(params, np.array([g]), 1, optimizer.code, optimizer.hyperparameters(), state, t)  # fmt: skip
         out.append(params[0])
     return out
 
@@ -212,14 +212,14 @@ def test_clip_gradient_by_hand():
     hyper = optim.SGD().hyperparameters()
     hyper[opt_codes.CLIP_NORM] = 1.0
     grad = np.array([3.0, -4.0, 100.0])  # the last entry is an untrained intercept
-    numpy_ref.clip_gradient(grad, 2, hyper)
+    numpy_update.clip_gradient(grad, 2, hyper)
     np.testing.assert_allclose(grad, [3.0 / (5 + 1e-6), -4.0 / (5 + 1e-6), 100.0])
     hyper[opt_codes.CLIP_VALUE] = 2.0  # value first: [2, -2], norm sqrt(8) > 1
     grad = np.array([3.0, -4.0])
-    numpy_ref.clip_gradient(grad, 2, hyper)
+    numpy_update.clip_gradient(grad, 2, hyper)
     np.testing.assert_allclose(grad, np.array([2.0, -2.0]) / (np.sqrt(8) + 1e-6))
     grad = np.array([0.3, -0.4])  # norm 0.5 < 1 and below the value bound: unchanged
-    numpy_ref.clip_gradient(grad, 2, hyper)
+    numpy_update.clip_gradient(grad, 2, hyper)
     np.testing.assert_array_equal(grad, [0.3, -0.4])
 
 

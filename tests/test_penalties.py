@@ -2,11 +2,11 @@
 
 import numpy as np
 import pytest
-from helpers import LOSS_CASES, LOSS_IDS, make_problem, run_epochs
+from helpers import LOSS_CASES, LOSS_IDS, linear_loss, make_problem, numpy_ref, run_epochs
 
 import fastgd
 from fastgd import optim
-from fastgd.backends import get_backend, numpy_ref
+from fastgd.backends import get_backend
 from fastgd.specs import losses
 
 PENALTIES = {"l2": dict(l2=0.05), "l1": dict(l1=0.02), "elasticnet": dict(l1=0.01, l2=0.03)}
@@ -162,8 +162,8 @@ def test_weighted_early_stopping_and_float32():
     val = result.validation_rows
     module = get_backend(result.backend)
     w_val = (weights[val] / weights[val].mean()).astype(np.float32)
-    loss, _ = module.loss_and_gradient(
-        X[val], y[val].reshape(-1, 1), w_val, result.params, losses.MSE, 1, True
+    loss, _ = linear_loss(
+        module, X[val], y[val].reshape(-1, 1), w_val, result.params, losses.MSE, 1, True
     )
     assert loss == pytest.approx(result.validation_loss_history[result.best_epoch], rel=1e-5)
 

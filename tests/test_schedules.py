@@ -4,11 +4,10 @@ import math
 
 import numpy as np
 import pytest
-from helpers import LOSS_CASES, LOSS_IDS, make_problem, run_epochs
+from helpers import LOSS_CASES, LOSS_IDS, make_problem, numpy_ref, run_epochs
 
 import fastgd
 from fastgd import optim
-from fastgd.backends import numpy_ref
 from fastgd.schedules import (
     Constant,
     CosineAnnealing,

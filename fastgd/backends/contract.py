@@ -197,7 +197,7 @@ class Backend(Protocol):
         """
 
 
-@dataclass(frozen=True)
+@dataclass
 class ModuleBackend:
     """A backend made of one module per model kind, chosen by the kernel model's type.
 

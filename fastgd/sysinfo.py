@@ -28,7 +28,7 @@ def show_config(file=None):
         "platform": platform.platform(),
         "numpy": np.__version__,
         "backends available": ", ".join(available_backends()),
-        "default backend": get_backend("auto").NAME,
+        "default backend": get_backend("auto").name,
     }
     for name in BACKENDS:
         reason = unavailable_reason(name)
@@ -43,7 +43,9 @@ def show_config(file=None):
     except ImportError:
         pass
     if "cython" in available_backends():
-        info["cython kernels built with OpenMP"] = get_backend("cython").openmp_enabled()
+        from .backends.cython import openmp_enabled
+
+        info["cython kernels built with OpenMP"] = openmp_enabled()
     try:
         from threadpoolctl import threadpool_info
 

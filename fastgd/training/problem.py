@@ -1,0 +1,163 @@
+"""What to train on: validated data, the model spec it implies, the validation split, and
+the initial training state (fresh or warm-started)."""
+
+import numbers
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import _validation as v
+from .._pandas import frames_to_arrays
+from ..backends.contract import Data, State
+from ..network import MLP
+from ..specs import stopping
+from ..specs.models import LINEAR_MODELS, LinearModelSpec
+
+
+@dataclass(frozen=True)
+class Problem:
+    """The model spec, the training rows and, with early stopping, the held-out rows."""
+
+    spec: object
+    data: Data
+    classes: np.ndarray | None
+    validation: Data | None
+    validation_rows: np.ndarray | None
+    single_target: bool
+    feature_names: np.ndarray | None = None
+
+
+def check_model(model):
+    """Reject what is neither a linear-family name nor a :class:`fastgd.MLP`."""
+    if not isinstance(model, MLP) and (not isinstance(model, str) or model not in LINEAR_MODELS):
+        raise ValueError(
+            f"model must be one of {', '.join(map(repr, LINEAR_MODELS))} or a fastgd.MLP; "
+            f"got {model!r}"
+        )
+
+
+def prepare_problem(X, y, model, arguments):
+    """Validate the data and build the model spec (``arguments``: fit's keywords).
+
+    Returns
+    -------
+    Problem
+    """
+    X, y, feature_names = frames_to_arrays(X, y)  # pandas: arrays and column names
+    X = v.check_features(X)
+    n, d = X.shape
+    kind = model
+    if isinstance(model, MLP):
+        kind = "linear" if model.task == "regression" else "softmax"
+    Y, classes = v.check_targets(y, n, kind, X.dtype, arguments["classes"])
+    if isinstance(model, MLP) and classes is not None:
+        _check_network_labels(classes)
+    weights = v.check_sample_weight(arguments["sample_weight"], n, X.dtype)
+    seed = arguments["seed"]
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+        raise ValueError(f"seed must be None or an integer; got {seed!r}")
+    data, validation, rows = Data(X, Y, weights), None, None
+    if arguments["early_stopping"]:
+        rows = _validation_split(n, arguments["validation_fraction"], seed)
+        data, validation = _split(data, rows)
+    if data.weights.size:
+        data = data._replace(weights=_mean_one(data.weights, "the training rows"))
+    spec = _model_spec(model, d, Y, classes, arguments["fit_intercept"])
+    single = spec.task != "regression" or np.ndim(y) == 1
+    return Problem(spec, data, classes, validation, rows, single, feature_names)
+
+
+def _model_spec(model, d, Y, classes, fit_intercept):
+    if isinstance(model, MLP):
+        return model.spec(d, Y.shape[1], None if classes is None else len(classes))
+    if model == "linear":
+        n_outputs = Y.shape[1]
+    else:
+        n_outputs = 1 if model == "logistic" else len(classes)
+    return LinearModelSpec(model, d, n_outputs, bool(fit_intercept))
+
+
+def initial_state(problem, optimizer, seed, init):
+    """Fresh parameters and optimizer state, or those of ``init`` (a warm start).
+
+    Returns
+    -------
+    State
+    """
+    spec, dtype = problem.spec, problem.data.X.dtype
+    params, running = spec.init_params(dtype, seed)
+    state = State(
+        params, running, optimizer.new_state(spec.n_params, dtype), np.zeros(1, dtype=np.int64),
+        stopping.new_stop_state(),
+    )  # fmt: skip
+    if init is not None:
+        _warm_start(init, problem, optimizer, state)
+    return state
+
+
+def _warm_start(init, problem, optimizer, state):
+    """Copy parameters (and optimizer state of the same kind) from an earlier FitResult."""
+    from ..result import FitResult
+
+    spec, classes = problem.spec, problem.classes
+    if not isinstance(init, FitResult):
+        raise ValueError(f"init must be a FitResult from fastgd.fit; got {type(init).__name__}")
+    if init.model != spec:
+        raise ValueError(f"init was fit for {init.model}, which does not match {spec}")
+    if (init.classes_ is None) != (classes is None) or (
+        classes is not None and not np.array_equal(init.classes_, classes)
+    ):
+        raise ValueError(f"init was fit on classes {init.classes_}, but y has {classes}")
+    state.params[:] = init.params
+    if init.running is not None:
+        state.running[:] = init.running
+    if type(init.optimizer) is type(optimizer) and init.optimizer_state is not None:
+        state.opt_state[:] = init.optimizer_state
+        state.step_count[0] = init.n_updates
+
+
+def _mean_one(weights, rows):
+    """Sample weights rescaled to mean 1 (the kernels average ``weight * loss`` over rows)."""
+    mean = weights.mean(dtype=np.float64)
+    if mean == 0.0:
+        raise ValueError(f"sample_weight is zero on all of {rows}")
+    return (weights / mean).astype(weights.dtype)
+
+
+def _check_network_labels(classes):
+    """A classifier network on float targets that are not whole numbers is a likely mistake."""
+    labels = np.asarray(classes)
+    if labels.dtype.kind == "f" and not np.all(labels == np.round(labels)):
+        raise ValueError(
+            "y holds non-integer float values, but MLP(task='classification') needs class "
+            "labels; for a regression network use fastgd.MLP(..., task='regression')"
+        )
+
+
+def _validation_split(n, validation_fraction, seed):
+    """Sorted indices of the rows held out for early stopping."""
+    if (
+        isinstance(validation_fraction, bool)
+        or not isinstance(validation_fraction, (int, float, np.floating))
+        or not 0.0 < validation_fraction < 1.0
+    ):
+        raise ValueError(f"validation_fraction must be in (0, 1); got {validation_fraction!r}")
+    n_validation = int(np.ceil(validation_fraction * n))
+    if n_validation >= n:
+        raise ValueError(
+            f"validation_fraction={validation_fraction} of {n} samples leaves none to train on"
+        )
+    rng = np.random.default_rng(None if seed is None else [int(seed), 1])
+    return np.sort(rng.permutation(n)[:n_validation])
+
+
+def _split(data, validation_rows):
+    """Training and validation :class:`Data` (validation weights rescaled to mean 1)."""
+    X, Y, weights = data
+    train_rows = np.setdiff1d(np.arange(X.shape[0]), validation_rows)
+    held_out = weights
+    if weights.size:
+        held_out = _mean_one(weights[validation_rows], "the held-out validation rows")
+        weights = weights[train_rows]
+    validation = Data(X[validation_rows], Y[validation_rows], held_out)
+    return Data(X[train_rows], Y[train_rows], weights), validation

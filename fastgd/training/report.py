@@ -1,0 +1,91 @@
+"""The end of a run: gradient diagnosis, divergence report, and the :class:`FitResult`."""
+
+import warnings
+
+import numpy as np
+
+from ..diagnostics import GradientWarning, diagnose_gradients
+from ..result import FitResult
+from ..specs import stopping
+from .observers import EarlyStopping
+
+
+class DivergenceWarning(RuntimeWarning):
+    """Training stopped because the loss or the parameters became NaN or infinite."""
+
+
+class DivergenceError(FloatingPointError):
+    """Raised instead of :class:`DivergenceWarning` when ``on_divergence="raise"``."""
+
+
+def finish(problem, options, run, backend, observers, mlp=None):
+    """Warn about gradients and divergence, and build the :class:`FitResult`.
+
+    Parameters
+    ----------
+    problem, options
+        The run's :class:`~fastgd.training.problem.Problem` and
+        :class:`~fastgd.training.options.Options`.
+    run : fastgd.training.trainer.Run
+        The finished run.
+    backend : fastgd.backends.contract.Backend
+        The backend that ran it.
+    observers : list
+        The run's observers (early stopping's history and best epoch are reported).
+    mlp : fastgd.MLP, optional
+        The network the user asked for (the diagnosis names its settings).
+    """
+    diverged = run.status == stopping.DIVERGED
+    diagnosis, message = None, None
+    if problem.spec.n_layers:
+        diagnosis, message = diagnose_gradients(
+            run.grad_norms[: run.done], diverged, mlp, options.optimizer.lr, options.hyper
+        )
+        if diagnosis is not None:
+            warnings.warn(message, GradientWarning, stacklevel=3)
+    if diverged:
+        _report_divergence(run, options)
+    early = next((o for o in observers if isinstance(o, EarlyStopping)), None)
+    return _result(problem, options, run, backend.name, early, (diagnosis, message))
+
+
+def _report_divergence(run, options):
+    done = run.done
+    message = (
+        f"training diverged at epoch {done - 1}: the loss became {run.history[done - 1]} "
+        f"(or a parameter became NaN/inf) with lr={options.optimizer.lr:g}. The last finite "
+        f"parameters, {f'from the end of epoch {done - 2}' if done > 1 else 'the initial ones'}, "
+        "were kept. Try a smaller learning rate, or standardize the features."
+    )
+    if options.on_divergence == "raise":
+        raise DivergenceError(message)
+    warnings.warn(message, DivergenceWarning, stacklevel=4)
+
+
+def _result(problem, options, run, backend_name, early, diagnosis):
+    state, done, network = run.state, run.done, problem.spec.n_layers > 0
+    return FitResult(
+        model=problem.spec,
+        params=state.params,
+        classes_=problem.classes,
+        loss_history=run.history[:done].copy(),
+        lr_history=run.lr_history[:done].copy(),
+        n_epochs=done,
+        stop_reason=run.stop_reason,
+        backend=backend_name,
+        n_threads=options.n_threads,
+        compile_time=run.compile_time,
+        train_time=run.train_time,
+        optimizer=options.optimizer,
+        optimizer_state=state.opt_state,
+        n_updates=int(state.step_count[0]),
+        validation_loss_history=None if early is None else np.array(early.history),
+        best_epoch=None if early is None else early.best_epoch,
+        validation_rows=problem.validation_rows,
+        running=state.running if network else None,
+        gradient_norms=run.grad_norms[:done].copy() if network else None,
+        gradient_diagnosis=diagnosis[0],
+        gradient_message=diagnosis[1],
+        feature_names_in_=problem.feature_names,
+        _single_target=problem.single_target,
+    )

@@ -1,0 +1,108 @@
+"""The epoch loop: blocks of epochs in one compiled call each, observers in between.
+
+The kernels run whole blocks of epochs (forward, gradient, update over every mini-batch);
+Python runs between blocks only: it draws the row orders (NumPy's generator, so every
+backend sees the same batches), evaluates the learning-rate schedule per epoch, and tells
+the observers (:mod:`fastgd.training.observers`).
+"""
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..backends.contract import EpochBlock, UpdateConfig
+from ..specs import stopping
+from .observers import block_size
+
+# Shuffled row orders are drawn in Python and handed to the kernel for a block of epochs
+# at a time; this bounds the int64 entries held at once (32 MB).
+ORDER_BUDGET = 4_000_000
+
+
+@dataclass
+class Run:
+    """The state of a training run as observers see it after each kernel call."""
+
+    state: object
+    history: np.ndarray
+    lr_history: np.ndarray
+    grad_norms: np.ndarray
+    done: int = 0
+    ran: int = 0
+    status: int = stopping.MAX_EPOCHS
+    stop_reason: str | None = None
+    validation_loss: float | None = None
+    compile_time: float = 0.0
+    train_time: float = 0.0
+
+
+def train(backend, problem, options, state, rates, observers):
+    """Run ``fit``'s training loop on ``backend``; returns the :class:`Run`.
+
+    Parameters
+    ----------
+    backend : fastgd.backends.contract.Backend
+    problem : fastgd.training.problem.Problem
+    options : fastgd.training.options.Options
+    state : fastgd.backends.contract.State
+        Updated in place.
+    rates : fastgd.schedules rate source
+        The learning-rate schedule started for this run (``schedule.start(lr)``).
+    observers : list of fastgd.training.observers.Observer
+    """
+    spec, data, epochs = problem.spec, problem.data, options.epochs
+    shape = (epochs, spec.n_layers) if spec.n_layers else (0, 0)
+    run = Run(state, np.empty(epochs), np.empty(epochs), np.zeros(shape))
+    # early stopping's validation rule replaces the kernel's training-loss rule
+    tol = -np.inf if options.early_stopping else options.tol
+    update = UpdateConfig(
+        options.batch_size, options.optimizer.code, options.hyper, tol, options.n_iter_no_change
+    )
+    call = _kernel_call(backend, spec.kernel_model(), data, state, update, options.n_threads)
+    # a zero-epoch call compiles (or loads from the disk cache) the kernels for exactly these
+    # argument types, so compilation is timed apart from training
+    started = time.perf_counter()
+    call(run, 0, np.empty((0, 0), dtype=np.int64), rates)
+    run.compile_time = time.perf_counter() - started
+    started = time.perf_counter()
+    _epoch_blocks(run, call, data.X.shape[0], options, rates, observers)
+    run.train_time = time.perf_counter() - started
+    for observer in observers:
+        observer.finish(run)
+    return run
+
+
+def _kernel_call(backend, kernel_model, data, state, update, n_threads):
+    """``call(run, n_epochs, orders, rates)``: one kernel call from epoch ``run.done``."""
+
+    def call(run, n_epochs, orders, rates):
+        first = run.done
+        if n_epochs:
+            run.lr_history[first : first + n_epochs] = rates.rates(first, n_epochs)
+        block = EpochBlock(
+            orders, run.lr_history[first:], n_epochs, run.history[first:], run.grad_norms[first:]
+        )
+        return backend.train_epochs(kernel_model, data, state, update, block, n_threads)
+
+    return call
+
+
+def _epoch_blocks(run, call, n, options, rates, observers):
+    """Kernel calls until every epoch ran, the kernel stopped, or an observer stopped."""
+    shuffled = options.shuffle and options.batch_size < n
+    rng = np.random.default_rng(options.seed)
+    no_orders = np.empty((0, 0), dtype=np.int64)
+    default = max(1, ORDER_BUDGET // n) if shuffled else options.epochs
+    block = block_size(observers, options.epochs, default)
+    while run.done < options.epochs and run.status == stopping.MAX_EPOCHS and not run.stop_reason:
+        count = min(block, options.epochs - run.done)
+        orders = np.stack([rng.permutation(n) for _ in range(count)]) if shuffled else no_orders
+        run.ran, run.status = call(run, count, orders, rates)
+        run.done += run.ran
+        run.validation_loss = None
+        for observer in observers:
+            # a later observer's reason wins: the user's callback, last, names the stop
+            run.stop_reason = observer.after_block(run) or run.stop_reason
+    if not run.stop_reason:
+        run.stop_reason = stopping.REASONS[run.status]

@@ -48,6 +48,10 @@ SINGLE = 0
 SERIAL = 1
 PARALLEL = 2
 PER_SAMPLE = 3
+# output shapes (closure constants too)
+ONE_FEATURE = 0  # one feature, one output
+ONE_OUTPUT = 1
+SEVERAL = 2
 
 
 @njit(inline="always", **NUMBA_OPTIONS)
@@ -100,43 +104,6 @@ def _one_feature_rows(X, Y, weights, params, order, lo, hi, loss_code, shuffled,
 
 
 @njit(inline="always", **NUMBA_OPTIONS)
-def _single_output_rows(X, Y, weights, params, order, shuffled, lo, hi, loss_code, G, chunk):
-    """Gradient sums of rows ``lo:hi`` of a one-output model (``k == 1``) into ``G[chunk]``.
-
-    Returns their loss. One pass: per row the decision value, its loss and dloss/dz, and
-    the gradient terms added while the row is still in L1 cache. Unlike the blocked path of
-    :func:`_chunk_gradient` no decision value goes through the Z buffer, and with one
-    feature the gradient is summed in registers: the general loop carries it from row to
-    row through memory, and its two one-trip inner loops cost more than the arithmetic.
-    """
-    d = X.shape[1]
-    weighted = weights.shape[0] > 0
-    loss = 0.0
-    if d == 1:
-        # Called with constant arguments, the loop of a full batch of least squares has no
-        # per-row branch left and is vectorized: 0.5 instead of 5 ns per row (measured).
-        # Cross-entropy rows cost ~50 ns in exp and log1p; they take the general call.
-        if loss_code == MSE and not shuffled and not weighted:
-            sums = _one_feature_rows(X, Y, weights, params, order, lo, hi, MSE, False, False)
-        else:
-            sums = _one_feature_rows(
-                X, Y, weights, params, order, lo, hi, loss_code, shuffled, weighted
-            )
-        G[chunk, 0], G[chunk, 1] = sums[1], sums[2]
-        return sums[0]
-    for j in range(d + 1):
-        G[chunk, j] = 0.0
-    for r in range(lo, hi):
-        i = order[r] if shuffled else r
-        row_loss, dz = _single_output_row(X, Y, weights, params, i, loss_code, weighted)
-        loss += row_loss
-        for j in range(d):
-            G[chunk, j] += dz * X[i, j]
-        G[chunk, d] += dz
-    return loss
-
-
-@njit(inline="always", **NUMBA_OPTIONS)
 def _backward_block(X, order, shuffled, lo, hi, k, Z, chunk, G):
     """Add ``x * dloss/dz`` (weights) and ``dloss/dz`` (intercepts) of rows ``lo:hi`` to G."""
     d = X.shape[1]
@@ -151,26 +118,74 @@ def _backward_block(X, order, shuffled, lo, hi, k, Z, chunk, G):
             G[chunk, bias + c] += Z[chunk, r - lo, c]
 
 
-def _chunk_gradient(data, params, order, shuffled, start, stop, n_chunks, chunk, loss_code, k, G, Z):  # fmt: skip
-    """Sum the per-sample gradients of one chunk of the batch ``start:stop`` into ``G[chunk]``.
+@njit(inline="always", **NUMBA_OPTIONS)
+def _chunk_rows(start, stop, n_chunks, chunk):
+    """Rows ``lo:hi`` of chunk ``chunk`` of the batch ``start:stop``."""
+    size = stop - start
+    return start + (chunk * size) // n_chunks, start + ((chunk + 1) * size) // n_chunks
 
-    One output: row by row (:func:`_single_output_rows`). Several: the chunk is walked in
-    blocks of ``Z.shape[1]`` rows: decision values, loss derivatives, then gradient
-    accumulation; a block's rows of X are still in cache for the last step, so X is
-    streamed from memory once. ``G[chunk, n_params]`` receives the summed loss. Arrays are
-    indexed, never sliced, in per-row code: a slice is a new array whose reference count
-    Numba updates atomically (~50 ns per row, measured).
+
+# The chunk functions below share one signature: they sum the per-sample gradients of
+# chunk ``chunk`` of the batch ``start:stop`` into ``G[chunk, :n_params]`` and its summed
+# loss into ``G[chunk, n_params]``. Arrays are indexed, never sliced, in per-row code: a
+# slice is a new array whose reference count Numba updates atomically (~50 ns per row).
+
+
+@njit(inline="always", **NUMBA_OPTIONS)
+def _one_feature_chunk(data, params, order, shuffled, start, stop, n_chunks, chunk, loss_code, k, G, Z):  # fmt: skip
+    """Chunk gradient with one feature and one output: ``(w, b)`` summed in registers.
+
+    The general loop carries the gradient from row to row through memory, and its two
+    one-trip inner loops cost more than the arithmetic.
     """
     X, Y, weights = data.X, data.Y, data.weights
+    lo, hi = _chunk_rows(start, stop, n_chunks, chunk)
+    weighted = weights.shape[0] > 0
+    # Called with constant arguments, the loop of a full batch of least squares has no
+    # per-row branch left and is vectorized: 0.5 instead of 5 ns per row (measured).
+    # Cross-entropy rows cost ~50 ns in exp and log1p; they take the general call.
+    if loss_code == MSE and not shuffled and not weighted:
+        sums = _one_feature_rows(X, Y, weights, params, order, lo, hi, MSE, False, False)
+    else:
+        sums = _one_feature_rows(X, Y, weights, params, order, lo, hi, loss_code, shuffled, weighted)  # fmt: skip
+    G[chunk, 0], G[chunk, 1] = sums[1], sums[2]
+    G[chunk, 2] = sums[0]
+
+
+@njit(inline="always", **NUMBA_OPTIONS)
+def _one_output_chunk(data, params, order, shuffled, start, stop, n_chunks, chunk, loss_code, k, G, Z):  # fmt: skip
+    """Chunk gradient of a one-output model, in one pass over the rows.
+
+    Per row the decision value, its loss and dloss/dz, and the gradient terms added while
+    the row is still in L1 cache; no decision value goes through the Z buffer.
+    """
+    X, Y, weights = data.X, data.Y, data.weights
+    lo, hi = _chunk_rows(start, stop, n_chunks, chunk)
+    d = X.shape[1]
+    weighted = weights.shape[0] > 0
+    loss = 0.0
+    for j in range(d + 1):
+        G[chunk, j] = 0.0
+    for r in range(lo, hi):
+        i = order[r] if shuffled else r
+        row_loss, dz = _single_output_row(X, Y, weights, params, i, loss_code, weighted)
+        loss += row_loss
+        for j in range(d):
+            G[chunk, j] += dz * X[i, j]
+        G[chunk, d] += dz
+    G[chunk, d + 1] = loss
+
+
+@njit(inline="always", **NUMBA_OPTIONS)
+def _several_chunk(data, params, order, shuffled, start, stop, n_chunks, chunk, loss_code, k, G, Z):  # fmt: skip
+    """Chunk gradient of a ``k``-output model, in blocks of ``Z.shape[1]`` rows.
+
+    Per block: decision values, loss derivatives, then gradient accumulation; a block's
+    rows of X are still in cache for the last step, so X is streamed from memory once.
+    """
+    X, Y, weights = data.X, data.Y, data.weights
+    lo, hi = _chunk_rows(start, stop, n_chunks, chunk)
     bias = X.shape[1] * k
-    size = stop - start
-    lo = start + (chunk * size) // n_chunks
-    hi = start + ((chunk + 1) * size) // n_chunks
-    if k == 1:
-        G[chunk, bias + k] = _single_output_rows(
-            X, Y, weights, params, order, shuffled, lo, hi, loss_code, G, chunk
-        )
-        return
     for j in range(bias + k):
         G[chunk, j] = 0.0
     loss = 0.0
@@ -183,65 +198,58 @@ def _chunk_gradient(data, params, order, shuffled, start, stop, n_chunks, chunk,
     G[chunk, bias + k] = loss
 
 
-# Inlined into the serial kernels; compiled on its own (once per dtype) as the body of
-# the parallel loop, which then stays small: the parallel region compiles in less time.
-_chunk_inline = njit(inline="always", **NUMBA_OPTIONS)(_chunk_gradient)
-_chunk_call = njit(**NUMBA_OPTIONS)(_chunk_gradient)
+@njit(**NUMBA_OPTIONS)
+def _chunk_gradient(data, params, order, shuffled, start, stop, n_chunks, chunk, loss_code, k, G, Z):  # fmt: skip
+    """Any chunk function, chosen at run time: the body of the parallel loop.
+
+    Compiled on its own (not inlined), once per dtype, so the parallel region stays small
+    and compiles faster; a call per chunk of at least MIN_ROWS_PER_CHUNK rows is free.
+    """
+    if k > 1:
+        _several_chunk(data, params, order, shuffled, start, stop, n_chunks, chunk, loss_code, k, G, Z)  # fmt: skip
+    elif data.X.shape[1] == 1:
+        _one_feature_chunk(data, params, order, shuffled, start, stop, n_chunks, chunk, loss_code, k, G, Z)  # fmt: skip
+    else:
+        _one_output_chunk(data, params, order, shuffled, start, stop, n_chunks, chunk, loss_code, k, G, Z)  # fmt: skip
 
 
 @njit(parallel=True, **NUMBA_OPTIONS)
 def _batch_parallel(data, params, order, shuffled, start, stop, n_chunks, loss_code, k, G, Z):
     for chunk in prange(n_chunks):
-        _chunk_call(data, params, order, shuffled, start, stop, n_chunks, chunk, loss_code, k, G, Z)
+        _chunk_gradient(data, params, order, shuffled, start, stop, n_chunks, chunk, loss_code, k, G, Z)  # fmt: skip
 
 
 @njit(inline="always", **NUMBA_OPTIONS)
-def _batch_serial(data, params, order, shuffled, start, stop, loss_code, k, G, Z):
-    """Fill ``G[:n_chunks]`` with chunk partial sums, chunk after chunk; returns n_chunks."""
-    n_chunks = _n_chunks(stop - start)
-    if n_chunks == 1:
-        # a direct call: through the chunk loop, a small batch took ~150 ns longer (measured)
-        _chunk_inline(data, params, order, shuffled, start, stop, 1, 0, loss_code, k, G, Z)
-    else:
-        for chunk in range(n_chunks):
-            _chunk_inline(
-                data, params, order, shuffled, start, stop, n_chunks, chunk, loss_code, k, G, Z
-            )
-    return n_chunks
-
-
-@njit(inline="always", **NUMBA_OPTIONS)
-def _batch_threaded(data, params, order, shuffled, start, stop, loss_code, k, G, Z):
-    """As :func:`_batch_serial`, with the chunks of a large batch on several threads."""
-    n_chunks = _n_chunks(stop - start)
-    if n_chunks > 1 and (stop - start) * data.X.shape[1] * k >= PARALLEL_MIN_WORK:
-        _batch_parallel(data, params, order, shuffled, start, stop, n_chunks, loss_code, k, G, Z)
-        return n_chunks
-    return _batch_serial(data, params, order, shuffled, start, stop, loss_code, k, G, Z)
-
-
-@njit(inline="always", **NUMBA_OPTIONS)
-def _per_sample_epoch(data, params, order, shuffled, loss_code, k, n_trained, lr, Z):
-    """One epoch of per-sample SGD; returns the summed loss.
+def _per_sample_one_output(data, params, order, shuffled, loss_code, n_trained, lr):
+    """One epoch of per-sample SGD of a one-output model; returns the summed loss.
 
     The same arithmetic as a mini-batch of one row (the gradient is ``dz * x``, divided by
     1), without the chunk buffer: each step updates the parameters directly.
     """
     X, Y, weights = data.X, data.Y, data.weights
     d = X.shape[1]
-    bias = d * k
     weighted = weights.shape[0] > 0
     loss_sum = 0.0
     for r in range(X.shape[0]):
         i = order[r] if shuffled else r
-        if k == 1:
-            row_loss, g = _single_output_row(X, Y, weights, params, i, loss_code, weighted)
-            loss_sum += row_loss
-            for j in range(d):
-                params[j] -= lr * (g * X[i, j])
-            if n_trained > d:
-                params[d] -= lr * g
-            continue
+        row_loss, g = _single_output_row(X, Y, weights, params, i, loss_code, weighted)
+        loss_sum += row_loss
+        for j in range(d):
+            params[j] -= lr * (g * X[i, j])
+        if n_trained > d:
+            params[d] -= lr * g
+    return loss_sum
+
+
+@njit(inline="always", **NUMBA_OPTIONS)
+def _per_sample_several(data, params, order, shuffled, loss_code, k, n_trained, lr, Z):
+    """As :func:`_per_sample_one_output`, for ``k`` outputs (dloss/dz through ``Z[0, 0]``)."""
+    X, Y, weights = data.X, data.Y, data.weights
+    d = X.shape[1]
+    bias = d * k
+    loss_sum = 0.0
+    for r in range(X.shape[0]):
+        i = order[r] if shuffled else r
         _forward_block(X, params, order, shuffled, r, r + 1, k, Z, 0)
         loss_sum += _loss_block(Y, weights, order, shuffled, r, r + 1, loss_code, k, Z, 0)
         for j in range(d):
@@ -269,15 +277,14 @@ def _copy_state(params, opt_state, params_to, opt_state_to):
 
 
 @njit(inline="always", **NUMBA_OPTIONS)
-def _end_epoch(state, update, block, epoch, loss_sum, n_weights, saved):
+def _end_epoch(state, update, block, epoch, epoch_loss, n_weights, saved):
     """Close epoch ``epoch``: history, divergence (restoring ``saved``), tolerance rule.
 
-    ``saved = (params, opt_state, step_count)`` at the start of the epoch. Returns a
-    :mod:`fastgd.specs.stopping` code, or -1 to go on.
+    ``epoch_loss`` is the mean data loss; ``saved = (params, opt_state, step_count)`` at
+    the start of the epoch. Returns a :mod:`fastgd.specs.stopping` code, or -1 to go on.
     """
     params = state.params
     l1, l2 = update.hyper[opt.L1], update.hyper[opt.L2]
-    epoch_loss = loss_sum
     if l1 > 0.0 or l2 > 0.0:
         epoch_loss += _penalty_value(params, n_weights, l1, l2)
     block.history[epoch] = epoch_loss
@@ -290,8 +297,15 @@ def _end_epoch(state, update, block, epoch, loss_sum, n_weights, saved):
     return -1
 
 
-def _make_train_kernel(mode):
-    """The compiled epoch loop of one mode (``SINGLE``, ``SERIAL``, ``PARALLEL``, ``PER_SAMPLE``)."""
+def _make_kernels(shape, mode):
+    """The compiled kernels of one output shape and one mode, as ``(train, gradient)``.
+
+    ``shape`` and ``mode`` are closure constants (ints, so the on-disk cache key stays the
+    same from process to process): Numba prunes the branches of the other shapes and
+    modes before inlining their code. Each kernel compiles on its first call. The batch
+    gradient is written in each kernel, not in a shared closure: a kernel that captures
+    another dispatcher is never found in the cache.
+    """
 
     @njit(**NUMBA_OPTIONS)
     def train(model, data, state, update, block):
@@ -305,8 +319,8 @@ def _make_train_kernel(mode):
         saved = (np.empty_like(params), np.empty_like(opt_state))
         natural = np.empty(0, dtype=np.int64)
         # mean, L2 term and clipping need a pass over G before the update
-        finishing = update.hyper[opt.CLIP_VALUE] > 0.0 or update.hyper[opt.CLIP_NORM] > 0.0
-        finishing = finishing or update.hyper[opt.L2] > 0.0
+        hyper = update.hyper
+        finishing = hyper[opt.CLIP_VALUE] > 0.0 or hyper[opt.CLIP_NORM] > 0.0 or hyper[opt.L2] > 0.0
         for epoch in range(block.n_epochs):
             _copy_state(params, opt_state, saved[0], saved[1])
             start_step = step_count[0]
@@ -314,69 +328,85 @@ def _make_train_kernel(mode):
             lr = block.lr_epochs[epoch]
             loss_sum = 0.0
             if mode == PER_SAMPLE:
-                loss_sum = _per_sample_epoch(data, params, order, shuffled, loss_code, k, n_trained, lr, Z)  # fmt: skip
+                if shape == SEVERAL:
+                    loss_sum = _per_sample_several(data, params, order, shuffled, loss_code, k, n_trained, lr, Z)  # fmt: skip
+                else:
+                    loss_sum = _per_sample_one_output(data, params, order, shuffled, loss_code, n_trained, lr)  # fmt: skip
                 step_count[0] += n
             else:
                 for start in range(0, n, update.batch_size):
                     stop = min(start + update.batch_size, n)
-                    if mode == SINGLE:
-                        _chunk_inline(data, params, order, shuffled, start, stop, 1, 0, loss_code, k, G, Z)  # fmt: skip
-                    elif mode == SERIAL:
-                        n_chunks = _batch_serial(data, params, order, shuffled, start, stop, loss_code, k, G, Z)  # fmt: skip
-                        _sum_chunks(G, n_chunks, p + 1)
+                    n_chunks = 1 if mode == SINGLE else _n_chunks(stop - start)
+                    if (
+                        mode == PARALLEL
+                        and n_chunks > 1
+                        and (stop - start) * d * k >= PARALLEL_MIN_WORK
+                    ):
+                        _batch_parallel(data, params, order, shuffled, start, stop, n_chunks, loss_code, k, G, Z)  # fmt: skip
                     else:
-                        n_chunks = _batch_threaded(data, params, order, shuffled, start, stop, loss_code, k, G, Z)  # fmt: skip
-                        _sum_chunks(G, n_chunks, p + 1)
+                        for c in range(n_chunks):
+                            if shape == ONE_FEATURE:
+                                _one_feature_chunk(data, params, order, shuffled, start, stop, n_chunks, c, loss_code, k, G, Z)  # fmt: skip
+                            elif shape == ONE_OUTPUT:
+                                _one_output_chunk(data, params, order, shuffled, start, stop, n_chunks, c, loss_code, k, G, Z)  # fmt: skip
+                            else:
+                                _several_chunk(data, params, order, shuffled, start, stop, n_chunks, c, loss_code, k, G, Z)  # fmt: skip
+                    _sum_chunks(G, n_chunks, p + 1)
                     loss_sum += G[0, p]
                     _apply_update(
-                        params, G, 1.0 / (stop - start), d * k, n_trained, update.opt_code,
-                        update.hyper, opt_state, step_count, lr, finishing,
+                        params, G, 1.0 / (stop - start), d * k, n_trained, update.opt_code, hyper,
+                        opt_state, step_count, lr, finishing,
                     )  # fmt: skip
             status = _end_epoch(state, update, block, epoch, loss_sum / n, d * k, (saved[0], saved[1], start_step))  # fmt: skip
             if status >= 0:
                 return epoch + 1, status
         return block.n_epochs, stopping.MAX_EPOCHS
 
-    return train
-
-
-def _make_gradient_kernel(mode):
-    """Mean loss and gradient over all rows, in one mode (``SINGLE``, ``SERIAL``, ``PARALLEL``)."""
-
     @njit(**NUMBA_OPTIONS)
     def gradient(model, data, params):
         n, d = data.X.shape
-        p, k = params.shape[0], model.n_outputs
+        p, k, loss_code = params.shape[0], model.n_outputs, model.loss_code
         G = np.empty((MAX_CHUNKS, p + 1 + ROW_PADDING), dtype=params.dtype)
         Z = np.empty((MAX_CHUNKS, ROWS_PER_BLOCK, k), dtype=params.dtype)
         order = np.empty(0, dtype=np.int64)
-        shuffled = order.shape[0] > 0  # a run-time False: no literal-typed argument
-        if mode == SINGLE:
-            n_chunks = 1
-            _chunk_inline(data, params, order, shuffled, 0, n, 1, 0, model.loss_code, k, G, Z)
-        elif mode == SERIAL:
-            n_chunks = _batch_serial(data, params, order, shuffled, 0, n, model.loss_code, k, G, Z)  # fmt: skip
+        # the chunks are inlined with a constant False (as before the redesign: the same
+        # floating-point results); the parallel call takes a run-time False, no literal type
+        shuffled = order.shape[0] > 0
+        n_chunks = 1 if mode == SINGLE else _n_chunks(n)
+        if mode == PARALLEL and n_chunks > 1 and n * d * k >= PARALLEL_MIN_WORK:
+            _batch_parallel(data, params, order, shuffled, 0, n, n_chunks, loss_code, k, G, Z)
         else:
-            n_chunks = _batch_threaded(data, params, order, shuffled, 0, n, model.loss_code, k, G, Z)  # fmt: skip
+            for c in range(n_chunks):
+                if shape == ONE_FEATURE:
+                    _one_feature_chunk(data, params, order, False, 0, n, n_chunks, c, loss_code, k, G, Z)  # fmt: skip
+                elif shape == ONE_OUTPUT:
+                    _one_output_chunk(data, params, order, False, 0, n, n_chunks, c, loss_code, k, G, Z)  # fmt: skip
+                else:
+                    _several_chunk(data, params, order, False, 0, n, n_chunks, c, loss_code, k, G, Z)  # fmt: skip
         _sum_chunks(G, n_chunks, p + 1)
         grad = np.zeros(p, dtype=params.dtype)
-        n_trained = p if model.fit_intercept else d * k
-        for j in range(n_trained):
+        for j in range(p if model.fit_intercept else d * k):
             grad[j] = G[0, j] / n
         return G[0, p] / n, grad
 
-    return gradient
+    return train, gradient
 
 
-_TRAIN_KERNELS = {}
-_GRADIENT_KERNELS = {}
+_KERNELS = {}
 
 
-def _kernel(kernels, factory, mode):
-    """The kernel of ``mode``, made on first use (compiled, or loaded from the disk cache)."""
-    if mode not in kernels:
-        kernels[mode] = factory(mode)
-    return kernels[mode]
+def _kernels(shape, mode):
+    """``(train, gradient)`` of a shape and mode, made on first use (compiled on first call)."""
+    if (shape, mode) not in _KERNELS:
+        _KERNELS[shape, mode] = _make_kernels(shape, mode)
+    return _KERNELS[shape, mode]
+
+
+def _shape(model, data):
+    """``ONE_FEATURE``, ``ONE_OUTPUT`` or ``SEVERAL``."""
+    if model.n_outputs > 1:
+        return SEVERAL
+    return ONE_FEATURE if data.X.shape[1] == 1 else ONE_OUTPUT
 
 
 def _batch_mode(rows, work_per_row, n_threads):
@@ -425,13 +455,13 @@ def loss_and_gradient(model, data, params):
     """Mean loss and gradient over all rows; see :func:`fastgd.backends.numpy.linear.loss_and_gradient`."""
     n, d = data.X.shape
     mode = _batch_mode(n, d * int(model.n_outputs), numba.get_num_threads())
-    kernel = _kernel(_GRADIENT_KERNELS, _make_gradient_kernel, mode)
+    _, kernel = _kernels(_shape(model, data), mode)
     return kernel(_typed_model(model), data, params)
 
 
 def train_epochs(model, data, state, update, block, n_threads):
     """Compiled training loop; see :meth:`fastgd.backends.contract.Backend.train_epochs`."""
-    kernel = _kernel(_TRAIN_KERNELS, _make_train_kernel, _train_mode(model, data, update, n_threads))  # fmt: skip
+    kernel, _ = _kernels(_shape(model, data), _train_mode(model, data, update, n_threads))
     model, update, block = _typed(model, update, block)
     with numba_threads(n_threads):
         return kernel(model, data, state, update, block)
@@ -439,10 +469,10 @@ def train_epochs(model, data, state, update, block, n_threads):
 
 def compiled_signatures():
     """Number of compiled specializations of the linear kernels (to detect recompiles)."""
-    kernels = [*_TRAIN_KERNELS.values(), *_GRADIENT_KERNELS.values(), _chunk_call, _batch_parallel]
-    return sum(len(k.signatures) for k in kernels)
+    return sum(len(kernel.signatures) for kernel in dispatchers())
 
 
 def dispatchers():
     """The linear kernels' dispatchers made so far in this process (for cache checks)."""
-    return [*_TRAIN_KERNELS.values(), *_GRADIENT_KERNELS.values(), _chunk_call, _batch_parallel]
+    made = [kernel for pair in _KERNELS.values() for kernel in pair]
+    return [*made, _chunk_gradient, _batch_parallel]

@@ -261,14 +261,29 @@ def test_second_fit_does_not_compile_again():
 
 def test_one_signature_per_kernel_with_early_stopping():
     pytest.importorskip("numba")
-    from fastgd.backends.numba import linear
+    import subprocess
+    import sys
 
-    rng = np.random.default_rng(14)
-    X = rng.standard_normal((300, 4))
-    y = (X[:, 0] > 0).astype(int)
-    for _ in range(2):
-        fastgd.fit(X, y, model="logistic", epochs=3, early_stopping=True, backend="numba")
-    assert all(len(kernel.signatures) <= 1 for kernel in linear.dispatchers())
+    # a new process: the kernels have seen no other dtype or layout
+    script = (
+        "import numpy as np, fastgd\n"
+        "from fastgd.backends.numba import linear\n"
+        "rng = np.random.default_rng(14)\n"
+        "X = rng.standard_normal((300, 4))\n"
+        "y = (X[:, 0] > 0).astype(int)\n"
+        "for _ in range(2):\n"
+        "    fastgd.fit(X, y, model='logistic', epochs=3, early_stopping=True, backend='numba')\n"
+        "from fastgd.backends.contract import Data, LinearModel\n"
+        "data = Data(X, y[:, None].astype(float), np.empty(0))\n"
+        "for model in [LinearModel(1, 1, True), LinearModel(np.int64(1), np.int32(1), np.True_)]:\n"
+        "    linear.loss_and_gradient(model, data, np.zeros(5))\n"
+        "print(sorted(len(kernel.signatures) for kernel in linear.dispatchers()))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    counts = eval(run.stdout)
+    assert max(counts) == 1 and sum(counts) == 2, (
+        run.stdout
+    )  # training and gradient kernels, once each
 
 
 def test_result_repr_and_fields():

@@ -18,7 +18,6 @@ chunks in the same order, so the choice never changes a result.
 
 import math
 
-import numba
 import numpy as np
 from numba import njit, prange
 
@@ -198,12 +197,14 @@ def _several_chunk(data, params, order, shuffled, start, stop, n_chunks, chunk, 
     G[chunk, bias + k] = loss
 
 
-@njit(**NUMBA_OPTIONS)
+@njit(inline="always", **NUMBA_OPTIONS)
 def _chunk_gradient(data, params, order, shuffled, start, stop, n_chunks, chunk, loss_code, k, G, Z):  # fmt: skip
     """Any chunk function, chosen at run time: the body of the parallel loop.
 
-    Compiled on its own (not inlined), once per dtype, so the parallel region stays small
-    and compiles faster; a call per chunk of at least MIN_ROWS_PER_CHUNK rows is free.
+    Inlined, as before the redesign. A separately compiled body would compile faster, but
+    its rounding then depended on whether it was compiled in the process or loaded from
+    the disk cache (measured: the loss history of a 3-output model differed in the last
+    bits), so results would not be reproducible.
     """
     if k > 1:
         _several_chunk(data, params, order, shuffled, start, stop, n_chunks, chunk, loss_code, k, G, Z)  # fmt: skip
@@ -409,16 +410,21 @@ def _shape(model, data):
     return ONE_FEATURE if data.X.shape[1] == 1 else ONE_OUTPUT
 
 
-def _batch_mode(rows, work_per_row, n_threads):
-    """Mode for batches of at most ``rows`` rows: ``SINGLE``, ``SERIAL`` or ``PARALLEL``."""
+def _batch_mode(rows, work_per_row):
+    """Mode for batches of at most ``rows`` rows: ``SINGLE``, ``SERIAL`` or ``PARALLEL``.
+
+    ``PARALLEL`` also with one thread: a large batch then takes the same compiled chunk
+    function whatever the thread count (an inlined copy of it can round differently, as
+    LLVM vectorizes the copies differently), so results do not depend on ``n_threads``.
+    """
     if _n_chunks.py_func(rows) == 1:
         return SINGLE
-    if n_threads > 1 and rows * work_per_row >= PARALLEL_MIN_WORK:
+    if rows * work_per_row >= PARALLEL_MIN_WORK:
         return PARALLEL
     return SERIAL
 
 
-def _train_mode(model, data, update, n_threads):
+def _train_mode(model, data, update):
     """The kernel mode a call needs (Python knows the batch sizes before the call)."""
     hyper = update.hyper
     finishing = hyper[opt.CLIP_VALUE] > 0.0 or hyper[opt.CLIP_NORM] > 0.0 or hyper[opt.L2] > 0.0
@@ -432,7 +438,7 @@ def _train_mode(model, data, update, n_threads):
     if update.batch_size == 1 and plain_sgd:
         return PER_SAMPLE
     n, d = data.X.shape
-    return _batch_mode(min(update.batch_size, n), d * model.n_outputs, n_threads)
+    return _batch_mode(min(update.batch_size, n), d * model.n_outputs)
 
 
 def _typed_model(model):
@@ -454,14 +460,14 @@ def _typed(model, update, block):
 def loss_and_gradient(model, data, params):
     """Mean loss and gradient over all rows; see :func:`fastgd.backends.numpy.linear.loss_and_gradient`."""
     n, d = data.X.shape
-    mode = _batch_mode(n, d * int(model.n_outputs), numba.get_num_threads())
+    mode = _batch_mode(n, d * int(model.n_outputs))
     _, kernel = _kernels(_shape(model, data), mode)
     return kernel(_typed_model(model), data, params)
 
 
 def train_epochs(model, data, state, update, block, n_threads):
     """Compiled training loop; see :meth:`fastgd.backends.contract.Backend.train_epochs`."""
-    kernel, _ = _kernels(_shape(model, data), _train_mode(model, data, update, n_threads))
+    kernel, _ = _kernels(_shape(model, data), _train_mode(model, data, update))
     model, update, block = _typed(model, update, block)
     with numba_threads(n_threads):
         return kernel(model, data, state, update, block)
@@ -475,4 +481,4 @@ def compiled_signatures():
 def dispatchers():
     """The linear kernels' dispatchers made so far in this process (for cache checks)."""
     made = [kernel for pair in _KERNELS.values() for kernel in pair]
-    return [*made, _chunk_gradient, _batch_parallel]
+    return [*made, _batch_parallel]

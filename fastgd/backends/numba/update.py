@@ -12,6 +12,7 @@ from numba import njit
 
 from ..._config import MAX_CHUNKS, MIN_ROWS_PER_CHUNK, NUMBA_OPTIONS
 from ...specs import optimizers as opt
+from ...specs import stopping
 
 
 @njit(inline="always", **NUMBA_OPTIONS)
@@ -178,12 +179,5 @@ def _apply_update(params, G, inv_rows, n_weights, n_trained, opt_code, hyper, st
         _soft_threshold(params, n_weights, lr * l1)
 
 
-@njit(inline="always", **NUMBA_OPTIONS)
-def _tolerance_rule(epoch_loss, tol, n_iter_no_change, stop_state):
-    """Update ``stop_state = [best, n_no_change]``; True when training has converged."""
-    if epoch_loss > stop_state[0] - tol:
-        stop_state[1] += 1
-    else:
-        stop_state[1] = 0
-    stop_state[0] = min(stop_state[0], epoch_loss)
-    return stop_state[1] >= n_iter_no_change
+# the rule of :mod:`fastgd.specs.stopping`, compiled as it is (one rule for every backend)
+_tolerance_rule = njit(inline="always", **NUMBA_OPTIONS)(stopping.tolerance_rule)

@@ -298,8 +298,8 @@ def _end_epoch(state, update, block, epoch, epoch_loss, n_weights, saved):
     return -1
 
 
-def _make_kernels(shape, mode):
-    """The compiled kernels of one output shape and one mode, as ``(train, gradient)``.
+def _make_train_kernel(shape, mode):
+    """The compiled epoch loop of one output shape and one mode.
 
     ``shape`` and ``mode`` are closure constants (ints, so the on-disk cache key stays the
     same from process to process): Numba prunes the branches of the other shapes and
@@ -363,6 +363,13 @@ def _make_kernels(shape, mode):
                 return epoch + 1, status
         return block.n_epochs, stopping.MAX_EPOCHS
 
+    return train
+
+
+def _make_gradient_kernel(shape, mode):
+    """Mean loss and gradient over all rows, for one output shape and mode (``SINGLE``,
+    ``SERIAL``, ``PARALLEL``); closure constants as in :func:`_make_train_kernel`."""
+
     @njit(**NUMBA_OPTIONS)
     def gradient(model, data, params):
         n, d = data.X.shape
@@ -390,7 +397,7 @@ def _make_kernels(shape, mode):
             grad[j] = G[0, j] / n
         return G[0, p] / n, grad
 
-    return train, gradient
+    return gradient
 
 
 _KERNELS = {}
@@ -399,7 +406,10 @@ _KERNELS = {}
 def _kernels(shape, mode):
     """``(train, gradient)`` of a shape and mode, made on first use (compiled on first call)."""
     if (shape, mode) not in _KERNELS:
-        _KERNELS[shape, mode] = _make_kernels(shape, mode)
+        _KERNELS[shape, mode] = (
+            _make_train_kernel(shape, mode),
+            _make_gradient_kernel(shape, mode),
+        )
     return _KERNELS[shape, mode]
 
 

@@ -221,7 +221,7 @@ def _column_sums(block, out, offset):
             out[offset + j] += block[r, j]
 
 
-@njit(inline="always", **NUMBA_OPTIONS)
+@njit(**NUMBA_OPTIONS)  # not inlined (compile time); one call per block of rows
 def _activate_rows(a, code, slope):
     """``a = act(a)`` in place, as :func:`fastgd.backends.shared.activate`."""
     rows, n = a.shape
@@ -247,7 +247,7 @@ def _activate_rows(a, code, slope):
                 a[r, j] = math.tanh(a[r, j])
 
 
-@njit(inline="always", **NUMBA_OPTIONS)
+@njit(**NUMBA_OPTIONS)  # not inlined (compile time); one call per block of rows
 def _times_slope_rows(g, a, code, slope):
     """``g *= act'(u)``, from the activation's output ``a = act(u)``."""
     rows, n = g.shape
@@ -285,7 +285,7 @@ def _normalize_rows(layout, params, buf, layer, lo, hi):
     _activate_rows(a, layout.activation, layout.slope)
 
 
-@njit(inline="always", **NUMBA_OPTIONS)
+@njit(**NUMBA_OPTIONS)  # not inlined (compile time); one call per chunk
 def _output_loss(layout, data, scratch, batch, z, lo, hi, chunk):
     """Loss of the chunk's rows (into its slot of ``chunk_loss``); ``z`` becomes the
     derivative of the batch's mean loss, dloss/dz / B."""
@@ -448,10 +448,10 @@ def _chunk_sum(A, n_chunks, j):
 
 
 @njit(inline="always", **NUMBA_OPTIONS)
-def _batch_statistics(layout, running, scratch, batch, layer, phase, update_running):
+def _batch_statistics(layout, running, scratch, batch, layer, phase):
     """The batch mean (after ``FORWARD``) or variance and ``1 / std`` (after
-    ``VARIANCE``) of normalized ``layer``; the variance moves the running averages if
-    ``update_running``, as ``fastgd.backends.numpy.network._update_running``."""
+    ``VARIANCE``) of normalized ``layer``; the variance moves the running averages (if
+    ``running`` is not empty), as ``fastgd.backends.numpy.network._update_running``."""
     n, buf, S = layout.sizes[layer + 1], scratch.buf, scratch.S
     mean, var, inv_std = layout.stats[layer], layout.stats[layer] + n, layout.stats[layer] + 2 * n
     if phase == FORWARD:
@@ -464,7 +464,7 @@ def _batch_statistics(layout, running, scratch, batch, layer, phase, update_runn
         buf[var + j] = _chunk_sum(S, batch.n_chunks, j) / rows  # biased
         # in float64, rounded once, as NumPy's (1.0 / np.sqrt(var + eps)).astype(dtype)
         buf[inv_std + j] = 1.0 / math.sqrt(float(buf[var + j]) + layout.eps)
-        if update_running:
+        if running.shape[0] > 0:
             running[r + j] = (1.0 - momentum) * running[r + j] + momentum * buf[mean + j]
             running[r + n + j] = (1.0 - momentum) * running[r + n + j] + momentum * (buf[var + j] * unbias)  # fmt: skip
 
@@ -493,30 +493,28 @@ def _next_bn_backward(layout, params, scratch, batch, layer):
     return np.int64(BN_BACKWARD), below
 
 
-@njit(inline="always", **NUMBA_OPTIONS)
-def _after_phase(layout, params, running, scratch, batch, phase, layer, update_running):
+@njit(**NUMBA_OPTIONS)  # not inlined (compile time); one call per phase
+def _after_phase(layout, params, running, scratch, batch, phase, layer):
     """The batch-wide sums after a phase; returns the next phase and its layer."""
     n_layers = layout.sizes.shape[0] - 1
+    end = layer  # where a forward phase ended: the first normalized hidden layer from there
     if phase == FORWARD:
-        end = layer  # where the phase ended: the first normalized hidden layer from ``layer``
         while end < n_layers - 1 and not layout.batch_norm[end]:
             end += 1
-        if end < n_layers - 1:
-            _batch_statistics(layout, running, scratch, batch, end, phase, update_running)
-            return np.int64(VARIANCE), end
+    if phase == BN_BACKWARD or end == n_layers - 1:  # a backward pass reached ``end``
         return _next_bn_backward(layout, params, scratch, batch, end)
-    if phase == VARIANCE:
-        _batch_statistics(layout, running, scratch, batch, layer, phase, update_running)
-        return np.int64(FORWARD), layer + 1
-    return _next_bn_backward(layout, params, scratch, batch, layer)
+    _batch_statistics(layout, running, scratch, batch, end, phase)
+    if phase == FORWARD:
+        return np.int64(VARIANCE), end
+    return np.int64(FORWARD), end + 1
 
 
 @njit(inline="always", **NUMBA_OPTIONS)
-def _batch_gradient(layout, data, params, running, scratch, batch, update_running, mode):
+def _batch_gradient(layout, data, params, running, scratch, batch, mode):
     """Forward and backward pass of one batch, phase by phase.
 
     Returns the batch's (weighted) loss sum; row 0 of ``scratch.G`` receives the gradient
-    of its mean loss. ``mode`` is a compile-time constant of the calling kernel: only a
+    of its mean loss. The running averages move unless ``running`` is empty. ``mode`` is a compile-time constant of the calling kernel: only a
     ``PARALLEL`` kernel references the parallel loop (so only it compiles one), and runs it
     for the batches that reach ``PARALLEL_MIN_WORK``.
     """
@@ -529,9 +527,7 @@ def _batch_gradient(layout, data, params, running, scratch, batch, update_runnin
             _phase_parallel(layout, data, params, scratch, batch, phase, layer)
         else:
             _phase_serial(layout, data, params, scratch, batch, phase, layer)
-        phase, layer = _after_phase(
-            layout, params, running, scratch, batch, phase, layer, update_running
-        )
+        phase, layer = _after_phase(layout, params, running, scratch, batch, phase, layer)
     _sum_chunks(scratch.G, batch.n_chunks, layout.n_params)
     loss = 0.0
     for c in range(batch.n_chunks):
@@ -567,7 +563,7 @@ def _add_squared_norms(layout, G, norms):
         norms[i] += total
 
 
-@njit(inline="always", **NUMBA_OPTIONS)
+@njit(**NUMBA_OPTIONS)  # not inlined (compile time); one call per epoch
 def _end_epoch(layout, state, update, block, scratch, epoch, epoch_loss, n_batches):
     """Gradient norms, loss history, divergence (restore the saved state) and the
     tolerance rule; returns a code of :mod:`fastgd.specs.stopping`, or -1 to go on."""
@@ -615,7 +611,7 @@ def _make_train_epochs(mode):
                 rows = min(start + update.batch_size, n) - start
                 batch = Batch(order, shuffled, np.int64(start), np.int64(rows), _n_chunks(rows))
                 loss_sum += _batch_gradient(
-                    layout, data, params, state.running, scratch, batch, True, mode
+                    layout, data, params, state.running, scratch, batch, mode
                 )
                 _add_squared_norms(layout, s.G, norms)
                 n_batches += 1
@@ -642,7 +638,7 @@ def _make_loss_and_gradient(mode):
         running = np.empty(0, dtype=params.dtype)
         # computed, not literal, field values: the Batch type of the training kernels
         batch = Batch(natural, n < 0, np.int64(0), np.int64(n), _n_chunks(n))
-        loss = _batch_gradient(layout, data, params, running, scratch, batch, n < 0, mode)
+        loss = _batch_gradient(layout, data, params, running, scratch, batch, mode)
         grad = np.empty_like(params)
         for j in range(layout.n_params):
             grad[j] = scratch.G[0, j]

@@ -666,7 +666,7 @@ def make_layout(model, rows, shuffled):
         # act'(u) is taken from act(u) > 0, which needs a slope >= 0
         raise ValueError(f"the leaky slope must be >= 0; got {slope}")
     params = net.layout(sizes, batch_norm)
-    line = _CACHE_LINE_BYTES // 4  # whole cache lines (of float32; of float64: half lines)
+    line = _CACHE_LINE_BYTES // 4  # blocks start on cache lines (float32 and float64)
     z, a, stats = (np.full(n_layers, -1, dtype=np.int64) for _ in range(3))
     total = 0
 

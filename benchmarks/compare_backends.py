@@ -25,25 +25,8 @@ import numpy as np
 
 import fastgd
 from fastgd.backends import available_backends
-
-
-def _blas_info():
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        return "unknown (threadpoolctl not installed)"
-    pools = [p for p in threadpool_info() if p["user_api"] == "blas"]
-    return "; ".join(f"{p['internal_api']} {p['version']} {p.get('architecture')}" for p in pools)
-
-
-def _blas_threads(n):
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        import contextlib
-
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=n, user_api="blas")
+from fastgd.bench.system import blas_info as _blas_info
+from fastgd.bench.system import pin_threads as _blas_threads
 
 
 def make_data(n, d, seed=0):

@@ -13,9 +13,26 @@ from .sysinfo import show_config
 
 __version__ = "0.1.0"
 
+_LAZY = {"LinearRegressor": "estimators", "LinearClassifier": "estimators", "MLPRegressor": "estimators", "MLPClassifier": "estimators", "save": "persistence", "load": "persistence"}  # fmt: skip
+
+
+def __getattr__(name):  # the estimators import scikit-learn only when first used
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "fit",
     "FitResult",
+    "LinearRegressor",
+    "LinearClassifier",
+    "MLPRegressor",
+    "MLPClassifier",
+    "save",
+    "load",
     "MLP",
     "GradientWarning",
     "DivergenceWarning",

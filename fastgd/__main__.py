@@ -1,4 +1,4 @@
-"""The ``fastgd`` command line: ``fastgd demo``, ``fastgd config``, ``fastgd bench``."""
+"""The ``fastgd`` command line: ``demo``, ``config``, ``bench``, ``train``, ``predict``."""
 
 import argparse
 import sys
@@ -21,6 +21,9 @@ def main(argv=None):
     from .bench.cli import add_arguments
 
     add_arguments(bench)
+    from .cli import add_commands
+
+    add_commands(commands)  # train, predict
     args = parser.parse_args(argv)
     if args.command == "demo":
         from .demo import run
@@ -32,6 +35,10 @@ def main(argv=None):
         show_config()
     elif args.command == "bench":
         from .bench.cli import run
+
+        return run(args)
+    elif args.command in ("train", "predict"):
+        from .cli import run
 
         return run(args)
     return 0

@@ -61,8 +61,25 @@ def check_features(X, name="X", n_features=None, allow_1d=True):
     return arr
 
 
+def _all_finite(arr):
+    """True if no entry is NaN or infinite, without an array-sized temporary.
+
+    A sum is NaN or infinite when any entry is (and propagates NaN), so one reducing pass
+    answers for the common, clean case; only a non-finite sum (possibly an overflow of
+    large finite values) is checked again exactly, a block of rows at a time.
+    """
+    if arr.dtype.kind not in "fc":
+        return True
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(np.sum(arr, dtype=np.float64)):
+            return True
+    flat = arr.reshape(arr.shape[0], -1) if arr.ndim > 1 else arr.reshape(-1, 1)
+    step = max(1, (1 << 16) // max(1, flat.shape[1]))
+    return all(np.isfinite(flat[i : i + step]).all() for i in range(0, flat.shape[0], step))
+
+
 def _check_finite(arr, name):
-    if not np.isfinite(arr).all():
+    if not _all_finite(arr):
         n_nan = int(np.isnan(arr).sum())
         n_inf = int(np.isinf(arr).sum())
         raise ValueError(
@@ -70,7 +87,7 @@ def _check_finite(arr, name):
         )
 
 
-def check_targets(y, n_samples, model_name, dtype):
+def check_targets(y, n_samples, model_name, dtype, classes=None):
     """Validate targets and encode them for the kernels.
 
     Parameters
@@ -84,6 +101,9 @@ def check_targets(y, n_samples, model_name, dtype):
         The model family.
     dtype : numpy dtype
         Float dtype of X; encoded targets use it too.
+    classes : array-like, optional
+        Classifiers: every label the model has outputs for (y may hold only some of them,
+        as a chunk of ``partial_fit`` does); default: the labels found in y.
 
     Returns
     -------
@@ -119,12 +139,10 @@ def check_targets(y, n_samples, model_name, dtype):
         _check_finite(arr, "y")
     elif arr.dtype.kind == "O" and any(v is None or (isinstance(v, float) and v != v) for v in arr):
         raise ValueError("y contains missing labels (None or NaN)")
-    try:
-        classes, codes = np.unique(arr, return_inverse=True)
-    except TypeError as exc:
-        raise ValueError(
-            f"the labels in y cannot be sorted ({exc}); use labels of one type"
-        ) from exc
+    if classes is None:
+        classes, codes = _encode_labels(arr)
+    else:
+        classes, codes = _encode_with(arr, classes)
     if len(classes) < 2:
         raise ValueError(
             f"y has a single class ({classes[0]!r}); a classifier needs at least two classes"
@@ -134,6 +152,27 @@ def check_targets(y, n_samples, model_name, dtype):
             f"model='logistic' is binary but y has {len(classes)} classes; use model='softmax'"
         )
     return np.ascontiguousarray(codes.reshape(n_samples, 1), dtype=dtype), classes
+
+
+def _encode_labels(labels):
+    """Sorted distinct labels and each label's index among them."""
+    try:
+        return np.unique(labels, return_inverse=True)
+    except TypeError as exc:
+        raise ValueError(
+            f"the labels in y cannot be sorted ({exc}); use labels of one type"
+        ) from exc
+
+
+def _encode_with(labels, classes):
+    """Indices of ``labels`` among the given (sorted, distinct) ``classes``."""
+    classes, _ = _encode_labels(np.asarray(classes).ravel())
+    codes = np.searchsorted(classes, labels)
+    found = (codes < len(classes)) & (classes[np.minimum(codes, len(classes) - 1)] == labels)
+    if not np.all(found):
+        unknown = np.unique(labels[~found]).tolist()
+        raise ValueError(f"y has labels {unknown} that are not in classes {classes.tolist()}")
+    return classes, codes
 
 
 def check_positive_int(value, name, allow_none=False):

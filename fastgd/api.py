@@ -44,6 +44,7 @@ def fit(
     penalty=None,
     alpha=1e-4,
     l1_ratio=0.15,
+    classes=None,
 ):
     """Train a model by gradient descent, with the training loop in compiled code.
 
@@ -139,6 +140,9 @@ def fit(
         Strength of the penalty, ``>= 0``.
     l1_ratio : float, default 0.15
         Share of L1 in ``"elasticnet"``, in [0, 1].
+    classes : array-like, optional
+        Classifiers: every class label the model has outputs for, when y may not hold all
+        of them (a chunk of data arriving in pieces); default: the labels found in y.
     init : FitResult, optional
         Warm start: continue from its parameters, and from its optimizer state and update
         count when the optimizer is of the same kind. It must come from the same model

@@ -61,6 +61,8 @@ class FitResult:
     gradient_diagnosis : {None, "vanishing", "exploding"}
         Networks: whether the gradients vanished or exploded; ``gradient_message`` says
         where and what may help.
+    feature_names_in_ : ndarray of str or None
+        The column names of a pandas ``DataFrame`` X (when all of them are strings).
     """
 
     model: object
@@ -84,6 +86,7 @@ class FitResult:
     gradient_norms: np.ndarray | None = None
     gradient_diagnosis: str | None = None
     gradient_message: str | None = None
+    feature_names_in_: np.ndarray | None = None
     _single_target: bool = field(default=True, repr=False)
 
     @property

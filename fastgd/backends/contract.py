@@ -210,11 +210,17 @@ class ModuleBackend:
         ``train_epochs`` and ``loss_and_gradient`` over the containers.
     threads : callable
         Returns the number of threads the kernels can use.
+    prepare : callable, optional
+        ``prepare(data)`` -> the :class:`Data` the kernels get (e.g. read-only views).
     """
 
     name: str
     kinds: dict
     threads: object
+    prepare: object = None
+
+    def _data(self, data):
+        return data if self.prepare is None or data is None else self.prepare(data)
 
     def _module(self, model):
         try:
@@ -230,8 +236,9 @@ class ModuleBackend:
 
     def train_epochs(self, model, data, state, update, block, n_threads):
         """See :meth:`Backend.train_epochs`."""
-        return self._module(model).train_epochs(model, data, state, update, block, n_threads)
+        module = self._module(model)
+        return module.train_epochs(model, self._data(data), state, update, block, n_threads)
 
     def loss_and_gradient(self, model, data, params):
         """See :meth:`Backend.loss_and_gradient`."""
-        return self._module(model).loss_and_gradient(model, data, params)
+        return self._module(model).loss_and_gradient(model, self._data(data), params)

@@ -133,6 +133,39 @@ def _section(title, header_rows, out, md):
     md.append(f"{title}\n\n{report.markdown_table(header, rows)}\n")
 
 
+def _log_notes(records, skipped, log):
+    """Notes, skipped competitors and failed checks; returns the failed records."""
+    notes = {(r["impl"], r["model"]): r["note"] for r in records if r.get("note")}
+    for (impl, model), note in notes.items():
+        log(f"note: {impl} for {model}: {note}")
+    for entry in skipped:
+        log(f"not compared: {entry['competitor']} for {entry['model']}: {entry['reason']}")
+    failed = [r for r in records if r["check"] is not None and not r["check"]["ok"]]
+    for r in failed:
+        log(f"CHECK FAILED: {r['impl']} {r['model']} {r['dtype']} batch {r['batch_size']} "
+            f"{r['threads']} thr: {r['check']['kind']} differs by {r['check']['value']:.3g} "
+            f"> {r['check']['tol']:g}")  # fmt: skip
+    return failed
+
+
+def _log_setup(args, config, machine, log):
+    """What the run measures, on which machine, and warnings about the environment."""
+    log(f"fastgd bench{' --quick' if args.quick else ''}: {machine['cpu']}, "
+        f"{machine['logical_cpus']} logical CPUs, {machine['memory_gb']} GB")  # fmt: skip
+    log(f"BLAS: {machine['blas']}; numba threading layer: {machine.get('numba_threading_layer')}")
+    for name in BLAS_VARIABLES:
+        if name in os.environ:
+            log(f"note: {name}={os.environ[name]} is set and may slow NumPy's BLAS; for a fair "
+                f"baseline run: env -u {' -u '.join(BLAS_VARIABLES)} fastgd bench ...")  # fmt: skip
+    log(f"data: {config.rows} x {config.features}, plain SGD, {config.epochs} epochs "
+        f"(full batch: {config.full_epochs}), {'shuffled' if config.shuffle else 'rows in order'}; "
+        f"threads {', '.join(map(str, config.threads))}")  # fmt: skip
+    capped = [f"{m} {MODELS[m].n_rows(config.rows)}" for m in config.models
+              if MODELS[m].n_rows(config.rows) < config.rows]  # fmt: skip
+    if capped:
+        log(f"rows of the models with a row limit: {', '.join(capped)}")
+
+
 def run(args, out=None):
     """Run ``fastgd bench`` with parsed options; print, write JSON (and chart).
 
@@ -154,20 +187,7 @@ def run(args, out=None):
     sizes = QUICK if args.quick else STANDARD
     machine = machine_info()
     started = time.perf_counter()
-    log(f"fastgd bench{' --quick' if args.quick else ''}: {machine['cpu']}, "
-        f"{machine['logical_cpus']} logical CPUs, {machine['memory_gb']} GB")  # fmt: skip
-    log(f"BLAS: {machine['blas']}; numba threading layer: {machine.get('numba_threading_layer')}")
-    for name in BLAS_VARIABLES:
-        if name in os.environ:
-            log(f"note: {name}={os.environ[name]} is set and may slow NumPy's BLAS; for a fair "
-                f"baseline run: env -u {' -u '.join(BLAS_VARIABLES)} fastgd bench ...")  # fmt: skip
-    log(f"data: {config.rows} x {config.features}, plain SGD, {config.epochs} epochs "
-        f"(full batch: {config.full_epochs}), {'shuffled' if config.shuffle else 'rows in order'}; "
-        f"threads {', '.join(map(str, config.threads))}")  # fmt: skip
-    capped = [f"{m} {MODELS[m].n_rows(config.rows)}" for m in config.models
-              if MODELS[m].n_rows(config.rows) < config.rows]  # fmt: skip
-    if capped:
-        log(f"rows of the models with a row limit: {', '.join(capped)}")
+    _log_setup(args, config, machine, log)
     log("grid (median wall time of a fit):")
     records, skipped = run_grid(config, log=log)
     scale = scaling(records)
@@ -198,16 +218,7 @@ def run(args, out=None):
              report.compile_rows(records), out, md)  # fmt: skip
     _section("Peak memory of a fit (new process per size):", report.memory_rows(memory), out, md)
     _section("Import and first fit in a new process:", report.startup_rows(startup), out, md)
-    notes = {(r["impl"], r["model"]): r["note"] for r in records if r.get("note")}
-    for (impl, model), note in notes.items():
-        log(f"note: {impl} for {model}: {note}")
-    for entry in skipped:
-        log(f"not compared: {entry['competitor']} for {entry['model']}: {entry['reason']}")
-    failed = [r for r in records if r["check"] is not None and not r["check"]["ok"]]
-    for r in failed:
-        log(f"CHECK FAILED: {r['impl']} {r['model']} {r['dtype']} batch {r['batch_size']} "
-            f"{r['threads']} thr: {r['check']['kind']} differs by {r['check']['value']:.3g} "
-            f"> {r['check']['tol']:g}")  # fmt: skip
+    failed = _log_notes(records, skipped, log)
     elapsed = time.perf_counter() - started
 
     payload = dict(

@@ -18,9 +18,13 @@ from pathlib import Path
 import numpy as np
 
 import fastgd
+from fastgd.backends.blas import blas_threads
 
 # environment variables that may slow NumPy's BLAS on some machines (see the README)
 BLAS_VARIABLES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+# limits the BLAS thread pools to n threads (one helper for the kernels and the benchmarks)
+pin_threads = blas_threads
 
 
 def blas_info():
@@ -31,25 +35,6 @@ def blas_info():
         return "unknown (threadpoolctl not installed)"
     pools = [p for p in threadpool_info() if p["user_api"] == "blas"]
     return "; ".join(f"{p['internal_api']} {p['version']} {p.get('architecture')}" for p in pools)
-
-
-def pin_threads(n):
-    """Context manager limiting the BLAS thread pools to ``n`` threads (threadpoolctl).
-
-    Parameters
-    ----------
-    n : int
-
-    Returns
-    -------
-    context manager
-        A no-op when threadpoolctl is not installed.
-    """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=n, user_api="blas")
 
 
 def max_threads():

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import _validation as v
+from .._pandas import frames_to_arrays
 from ..backends.contract import Data, State
 from ..network import MLP
 from ..specs import stopping
@@ -23,6 +24,7 @@ class Problem:
     validation: Data | None
     validation_rows: np.ndarray | None
     single_target: bool
+    feature_names: np.ndarray | None = None
 
 
 def check_model(model):
@@ -41,14 +43,15 @@ def prepare_problem(X, y, model, arguments):
     -------
     Problem
     """
+    X, y, feature_names = frames_to_arrays(X, y)  # pandas: arrays and column names
     X = v.check_features(X)
     n, d = X.shape
+    kind = model
     if isinstance(model, MLP):
-        target_kind = "linear" if model.task == "regression" else "softmax"
-        Y, classes = v.check_targets(y, n, target_kind, X.dtype)
+        kind = "linear" if model.task == "regression" else "softmax"
+    Y, classes = v.check_targets(y, n, kind, X.dtype, arguments["classes"])
+    if isinstance(model, MLP) and classes is not None:
         _check_network_labels(classes)
-    else:
-        Y, classes = v.check_targets(y, n, model, X.dtype)
     weights = v.check_sample_weight(arguments["sample_weight"], n, X.dtype)
     seed = arguments["seed"]
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
@@ -60,8 +63,8 @@ def prepare_problem(X, y, model, arguments):
     if data.weights.size:
         data = data._replace(weights=_mean_one(data.weights, "the training rows"))
     spec = _model_spec(model, d, Y, classes, arguments["fit_intercept"])
-    single = model != "linear" or np.ndim(y) == 1
-    return Problem(spec, data, classes, validation, rows, single)
+    single = spec.task != "regression" or np.ndim(y) == 1
+    return Problem(spec, data, classes, validation, rows, single, feature_names)
 
 
 def _model_spec(model, d, Y, classes, fit_intercept):

@@ -86,5 +86,6 @@ def _result(problem, options, run, backend_name, early, diagnosis):
         gradient_norms=run.grad_norms[:done].copy() if network else None,
         gradient_diagnosis=diagnosis[0],
         gradient_message=diagnosis[1],
+        feature_names_in_=problem.feature_names,
         _single_target=problem.single_target,
     )

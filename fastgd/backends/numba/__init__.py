@@ -8,11 +8,11 @@ losses (:mod:`.losses`) and the thread count of a call (:mod:`.threads`).
 import numba
 
 from ..contract import LinearModel, ModuleBackend, NetworkModel
-from . import linear, network
+from . import hessian, linear, network
 
 
 def _threads():
     return numba.config.NUMBA_NUM_THREADS
 
 
-BACKEND = ModuleBackend("numba", {LinearModel: linear, NetworkModel: network}, _threads)
+BACKEND = ModuleBackend("numba", {LinearModel: linear, NetworkModel: network}, _threads, hessian)

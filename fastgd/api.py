@@ -6,10 +6,12 @@ options -> problem (data, model spec, validation split) -> initial state -> trai
 
 from .backends import get_backend
 from .network import MLP
+from .specs.optimizers import SECOND_ORDER
 from .training import observers as obs
 from .training.options import resolve_options
 from .training.problem import check_model, initial_state, prepare_problem
 from .training.report import DivergenceError, DivergenceWarning, finish
+from .training.solvers import solve
 from .training.trainer import train
 
 __all__ = ["fit", "DivergenceError", "DivergenceWarning"]
@@ -180,7 +182,10 @@ def fit(
     state = initial_state(problem, options.optimizer, seed, init)
     rates = options.schedule.start(options.optimizer.lr)
     observers = _observers(problem, options, rates)
-    run = train(backend, problem, options, state, rates, observers)
+    if options.optimizer.code in SECOND_ORDER:  # Newton, L-BFGS: full-batch solvers
+        run = solve(backend, problem, options, state, observers)
+    else:
+        run = train(backend, problem, options, state, rates, observers)
     return finish(
         problem, options, run, backend, observers, model if isinstance(model, MLP) else None
     )

@@ -86,13 +86,20 @@ def fit(
         ``"rmsprop"``, ``"adam"``, ``"adamw"`` with the defaults of ``torch.optim``, or an
         object such as ``fastgd.optim.Adam(lr=1e-3, betas=(0.9, 0.999))`` for other
         hyperparameters. The update runs inside the compiled loop on every backend.
+        ``"newton"`` (linear family) and ``"lbfgs"`` (every model), or
+        ``fastgd.optim.Newton(...)`` / ``fastgd.optim.LBFGS(history=10, ...)``, are
+        full-batch second-order solvers: ``epochs`` is then the maximum number of
+        iterations, ``batch_size``, ``shuffle`` and schedules do not apply, the penalty
+        may only be L2, and ``result.gradient_norm`` is the final ``max|gradient|``
+        (see :mod:`fastgd.training.solvers`).
     shuffle : bool, default True
         Visit the rows in a new random order each epoch (ignored for full batches).
     seed : int or None
         Seed of the shuffling; the same seed gives the same batches on every backend.
     tol : float or None, default None
         Stop when the epoch loss has not fallen below ``best_loss - tol`` for
-        ``n_iter_no_change`` epochs in a row; ``None`` runs all ``epochs``.
+        ``n_iter_no_change`` epochs in a row; ``None`` runs all ``epochs``. Newton and
+        L-BFGS: the gradient tolerance (``None``: the optimizer object's ``tol``).
     n_iter_no_change : int, default 5
         See ``tol``.
     backend : {"auto", "numba", "cython", "numpy"}

@@ -118,7 +118,9 @@ def test_l2_logistic_equals_sklearn(backend, solver, data):
     result = fastgd.fit(X, y, "logistic", optimizer=solver, penalty="l2", alpha=alpha,
                         backend=backend, epochs=1000, sample_weight=weights)  # fmt: skip
     assert result.stop_reason == "converged"
-    np.testing.assert_allclose(result.coef_, sk.coef_, rtol=1e-6, atol=1e-6 * np.abs(sk.coef_).max())
+    np.testing.assert_allclose(
+        result.coef_, sk.coef_, rtol=1e-6, atol=1e-6 * np.abs(sk.coef_).max()
+    )
     np.testing.assert_allclose(result.intercept_, sk.intercept_, rtol=1e-6, atol=1e-8)
 
 
@@ -138,17 +140,24 @@ def test_l2_softmax_equals_sklearn_on_digits(backend, solver):
         return a - a.mean(axis=0)
 
     scale = np.abs(sk.coef_).max()
-    np.testing.assert_allclose(centred(result.coef_), centred(sk.coef_), rtol=1e-6, atol=1e-6 * scale)
-    np.testing.assert_allclose(centred(result.intercept_), centred(sk.intercept_), atol=1e-6 * scale)
+    np.testing.assert_allclose(
+        centred(result.coef_), centred(sk.coef_), rtol=1e-6, atol=1e-6 * scale
+    )
+    np.testing.assert_allclose(
+        centred(result.intercept_), centred(sk.intercept_), atol=1e-6 * scale
+    )
 
 
 def test_lbfgs_reaches_scipy_lbfgsb_optimum():
     scipy_optimize = pytest.importorskip("scipy.optimize")
     X, y = _synthetic_binary(2000, 10, seed=3)
-    n, alpha = len(y), 1e-3
+    alpha = 1e-3
     result = fastgd.fit(X, y, "logistic", optimizer=LBFGS(tol=1e-10, ftol=0.0),
                         penalty="l2", alpha=alpha, backend="numpy", epochs=500)  # fmt: skip
-    model, data = LinearModel(losses.BINARY_CROSS_ENTROPY, 1, True), Data(X, y[:, None] * 1.0, np.empty(0))
+    model, data = (
+        LinearModel(losses.BINARY_CROSS_ENTROPY, 1, True),
+        Data(X, y[:, None] * 1.0, np.empty(0)),
+    )
 
     def objective(x):
         loss, grad = numpy_ref.loss_and_gradient(model, data, x)

@@ -253,6 +253,8 @@ class ModuleBackend:
         ``train_epochs`` and ``loss_and_gradient`` over the containers.
     threads : callable
         Returns the number of threads the kernels can use.
+    prepare : callable, optional
+        ``prepare(data)`` -> the :class:`Data` the kernels get (e.g. read-only views).
     hessian : module, optional
         Module with ``loss_gradient_hessian`` for :class:`LinearModel` (Newton's pass).
     """
@@ -260,7 +262,11 @@ class ModuleBackend:
     name: str
     kinds: dict
     threads: object
+    prepare: object = None
     hessian: object = None
+
+    def _data(self, data):
+        return data if self.prepare is None or data is None else self.prepare(data)
 
     def _module(self, model):
         try:
@@ -276,11 +282,12 @@ class ModuleBackend:
 
     def train_epochs(self, model, data, state, update, block, n_threads):
         """See :meth:`Backend.train_epochs`."""
-        return self._module(model).train_epochs(model, data, state, update, block, n_threads)
+        module = self._module(model)
+        return module.train_epochs(model, self._data(data), state, update, block, n_threads)
 
     def loss_and_gradient(self, model, data, params):
         """See :meth:`Backend.loss_and_gradient`."""
-        return self._module(model).loss_and_gradient(model, data, params)
+        return self._module(model).loss_and_gradient(model, self._data(data), params)
 
     def loss_gradient_hessian(self, model, data, params, n_threads, hessian=True):
         """See :meth:`Backend.loss_gradient_hessian`."""
@@ -289,4 +296,5 @@ class ModuleBackend:
                 f"backend {self.name!r} has no Hessian kernels for {type(model).__name__}; "
                 "Newton's method is for the linear family (use L-BFGS for networks)"
             )
+        data = self._data(data)
         return self.hessian.loss_gradient_hessian(model, data, params, n_threads, hessian)

@@ -28,3 +28,19 @@ REASONS = {
 def new_stop_state():
     """Fresh state of the tolerance rule: no best loss yet, no epoch without change."""
     return np.array([np.inf, 0.0])
+
+
+def tolerance_rule(epoch_loss, tol, n_iter_no_change, stop_state):
+    """Update ``stop_state = [best, n_no_change]`` with an epoch's loss; True when
+    training has converged.
+
+    Plain Python on scalars and a 2-element array, so that the NumPy reference calls it
+    as it is and the Numba kernels compile this very function (one rule, not a copy per
+    backend; the Cython kernels spell it in C).
+    """
+    if epoch_loss > stop_state[0] - tol:
+        stop_state[1] += 1
+    else:
+        stop_state[1] = 0
+    stop_state[0] = min(stop_state[0], epoch_loss)
+    return stop_state[1] >= n_iter_no_change

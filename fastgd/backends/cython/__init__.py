@@ -12,7 +12,7 @@ from . import hessian, linear, network
 from ._kernels import max_threads, openmp_enabled
 
 BACKEND = ModuleBackend(
-    "cython", {LinearModel: linear, NetworkModel: network}, max_threads, hessian
+    "cython", {LinearModel: linear, NetworkModel: network}, max_threads, hessian=hessian
 )
 
 __all__ = ["BACKEND", "openmp_enabled"]

@@ -15,4 +15,6 @@ def _threads():
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
-BACKEND = ModuleBackend("numpy", {LinearModel: linear, NetworkModel: network}, _threads, hessian)
+BACKEND = ModuleBackend(
+    "numpy", {LinearModel: linear, NetworkModel: network}, _threads, hessian=hessian
+)

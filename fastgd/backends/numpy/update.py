@@ -8,6 +8,7 @@ import numpy as np
 
 from ...specs import optimizers as opt
 from ...specs import stopping
+from ...specs.stopping import tolerance_rule
 
 
 def clip_gradient(grad, n_trained, hyper):
@@ -115,16 +116,6 @@ def apply_update(params, grad, n_weights, n_trained, opt_code, hyper, opt_state,
     optimizer_step(params, grad, n_trained, opt_code, hyper, opt_state, t, lr)
     if l1 > 0.0:
         soft_threshold(params, n_weights, lr * l1)
-
-
-def tolerance_rule(epoch_loss, tol, n_iter_no_change, stop_state):
-    """Update ``stop_state = [best, n_no_change]``; True when training has converged."""
-    if epoch_loss > stop_state[0] - tol:
-        stop_state[1] += 1
-    else:
-        stop_state[1] = 0
-    stop_state[0] = min(stop_state[0], epoch_loss)
-    return stop_state[1] >= n_iter_no_change
 
 
 def snapshot(state):

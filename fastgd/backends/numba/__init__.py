@@ -8,7 +8,7 @@ losses (:mod:`.losses`) and the thread count of a call (:mod:`.threads`).
 import numba
 
 from ..contract import LinearModel, ModuleBackend, NetworkModel
-from . import linear, network
+from . import hessian, linear, network
 
 
 def _threads():
@@ -31,5 +31,9 @@ def _read_only(data):
 
 
 BACKEND = ModuleBackend(
-    "numba", {LinearModel: linear, NetworkModel: network}, _threads, prepare=_read_only
+    "numba",
+    {LinearModel: linear, NetworkModel: network},
+    _threads,
+    prepare=_read_only,
+    hessian=hessian,
 )

@@ -1,8 +1,8 @@
-"""Build the Cython extension ``fastgd.backends.cython._kernels`` (with OpenMP if possible).
+"""Build the Cython extensions of ``fastgd.backends.cython`` (with OpenMP if possible).
 
-The extension holds the linear and the network kernels (``_network_kernels.pxi`` is
-included by ``_kernels.pyx``); SciPy must be installed at build time for its
-``scipy.linalg.cython_blas`` declarations.
+``_kernels`` holds the linear and the network kernels (``_network_kernels.pxi`` is
+included by ``_kernels.pyx``), ``_hessian`` the Newton pass of the linear family; SciPy
+must be installed at build time for its ``scipy.linalg.cython_blas`` declarations.
 
 Project metadata lives in pyproject.toml; this file only describes the extension.
 OpenMP is probed with a tiny test program at build time; if that fails, or the environment
@@ -122,7 +122,9 @@ extensions = [
         # BLAS through scipy.linalg.cython_blas (function pointers resolved at import, so
         # nothing to link)
         depends=["fastgd/backends/cython/_network_kernels.pxi"],
-    )
+    ),
+    # loss, gradient and Hessian of the linear family for Newton's method (BLAS as above)
+    Extension("fastgd.backends.cython._hessian", sources=["fastgd/backends/cython/_hessian.pyx"]),
 ]
 
 setup(

@@ -61,8 +61,25 @@ def check_features(X, name="X", n_features=None, allow_1d=True):
     return arr
 
 
+def _all_finite(arr):
+    """True if no entry is NaN or infinite, without an array-sized temporary.
+
+    A sum is NaN or infinite when any entry is (and propagates NaN), so one reducing pass
+    answers for the common, clean case; only a non-finite sum (possibly an overflow of
+    large finite values) is checked again exactly, a block of rows at a time.
+    """
+    if arr.dtype.kind not in "fc":
+        return True
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(np.sum(arr, dtype=np.float64)):
+            return True
+    flat = arr.reshape(arr.shape[0], -1) if arr.ndim > 1 else arr.reshape(-1, 1)
+    step = max(1, (1 << 16) // max(1, flat.shape[1]))
+    return all(np.isfinite(flat[i : i + step]).all() for i in range(0, flat.shape[0], step))
+
+
 def _check_finite(arr, name):
-    if not np.isfinite(arr).all():
+    if not _all_finite(arr):
         n_nan = int(np.isnan(arr).sum())
         n_inf = int(np.isinf(arr).sum())
         raise ValueError(

@@ -6,10 +6,12 @@ options -> problem (data, model spec, validation split) -> initial state -> trai
 
 from .backends import get_backend
 from .network import MLP
+from .specs.optimizers import SECOND_ORDER
 from .training import observers as obs
 from .training.options import resolve_options
 from .training.problem import check_model, initial_state, prepare_problem
 from .training.report import DivergenceError, DivergenceWarning, finish
+from .training.solvers import solve
 from .training.trainer import train
 
 __all__ = ["fit", "DivergenceError", "DivergenceWarning"]
@@ -84,13 +86,20 @@ def fit(
         ``"rmsprop"``, ``"adam"``, ``"adamw"`` with the defaults of ``torch.optim``, or an
         object such as ``fastgd.optim.Adam(lr=1e-3, betas=(0.9, 0.999))`` for other
         hyperparameters. The update runs inside the compiled loop on every backend.
+        ``"newton"`` (linear family) and ``"lbfgs"`` (every model), or
+        ``fastgd.optim.Newton(...)`` / ``fastgd.optim.LBFGS(history=10, ...)``, are
+        full-batch second-order solvers: ``epochs`` is then the maximum number of
+        iterations, ``batch_size``, ``shuffle`` and schedules do not apply, the penalty
+        may only be L2, and ``result.gradient_norm`` is the final ``max|gradient|``
+        (see :mod:`fastgd.training.solvers`).
     shuffle : bool, default True
         Visit the rows in a new random order each epoch (ignored for full batches).
     seed : int or None
         Seed of the shuffling; the same seed gives the same batches on every backend.
     tol : float or None, default None
         Stop when the epoch loss has not fallen below ``best_loss - tol`` for
-        ``n_iter_no_change`` epochs in a row; ``None`` runs all ``epochs``.
+        ``n_iter_no_change`` epochs in a row; ``None`` runs all ``epochs``. Newton and
+        L-BFGS: the gradient tolerance (``None``: the optimizer object's ``tol``).
     n_iter_no_change : int, default 5
         See ``tol``.
     backend : {"auto", "numba", "cython", "numpy"}
@@ -180,7 +189,10 @@ def fit(
     state = initial_state(problem, options.optimizer, seed, init)
     rates = options.schedule.start(options.optimizer.lr)
     observers = _observers(problem, options, rates)
-    run = train(backend, problem, options, state, rates, observers)
+    if options.optimizer.code in SECOND_ORDER:  # Newton, L-BFGS: full-batch solvers
+        run = solve(backend, problem, options, state, observers)
+    else:
+        run = train(backend, problem, options, state, rates, observers)
     return finish(
         problem, options, run, backend, observers, model if isinstance(model, MLP) else None
     )

@@ -189,7 +189,81 @@ class AdamW(Adam):
     default_weight_decay = 1e-2
 
 
-OPTIMIZERS = {"sgd": SGD, "adagrad": Adagrad, "rmsprop": RMSprop, "adam": Adam, "adamw": AdamW}
+class SecondOrder(Optimizer):
+    """Base of the full-batch solvers (:mod:`fastgd.training.solvers`): no state rows, and
+    ``lr`` is the first trial step of each line search."""
+
+    def __init__(self, lr, tol):
+        super().__init__(lr)
+        self.tol = check_number(tol, "tol", low=0.0)
+
+    def new_state(self, n_params, dtype):
+        """No per-parameter state is kept between fits."""
+        return np.zeros((0, n_params), dtype=dtype)
+
+
+class Newton(SecondOrder):
+    """Newton's method for the linear family (``"linear"``, ``"logistic"``, ``"softmax"``).
+
+    Each iteration computes the loss, gradient and Hessian in one compiled pass, solves
+    ``H step = -g`` by Cholesky (retrying with ``H + tau I``, ``tau`` growing tenfold from
+    ``1e-10 max diag H``, when ``H`` is not positive definite), and backtracks from
+    ``lr`` by halving until ``f(t) - f(0) <= 2**-11 t g.step`` (at most 21 trials).
+
+    Parameters
+    ----------
+    tol : float, default 1e-8
+        Converged when ``max|g| <= tol`` and the Newton decrement ``step.H.step / 2 <= tol``
+        (``fit(tol=...)`` overrides it).
+    lr : float, default 1.0
+        First trial step of the line search.
+    """
+
+    code = codes.NEWTON
+
+    def __init__(self, tol=1e-8, lr=1.0):
+        super().__init__(lr, tol)
+
+
+class LBFGS(SecondOrder):
+    """Limited-memory BFGS for every model, networks included.
+
+    Two-loop recursion over the last ``history`` pairs (``s``, ``y``), kept when
+    ``y.s > eps * (-g.s)``; the first iteration tries ``lr / ||g||`` along ``-g``.
+
+    Parameters
+    ----------
+    history : int, default 10
+        Pairs kept (SciPy's ``maxcor``).
+    line_search : {"strong_wolfe", None}, default "strong_wolfe"
+        ``"strong_wolfe"``: a bracketing line search with cubic interpolation accepting
+        ``f(t) <= f(0) + 1e-4 t g.d`` and ``|g(t).d| <= 0.9 |g.d|`` (at most 20 trials);
+        None: fixed steps of ``lr`` (as ``torch.optim.LBFGS`` without line search).
+    tol : float, default 1e-6
+        Converged when ``max|g| <= tol`` (``fit(tol=...)`` overrides it).
+    ftol : float, default 64 * machine epsilon
+        Converged when ``(f_k - f_k+1) / max(|f_k|, |f_k+1|, 1) <= ftol``.
+    lr : float, default 1.0
+    """
+
+    code = codes.LBFGS
+
+    def __init__(self, history=10, line_search="strong_wolfe", tol=1e-6, ftol=None, lr=1.0):
+        super().__init__(lr, tol)
+        if isinstance(history, bool) or not isinstance(history, (int, np.integer)) or history < 1:
+            raise ValueError(f"history must be a positive integer; got {history!r}")
+        if line_search not in ("strong_wolfe", None):
+            raise ValueError(f"line_search must be 'strong_wolfe' or None; got {line_search!r}")
+        self.history, self.line_search = int(history), line_search
+        self.ftol = check_number(
+            64 * np.finfo(float).eps if ftol is None else ftol, "ftol", low=0.0
+        )
+
+
+OPTIMIZERS = {
+    "sgd": SGD, "adagrad": Adagrad, "rmsprop": RMSprop, "adam": Adam, "adamw": AdamW,
+    "newton": Newton, "lbfgs": LBFGS,
+}  # fmt: skip
 
 
 def make_optimizer(optimizer, lr=None):
@@ -198,7 +272,8 @@ def make_optimizer(optimizer, lr=None):
     Parameters
     ----------
     optimizer : str or Optimizer
-        One of ``"sgd"``, ``"adagrad"``, ``"rmsprop"``, ``"adam"``, ``"adamw"``, or an object.
+        One of ``"sgd"``, ``"adagrad"``, ``"rmsprop"``, ``"adam"``, ``"adamw"``, the
+        full-batch solvers ``"newton"`` and ``"lbfgs"``, or an object.
     lr : float, optional
         Learning rate for a named optimizer (default: the optimizer's own). Giving it with
         an optimizer object is an error: the object carries its own.

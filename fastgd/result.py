@@ -29,9 +29,11 @@ class FitResult:
         ``t**-power`` of inverse scaling).
     n_epochs : int
         Number of epochs run (including a diverged one, whose update was discarded).
-    stop_reason : {"max_epochs", "converged", "diverged", "callback", "early_stopping"}
+    stop_reason : {"max_epochs", "converged", "diverged", "callback", "early_stopping", \
+"line_search_failed"}
         Why training stopped: all epochs run, the tolerance rule, a NaN/inf loss, the
-        callback returned True, or the validation loss stopped improving.
+        callback returned True, or the validation loss stopped improving; Newton and
+        L-BFGS may also stop when no step length decreases the objective.
     backend : str
         The backend that ran the training loop.
     n_threads : int
@@ -63,6 +65,9 @@ class FitResult:
         where and what may help.
     feature_names_in_ : ndarray of str or None
         The column names of a pandas ``DataFrame`` X (when all of them are strings).
+    gradient_norm : float or None
+        Newton and L-BFGS: ``max|g|`` of the penalised objective's gradient at the returned
+        iterate (before early stopping restores a best one); None for first-order fits.
     """
 
     model: object
@@ -87,6 +92,7 @@ class FitResult:
     gradient_diagnosis: str | None = None
     gradient_message: str | None = None
     feature_names_in_: np.ndarray | None = None
+    gradient_norm: float | None = None
     _single_target: bool = field(default=True, repr=False)
 
     @property

@@ -286,6 +286,21 @@ def test_one_signature_per_kernel_with_early_stopping():
     )  # training and gradient kernels, once each
 
 
+def test_read_only_data_does_not_compile_again():
+    # Numba types read-only arrays apart; the backend marks all data read-only, so a
+    # memmap or a locked array reuses the kernels of a writeable one
+    numba_kernels = pytest.importorskip("fastgd.backends.numba.linear")
+    rng = np.random.default_rng(14)
+    X = rng.standard_normal((100, 3))
+    y = X @ np.ones(3)
+    writeable = fastgd.fit(X, y, epochs=2, backend="numba", seed=0)
+    count = numba_kernels.compiled_signatures()
+    X.flags.writeable = False
+    locked = fastgd.fit(X, y, epochs=2, backend="numba", seed=0)
+    assert numba_kernels.compiled_signatures() == count
+    assert np.array_equal(locked.params, writeable.params)
+
+
 def test_result_repr_and_fields():
     X = np.linspace(-1, 1, 50)
     result = fastgd.fit(X, 3 * X, epochs=2, backend="numpy")

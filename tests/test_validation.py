@@ -94,3 +94,14 @@ def test_predict_checks_its_input():
         result.predict(X[:, :2])
     with pytest.raises(ValueError, match="X contains 1 NaN"):
         result.predict(np.where(np.eye(20, 3) * np.arange(20)[:, None] == 1, np.nan, X))
+
+
+def test_large_finite_values_are_not_mistaken_for_infinite():
+    # the NaN/inf check sums X first; a sum that overflows is checked again exactly
+    from fastgd._validation import check_features
+
+    X = np.full((4, 2), 1e308)
+    assert check_features(X) is X
+    X[2, 1] = np.inf
+    with pytest.raises(ValueError, match="X contains 0 NaN and 1 infinite values"):
+        check_features(X)

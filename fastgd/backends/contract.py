@@ -16,7 +16,9 @@ objects or Python callbacks):
 A backend dispatches on the type of the kernel model to one module per model kind
 (``backends/<name>/linear.py``, ``network.py``), each with the functions
 ``train_epochs(model, data, state, update, block, n_threads)`` and
-``loss_and_gradient(model, data, params)``. A new model kind is one more container here
+``loss_and_gradient(model, data, params)``; the Newton pass of the linear family,
+``loss_gradient_hessian``, is one more module per backend (``backends/<name>/hessian.py``).
+A new model kind is one more container here
 and one more module per backend; a new data kind is one more container beside
 :class:`Data`, read by a per-backend row accessor.
 
@@ -196,6 +198,47 @@ class Backend(Protocol):
         Networks use batch statistics (training mode), as one full batch would.
         """
 
+    def loss_gradient_hessian(self, model, data, params, n_threads, hessian=True) -> tuple:
+        """Newton's pass of a :class:`LinearModel`: mean loss, gradient and Hessian, in float64.
+
+        One read of ``X``, parallel over fixed row chunks whose sums are added in chunk
+        order (the result does not depend on ``n_threads``); accumulated in float64 for
+        float32 data too. No penalty is included.
+
+        Parameters
+        ----------
+        model : LinearModel
+        data : Data
+        params : ndarray of float64, shape (d * k + k,)
+            Flat parameters ``[W (d, k) row-major, b (k)]``.
+        n_threads : int
+        hessian : bool, default True
+            False: only the loss and the gradient (a line-search trial).
+
+        Returns
+        -------
+        loss : float
+            Mean (weighted) data loss over all rows.
+        grad : ndarray of float64, shape (d * k + k,)
+            Its gradient (intercept entries zero when ``fit_intercept`` is False).
+        H : ndarray of float64 or None
+            Its Hessian w.r.t. the flat vector, whose entry ``j * k + c`` is the weight of
+            feature ``j`` for output ``c`` (``j = d``: the intercept); with
+            ``x~ = [x, 1]`` and ``w`` the sample weights:
+
+            - mean squared error: the ``(d + 1, d + 1)`` block
+              ``B = 2 / (n k) * sum_i w_i x~_i x~_i^T`` shared by every output; the full
+              Hessian is ``kron(B, I_k)``, never formed;
+            - binary cross-entropy (``k = 1``): the full ``(d + 1, d + 1)`` matrix
+              ``1 / n * sum_i w_i p_i (1 - p_i) x~_i x~_i^T``;
+            - categorical cross-entropy: the full ``((d + 1) k, (d + 1) k)`` matrix, entry
+              ``(j k + c, j' k + c')`` being
+              ``1 / n * sum_i w_i p_ic (delta_cc' - p_ic') x~_ij x~_ij'``.
+
+            The intercept rows and columns are included even when ``fit_intercept`` is
+            False (the solver leaves them out). None when ``hessian`` is False.
+        """
+
 
 @dataclass
 class ModuleBackend:
@@ -210,11 +253,20 @@ class ModuleBackend:
         ``train_epochs`` and ``loss_and_gradient`` over the containers.
     threads : callable
         Returns the number of threads the kernels can use.
+    prepare : callable, optional
+        ``prepare(data)`` -> the :class:`Data` the kernels get (e.g. read-only views).
+    hessian : module, optional
+        Module with ``loss_gradient_hessian`` for :class:`LinearModel` (Newton's pass).
     """
 
     name: str
     kinds: dict
     threads: object
+    prepare: object = None
+    hessian: object = None
+
+    def _data(self, data):
+        return data if self.prepare is None or data is None else self.prepare(data)
 
     def _module(self, model):
         try:
@@ -230,8 +282,19 @@ class ModuleBackend:
 
     def train_epochs(self, model, data, state, update, block, n_threads):
         """See :meth:`Backend.train_epochs`."""
-        return self._module(model).train_epochs(model, data, state, update, block, n_threads)
+        module = self._module(model)
+        return module.train_epochs(model, self._data(data), state, update, block, n_threads)
 
     def loss_and_gradient(self, model, data, params):
         """See :meth:`Backend.loss_and_gradient`."""
-        return self._module(model).loss_and_gradient(model, data, params)
+        return self._module(model).loss_and_gradient(model, self._data(data), params)
+
+    def loss_gradient_hessian(self, model, data, params, n_threads, hessian=True):
+        """See :meth:`Backend.loss_gradient_hessian`."""
+        if not isinstance(model, LinearModel) or self.hessian is None:
+            raise TypeError(
+                f"backend {self.name!r} has no Hessian kernels for {type(model).__name__}; "
+                "Newton's method is for the linear family (use L-BFGS for networks)"
+            )
+        data = self._data(data)
+        return self.hessian.loss_gradient_hessian(model, data, params, n_threads, hessian)

@@ -43,6 +43,11 @@ ADAGRAD = 1
 RMSPROP = 2
 ADAM = 3
 ADAMW = 4
+# second-order solvers: run by fastgd.training.solvers in Python over full-batch passes;
+# no training kernel ever receives these codes
+NEWTON = 100
+LBFGS = 101
+SECOND_ORDER = (NEWTON, LBFGS)
 
 # positions in the hyperparameter vector handed to the kernels (float64)
 LR = 0

@@ -87,5 +87,6 @@ def _result(problem, options, run, backend_name, early, diagnosis):
         gradient_diagnosis=diagnosis[0],
         gradient_message=diagnosis[1],
         feature_names_in_=problem.feature_names,
+        gradient_norm=getattr(run, "gradient_norm", None),  # the full-batch solvers' SolverRun
         _single_target=problem.single_target,
     )

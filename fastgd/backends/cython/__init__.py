@@ -8,9 +8,11 @@ extension is not built, which the backend registry reports.
 """
 
 from ..contract import LinearModel, ModuleBackend, NetworkModel
-from . import linear, network
+from . import hessian, linear, network
 from ._kernels import max_threads, openmp_enabled
 
-BACKEND = ModuleBackend("cython", {LinearModel: linear, NetworkModel: network}, max_threads)
+BACKEND = ModuleBackend(
+    "cython", {LinearModel: linear, NetworkModel: network}, max_threads, hessian=hessian
+)
 
 __all__ = ["BACKEND", "openmp_enabled"]

@@ -8,11 +8,32 @@ losses (:mod:`.losses`) and the thread count of a call (:mod:`.threads`).
 import numba
 
 from ..contract import LinearModel, ModuleBackend, NetworkModel
-from . import linear, network
+from . import hessian, linear, network
 
 
 def _threads():
     return numba.config.NUMBA_NUM_THREADS
 
 
-BACKEND = ModuleBackend("numba", {LinearModel: linear, NetworkModel: network}, _threads)
+def _read_only(data):
+    """Read-only views of the rows, which the kernels only read.
+
+    Numba compiles a separate specialization of every kernel for read-only arrays (memmaps,
+    pandas 3 frames, arrays the user locked): marking every call's data read-only gives
+    one specialization whatever the user's arrays are, and costs three views per call.
+    """
+    views = []
+    for array in data:
+        view = array.view()
+        view.flags.writeable = False
+        views.append(view)
+    return type(data)(*views)
+
+
+BACKEND = ModuleBackend(
+    "numba",
+    {LinearModel: linear, NetworkModel: network},
+    _threads,
+    prepare=_read_only,
+    hessian=hessian,
+)

@@ -1,27 +1,51 @@
-"""Numba kernels for multi-layer perceptrons: one compiled call runs a block of epochs.
+"""Numba kernels of multi-layer perceptrons: one compiled call runs a block of epochs.
 
-Same contract and arithmetic as :mod:`fastgd.backends.numpy.network`. A mini-batch is
-split into row chunks that depend on the batch size only (as for the linear models);
-every step of the forward and backward pass runs chunk by chunk, in parallel when the
-batch is large enough. Matrix products of a chunk go to BLAS (``np.dot``), one thread per
-chunk (BLAS itself is pinned to one thread, see :mod:`fastgd.backends._blas`). Whatever
-needs the whole batch (batch-norm statistics, the gradient) is summed over the chunks in
-chunk order, so results are bit-identical for any thread count.
+Same contract and arithmetic as :mod:`fastgd.backends.numpy.network`, and the algorithm of
+the Cython kernel (``backends/cython/_network_kernels.pxi``). A mini-batch of ``B`` rows
+is split into ``n_chunks`` contiguous row chunks, a partition that depends on ``B`` only.
+One batch is a sequence of *phases*, each run over all chunks (in parallel when the batch
+is large enough), with the batch-wide sums a phase needs added between two phases, over
+the chunks in chunk order, so results are bit-identical for any thread count:
 
-The parameter update after each batch (penalties, clipping, schedule, optimizer) is the
-one of the linear kernels, imported from :mod:`fastgd.backends.numba.update`.
+- ``FORWARD`` from layer ``l``: (if layer ``l - 1`` is normalized: normalize its rows
+  with the batch statistics, activate) then dense layers (matrix product, bias,
+  activation) up to the first normalized hidden layer, whose column sums of ``z`` the
+  chunk leaves in its row of ``S``; or, without one, through the output layer, its loss
+  and dloss/dz (divided by ``B``), and on into the backward pass;
+- ``VARIANCE`` of a normalized layer: the chunk's column sums of ``(z - mean)**2``;
+- backward, per layer from the top: the weight gradient ``A_in^T @ dZ`` and the bias sums
+  into the chunk's row of ``G``, then ``dA_in = dZ @ W^T`` times ``act'``; at a normalized
+  layer the chunk's sums of ``dU * x_hat`` and ``dU`` go to its gamma and beta entries and
+  the phase ends; the next phase, ``BN_BACKWARD``, turns ``dU`` into ``dZ`` with the
+  batch sums and goes on down.
+
+Matrix products of a chunk go to BLAS (``np.dot`` with an output array), which is pinned
+to one thread (see :mod:`fastgd.backends.blas`). ``act'`` is computed from the
+activation's output ``A`` (for ReLU and leaky ReLU with a slope >= 0, ``A > 0`` exactly
+when ``U > 0``), so the pre-activation values are never stored.
+
+Compile time (a first fit on a new machine) shapes the code: the kernel that runs chunks
+in parallel is a separate specialization, chosen in Python before the call and compiled
+only by fits whose batches reach ``PARALLEL_MIN_WORK``; integers passed to the functions
+that are not inlined are int64, never literal, so each has one signature per dtype. The
+parameter update after each batch is the one of the linear kernels
+(:mod:`fastgd.backends.numba.update`).
 """
 
+import contextlib
 import math
+from typing import NamedTuple
 
+import numba
 import numpy as np
 from numba import njit, prange
 
-from ..._config import MAX_CHUNKS, NUMBA_OPTIONS, PARALLEL_MIN_WORK, ROW_PADDING
+from ..._config import MAX_CHUNKS, NUMBA_OPTIONS, PARALLEL_MIN_WORK
 from ...specs import network as net
 from ...specs import optimizers as opt
 from ...specs import stopping
 from ..blas import single_threaded_blas
+from ..contract import EpochBlock, UpdateConfig
 from .losses import _loss_block
 from .threads import numba_threads
 from .update import (
@@ -33,469 +57,703 @@ from .update import (
     _tolerance_rule,
 )
 
-RELU, LEAKY_RELU, SIGMOID, TANH = net.RELU, net.LEAKY_RELU, net.SIGMOID, net.TANH
+IDENTITY, RELU, LEAKY_RELU, SIGMOID, TANH = net.IDENTITY, net.RELU, net.LEAKY_RELU, net.SIGMOID, net.TANH  # fmt: skip
 
-# what one call of _chunk_step does
-FORWARD = 0  # dense layer (and, without batch norm, activation; the loss at the output)
-BN_VARIANCE = 1  # per-chunk sums of squared deviations from the batch mean
-BN_APPLY = 2  # normalize, scale, shift, activation
-BACKWARD = 3  # gradients of a dense layer; dloss/du of the layer below
-BN_BACKWARD = 4  # dloss/dz through the normalization
+# the phases of a batch (see the module docstring)
+FORWARD = 0
+VARIANCE = 1
+BN_BACKWARD = 2
+DONE = 3
 
+# how a kernel runs the chunks of a phase
+SERIAL = 0
+PARALLEL = 1
 
-@njit(inline="always", **NUMBA_OPTIONS)
-def _offsets(sizes, batch_norm):
-    """Offsets of the parameter blocks (see fastgd.specs.network.layout) and of each
-    layer's block in the per-row activation buffers (``column``)."""
-    n_layers = sizes.shape[0] - 1
-    weight = np.zeros(n_layers, dtype=np.int64)
-    bias = np.full(n_layers, -1, dtype=np.int64)
-    gamma = np.full(n_layers, -1, dtype=np.int64)
-    beta = np.full(n_layers, -1, dtype=np.int64)
-    running = np.full(n_layers, -1, dtype=np.int64)
-    column = np.zeros(n_layers + 1, dtype=np.int64)
-    offset = 0
-    for layer in range(n_layers):
-        weight[layer] = offset
-        offset += sizes[layer] * sizes[layer + 1]
-        column[layer + 1] = column[layer] + sizes[layer]
-    n_weights = offset
-    for layer in range(n_layers):
-        if not batch_norm[layer]:  # batch norm's shift takes the place of the bias
-            bias[layer] = offset
-            offset += sizes[layer + 1]
-    n_running = 0
-    for layer in range(n_layers):
-        if batch_norm[layer]:
-            gamma[layer] = offset
-            beta[layer] = offset + sizes[layer + 1]
-            offset += 2 * sizes[layer + 1]
-            running[layer] = n_running
-            n_running += 2 * sizes[layer + 1]
-    return weight, bias, gamma, beta, running, column, n_weights, offset
+_CACHE_LINE_BYTES = 64
 
 
-@njit(inline="always", **NUMBA_OPTIONS)
-def _activate(u, code, slope):
-    if code == RELU:
-        return u if u > 0 else 0.0 * u
-    if code == LEAKY_RELU:
-        return u if u > 0 else slope * u
-    if code == SIGMOID:
-        e = math.exp(-abs(u))  # never overflows
-        return 1.0 / (1.0 + e) if u >= 0 else e / (1.0 + e)
-    if code == TANH:
-        return math.tanh(u)
-    return u
+class Layout(NamedTuple):
+    """A network and the named offsets of one kernel call (built by :func:`make_layout`).
 
-
-@njit(inline="always", **NUMBA_OPTIONS)
-def _activation_slope(u, a, code, slope):
-    """act'(u), from the output a = act(u) where that is cheaper."""
-    if code == RELU:
-        return 1.0 if u > 0 else 0.0
-    if code == LEAKY_RELU:
-        return 1.0 if u > 0 else slope
-    if code == SIGMOID:
-        return a * (1.0 - a)
-    if code == TANH:
-        return 1.0 - a * a
-    return 1.0
-
-
-@njit(inline="always", **NUMBA_OPTIONS)
-def _rows(flat, batch_max, column, rows, width):
-    """The (rows, width) block of a layer in a flat per-row buffer (contiguous)."""
-    first = batch_max * column
-    return flat[first : first + rows * width].reshape((rows, width))
-
-
-@njit(**NUMBA_OPTIONS)  # not inlined: one compiled body shared by both callers (compile time)
-def _chunk_step(
-    step, layer, chunk, n_chunks, start, rows, batch_max, X, Y, weights, order, shuffled,
-    params, sizes, batch_norm, activation, slope, loss_code, offsets, A, U, XH, D, G, stats,
-):  # fmt: skip
-    """One step of the forward or backward pass on one chunk of the batch.
-
-    The batch is rows ``start:start + rows`` of the epoch's order; the chunk is its rows
-    ``lo:hi``. Per layer ``l`` the buffers hold (row by row): ``A`` its input activations
-    (block ``l``; block 0 is the gathered X), ``U`` its pre-activation values (after batch
-    norm; for the output layer, the decision values and then dloss/dz), ``XH`` the
-    normalized values, ``D`` dloss/d(pre-activation) during the backward pass. ``stats``
-    holds the batch-wide mean, 1/std and backward sums of a normalized layer.
+    Attributes
+    ----------
+    sizes, batch_norm : ndarray of int64
+        Layer widths (L + 1) and batch-norm flags (L), as in
+        :class:`~fastgd.backends.contract.NetworkModel`.
+    activation, loss_code : int
+        Codes of :mod:`fastgd.specs.network` and :mod:`fastgd.specs.losses`.
+    slope, momentum, eps : float
+        Leaky slope, batch-norm momentum and eps.
+    weight, bias, gamma, beta, running : ndarray of int64, shape (L,)
+        Offsets of each layer's blocks in the flat parameters and running averages
+        (:func:`fastgd.specs.network.layout`; -1 where a layer has no such block).
+    n_weights, n_params : int
+        Entries of the weight matrices (the penalized ones, first) and of all parameters.
+    z, a, stats : ndarray of int64, shape (L,)
+        Offsets in the scratch buffer of each layer's rows of ``z`` (output layer and
+        normalized hidden layers: ``z``, then ``x_hat`` or dloss/dz), of a hidden layer's
+        activations, and of a normalized layer's ``mean, var, inv_std``; -1 where unused.
+    gather, delta0, delta1, reduced : int
+        Offsets of the gathered input rows of a shuffled batch, of the two buffers of
+        dloss/du that alternate between layers in the backward pass, and of a normalized
+        layer's ``inv_std / B, gamma * sum(du), gamma * sum(du * x_hat)``.
+    work_per_row : int
+        Multiply-adds per row of the forward and backward pass (the parallel threshold).
     """
-    weight, bias, gamma, beta, running, column, n_weights, n_params = offsets
-    n_layers = sizes.shape[0] - 1
-    lo = (chunk * rows) // n_chunks
-    hi = ((chunk + 1) * rows) // n_chunks
-    n_in, n_out = sizes[layer], sizes[layer + 1]
-    A_in = _rows(A, batch_max, column[layer], rows, n_in)
-    U_out = _rows(U, batch_max, column[layer + 1] - sizes[0], rows, n_out)
-    W = params[weight[layer] : weight[layer] + n_in * n_out].reshape((n_in, n_out))
-    normalized = batch_norm[layer] != 0
-    if step == FORWARD:
-        if layer == 0:  # gather this chunk's samples: X rows in the epoch's order
-            for r in range(lo, hi):
-                i = order[start + r] if shuffled else start + r
-                for j in range(n_in):
-                    A_in[r, j] = X[i, j]
-        Z = np.dot(A_in[lo:hi], W)
-        b = bias[layer]
-        for r in range(lo, hi):
-            for j in range(n_out):
-                U_out[r, j] = Z[r - lo, j] if normalized else Z[r - lo, j] + params[b + j]
-        if layer == n_layers - 1:
-            # loss and dloss/dz of the output (weighted); the gradient is of the batch mean
-            out3 = U_out[lo:hi].reshape((1, hi - lo, n_out))
-            G[chunk, n_params] = _loss_block(
-                Y, weights, order, shuffled, start + lo, start + hi, loss_code, n_out, out3, 0
+
+    sizes: np.ndarray
+    batch_norm: np.ndarray
+    activation: int
+    loss_code: int
+    slope: float
+    momentum: float
+    eps: float
+    weight: np.ndarray
+    bias: np.ndarray
+    gamma: np.ndarray
+    beta: np.ndarray
+    running: np.ndarray
+    n_weights: int
+    n_params: int
+    z: np.ndarray
+    a: np.ndarray
+    stats: np.ndarray
+    gather: int
+    delta0: int
+    delta1: int
+    reduced: int
+    work_per_row: int
+
+
+class Scratch(NamedTuple):
+    """Work arrays of one kernel call (built by :func:`make_scratch`).
+
+    Attributes
+    ----------
+    buf : ndarray of shape (n_buf,)
+        Per-row blocks at the offsets of :class:`Layout`, for the largest batch.
+    G : ndarray of shape (MAX_CHUNKS, >= n_params)
+        Each chunk's gradient sums; row 0 receives the batch's mean gradient.
+    S : ndarray of shape (MAX_CHUNKS, >= widest layer)
+        Each chunk's column sums for the batch-norm statistics.
+    chunk_loss : ndarray of float64, shape (MAX_CHUNKS, 8)
+        Each chunk's loss sum in column 0 (one cache line per chunk).
+    saved_params, saved_running, saved_state, saved_step : ndarray
+        The state at the start of the epoch, restored when the epoch diverges.
+    """
+
+    buf: np.ndarray
+    G: np.ndarray
+    S: np.ndarray
+    chunk_loss: np.ndarray
+    saved_params: np.ndarray
+    saved_running: np.ndarray
+    saved_state: np.ndarray
+    saved_step: np.ndarray
+
+
+class Batch(NamedTuple):
+    """One mini-batch: rows ``start:start + rows`` of the epoch's ``order`` (an empty
+    ``order``, ``shuffled`` False: the natural order), in ``n_chunks`` chunks."""
+
+    order: np.ndarray
+    shuffled: bool
+    start: int
+    rows: int
+    n_chunks: int
+
+
+# ---------------------------------------------------------------------------------------
+# rows of one chunk
+
+
+@njit(inline="always", **NUMBA_OPTIONS)
+def _rows(buf, offset, lo, hi, width):
+    """Rows ``lo:hi`` of the (rows, width) block that starts at ``offset`` of ``buf``."""
+    return buf[offset + lo * width : offset + hi * width].reshape((hi - lo, width))
+
+
+@njit(inline="always", **NUMBA_OPTIONS)
+def _weights(layout, params, layer):
+    """The (n_in, n_out) weight matrix of ``layer``, a view of the flat parameters."""
+    n_in, n_out = layout.sizes[layer], layout.sizes[layer + 1]
+    w = layout.weight[layer]
+    return params[w : w + n_in * n_out].reshape((n_in, n_out))
+
+
+@njit(inline="always", **NUMBA_OPTIONS)
+def _delta_rows(layout, buf, layer, lo, hi):
+    """Rows of dloss/du of hidden ``layer``: two buffers alternate between layers."""
+    offset = layout.delta0 if layer % 2 == 0 else layout.delta1
+    return _rows(buf, offset, lo, hi, layout.sizes[layer + 1])
+
+
+@njit(inline="always", **NUMBA_OPTIONS)
+def _input_rows(layout, data, buf, batch, layer, lo, hi):
+    """Rows ``lo:hi`` of the batch's input to ``layer``: X itself in the natural order,
+    the gathered rows of a shuffled batch, or the activations of the layer below."""
+    if layer > 0:
+        return _rows(buf, layout.a[layer - 1], lo, hi, layout.sizes[layer])
+    if batch.shuffled:
+        return _rows(buf, layout.gather, lo, hi, layout.sizes[0])
+    return data.X[batch.start + lo : batch.start + hi]
+
+
+@njit(inline="always", **NUMBA_OPTIONS)
+def _gather(layout, data, buf, batch, lo, hi):
+    """Copy the X rows of a shuffled chunk, in the epoch's order, into one block."""
+    d = layout.sizes[0]
+    dst = _rows(buf, layout.gather, lo, hi, d)
+    for r in range(lo, hi):
+        i = batch.order[batch.start + r]
+        for j in range(d):
+            dst[r - lo, j] = data.X[i, j]
+
+
+@njit(inline="always", **NUMBA_OPTIONS)
+def _column_sums(block, out, offset):
+    """``out[offset + j] = sum of block[:, j]``, rows added in order."""
+    rows, n = block.shape
+    for j in range(n):
+        out[offset + j] = 0.0
+    for r in range(rows):
+        for j in range(n):
+            out[offset + j] += block[r, j]
+
+
+@njit(**NUMBA_OPTIONS)  # not inlined (compile time); one call per block of rows
+def _activate_rows(a, code, slope):
+    """``a = act(a)`` in place, as :func:`fastgd.backends.shared.activate`."""
+    rows, n = a.shape
+    if code == RELU:
+        for r in range(rows):
+            for j in range(n):
+                a[r, j] = 0.0 if a[r, j] < 0 else a[r, j]  # a NaN stays NaN, as np.maximum
+    elif code == LEAKY_RELU:
+        for r in range(rows):
+            for j in range(n):
+                u = a[r, j]
+                # slope * u in float64, rounded once, as NumPy's (slope * U).astype(U.dtype)
+                a[r, j] = u if u > 0 else slope * u
+    elif code == SIGMOID:
+        for r in range(rows):
+            for j in range(n):
+                u = a[r, j]
+                e = math.exp(-abs(u))  # never overflows
+                a[r, j] = 1.0 / (1.0 + e) if u >= 0 else e / (1.0 + e)
+    elif code == TANH:
+        for r in range(rows):
+            for j in range(n):
+                a[r, j] = math.tanh(a[r, j])
+
+
+@njit(**NUMBA_OPTIONS)  # not inlined (compile time); one call per block of rows
+def _times_slope_rows(g, a, code, slope):
+    """``g *= act'(u)``, from the activation's output ``a = act(u)``."""
+    rows, n = g.shape
+    if code == RELU:
+        for r in range(rows):
+            for j in range(n):
+                g[r, j] = g[r, j] * (1.0 if a[r, j] > 0 else 0.0)  # 0 * NaN stays NaN
+    elif code == LEAKY_RELU:
+        for r in range(rows):
+            for j in range(n):
+                g[r, j] = g[r, j] * (1.0 if a[r, j] > 0 else slope)
+    elif code == SIGMOID:
+        for r in range(rows):
+            for j in range(n):
+                g[r, j] = g[r, j] * (a[r, j] * (1.0 - a[r, j]))
+    elif code == TANH:
+        for r in range(rows):
+            for j in range(n):
+                g[r, j] = g[r, j] * (1.0 - a[r, j] * a[r, j])
+
+
+@njit(inline="always", **NUMBA_OPTIONS)
+def _normalize_rows(layout, params, buf, layer, lo, hi):
+    """``x_hat = (z - mean) * inv_std`` (stored over z), ``a = act(gamma * x_hat + beta)``."""
+    n = layout.sizes[layer + 1]
+    z = _rows(buf, layout.z[layer], lo, hi, n)
+    a = _rows(buf, layout.a[layer], lo, hi, n)
+    mean, inv_std = layout.stats[layer], layout.stats[layer] + 2 * n
+    g, be = layout.gamma[layer], layout.beta[layer]
+    for r in range(hi - lo):
+        for j in range(n):
+            x_hat = (z[r, j] - buf[mean + j]) * buf[inv_std + j]
+            z[r, j] = x_hat
+            a[r, j] = params[g + j] * x_hat + params[be + j]
+    _activate_rows(a, layout.activation, layout.slope)
+
+
+@njit(**NUMBA_OPTIONS)  # not inlined (compile time); one call per chunk
+def _output_loss(layout, data, scratch, batch, z, lo, hi, chunk):
+    """Loss of the chunk's rows (into its slot of ``chunk_loss``); ``z`` becomes the
+    derivative of the batch's mean loss, dloss/dz / B."""
+    k = z.shape[1]
+    scratch.chunk_loss[chunk, 0] = _loss_block(
+        data.Y, data.weights, batch.order, batch.shuffled, batch.start + lo, batch.start + hi,
+        layout.loss_code, k, z.reshape((1, hi - lo, k)), 0,
+    )  # fmt: skip
+    for r in range(hi - lo):
+        for c in range(k):
+            z[r, c] = z[r, c] / batch.rows
+
+
+@njit(inline="always", **NUMBA_OPTIONS)
+def _forward_rows(layout, data, params, scratch, batch, layer, lo, hi, chunk):
+    """The forward phase from ``layer`` on rows ``lo:hi``.
+
+    Returns -1 when it ends at a normalized hidden layer (its column sums of ``z`` are in
+    the chunk's row of ``S``), else the output layer, whose ``z`` holds dloss/dz.
+    """
+    n_layers = layout.sizes.shape[0] - 1
+    buf = scratch.buf
+    if layer > 0 and layout.batch_norm[layer - 1]:
+        _normalize_rows(layout, params, buf, layer - 1, lo, hi)
+    if layer == 0 and batch.shuffled:
+        _gather(layout, data, buf, batch, lo, hi)
+    a_in = _input_rows(layout, data, buf, batch, layer, lo, hi)
+    for current in range(layer, n_layers):
+        hidden = current < n_layers - 1
+        normalized = layout.batch_norm[current] != 0
+        # a plain hidden layer is activated in place: its z rows are its activations
+        offset = layout.a[current] if hidden and not normalized else layout.z[current]
+        z = _rows(buf, offset, lo, hi, layout.sizes[current + 1])
+        np.dot(a_in, _weights(layout, params, current), z)
+        if normalized:  # no bias: the chunk's column sums of z, for the batch mean
+            _column_sums(z, scratch.S[chunk], 0)
+            return -1
+        b = layout.bias[current]
+        for r in range(hi - lo):
+            for j in range(z.shape[1]):
+                z[r, j] += params[b + j]
+        if not hidden:
+            _output_loss(layout, data, scratch, batch, z, lo, hi, chunk)
+            return current
+        _activate_rows(z, layout.activation, layout.slope)
+        a_in = z
+    return n_layers - 1
+
+
+@njit(inline="always", **NUMBA_OPTIONS)
+def _bn_backward_rows(layout, params, buf, batch, layer, lo, hi):
+    """dloss/dz of normalized ``layer`` from its du (in place), with the batch sums.
+
+    As the NumPy reference, with ``dx_hat = du * gamma``:
+    ``dz = inv_std / B * (B dx_hat - sum(dx_hat) - x_hat sum(dx_hat x_hat))``; the
+    ``reduced`` block holds ``inv_std / B, gamma sum(du), gamma sum(du x_hat)``.
+    """
+    n = layout.sizes[layer + 1]
+    dz = _delta_rows(layout, buf, layer, lo, hi)
+    x_hat = _rows(buf, layout.z[layer], lo, hi, n)
+    c1, g = layout.reduced, layout.gamma[layer]
+    c2, c3 = c1 + n, c1 + 2 * n
+    rows = float(batch.rows)
+    for r in range(hi - lo):
+        for j in range(n):
+            dz[r, j] = buf[c1 + j] * (
+                rows * (dz[r, j] * params[g + j]) - buf[c2 + j] - x_hat[r, j] * buf[c3 + j]
             )
-            inv_rows = 1.0 / rows
-            for r in range(lo, hi):
-                for j in range(n_out):
-                    U_out[r, j] *= inv_rows
-        elif normalized:
-            for j in range(n_out):
-                stats[chunk, j] = 0.0
-            for r in range(lo, hi):
-                for j in range(n_out):
-                    stats[chunk, j] += U_out[r, j]
-        else:
-            A_out = _rows(A, batch_max, column[layer + 1], rows, n_out)
-            for r in range(lo, hi):
-                for j in range(n_out):
-                    A_out[r, j] = _activate(U_out[r, j], activation, slope)
-    elif step == BN_VARIANCE:
-        mean = stats[MAX_CHUNKS]
-        for j in range(n_out):
-            stats[chunk, j] = 0.0
-        for r in range(lo, hi):
-            for j in range(n_out):
-                deviation = U_out[r, j] - mean[j]
-                stats[chunk, j] += deviation * deviation
-    elif step == BN_APPLY:
-        mean, inv_std = stats[MAX_CHUNKS], stats[MAX_CHUNKS + 1]
-        X_hat = _rows(XH, batch_max, column[layer + 1] - sizes[0], rows, n_out)
-        A_out = _rows(A, batch_max, column[layer + 1], rows, n_out)
-        g, be = gamma[layer], beta[layer]
-        for r in range(lo, hi):
-            for j in range(n_out):
-                x_hat = (U_out[r, j] - mean[j]) * inv_std[j]
-                X_hat[r, j] = x_hat
-                u = params[g + j] * x_hat + params[be + j]
-                U_out[r, j] = u
-                A_out[r, j] = _activate(u, activation, slope)
-    elif step == BACKWARD:
-        # dZ of this layer: the output's dloss/dz lives in U, a hidden layer's in D
-        if layer == n_layers - 1:
-            dZ = U_out
-        else:
-            dZ = _rows(D, batch_max, column[layer + 1] - sizes[0], rows, n_out)
-        grad_W = np.dot(A_in[lo:hi].T, dZ[lo:hi])
-        w, b = weight[layer], bias[layer]
-        for j in range(n_in):
-            for c in range(n_out):
-                G[chunk, w + j * n_out + c] = grad_W[j, c]
-        if not normalized:
-            for c in range(n_out):
-                G[chunk, b + c] = 0.0
-            for r in range(lo, hi):
-                for c in range(n_out):
-                    G[chunk, b + c] += dZ[r, c]
-        if layer > 0:
-            below = layer - 1  # the hidden layer whose activations fed this one
-            dA = np.dot(dZ[lo:hi], W.T)
-            U_in = _rows(U, batch_max, column[layer] - sizes[0], rows, n_in)
-            dU = _rows(D, batch_max, column[layer] - sizes[0], rows, n_in)
-            for r in range(lo, hi):
+    return dz
+
+
+@njit(inline="always", **NUMBA_OPTIONS)
+def _backward_rows(layout, data, params, scratch, batch, layer, dz, lo, hi, chunk):
+    """Backward from ``layer``, whose dloss/dz rows ``lo:hi`` are ``dz``, into the chunk's
+    row of G: down to layer 0, or to a normalized hidden layer (then the chunk's sums of
+    ``du * x_hat`` and ``du`` go to its gamma and beta entries, and the phase ends)."""
+    buf, G = scratch.buf, scratch.G[chunk]
+    current = layer
+    while True:
+        n_in, n_out = layout.sizes[current], layout.sizes[current + 1]
+        a_in = _input_rows(layout, data, buf, batch, current, lo, hi)
+        w = layout.weight[current]
+        np.dot(a_in.T, dz, G[w : w + n_in * n_out].reshape((n_in, n_out)))
+        if not layout.batch_norm[current]:
+            _column_sums(dz, G, layout.bias[current])
+        if current == 0:
+            return
+        da = _delta_rows(layout, buf, current - 1, lo, hi)
+        np.dot(dz, _weights(layout, params, current).T, da)
+        _times_slope_rows(da, a_in, layout.activation, layout.slope)
+        current -= 1
+        dz = da
+        if layout.batch_norm[current]:
+            x_hat = _rows(buf, layout.z[current], lo, hi, n_in)
+            g, be = layout.gamma[current], layout.beta[current]
+            for j in range(n_in):
+                G[g + j] = 0.0
+                G[be + j] = 0.0
+            for r in range(hi - lo):
                 for j in range(n_in):
-                    dU[r, j] = dA[r - lo, j] * _activation_slope(
-                        U_in[r, j], A_in[r, j], activation, slope
-                    )
-            if batch_norm[below]:
-                # chunk sums of dU (the shift's gradient) and dU * x_hat (the scale's)
-                X_hat = _rows(XH, batch_max, column[layer] - sizes[0], rows, n_in)
-                g, be = gamma[below], beta[below]
-                for j in range(n_in):
-                    G[chunk, g + j] = 0.0
-                    G[chunk, be + j] = 0.0
-                for r in range(lo, hi):
-                    for j in range(n_in):
-                        G[chunk, g + j] += dU[r, j] * X_hat[r, j]
-                        G[chunk, be + j] += dU[r, j]
-    else:  # BN_BACKWARD of this (hidden, normalized) layer:
-        # dz = inv_std / B * (B dx_hat - sum(dx_hat) - x_hat sum(dx_hat x_hat)), dx_hat = gamma du
-        inv_std, sum_du, sum_du_xhat = (
-            stats[MAX_CHUNKS + 1],
-            stats[MAX_CHUNKS + 2],
-            stats[MAX_CHUNKS + 3],
-        )
-        dU = _rows(D, batch_max, column[layer + 1] - sizes[0], rows, n_out)
-        X_hat = _rows(XH, batch_max, column[layer + 1] - sizes[0], rows, n_out)
-        g = gamma[layer]
-        for r in range(lo, hi):
-            for j in range(n_out):
-                scale = params[g + j]
-                dU[r, j] = (inv_std[j] / rows) * (
-                    rows * (dU[r, j] * scale) - scale * sum_du[j] - X_hat[r, j] * (scale * sum_du_xhat[j])
-                )  # fmt: skip
+                    G[g + j] += da[r, j] * x_hat[r, j]
+                    G[be + j] += da[r, j]
+            return
 
 
-# what the whole batch must agree on after a step, before the next one can run
-NO_SYNC = 0
-BN_MEAN = 1  # the batch mean of a normalized layer (after its FORWARD)
-BN_STD = 2  # its variance (after BN_VARIANCE)
-BN_SUMS = 3  # the backward sums of the normalized layer below (after a BACKWARD)
-
-
-@njit(**NUMBA_OPTIONS)
-def _program(sizes, batch_norm):
-    """The steps of one batch as rows ``(step, layer, sync)``.
-
-    Steps between two synchronization points run one after the other within each chunk,
-    so a network without batch norm runs its whole forward and backward pass in a single
-    parallel region per batch (a region costs a few microseconds on a quiet machine, far
-    more on a busy one).
-    """
-    n_layers = sizes.shape[0] - 1
-    program = np.zeros((5 * n_layers, 3), dtype=np.int64)
-    k = 0
-    for layer in range(n_layers):
-        program[k, 0], program[k, 1] = FORWARD, layer
-        k += 1
-        if batch_norm[layer]:
-            program[k - 1, 2] = BN_MEAN
-            program[k, 0], program[k, 1], program[k, 2] = BN_VARIANCE, layer, BN_STD
-            program[k + 1, 0], program[k + 1, 1] = BN_APPLY, layer
-            k += 2
-    for layer in range(n_layers - 1, -1, -1):
-        program[k, 0], program[k, 1] = BACKWARD, layer
-        k += 1
-        if layer > 0 and batch_norm[layer - 1]:
-            program[k - 1, 2] = BN_SUMS
-            program[k, 0], program[k, 1] = BN_BACKWARD, layer - 1
-            k += 1
-    return program[:k]
+@njit(**NUMBA_OPTIONS)  # not inlined: one compiled body for the serial and parallel loops
+def _chunk_phase(layout, data, params, scratch, batch, phase, layer, chunk):
+    """One phase of the batch (``FORWARD``, ``VARIANCE`` or ``BN_BACKWARD`` from
+    ``layer``) on one chunk; each chunk writes only its own rows and sums."""
+    lo = (chunk * batch.rows) // batch.n_chunks
+    hi = ((chunk + 1) * batch.rows) // batch.n_chunks
+    buf = scratch.buf
+    if phase == VARIANCE:  # the chunk's column sums of (z - mean)**2
+        n = layout.sizes[layer + 1]
+        z, S, mean = _rows(buf, layout.z[layer], lo, hi, n), scratch.S[chunk], layout.stats[layer]
+        for j in range(n):
+            S[j] = 0.0
+        for r in range(hi - lo):
+            for j in range(n):
+                e = z[r, j] - buf[mean + j]
+                S[j] += e * e
+        return
+    if phase == FORWARD:
+        top = _forward_rows(layout, data, params, scratch, batch, layer, lo, hi, chunk)
+        if top < 0:
+            return
+        dz = _rows(buf, layout.z[top], lo, hi, layout.sizes[top + 1])
+    else:
+        dz = _bn_backward_rows(layout, params, buf, batch, layer, lo, hi)
+        top = layer
+    _backward_rows(layout, data, params, scratch, batch, top, dz, lo, hi, chunk)
 
 
 @njit(parallel=True, **NUMBA_OPTIONS)
-def _segment_parallel(
-    program, first, last, n_chunks, start, rows, batch_max, X, Y, weights, order, shuffled,
-    params, sizes, batch_norm, activation, slope, loss_code, offsets, A, U, XH, D, G, stats,
-):  # fmt: skip
-    for chunk in prange(n_chunks):
-        for k in range(first, last):
-            _chunk_step(
-                program[k, 0], program[k, 1], chunk, n_chunks, start, rows, batch_max, X, Y,
-                weights, order, shuffled, params, sizes, batch_norm, activation, slope,
-                loss_code, offsets, A, U, XH, D, G, stats,
-            )  # fmt: skip
-
-
-@njit(**NUMBA_OPTIONS)
-def _segment_serial(
-    program, first, last, n_chunks, start, rows, batch_max, X, Y, weights, order, shuffled,
-    params, sizes, batch_norm, activation, slope, loss_code, offsets, A, U, XH, D, G, stats,
-):  # fmt: skip
-    for chunk in range(n_chunks):
-        for k in range(first, last):
-            _chunk_step(
-                program[k, 0], program[k, 1], chunk, n_chunks, start, rows, batch_max, X, Y,
-                weights, order, shuffled, params, sizes, batch_norm, activation, slope,
-                loss_code, offsets, A, U, XH, D, G, stats,
-            )  # fmt: skip
-
-
-@njit(**NUMBA_OPTIONS)
-def _batch_gradient(
-    program, start, rows, batch_max, X, Y, weights, order, shuffled, params, running,
-    update_running, sizes, batch_norm, activation, net_hyper, loss_code, offsets, A, U, XH, D,
-    G, stats,
-):  # fmt: skip
-    """Forward and backward pass of one batch; G[0] receives the mean gradient and
-    G[0, n_params] the summed loss. Updates the running averages if asked."""
-    n_layers = sizes.shape[0] - 1
-    n_params = offsets[7]
-    slope, momentum, eps = net_hyper[net.LEAKY_SLOPE], net_hyper[net.BN_MOMENTUM], net_hyper[net.BN_EPS]  # fmt: skip
-    n_chunks = _n_chunks(rows)
-    work = 0
-    for layer in range(n_layers):
-        work += sizes[layer] * sizes[layer + 1]
-    parallel = n_chunks > 1 and rows * work >= PARALLEL_MIN_WORK
-    mean, inv_std = stats[MAX_CHUNKS], stats[MAX_CHUNKS + 1]
-    first = 0
-    while first < program.shape[0]:
-        last = first
-        while last < program.shape[0] - 1 and program[last, 2] == NO_SYNC:
-            last += 1
-        if parallel:
-            _segment_parallel(
-                program, first, last + 1, n_chunks, start, rows, batch_max, X, Y, weights,
-                order, shuffled, params, sizes, batch_norm, activation, slope, loss_code,
-                offsets, A, U, XH, D, G, stats,
-            )  # fmt: skip
-        else:
-            _segment_serial(
-                program, first, last + 1, n_chunks, start, rows, batch_max, X, Y, weights,
-                order, shuffled, params, sizes, batch_norm, activation, slope, loss_code,
-                offsets, A, U, XH, D, G, stats,
-            )  # fmt: skip
-        sync, layer = program[last, 2], program[last, 1]
-        # batch-wide values from the chunks' partial sums, added in chunk order
-        if sync == BN_MEAN:
-            for j in range(sizes[layer + 1]):
-                total = 0.0
-                for c in range(n_chunks):
-                    total += stats[c, j]
-                mean[j] = total / rows
-        elif sync == BN_STD:
-            width = sizes[layer + 1]
-            r = offsets[4][layer]
-            for j in range(width):
-                total = 0.0
-                for c in range(n_chunks):
-                    total += stats[c, j]
-                variance = total / rows
-                inv_std[j] = 1.0 / math.sqrt(variance + eps)
-                stats[MAX_CHUNKS + 4 + layer, j] = inv_std[j]  # again for the backward pass
-                if update_running:
-                    unbiased = variance * rows / (rows - 1) if rows > 1 else variance
-                    running[r + j] = (1.0 - momentum) * running[r + j] + momentum * mean[j]
-                    running[r + width + j] = (1.0 - momentum) * running[r + width + j] + momentum * unbiased  # fmt: skip
-        elif sync == BN_SUMS:
-            below = layer - 1
-            g, be = offsets[2][below], offsets[3][below]
-            for j in range(sizes[layer]):
-                total_du, total_du_xhat = 0.0, 0.0
-                for c in range(n_chunks):
-                    total_du += G[c, be + j]
-                    total_du_xhat += G[c, g + j]
-                inv_std[j] = stats[MAX_CHUNKS + 4 + below, j]
-                stats[MAX_CHUNKS + 2, j] = total_du
-                stats[MAX_CHUNKS + 3, j] = total_du_xhat
-        first = last + 1
-    _sum_chunks(G, n_chunks, n_params + 1)
+def _phase_parallel(layout, data, params, scratch, batch, phase, layer):
+    """One phase over all chunks, one chunk per iteration of a parallel loop."""
+    for chunk in prange(batch.n_chunks):
+        # an int64 index, as in the serial loop: one signature of _chunk_phase
+        _chunk_phase(layout, data, params, scratch, batch, phase, layer, np.int64(chunk))
 
 
 @njit(inline="always", **NUMBA_OPTIONS)
-def _buffers(sizes, batch_max, dtype_array, n_params):
+def _phase_serial(layout, data, params, scratch, batch, phase, layer):
+    """One phase over all chunks, in chunk order."""
+    for chunk in range(batch.n_chunks):
+        _chunk_phase(layout, data, params, scratch, batch, phase, layer, chunk)
+
+
+# ---------------------------------------------------------------------------------------
+# between phases: batch-wide sums, in chunk order
+
+
+@njit(inline="always", **NUMBA_OPTIONS)
+def _chunk_sum(A, n_chunks, j):
+    """``A[0, j] + A[1, j] + ...`` over the chunks, in chunk order, in A's precision."""
+    total = A[0, j]
+    for c in range(1, n_chunks):
+        total += A[c, j]
+    return total
+
+
+@njit(inline="always", **NUMBA_OPTIONS)
+def _batch_statistics(layout, running, scratch, batch, layer, phase):
+    """The batch mean (after ``FORWARD``) or variance and ``1 / std`` (after
+    ``VARIANCE``) of normalized ``layer``; the variance moves the running averages (if
+    ``running`` is not empty), as ``fastgd.backends.numpy.network._update_running``."""
+    n, buf, S = layout.sizes[layer + 1], scratch.buf, scratch.S
+    mean, var, inv_std = layout.stats[layer], layout.stats[layer] + n, layout.stats[layer] + 2 * n
+    if phase == FORWARD:
+        for j in range(n):
+            buf[mean + j] = _chunk_sum(S, batch.n_chunks, j) / batch.rows
+        return
+    rows, momentum, r = batch.rows, layout.momentum, layout.running[layer]
+    unbias = rows / (rows - 1.0) if rows > 1 else 1.0
+    for j in range(n):
+        buf[var + j] = _chunk_sum(S, batch.n_chunks, j) / rows  # biased
+        # in float64, rounded once, as NumPy's (1.0 / np.sqrt(var + eps)).astype(dtype)
+        buf[inv_std + j] = 1.0 / math.sqrt(float(buf[var + j]) + layout.eps)
+        if running.shape[0] > 0:
+            running[r + j] = (1.0 - momentum) * running[r + j] + momentum * buf[mean + j]
+            running[r + n + j] = (1.0 - momentum) * running[r + n + j] + momentum * (buf[var + j] * unbias)  # fmt: skip
+
+
+@njit(inline="always", **NUMBA_OPTIONS)
+def _next_bn_backward(layout, params, scratch, batch, layer):
+    """The highest normalized hidden layer below ``layer`` and the reduced sums of its
+    ``BN_BACKWARD`` phase (from the chunks' gamma and beta gradient entries); ``DONE``
+    when there is none."""
+    below = layer - 1
+    while below >= 0 and not layout.batch_norm[below]:
+        below -= 1
+    if below < 0:
+        return np.int64(DONE), below
+    n, buf, G = layout.sizes[below + 1], scratch.buf, scratch.G
+    g, be, c, inv_std = (
+        layout.gamma[below],
+        layout.beta[below],
+        layout.reduced,
+        layout.stats[below] + 2 * n,
+    )
+    for j in range(n):
+        buf[c + j] = buf[inv_std + j] / batch.rows
+        buf[c + n + j] = params[g + j] * _chunk_sum(G, batch.n_chunks, be + j)  # sum(du)
+        buf[c + 2 * n + j] = params[g + j] * _chunk_sum(G, batch.n_chunks, g + j)  # du x_hat
+    return np.int64(BN_BACKWARD), below
+
+
+@njit(**NUMBA_OPTIONS)  # not inlined (compile time); one call per phase
+def _after_phase(layout, params, running, scratch, batch, phase, layer):
+    """The batch-wide sums after a phase; returns the next phase and its layer."""
+    n_layers = layout.sizes.shape[0] - 1
+    end = layer  # where a forward phase ended: the first normalized hidden layer from there
+    if phase == FORWARD:
+        while end < n_layers - 1 and not layout.batch_norm[end]:
+            end += 1
+    if phase == BN_BACKWARD or end == n_layers - 1:  # a backward pass reached ``end``
+        return _next_bn_backward(layout, params, scratch, batch, end)
+    _batch_statistics(layout, running, scratch, batch, end, phase)
+    if phase == FORWARD:
+        return np.int64(VARIANCE), end
+    return np.int64(FORWARD), end + 1
+
+
+@njit(inline="always", **NUMBA_OPTIONS)
+def _batch_gradient(layout, data, params, running, scratch, batch, mode):
+    """Forward and backward pass of one batch, phase by phase.
+
+    Returns the batch's (weighted) loss sum; row 0 of ``scratch.G`` receives the gradient
+    of its mean loss. The running averages move unless ``running`` is empty. ``mode`` is a compile-time constant of the calling kernel: only a
+    ``PARALLEL`` kernel references the parallel loop (so only it compiles one), and runs it
+    for the batches that reach ``PARALLEL_MIN_WORK``.
+    """
+    parallel = batch.n_chunks > 1 and batch.rows * layout.work_per_row >= PARALLEL_MIN_WORK
+    phase, layer = np.int64(FORWARD), np.int64(0)
+    while phase != DONE:
+        if mode == SERIAL:
+            _phase_serial(layout, data, params, scratch, batch, phase, layer)
+        elif parallel:
+            _phase_parallel(layout, data, params, scratch, batch, phase, layer)
+        else:
+            _phase_serial(layout, data, params, scratch, batch, phase, layer)
+        phase, layer = _after_phase(layout, params, running, scratch, batch, phase, layer)
+    _sum_chunks(scratch.G, batch.n_chunks, layout.n_params)
+    loss = 0.0
+    for c in range(batch.n_chunks):
+        loss += scratch.chunk_loss[c, 0]
+    return loss
+
+
+# ---------------------------------------------------------------------------------------
+# the epoch loop
+
+
+@njit(inline="always", **NUMBA_OPTIONS)
+def _copy_state(params, running, opt_state, step_count, to_params, to_running, to_state, to_step):  # fmt: skip
+    """Copy the training state into the ``to_`` arrays (element loops: no slice views)."""
+    for j in range(params.shape[0]):
+        to_params[j] = params[j]
+    for j in range(running.shape[0]):
+        to_running[j] = running[j]
+    for a in range(opt_state.shape[0]):
+        for j in range(opt_state.shape[1]):
+            to_state[a, j] = opt_state[a, j]
+    to_step[0] = step_count[0]
+
+
+@njit(inline="always", **NUMBA_OPTIONS)
+def _add_squared_norms(layout, G, norms):
+    """``norms[i] += |gradient of W_i|**2`` from the batch's mean gradient (G[0])."""
+    for i in range(norms.shape[0]):
+        w = layout.weight[i]
+        total = 0.0
+        for j in range(w, w + layout.sizes[i] * layout.sizes[i + 1]):
+            total += float(G[0, j]) ** 2
+        norms[i] += total
+
+
+@njit(**NUMBA_OPTIONS)  # not inlined (compile time); one call per epoch
+def _end_epoch(layout, state, update, block, scratch, epoch, epoch_loss, n_batches):
+    """Gradient norms, loss history, divergence (restore the saved state) and the
+    tolerance rule; returns a code of :mod:`fastgd.specs.stopping`, or -1 to go on."""
+    params = state.params
+    norms = block.grad_norms[epoch]
+    for i in range(norms.shape[0]):
+        norms[i] = math.sqrt(norms[i] / n_batches)
+    l1, l2 = update.hyper[opt.L1], update.hyper[opt.L2]
+    if l1 > 0.0 or l2 > 0.0:
+        epoch_loss += _penalty_value(params, layout.n_weights, l1, l2)
+    block.history[epoch] = epoch_loss
+    if not (math.isfinite(epoch_loss) and _all_finite(params)):
+        s = scratch
+        _copy_state(s.saved_params, s.saved_running, s.saved_state, s.saved_step, params,
+                    state.running, state.opt_state, state.step_count)  # fmt: skip
+        return stopping.DIVERGED
+    if _tolerance_rule(epoch_loss, update.tol, update.n_iter_no_change, state.stop_state):
+        return stopping.CONVERGED
+    return -1
+
+
+def _make_train_epochs(mode):
+    """The epoch kernel of ``mode`` (``SERIAL`` or ``PARALLEL``, a closure constant: the
+    branches of the other mode are removed before compilation)."""
+
+    @njit(**NUMBA_OPTIONS)
+    def train_epochs_kernel(layout, data, state, update, block, scratch):
+        n = data.X.shape[0]
+        params, s = state.params, scratch
+        natural = np.empty(0, dtype=np.int64)
+        shuffled = block.orders.shape[0] > 0
+        hyper = update.hyper
+        # the mean, L2 term and clipping need a pass over G before the update
+        finishing = hyper[opt.CLIP_VALUE] > 0.0 or hyper[opt.CLIP_NORM] > 0.0 or hyper[opt.L2] > 0.0  # fmt: skip
+        for epoch in range(block.n_epochs):
+            _copy_state(params, state.running, state.opt_state, state.step_count,
+                        s.saved_params, s.saved_running, s.saved_state, s.saved_step)  # fmt: skip
+            order = block.orders[epoch % block.orders.shape[0]] if shuffled else natural
+            norms = block.grad_norms[epoch]
+            for i in range(norms.shape[0]):
+                norms[i] = 0.0
+            loss_sum = 0.0
+            n_batches = 0
+            for start in range(0, n, update.batch_size):
+                rows = min(start + update.batch_size, n) - start
+                batch = Batch(order, shuffled, np.int64(start), np.int64(rows), _n_chunks(rows))
+                loss_sum += _batch_gradient(
+                    layout, data, params, state.running, scratch, batch, mode
+                )
+                _add_squared_norms(layout, s.G, norms)
+                n_batches += 1
+                # G[0] holds the mean gradient already (dz was divided by the batch size)
+                _apply_update(
+                    params, s.G, 1.0, layout.n_weights, layout.n_params, update.opt_code, hyper,
+                    state.opt_state, state.step_count, block.lr_epochs[epoch], finishing,
+                )  # fmt: skip
+            end = _end_epoch(layout, state, update, block, s, epoch, loss_sum / n, n_batches)
+            if end >= 0:
+                return epoch + 1, end
+        return block.n_epochs, stopping.MAX_EPOCHS
+
+    return train_epochs_kernel
+
+
+def _make_loss_and_gradient(mode):
+    """The full-batch gradient kernel of ``mode`` (see :func:`_make_train_epochs`)."""
+
+    @njit(**NUMBA_OPTIONS)
+    def loss_and_gradient_kernel(layout, data, params, scratch):
+        n = data.X.shape[0]
+        natural = np.empty(0, dtype=np.int64)
+        running = np.empty(0, dtype=params.dtype)
+        # computed, not literal, field values: the Batch type of the training kernels
+        batch = Batch(natural, n < 0, np.int64(0), np.int64(n), _n_chunks(n))
+        loss = _batch_gradient(layout, data, params, running, scratch, batch, mode)
+        grad = np.empty_like(params)
+        for j in range(layout.n_params):
+            grad[j] = scratch.G[0, j]
+        return loss / n, grad
+
+    return loss_and_gradient_kernel
+
+
+_TRAIN_EPOCHS = (_make_train_epochs(SERIAL), _make_train_epochs(PARALLEL))
+_LOSS_AND_GRADIENT = (_make_loss_and_gradient(SERIAL), _make_loss_and_gradient(PARALLEL))
+
+
+# ---------------------------------------------------------------------------------------
+# Python side: layout, scratch, the choice of kernel
+
+
+def make_layout(model, rows, shuffled):
+    """The :class:`Layout` of ``model`` for batches of up to ``rows`` rows, and the size
+    of the scratch buffer it needs."""
+    sizes = np.ascontiguousarray(model.sizes, dtype=np.int64)
+    batch_norm = np.ascontiguousarray(model.batch_norm, dtype=np.int64)
     n_layers = sizes.shape[0] - 1
+    slope, momentum, eps = (float(model.net_hyper[i]) for i in (net.LEAKY_SLOPE, net.BN_MOMENTUM, net.BN_EPS))  # fmt: skip
+    if model.activation == net.LEAKY_RELU and not slope >= 0.0:
+        # act'(u) is taken from act(u) > 0, which needs a slope >= 0
+        raise ValueError(f"the leaky slope must be >= 0; got {slope}")
+    params = net.layout(sizes, batch_norm)
+    line = _CACHE_LINE_BYTES // 4  # blocks start on cache lines (float32 and float64)
+    z, a, stats = (np.full(n_layers, -1, dtype=np.int64) for _ in range(3))
     total = 0
-    hidden = 0
-    widest = 0
-    for layer in range(n_layers + 1):
-        total += sizes[layer]
-        widest = max(widest, sizes[layer])
-    hidden = total - sizes[0]
-    A = np.empty(batch_max * total, dtype=dtype_array.dtype)
-    U = np.empty(batch_max * hidden, dtype=dtype_array.dtype)
-    XH = np.empty(batch_max * hidden, dtype=dtype_array.dtype)
-    D = np.empty(batch_max * hidden, dtype=dtype_array.dtype)
-    G = np.empty((MAX_CHUNKS, n_params + 1 + ROW_PADDING), dtype=dtype_array.dtype)
-    stats = np.zeros((MAX_CHUNKS + 4 + n_layers, widest), dtype=np.float64)
-    return A, U, XH, D, G, stats
 
+    def take(count):
+        nonlocal total
+        offset = total
+        total += -(-count // line) * line
+        return offset
 
-@njit(**NUMBA_OPTIONS)
-def _network_loss_and_gradient(X, Y, weights, params, sizes, batch_norm, activation, net_hyper, loss_code):  # fmt: skip
-    n = X.shape[0]
-    offsets = _offsets(sizes, batch_norm)
-    n_params = offsets[7]
-    A, U, XH, D, G, stats = _buffers(sizes, n, params, n_params)
-    order = np.empty(0, dtype=np.int64)
-    running = np.empty(0, dtype=params.dtype)
-    _batch_gradient(
-        _program(sizes, batch_norm), 0, n, n, X, Y, weights, order, False, params, running,
-        False, sizes, batch_norm, activation, net_hyper, loss_code, offsets, A, U, XH, D, G,
-        stats,
+    for layer in range(n_layers):
+        n_out, hidden = int(sizes[layer + 1]), layer < n_layers - 1
+        if not hidden or batch_norm[layer]:
+            z[layer] = take(rows * n_out)
+        if hidden:
+            a[layer] = take(rows * n_out)
+            if batch_norm[layer]:
+                stats[layer] = take(3 * n_out)
+    widest = int(max(sizes[1:-1], default=1))
+    products = sizes[:-1] * sizes[1:]  # forward and weight gradient; input gradient above 0
+    layout = Layout(
+        sizes, batch_norm, int(model.activation), int(model.loss_code), slope, momentum, eps,
+        params["weight"], params["bias"], params["gamma"], params["beta"], params["running"],
+        int(params["n_weights"]), int(params["n_params"]), z, a, stats,
+        take(rows * int(sizes[0]) if shuffled else 0), take(rows * widest),
+        take(rows * widest), take(3 * widest), int(3 * products.sum() - products[0]),
     )  # fmt: skip
-    grad = np.empty_like(params)
-    for j in range(n_params):
-        grad[j] = G[0, j]
-    return G[0, n_params] / n, grad
+    return layout, max(total, 1)
+
+
+def make_scratch(layout, n_buf, params, running, opt_state):
+    """The :class:`Scratch` of a kernel call, in the dtype of ``params``."""
+    dtype = params.dtype
+    line = _CACHE_LINE_BYTES // dtype.itemsize
+
+    def padded(size):  # rows of whole cache lines, one more against false sharing
+        return -(-(size + line) // line) * line
+
+    widest = int(max(layout.sizes[1:-1], default=1))
+    return Scratch(
+        np.empty(n_buf, dtype=dtype),
+        np.empty((MAX_CHUNKS, padded(layout.n_params)), dtype=dtype),
+        np.empty((MAX_CHUNKS, padded(widest)), dtype=dtype),
+        np.empty((MAX_CHUNKS, _CACHE_LINE_BYTES // 8)),
+        np.empty_like(params),
+        np.empty_like(running),
+        np.empty_like(opt_state),
+        np.empty(1, dtype=np.int64),
+    )
+
+
+def _mode(layout, rows, n_threads):
+    """``PARALLEL`` when a batch of ``rows`` rows (the largest of the call) runs its
+    chunks in parallel under the rule of :func:`_batch_gradient`, else ``SERIAL``: the
+    parallel kernel is compiled only for fits that use it."""
+    parallel = _n_chunks.py_func(rows) > 1 and rows * layout.work_per_row >= PARALLEL_MIN_WORK
+    return PARALLEL if parallel and n_threads > 1 else SERIAL
 
 
 def loss_and_gradient(model, data, params):
-    """Compiled; see :func:`fastgd.backends.numpy.network.loss_and_gradient`."""
+    """Compiled; see :func:`fastgd.backends.numpy.network.loss_and_gradient`.
+
+    Uses the threads Numba has (the result does not depend on their number).
+    """
+    n = data.X.shape[0]
+    layout, n_buf = make_layout(model, n, False)
+    scratch = make_scratch(layout, n_buf, params, params[:0], params[:0].reshape(0, 0))
+    mode = _mode(layout, n, numba.config.NUMBA_NUM_THREADS)
     with single_threaded_blas():
-        return _network_loss_and_gradient(
-            *data, params, model.sizes, model.batch_norm, model.activation, model.net_hyper,
-            model.loss_code,
-        )  # fmt: skip
-
-
-@njit(**NUMBA_OPTIONS)
-def _network_train_epochs(
-    X, Y, weights, params, running, orders, lr_epochs, n_epochs, sizes, batch_norm, activation,
-    net_hyper, loss_code, batch_size, opt_code, hyper, opt_state, step_count, tol,
-    n_iter_no_change, stop_state, history, grad_norms,
-):  # fmt: skip
-    n = X.shape[0]
-    n_layers = sizes.shape[0] - 1
-    offsets = _offsets(sizes, batch_norm)
-    weight, n_weights, n_params = offsets[0], offsets[6], offsets[7]
-    batch_max = min(batch_size, n)
-    A, U, XH, D, G, stats = _buffers(sizes, batch_max, params, n_params)
-    program = _program(sizes, batch_norm)
-    start_params = np.empty_like(params)
-    start_running = np.empty_like(running)
-    start_state = np.empty_like(opt_state)
-    natural = np.empty(0, dtype=np.int64)
-    shuffled = orders.shape[0] > 0
-    l1, l2 = hyper[opt.L1], hyper[opt.L2]
-    finishing = hyper[opt.CLIP_VALUE] > 0.0 or hyper[opt.CLIP_NORM] > 0.0 or l2 > 0.0
-    norms_squared = np.zeros(n_layers)
-    for epoch in range(n_epochs):
-        start_params[:] = params
-        start_running[:] = running
-        start_state[:, :] = opt_state
-        start_step = step_count[0]
-        order = orders[epoch % orders.shape[0]] if shuffled else natural
-        loss_sum = 0.0
-        norms_squared[:] = 0.0
-        n_batches = 0
-        for start in range(0, n, batch_size):
-            rows = min(start + batch_size, n) - start
-            _batch_gradient(
-                program, start, rows, batch_max, X, Y, weights, order, shuffled, params, running, True,
-                sizes, batch_norm, activation, net_hyper, loss_code, offsets, A, U, XH, D, G,
-                stats,
-            )  # fmt: skip
-            loss_sum += G[0, n_params]
-            for layer in range(n_layers):
-                total = 0.0
-                for j in range(weight[layer], weight[layer] + sizes[layer] * sizes[layer + 1]):
-                    total += float(G[0, j]) ** 2
-                norms_squared[layer] += total
-            n_batches += 1
-            _apply_update(
-                params, G, 1.0, n_weights, n_params, opt_code, hyper, opt_state, step_count,
-                lr_epochs[epoch], finishing,
-            )  # fmt: skip
-        for layer in range(n_layers):
-            grad_norms[epoch, layer] = math.sqrt(norms_squared[layer] / n_batches)
-        epoch_loss = loss_sum / n
-        if l1 > 0.0 or l2 > 0.0:
-            epoch_loss += _penalty_value(params, n_weights, l1, l2)
-        history[epoch] = epoch_loss
-        if not (math.isfinite(epoch_loss) and _all_finite(params)):
-            params[:] = start_params
-            running[:] = start_running
-            opt_state[:, :] = start_state
-            step_count[0] = start_step
-            return epoch + 1, stopping.DIVERGED
-        if _tolerance_rule(epoch_loss, tol, n_iter_no_change, stop_state):
-            return epoch + 1, stopping.CONVERGED
-    return n_epochs, stopping.MAX_EPOCHS
+        return _LOSS_AND_GRADIENT[mode](layout, data, params, scratch)
 
 
 def train_epochs(model, data, state, update, block, n_threads):
-    """Compiled; see :meth:`fastgd.backends.contract.Backend.train_epochs`."""
-    with numba_threads(n_threads), single_threaded_blas():
-        return _network_train_epochs(
-            *data, state.params, state.running, block.orders, block.lr_epochs, block.n_epochs,
-            model.sizes, model.batch_norm, model.activation, model.net_hyper, model.loss_code,
-            update.batch_size, update.opt_code, update.hyper, state.opt_state, state.step_count,
-            update.tol, update.n_iter_no_change, state.stop_state, block.history,
-            block.grad_norms,
-        )  # fmt: skip
+    """Compiled; see :meth:`fastgd.backends.contract.Backend.train_epochs`.
+
+    The serial kernel runs unless a batch is large enough for parallel chunks and
+    ``n_threads > 1``; the results are the same either way.
+    """
+    rows = min(int(update.batch_size), data.X.shape[0])
+    layout, n_buf = make_layout(model, rows, block.orders.shape[0] > 0)
+    scratch = make_scratch(layout, n_buf, state.params, state.running, state.opt_state)
+    # plain Python numbers: one compiled signature whatever integer types the caller used
+    update = UpdateConfig(int(update.batch_size), int(update.opt_code), update.hyper,
+                          float(update.tol), int(update.n_iter_no_change))  # fmt: skip
+    block = EpochBlock(block.orders, block.lr_epochs, int(block.n_epochs), block.history,
+                       block.grad_norms)  # fmt: skip
+    mode = _mode(layout, rows, n_threads)
+    threads = numba_threads(n_threads) if mode == PARALLEL else contextlib.nullcontext()
+    with threads, single_threaded_blas():
+        n_done, status = _TRAIN_EPOCHS[mode](layout, data, state, update, block, scratch)
+    return int(n_done), int(status)

@@ -7,7 +7,7 @@ One module per model kind (:mod:`.linear`, :mod:`.network`) over the containers 
 import os
 
 from ..contract import LinearModel, ModuleBackend, NetworkModel
-from . import linear, network
+from . import hessian, linear, network
 
 
 def _threads():
@@ -15,4 +15,6 @@ def _threads():
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
-BACKEND = ModuleBackend("numpy", {LinearModel: linear, NetworkModel: network}, _threads)
+BACKEND = ModuleBackend(
+    "numpy", {LinearModel: linear, NetworkModel: network}, _threads, hessian=hessian
+)

@@ -1,0 +1,171 @@
+# Compiler directives (boundscheck, wraparound, initializedcheck, cdivision, language_level)
+# are set in setup.py.
+"""Cython + OpenMP kernel of the Newton pass of the linear family (float32 and float64 X).
+
+The algorithm of :mod:`fastgd.backends.numba.hessian`: ``prange`` over the fixed row
+chunks; each chunk copies a block of rows to float64 as ``X~ = [X, 1]`` and, with BLAS
+(``scipy.linalg.cython_blas``, single-threaded: the wrapper limits it), computes the
+decision values ``Z = X~ P`` (dgemm), the per-row loss, derivative ``D`` and curvature
+weights ``h`` (loops), then adds ``X~^T D`` to the chunk's gradient sum (dgemm) and
+``X~^T diag(h_p) X~`` to its Hessian sums. A diagonal class block (``h >= 0``) is the
+symmetric rank-m update ``S^T S`` of the rows scaled by ``sqrt(h)`` (dsyrk: half the flops
+of a general product; only the row-major upper triangle is written); an off-diagonal
+softmax block (``h`` of either sign) is a dgemm of ``h``-scaled rows with ``X~``. The
+wrapper adds the chunk sums in chunk order, so results do not depend on the thread count.
+
+BLAS is column-major: a row-major (r, c) array is its column-major (c, r) transpose, so
+``Z = X~ P`` is computed as ``Z^T = P^T X~^T`` and so on (each call says which).
+"""
+
+from cython cimport floating
+from cython.parallel cimport prange, threadid
+from libc.math cimport exp, fabs, log, log1p, sqrt
+from libc.stdint cimport int64_t
+from scipy.linalg.cython_blas cimport dgemm, dsyrk
+
+# Loss codes of fastgd.specs.losses (the wrapper checks them at import time).
+cdef enum:
+    MSE = 0
+    BCE = 1
+    CE = 2
+
+LOSS_CODES = (MSE, BCE, CE)
+
+
+cdef double _row_terms(const double* z, const floating* y, int loss_code, int k, double* D,
+                       double* Hw, bint want_h) noexcept nogil:
+    """Loss of one row with decision values z; writes its D (k) and Hw (curvatures)."""
+    cdef int c, c2, p, label
+    cdef double loss, e, v, pr, m, s
+    if loss_code == MSE:
+        loss = 0.0
+        for c in range(k):
+            e = z[c] - y[c]
+            loss += e * e / k
+            D[c] = 2.0 * e / k
+        Hw[0] = 2.0 / k
+        return loss
+    if loss_code == BCE:
+        v = z[0]
+        # e = exp(-|z|) <= 1: no overflow; p (1 - p) = e / (1 + e)^2 without cancellation
+        e = exp(-fabs(v))
+        pr = 1.0 / (1.0 + e) if v >= 0 else e / (1.0 + e)
+        D[0] = pr - y[0]
+        Hw[0] = e / ((1.0 + e) * (1.0 + e))
+        return (v if v > 0 else 0.0) + log1p(e) - y[0] * v
+    label = <int>y[0]
+    m = z[0]
+    for c in range(1, k):
+        if z[c] > m:
+            m = z[c]
+    s = 0.0
+    for c in range(k):
+        D[c] = exp(z[c] - m)
+        s += D[c]
+    for c in range(k):
+        D[c] /= s
+    if want_h:
+        p = 0
+        for c in range(k):
+            for c2 in range(c, k):
+                Hw[p] = D[c] * ((1.0 if c == c2 else 0.0) - D[c2])
+                p += 1
+    loss = m + log(s) - z[label]
+    D[label] -= 1.0
+    return loss
+
+
+cdef double _block_terms(const floating[:, ::1] Y, const floating[::1] weights,
+                         Py_ssize_t start, Py_ssize_t m, int loss_code, int k, int n_pairs,
+                         bint want_h, const double* Z, double* D, double* Hw) noexcept nogil:
+    """Weighted loss sum of rows start:start + m; fills their D and Hw (weights applied)."""
+    cdef Py_ssize_t r
+    cdef int c
+    cdef double loss = 0.0, row_loss, w
+    cdef bint weighted = weights.shape[0] > 0
+    for r in range(m):
+        row_loss = _row_terms(Z + r * k, &Y[start + r, 0], loss_code, k, D + r * k,
+                              Hw + r * n_pairs, want_h)
+        if weighted:
+            w = weights[start + r]
+            row_loss *= w
+            for c in range(k):
+                D[r * k + c] *= w
+            for c in range(n_pairs):
+                Hw[r * n_pairs + c] *= w
+        loss += row_loss
+    return loss
+
+
+cdef void _hessian_block(const double* Xb, const double* Hw, int m, int d1, int k,
+                         int n_pairs, double* S, double* T) noexcept nogil:
+    """Adds X~^T diag(h_p) X~ of one block (m rows) to each class-pair block of T."""
+    cdef char tn = b'N', tt = b'T', lower = b'L'
+    cdef double one = 1.0
+    cdef int c, c2, p = 0, r, j
+    cdef double h
+    cdef double* Tp
+    for c in range(k if n_pairs > 1 else 1):
+        for c2 in range(c, k if n_pairs > 1 else 1):
+            Tp = T + <Py_ssize_t>p * d1 * d1
+            if c == c2:
+                for r in range(m):
+                    h = sqrt(Hw[r * n_pairs + p]) if Hw[r * n_pairs + p] > 0 else 0.0
+                    for j in range(d1):
+                        S[r * d1 + j] = h * Xb[r * d1 + j]
+                # column-major lower of S^c S^c^T = row-major upper of S^T S
+                dsyrk(&lower, &tn, &d1, &m, &one, S, &d1, &one, Tp, &d1)
+            else:
+                for r in range(m):
+                    h = Hw[r * n_pairs + p]
+                    for j in range(d1):
+                        S[r * d1 + j] = h * Xb[r * d1 + j]
+                # column-major S^c X~^c^T = S^T X~, symmetric
+                dgemm(&tn, &tt, &d1, &d1, &m, &one, S, &d1, <double*>Xb, &d1, &one, Tp, &d1)
+            p += 1
+
+
+cdef double _chunk(const floating[:, ::1] X, const floating[:, ::1] Y,
+                   const floating[::1] weights, const double* P, int loss_code, int k,
+                   int n_pairs, bint want_h, Py_ssize_t lo, Py_ssize_t hi, int rows,
+                   double* Xb, double* S, double* Z, double* D, double* Hw, double* G,
+                   double* T) noexcept nogil:
+    """Loss sum of rows lo:hi; adds their gradient and Hessian sums to G and T."""
+    cdef Py_ssize_t d = X.shape[1], start = lo, r, j
+    cdef int d1 = <int>d + 1, m
+    cdef char tn = b'N', tt = b'T'
+    cdef double zero = 0.0, one = 1.0, loss = 0.0
+    while start < hi:
+        m = <int>(hi - start if hi - start < rows else rows)
+        for r in range(m):
+            for j in range(d):
+                Xb[r * d1 + j] = X[start + r, j]
+            Xb[r * d1 + d] = 1.0
+        # Z (m, k) = X~ P: column-major Z^c (k, m) = P^c (k, d1) X~^c (d1, m)
+        dgemm(&tn, &tn, &k, &m, &d1, &one, <double*>P, &k, Xb, &d1, &zero, Z, &k)
+        loss += _block_terms(Y, weights, start, m, loss_code, k, n_pairs, want_h, Z, D, Hw)
+        # G (d1, k) += X~^T D: column-major G^c (k, d1) += D^c (k, m) X~^c^T (m, d1)
+        dgemm(&tn, &tt, &k, &d1, &m, &one, D, &k, Xb, &d1, &one, G, &k)
+        if want_h:
+            _hessian_block(Xb, Hw, m, d1, k, n_pairs, S, T)
+        start += m
+    return loss
+
+
+def loss_gradient_hessian(
+    const floating[:, ::1] X, const floating[:, ::1] Y, const floating[::1] weights,
+    const double[:, ::1] P, int loss_code, bint want_h, const int64_t[::1] bounds,
+    int rows, double[::1] F, double[:, :, ::1] G, double[:, :, :, ::1] T,
+    double[:, ::1] Xb, double[:, ::1] S, double[:, ::1] Z, double[:, ::1] D,
+    double[:, ::1] Hw, int n_threads,
+):
+    """Per-chunk sums F (loss), G (gradient, (d + 1, k)) and T (Hessian blocks) over the
+    chunks ``bounds[c]:bounds[c + 1]``; scratch rows (Xb, S, Z, D, Hw) per thread."""
+    cdef Py_ssize_t c, n_chunks = bounds.shape[0] - 1
+    cdef int t, k = <int>P.shape[1], n_pairs = <int>T.shape[1]
+    for c in prange(n_chunks, nogil=True, schedule="dynamic", chunksize=1,
+                    num_threads=n_threads):
+        t = threadid()
+        F[c] = _chunk(X, Y, weights, &P[0, 0], loss_code, k, n_pairs, want_h, bounds[c],
+                      bounds[c + 1], rows, &Xb[t, 0], &S[t, 0], &Z[t, 0], &D[t, 0],
+                      &Hw[t, 0], &G[c, 0, 0], &T[c, 0, 0, 0])

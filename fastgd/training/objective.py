@@ -1,0 +1,139 @@
+"""The objective the full-batch solvers minimise, over a float64 parameter vector.
+
+``f(x) = mean (weighted) data loss + l2 / 2 * ||W||^2`` (the weights ``x[:n_weights]``,
+not the intercepts or biases), its gradient and, for the linear family, its Hessian; the
+passes over the data run in the backend (:mod:`fastgd.backends.contract`). With
+``alpha = 1 / (C n)`` (``1 / (C sum w)`` before fastgd rescales weights to mean 1) this is
+scikit-learn's ``LogisticRegression`` objective divided by ``C n``: the same minimiser.
+
+:class:`NewtonSystem` solves ``H step = -g`` over the entries Newton may move: the
+intercepts are left out when they are not trained; softmax's decision values are
+unchanged by adding a constant to every class, so one class's intercept (with a penalty)
+or all of its entries (without one) are held fixed, which makes ``H`` non-singular; the
+solver re-centres the classes at the end.
+"""
+
+import numpy as np
+import scipy.linalg
+
+from ..specs import losses
+
+
+class Objective:
+    """``f``, ``g`` (and ``H``) of the penalised mean loss at float64 parameters ``x``.
+
+    Parameters
+    ----------
+    backend : fastgd.backends.contract.Backend
+    spec : LinearModelSpec or NetworkSpec
+    data : fastgd.backends.contract.Data
+    l2 : float
+        Strength of the L2 penalty ``l2 / 2 * ||W||^2``.
+    n_threads : int
+    """
+
+    def __init__(self, backend, spec, data, l2, n_threads):
+        self.backend, self.spec, self.data = backend, spec, data
+        self.model, self.l2, self.n_threads = spec.kernel_model(), l2, n_threads
+        self.n_weights = spec.n_weights
+        self.linear = spec.n_layers == 0
+        self.evaluations = 0
+
+    def _penalise(self, x, loss, grad):
+        w = x[: self.n_weights]
+        grad = np.array(grad, dtype=np.float64)
+        grad[: self.n_weights] += self.l2 * w
+        return loss + 0.5 * self.l2 * float(w @ w), grad
+
+    def value_grad(self, x):
+        """``(f, g)`` at ``x``. Float32 linear models are summed in float64 (the Newton
+        pass without its Hessian); everything else uses the backend's loss and gradient
+        in the data's precision."""
+        self.evaluations += 1
+        if self.linear and self.data.X.dtype != np.float64:
+            loss, grad, _ = self.backend.loss_gradient_hessian(
+                self.model, self.data, x, self.n_threads, hessian=False
+            )
+        else:
+            loss, grad = self.backend.loss_and_gradient(
+                self.model, self.data, x.astype(self.data.X.dtype)
+            )
+        return self._penalise(x, loss, grad)
+
+    def value_grad_hess(self, x, hessian=True):
+        """``(f, g, H)`` at ``x`` (linear family; ``H`` as the backend lays it out, with
+        the penalty on its weight diagonal; None without ``hessian``)."""
+        self.evaluations += 1
+        loss, grad, H = self.backend.loss_gradient_hessian(
+            self.model, self.data, x, self.n_threads, hessian
+        )
+        f, g = self._penalise(x, loss, grad)
+        if H is not None and self.l2:
+            d = self.spec.n_features
+            n_diag = d if self.model.loss_code == losses.MSE else self.n_weights
+            H[np.arange(n_diag), np.arange(n_diag)] += self.l2
+        return f, g, H
+
+
+def cholesky_solve(A, b):
+    """``A^-1 b`` by Cholesky; when ``A`` is not positive definite, ``A + tau I`` with
+    ``tau = 1e-10 max diag A``, tenfold per retry (damping changes the path, not the
+    optimum); the least-squares solution if that never succeeds."""
+    tau, scale = 0.0, max(float(np.max(np.abs(np.diag(A)))), np.finfo(float).tiny)
+    for _ in range(12):
+        try:
+            factor = scipy.linalg.cho_factor(A + tau * np.eye(A.shape[0]) if tau else A)
+            return scipy.linalg.cho_solve(factor, b)
+        except np.linalg.LinAlgError:
+            tau = 1e-10 * scale if tau == 0.0 else 10.0 * tau
+    return np.linalg.lstsq(A, b, rcond=None)[0]
+
+
+class NewtonSystem:
+    """Newton steps of a linear model (see the module docstring for the held entries).
+
+    Parameters
+    ----------
+    spec : LinearModelSpec
+    l2 : float
+    """
+
+    def __init__(self, spec, l2):
+        d, k = spec.n_features, spec.n_outputs
+        self.shape, self.shared = (d + 1, k), spec.loss_code == losses.MSE
+        index = np.arange((d + 1) * k).reshape(d + 1, k)
+        keep = np.ones((d + 1, k), dtype=bool)
+        if not spec.fit_intercept:
+            keep[d] = False
+        if spec.loss_code == losses.CATEGORICAL_CROSS_ENTROPY:
+            keep[d if l2 > 0 else slice(None), k - 1] = False
+        self.rows = np.flatnonzero(keep[:, 0]) if self.shared else None
+        self.active = index[keep]
+
+    def step(self, H, g):
+        """The Newton step (zero on held entries) and ``step . H . step``."""
+        step = np.zeros(g.size)
+        if self.shared:  # MSE: kron(B, I_k): one (d + 1) system with k right-hand sides
+            rows = self.rows
+            B, G = H[np.ix_(rows, rows)], g.reshape(self.shape)[rows]
+            delta = cholesky_solve(B, -G)
+            step.reshape(self.shape)[rows] = delta
+            return step, float(np.sum(delta * (B @ delta)))
+        a = self.active
+        A = H[np.ix_(a, a)]
+        delta = cholesky_solve(A, -g[a])
+        step[a] = delta
+        return step, float(delta @ (A @ delta))
+
+
+def centre_classes(spec, x, l2):
+    """Softmax: shift intercepts (and, without a penalty, every weight row) to zero mean
+    over the classes; the decision values' differences, hence the loss, are unchanged."""
+    if spec.loss_code != losses.CATEGORICAL_CROSS_ENTROPY:
+        return
+    d, k = spec.n_features, spec.n_outputs
+    P = x.reshape(d + 1, k)
+    rows = slice(None) if l2 == 0 else slice(d, d + 1)
+    if not spec.fit_intercept:
+        rows = slice(0, d) if l2 == 0 else slice(0, 0)
+    P[rows] -= P[rows].mean(axis=1, keepdims=True)

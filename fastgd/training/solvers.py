@@ -1,0 +1,229 @@
+"""Full-batch second-order solvers: Newton's method and L-BFGS, in Python over the flat
+float64 parameter vector, with every pass over the data in the backend.
+
+Each iteration calls the observers of :mod:`fastgd.training.observers` (printing,
+progress, early stopping on the validation share, the callback) as the first-order
+trainer does after an epoch, and records the objective (the penalised mean loss after the
+iteration's step) in ``loss_history`` and the accepted step length in ``lr_history``.
+The :class:`SolverRun` returned is a :class:`~fastgd.training.trainer.Run` with the
+final gradient norm and the number of passes over the data.
+
+Stop reasons: ``"converged"`` (gradient tolerance, Newton decrement or relative
+decrease), ``"max_epochs"`` (``epochs`` iterations), ``"line_search_failed"``,
+``"diverged"`` (a non-finite objective at the start), or an observer's.
+"""
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..schedules import Constant
+from ..specs import optimizers as opt
+from ..specs import stopping
+from ..specs.network import layout
+from .line_search import armijo, strong_wolfe
+from .objective import NewtonSystem, Objective, centre_classes
+from .trainer import Run
+
+
+@dataclass
+class SolverRun(Run):
+    """A :class:`Run` with what only the solvers report."""
+
+    gradient_norm: float = float("nan")
+    evaluations: int = 0
+    sizes: object = None  # networks: layer widths and parameter layout (per-layer norms)
+    layout: dict | None = None
+
+
+def check_solver_options(problem, options):
+    """Reject what the full-batch solvers do not support, naming what does."""
+    name = type(options.optimizer).__name__
+    hyper = options.hyper
+    if hyper[opt.L1] != 0.0:
+        raise ValueError(
+            f"{name} supports no L1 penalty (penalty='l1' or 'elasticnet'); use penalty='l2', "
+            "or a first-order optimizer ('sgd', 'adagrad', 'rmsprop', 'adam', 'adamw'), "
+            "whose proximal step handles L1"
+        )
+    if hyper[opt.CLIP_VALUE] or hyper[opt.CLIP_NORM]:
+        raise ValueError(f"{name} takes full steps: clip_value and clip_norm do not apply")
+    if not isinstance(options.schedule, Constant):
+        raise ValueError(f"{name} chooses its steps by line search: lr must be a number")
+    spec = problem.spec
+    if options.optimizer.code == opt.NEWTON and spec.n_layers:
+        raise ValueError("Newton's method is for the linear family; use 'lbfgs' for networks")
+    if spec.n_layers and np.any(spec.kernel_model().batch_norm):
+        raise ValueError(f"{name} trains on one full batch: use networks without batch_norm")
+
+
+def solve(backend, problem, options, state, observers):
+    """Run ``fit`` with a second-order optimizer; returns the :class:`SolverRun`.
+
+    Parameters
+    ----------
+    backend : fastgd.backends.contract.Backend
+    problem : fastgd.training.problem.Problem
+    options : fastgd.training.options.Options
+        ``options.optimizer`` is a :class:`fastgd.optim.Newton` or
+        :class:`fastgd.optim.LBFGS`; ``options.tol`` (when given) overrides its ``tol``.
+    state : fastgd.backends.contract.State
+        ``state.params`` is updated after every iteration.
+    observers : list of fastgd.training.observers.Observer
+    """
+    check_solver_options(problem, options)
+    spec, epochs = problem.spec, options.epochs
+    shape = (epochs, spec.n_layers) if spec.n_layers else (0, 0)
+    run = SolverRun(state, np.empty(epochs), np.empty(epochs), np.zeros(shape))
+    l2 = float(options.hyper[opt.L2])
+    objective = Objective(backend, spec, problem.data, l2, options.n_threads)
+    solver = options.optimizer
+    tol = options.tol if np.isfinite(options.tol) else solver.tol
+    x = state.params.astype(np.float64)
+    started = time.perf_counter()
+    if solver.code == opt.NEWTON:
+        x = _newton(objective, x, run, solver, tol, observers)
+        centre_classes(spec, x, l2)
+    else:
+        x = _lbfgs(objective, x, run, solver, tol, observers)
+    state.params[:] = x
+    run.train_time = time.perf_counter() - started
+    run.evaluations = objective.evaluations
+    for observer in observers:
+        observer.finish(run)
+    return run
+
+
+def _record(run, x, f, g, t, observers):
+    """Book one iteration and tell the observers; returns a stop reason or None."""
+    i = run.done
+    run.state.params[:] = x
+    run.history[i], run.lr_history[i] = f, t
+    run.gradient_norm = float(np.max(np.abs(g))) if g.size else 0.0
+    if run.grad_norms.size:
+        _layer_norms(run, g)
+    run.done, run.ran, run.validation_loss = i + 1, 1, None
+    reason = None
+    for observer in observers:
+        reason = observer.after_block(run) or reason
+    return reason
+
+
+def _layer_norms(run, g):
+    """Networks: the norm of each layer's weight gradient (read by the diagnosis)."""
+    offsets = run.layout["weight"]
+    sizes = run.sizes
+    for layer in range(len(sizes) - 1):
+        w = g[offsets[layer] : offsets[layer] + sizes[layer] * sizes[layer + 1]]
+        run.grad_norms[run.done, layer] = np.sqrt(w @ w)
+
+
+def _start(objective, x, run, evaluate):
+    """The first evaluation; marks a non-finite start as diverged (None then)."""
+    if objective.spec.n_layers:
+        sizes = objective.model.sizes
+        run.sizes, run.layout = sizes, layout(sizes, objective.model.batch_norm)
+    values = evaluate(x)
+    if not np.isfinite(values[0]) or not np.all(np.isfinite(values[1])):
+        run.status, run.stop_reason = stopping.DIVERGED, "diverged"
+        return None
+    run.gradient_norm = float(np.max(np.abs(values[1]))) if values[1].size else 0.0
+    return values
+
+
+def _newton(objective, x, run, solver, tol, observers):
+    """Newton iterations with an Armijo backtracking line search; returns ``x``."""
+    system = NewtonSystem(objective.spec, objective.l2)
+    values = _start(objective, x, run, objective.value_grad_hess)
+    if values is None:
+        return x
+    f, g, H = values
+    step, decrement = system.step(H, g)
+    for _ in range(run.history.size):
+        if np.max(np.abs(g)) <= tol and 0.5 * decrement <= tol:
+            run.stop_reason = "converged"
+            return x
+        found = armijo(objective, x, f, g, step, solver.lr)
+        if found is None:
+            run.stop_reason = "line_search_failed"
+            return x
+        t, x, f, g, H = found
+        if H is None:  # backtracked: the Hessian at the accepted point
+            H = objective.value_grad_hess(x)[2]
+        reason = _record(run, x, f, g, t, observers)
+        step, decrement = system.step(H, g)
+        if reason:
+            run.stop_reason = reason
+            return x
+    converged = np.max(np.abs(g)) <= tol and 0.5 * decrement <= tol
+    run.stop_reason = "converged" if converged else "max_epochs"
+    return x
+
+
+def _two_loop(g, pairs):
+    """``-H_k g`` by the two-loop recursion over the (s, y, 1 / y.s) pairs, oldest first,
+    with ``H_0 = (s.y / y.y) I`` from the newest pair."""
+    q = g.copy()
+    alphas = []
+    for s, y, rho in reversed(pairs):
+        a = rho * (s @ q)
+        q -= a * y
+        alphas.append(a)
+    s, y, _ = pairs[-1]
+    q *= (s @ y) / (y @ y)
+    for (s, y, rho), a in zip(pairs, reversed(alphas), strict=True):
+        q += (a - rho * (y @ q)) * s
+    return -q
+
+
+def _lbfgs_step(objective, x, f, g, pairs, solver):
+    """One line search along the L-BFGS direction (steepest descent without pairs)."""
+    if pairs:
+        direction, t0 = _two_loop(g, pairs), solver.lr
+    else:  # first step: length lr / ||g|| along -g (SciPy); lr * min(1, 1/|g|_1) (torch)
+        direction = -g
+        norm = np.sum(np.abs(g)) if solver.line_search is None else np.sqrt(g @ g)
+        t0 = solver.lr * (min(1.0, 1.0 / norm) if solver.line_search is None else 1.0 / norm)
+    if solver.line_search is None:
+        f1, g1 = objective.value_grad(x + t0 * direction)
+        return t0, direction, f1, g1
+    found = strong_wolfe(objective, x, f, g, direction, t0)
+    return None if found is None else (found[0], direction, *found[1:])
+
+
+def _lbfgs(objective, x, run, solver, tol, observers):
+    """L-BFGS iterations; returns ``x``."""
+    values = _start(objective, x, run, objective.value_grad)
+    if values is None:
+        return x
+    f, g = values
+    pairs, eps = [], np.finfo(float).eps
+    for _ in range(run.history.size):
+        if np.max(np.abs(g)) <= tol:
+            run.stop_reason = "converged"
+            return x
+        found = _lbfgs_step(objective, x, f, g, pairs, solver)
+        if found is None and pairs:  # drop the memory once and retry along -g
+            pairs.clear()
+            found = _lbfgs_step(objective, x, f, g, pairs, solver)
+        if found is None or not np.isfinite(found[2]):
+            run.stop_reason = "line_search_failed"
+            return x
+        t, direction, f1, g1 = found
+        s, y = t * direction, g1 - g
+        ys = float(y @ s)
+        threshold = 1e-10 if solver.line_search is None else eps * float(-(g @ s))
+        if ys > threshold:
+            pairs.append((s, y, 1.0 / ys))
+            del pairs[: -solver.history]
+        x, f_old, f, g = x + s, f, f1, g1
+        reason = _record(run, x, f, g, t, observers)
+        if reason:
+            run.stop_reason = reason
+            return x
+        if (f_old - f) / max(abs(f_old), abs(f), 1.0) <= solver.ftol:
+            run.stop_reason = "converged"
+            return x
+    run.stop_reason = "converged" if np.max(np.abs(g)) <= tol else "max_epochs"
+    return x

@@ -1,0 +1,225 @@
+"""Newton and L-BFGS: the Hessian pass of every backend, and the optima of the solvers
+against numpy.linalg.lstsq, scikit-learn and SciPy."""
+
+import numpy as np
+import pytest
+from helpers import LOSS_CASES, LOSS_IDS, make_problem, numpy_ref
+from sklearn.datasets import load_breast_cancer, load_digits
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+
+import fastgd
+from fastgd.backends import get_backend
+from fastgd.backends.contract import Data, LinearModel
+from fastgd.optim import LBFGS, Newton
+from fastgd.specs import losses
+
+
+def _weights(n, seed=1):
+    w = np.random.default_rng(seed).uniform(0.2, 2.0, n)
+    return w / w.mean()
+
+
+def _full_hessian(model, H):
+    """The Hessian over the flat vector (MSE returns the block shared by the outputs)."""
+    return np.kron(H, np.eye(model.n_outputs)) if model.loss_code == losses.MSE else H
+
+
+@pytest.mark.parametrize("loss_code, k", LOSS_CASES, ids=LOSS_IDS)
+def test_hessian_matches_reference_and_finite_differences(backend, loss_code, k):
+    X, Y, params = make_problem(loss_code, k, n=2000, d=6)
+    model, data = LinearModel(loss_code, k, True), Data(X, Y, _weights(2000))
+    loss, grad, H = get_backend(backend).loss_gradient_hessian(model, data, params, 2)
+    ref_loss, ref_grad = numpy_ref.loss_and_gradient(model, data, params)
+    assert loss == pytest.approx(ref_loss, rel=1e-12)
+    np.testing.assert_allclose(grad, ref_grad, rtol=1e-11, atol=1e-14)
+    # central differences of the reference gradient (float64, step 1e-6: error ~1e-9)
+    eps, identity = 1e-6, np.eye(params.size)
+    fd = np.array([
+        numpy_ref.loss_and_gradient(model, data, params + eps * e)[1]
+        - numpy_ref.loss_and_gradient(model, data, params - eps * e)[1]
+        for e in identity
+    ]) / (2 * eps)  # fmt: skip
+    full = _full_hessian(model, H)
+    assert np.array_equal(full, full.T)
+    np.testing.assert_allclose(full, fd, atol=1e-7 * np.abs(fd).max())
+    ref_H = numpy_ref.loss_gradient_hessian(model, data, params, 1)[2]
+    np.testing.assert_allclose(H, ref_H, rtol=1e-11, atol=1e-14 * np.abs(ref_H).max())
+
+
+@pytest.mark.parametrize("loss_code, k", LOSS_CASES, ids=LOSS_IDS)
+def test_hessian_bit_identical_for_1_and_2_threads(compiled_backend, loss_code, k):
+    X, Y, params = make_problem(loss_code, k, n=5000, d=9)  # 16 chunks, several blocks
+    model, data = LinearModel(loss_code, k, False), Data(X, Y, _weights(5000))
+    one = compiled_backend.loss_gradient_hessian(model, data, params, 1)
+    two = compiled_backend.loss_gradient_hessian(model, data, params, 2)
+    assert one[0] == two[0]
+    assert np.array_equal(one[1], two[1]) and np.array_equal(one[2], two[2])
+    assert not one[1][9 * k :].any()  # intercepts not trained: zero gradient
+
+
+def test_hessian_of_float32_data_is_summed_in_float64(backend):
+    X, Y, params = make_problem(losses.CATEGORICAL_CROSS_ENTROPY, 3, n=3000)
+    model = LinearModel(losses.CATEGORICAL_CROSS_ENTROPY, 3, True)
+    X32, Y32 = X.astype(np.float32), Y.astype(np.float32)
+    loss, grad, H = get_backend(backend).loss_gradient_hessian(
+        model, Data(X32, Y32, np.empty(0, np.float32)), params, 1
+    )
+    # the reference on the same (float32-rounded) values, in float64
+    ref = numpy_ref.loss_gradient_hessian(
+        model, Data(X32.astype(np.float64), Y, np.empty(0)), params, 1
+    )
+    assert grad.dtype == H.dtype == np.float64
+    assert loss == pytest.approx(ref[0], rel=1e-12)
+    np.testing.assert_allclose(H, ref[2], rtol=1e-10, atol=1e-14)
+
+
+def test_least_squares_is_one_newton_step_to_lstsq(backend):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((400, 8))
+    Y = X @ rng.standard_normal((8, 3)) + 2.0 + rng.standard_normal((400, 3))
+    result = fastgd.fit(X, Y, optimizer="newton", backend=backend)
+    solution = np.linalg.lstsq(np.hstack([X, np.ones((400, 1))]), Y, rcond=None)[0]
+    np.testing.assert_allclose(result.coef_.T, solution[:8], rtol=1e-8)
+    np.testing.assert_allclose(result.intercept_, solution[8], rtol=1e-8)
+    assert result.n_epochs == 1 and result.stop_reason == "converged"
+    assert result.gradient_norm < 1e-12
+
+
+def _sklearn_logistic(X, y, C, sample_weight=None):
+    return LogisticRegression(C=C, solver="newton-cholesky", tol=1e-12, max_iter=500).fit(
+        X, y, sample_weight=sample_weight
+    )
+
+
+def _breast_cancer():
+    X, y = load_breast_cancer(return_X_y=True)
+    return StandardScaler().fit_transform(X), y
+
+
+def _synthetic_binary(n=3000, d=20, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d)) * rng.uniform(0.5, 3.0, d)
+    y = (X @ rng.standard_normal(d) / 3 + rng.logistic(size=n) > 0.3).astype(int)
+    return X, y
+
+
+SOLVERS = [Newton(tol=1e-11), LBFGS(tol=1e-9, ftol=0.0)]
+
+
+@pytest.mark.parametrize("solver", SOLVERS, ids=["newton", "lbfgs"])
+@pytest.mark.parametrize("data", [_breast_cancer, _synthetic_binary], ids=["cancer", "synthetic"])
+def test_l2_logistic_equals_sklearn(backend, solver, data):
+    X, y = data()
+    n, C = len(y), 0.5
+    weights = _weights(n) if data is _synthetic_binary else None
+    sk = _sklearn_logistic(X, y, C, weights)
+    alpha = 1.0 / (C * (n if weights is None else weights.sum()))
+    result = fastgd.fit(X, y, "logistic", optimizer=solver, penalty="l2", alpha=alpha,
+                        backend=backend, epochs=1000, sample_weight=weights)  # fmt: skip
+    assert result.stop_reason == "converged"
+    np.testing.assert_allclose(
+        result.coef_, sk.coef_, rtol=1e-6, atol=1e-6 * np.abs(sk.coef_).max()
+    )
+    np.testing.assert_allclose(result.intercept_, sk.intercept_, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("solver", SOLVERS, ids=["newton", "lbfgs"])
+def test_l2_softmax_equals_sklearn_on_digits(backend, solver):
+    if backend == "numpy" and solver.code == Newton.code:
+        pytest.skip("the reference's (650 x 650) Hessian per pass: covered by the kernel tests")
+    X, y = load_digits(return_X_y=True)
+    X = StandardScaler().fit_transform(X)
+    n, C = len(y), 0.1
+    sk = _sklearn_logistic(X, y, C)
+    result = fastgd.fit(X, y, "softmax", optimizer=solver, penalty="l2", alpha=1 / (C * n),
+                        backend=backend, epochs=2000)  # fmt: skip
+    assert result.stop_reason == "converged"
+
+    def centred(a):  # the model is invariant to a common shift of every class
+        return a - a.mean(axis=0)
+
+    scale = np.abs(sk.coef_).max()
+    np.testing.assert_allclose(
+        centred(result.coef_), centred(sk.coef_), rtol=1e-6, atol=1e-6 * scale
+    )
+    np.testing.assert_allclose(
+        centred(result.intercept_), centred(sk.intercept_), atol=1e-6 * scale
+    )
+
+
+def test_lbfgs_reaches_scipy_lbfgsb_optimum():
+    scipy_optimize = pytest.importorskip("scipy.optimize")
+    X, y = _synthetic_binary(2000, 10, seed=3)
+    alpha = 1e-3
+    result = fastgd.fit(X, y, "logistic", optimizer=LBFGS(tol=1e-10, ftol=0.0),
+                        penalty="l2", alpha=alpha, backend="numpy", epochs=500)  # fmt: skip
+    model, data = (
+        LinearModel(losses.BINARY_CROSS_ENTROPY, 1, True),
+        Data(X, y[:, None] * 1.0, np.empty(0)),
+    )
+
+    def objective(x):
+        loss, grad = numpy_ref.loss_and_gradient(model, data, x)
+        grad = grad.copy()
+        grad[:10] += alpha * x[:10]
+        return loss + 0.5 * alpha * x[:10] @ x[:10], grad
+
+    ref = scipy_optimize.minimize(objective, np.zeros(11), jac=True, method="L-BFGS-B",
+                                  options=dict(gtol=1e-10, ftol=0.0, maxcor=10))  # fmt: skip
+    assert result.loss_history[-1] == pytest.approx(ref.fun, rel=1e-12)
+    np.testing.assert_allclose(result.params, ref.x, rtol=1e-6)
+    # the same method: iteration counts of the same order
+    assert 0.5 * ref.nit <= result.n_epochs <= 2 * ref.nit
+
+
+def test_mlp_lbfgs_on_digits_reaches_sklearn_accuracy():
+    from sklearn.model_selection import train_test_split
+    from sklearn.neural_network import MLPClassifier
+
+    X, y = load_digits(return_X_y=True)
+    X = StandardScaler().fit_transform(X)
+    X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.3, random_state=0)
+    sk = MLPClassifier((64,), solver="lbfgs", alpha=1e-4, max_iter=200, random_state=0)
+    sk_accuracy = sk.fit(X_train, y_train).score(X_test, y_test)
+    result = fastgd.fit(X_train, y_train, fastgd.MLP(hidden=(64,)), optimizer="lbfgs",
+                        penalty="l2", alpha=1e-4 / len(y_train), epochs=200, seed=0)  # fmt: skip
+    accuracy = np.mean(result.predict(X_test) == y_test)
+    assert accuracy >= sk_accuracy - 0.01, (accuracy, sk_accuracy)
+
+
+def test_float32_fit_agrees_with_float64():
+    X, y = _synthetic_binary(2000, 8)
+    fits = [
+        fastgd.fit(X.astype(dtype), y, "logistic", optimizer=solver, penalty="l2", alpha=1e-3)
+        for solver in ("newton", "lbfgs")
+        for dtype in (np.float32, np.float64)
+    ]
+    for r32, r64 in (fits[:2], fits[2:]):
+        assert r32.params.dtype == np.float32 and r64.params.dtype == np.float64
+        np.testing.assert_allclose(r32.coef_, r64.coef_, rtol=1e-4, atol=1e-5)
+
+
+def test_observers_and_stop_reasons():
+    X, y = _synthetic_binary(1000, 5)
+    seen = []
+    result = fastgd.fit(X, y, "logistic", optimizer="newton",
+                        callback=lambda epoch, info: seen.append((epoch, info["loss"])) or epoch == 1)  # fmt: skip
+    assert result.stop_reason == "callback" and result.n_epochs == 2
+    assert seen == [(0, result.loss_history[0]), (1, result.loss_history[1])]
+    assert result.loss_history[1] < result.loss_history[0]
+    result = fastgd.fit(X, y, "logistic", optimizer="lbfgs", epochs=2, tol=0.0)
+    assert result.stop_reason == "max_epochs" and len(result.loss_history) == 2
+    result = fastgd.fit(X, y, "logistic", optimizer="lbfgs", early_stopping=True, seed=0, epochs=50)
+    assert len(result.validation_loss_history) == result.n_epochs
+    assert result.best_epoch == int(np.argmin(result.validation_loss_history))
+
+
+def test_unsupported_settings_are_rejected():
+    X, y = _synthetic_binary(200, 3)
+    with pytest.raises(ValueError, match="'sgd'.*'adam'"):
+        fastgd.fit(X, y, "logistic", optimizer="newton", penalty="l1")
+    with pytest.raises(ValueError, match="'lbfgs' for networks"):
+        fastgd.fit(X, y, fastgd.MLP(hidden=(4,)), optimizer="newton")
+    with pytest.raises(ValueError, match="history"):
+        LBFGS(history=0)

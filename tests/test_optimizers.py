@@ -170,7 +170,7 @@ def test_invalid_hyperparameters(make, message):
 def test_unknown_optimizer_and_double_lr():
     X = np.linspace(-1, 1, 20)
     with pytest.raises(ValueError, match="optimizer must be one of 'sgd', 'adagrad'"):
-        fastgd.fit(X, X, optimizer="lbfgs")
+        fastgd.fit(X, X, optimizer="adadelta")
     with pytest.raises(ValueError, match="not both"):
         fastgd.fit(X, X, optimizer=optim.Adam(), lr=0.1)
 

@@ -5,7 +5,7 @@ competitor of the model (:data:`fastgd.bench.models.MODELS`) trains on the same 
 with the same optimizer (plain SGD), learning rate, batch size and number of epochs.
 Before a time is reported, its final parameters (or, where the algorithms differ, its
 loss or accuracy) are checked against the NumPy reference of the same row. Each
-implementation is warmed up once on a slice of the data first, so Numba's compilation (or
+implementation is warmed up with one epoch of the same fit first, so Numba's compilation (or
 loading from the on-disk cache) is timed apart and never counted.
 """
 
@@ -280,12 +280,11 @@ def _grid_row(config, case, dtype, batch_size, threads, X, y, warmed, skipped):
                    n_threads=threads, shuffle=config.shuffle)  # fmt: skip
     results, row = {}, []
     for backend in config.backends:
-        key = (backend, case.name, dtype, threads)
-        compile_s = None
-        if key not in warmed:  # compile (or load from the disk cache) outside the timing
-            warm = case.run_fastgd(X[:256], y[:256], **dict(options, epochs=1, backend=backend))
-            compile_s = warm.compile_time
-            warmed.add(key)
+        # Compile (or load from the disk cache) outside the timing. Numba compiles one kernel
+        # per output shape and mode (one chunk, serial, parallel, per sample), which the batch
+        # size, the rows and the threads decide: warm up every row on the full data.
+        warm = case.run_fastgd(X, y, **dict(options, epochs=1, backend=backend))
+        compile_s = warm.compile_time
         times, result = time_runs(
             lambda b=backend: case.run_fastgd(X, y, backend=b, **options),
             config.repeats, config.max_time,

@@ -8,6 +8,11 @@ Project metadata lives in pyproject.toml; this file only describes the extension
 OpenMP is probed with a tiny test program at build time; if that fails, or the environment
 variable ``FASTGD_NO_OPENMP=1`` is set, the extension is built serially (``prange`` then
 runs on one thread) and a warning is printed.
+
+The kernels are compiled for the building machine's CPU (``-march=native``: AVX2 and FMA
+on x86-64, as Numba does when it compiles at run time), which measured 1.2 to 1.75x faster
+on the linear passes than the x86-64 baseline (SSE2). Set ``FASTGD_PORTABLE=1`` when the
+build is to run on other machines (a wheel); compilers without the flag get the baseline.
 """
 
 import os
@@ -33,6 +38,7 @@ except ImportError:  # pragma: no cover
 # divergence detection relies on.
 UNIX_COMPILE_ARGS = ["-O3", "-fno-math-errno", "-fno-trapping-math"]
 UNIX_OPENMP_ARGS = ["-fopenmp"]
+UNIX_NATIVE_ARGS = ["-march=native"]
 MSVC_COMPILE_ARGS = ["/O2"]
 MSVC_OPENMP_ARGS = ["/openmp"]
 
@@ -62,12 +68,12 @@ def _warn(message):
 class BuildExt(build_ext):
     """build_ext that adds OpenMP flags when a test program compiles and links with them."""
 
-    def _openmp_works(self, flags):
-        tmp = tempfile.mkdtemp(prefix="fastgd_openmp_probe_")
+    def _flags_work(self, flags, program=OPENMP_PROBE):
+        tmp = tempfile.mkdtemp(prefix="fastgd_flags_probe_")
         try:
             src = os.path.join(tmp, "probe.c")
             with open(src, "w") as f:
-                f.write(OPENMP_PROBE)
+                f.write(program)
             objects = self.compiler.compile([src], output_dir=tmp, extra_postargs=flags)
             self.compiler.link_executable(objects, "probe", output_dir=tmp, extra_postargs=flags)
             return True
@@ -75,6 +81,16 @@ class BuildExt(build_ext):
             return False
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+    def _native(self, msvc):
+        """``-march=native`` unless FASTGD_PORTABLE is set or the compiler refuses it."""
+        if msvc or os.environ.get("FASTGD_PORTABLE", "0") not in ("", "0"):
+            return []
+        return (
+            UNIX_NATIVE_ARGS
+            if self._flags_work(UNIX_NATIVE_ARGS, "int main(void){return 0;}")
+            else []
+        )
 
     def build_extensions(self):
         msvc = self.compiler.compiler_type == "msvc"
@@ -87,14 +103,14 @@ class BuildExt(build_ext):
                 "it will run on one thread."
             )
         else:
-            use_openmp = self._openmp_works(openmp_args)
+            use_openmp = self._flags_work(openmp_args)
             if not use_openmp:
                 _warn(
                     "the compiler cannot build OpenMP code (test compile with "
                     f"{' '.join(openmp_args)} failed): building the Cython backend WITHOUT "
                     "OpenMP; it will run on one thread."
                 )
-        compile_args = compile_args + (openmp_args if use_openmp else [])
+        compile_args = compile_args + (openmp_args if use_openmp else []) + self._native(msvc)
         link_args = openmp_args if use_openmp and not msvc else []
         for ext in self.extensions:
             ext.extra_compile_args = compile_args

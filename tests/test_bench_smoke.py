@@ -52,6 +52,12 @@ def test_quick_suite_table_json_and_checks(quick_run, capsys):
         assert all(r["speedup_vs_numpy"] for r in grid)
     header, rows = report.grid_rows(grid)
     assert len(rows) == len(points) and header[:4] == ["model", "dtype", "batch", "threads"]
+    # the second-order table: every fastgd Newton / L-BFGS run reaches the optimum
+    assert "Second-order solvers" in printed
+    exact = [r for r in payload["solvers"] if r["family"] in ("newton", "lbfgs")]
+    fastgd_runs = [r for r in exact if r["solver"].startswith("fastgd")]
+    assert {r["family"] for r in fastgd_runs} == {"newton", "lbfgs"}
+    assert all(r["reached"] and r["median_s"] > 0 for r in fastgd_runs), fastgd_runs
 
 
 def test_quick_suite_checks_the_mlp_exactly(quick_run):

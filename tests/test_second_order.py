@@ -13,6 +13,7 @@ from fastgd.backends import get_backend
 from fastgd.backends.contract import Data, LinearModel
 from fastgd.optim import LBFGS, Newton
 from fastgd.specs import losses
+from fastgd.specs.models import LinearModelSpec
 
 
 def _weights(n, seed=1):
@@ -223,3 +224,16 @@ def test_unsupported_settings_are_rejected():
         fastgd.fit(X, y, fastgd.MLP(hidden=(4,)), optimizer="newton")
     with pytest.raises(ValueError, match="history"):
         LBFGS(history=0)
+
+
+def test_newton_refuses_a_hessian_too_big_for_memory(monkeypatch):
+    from fastgd.training import solvers
+
+    X, y = _synthetic_binary(200, 3)
+    need = solvers.newton_memory(LinearModelSpec("logistic", 3, 1, True), 200)
+    assert need == 8 * (3 * 4 * 4 + 2 * 4 * 4)  # 3 chunks of 200 rows, d + 1 = 4, k = 1
+    monkeypatch.setattr(solvers, "physical_memory", lambda: 2 * need - 1)
+    with pytest.raises(ValueError, match="optimizer='newton' would need .*use optimizer='lbfgs'"):
+        fastgd.fit(X, y, "logistic", optimizer="newton")
+    monkeypatch.setattr(solvers, "physical_memory", lambda: 2 * need)
+    assert fastgd.fit(X, y, "logistic", optimizer="newton").stop_reason == "converged"

@@ -8,6 +8,7 @@ import time
 
 from . import report
 from .models import MODELS
+from .solvers import solver_case, solver_rows
 from .suite import BenchConfig, batch_label, parse_batch, run_grid, scaling
 from .system import BLAS_VARIABLES, machine_info, max_threads, measure_memory, measure_startup
 
@@ -17,9 +18,9 @@ from .system import BLAS_VARIABLES, machine_info, max_threads, measure_memory, m
 # Measured on a shared 2-core 2.5 GHz Xeon VM with PyTorch: --quick 37 s, of which 12 s
 # PyTorch's timed runs (at 2,000 rows it took 90 s); the standard suite about 6 minutes.
 STANDARD = dict(rows=10_000, features=100, epochs=2, full_epochs=50, repeats=5, max_time=0.5,
-                memory_rows="20000,200000")  # fmt: skip
+                memory_rows="20000,200000", solver_shapes="200000x100,20000x1000")  # fmt: skip
 QUICK = dict(rows=500, features=20, epochs=2, full_epochs=20, repeats=3, max_time=0.2,
-             memory_rows="5000")  # fmt: skip
+             memory_rows="5000", solver_shapes="2000x20")  # fmt: skip
 
 FAIRNESS = (
     "Same algorithm (plain SGD, same loss, learning rate, batch size, epochs, start), same data, "
@@ -76,6 +77,12 @@ def add_arguments(parser):
         help=f"data sizes of the memory measurement (default {STANDARD['memory_rows']})",
     )
     add("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    add(
+        "--solver-shapes",
+        help="rows x features of the second-order table (time to the L2-logistic optimum; "
+        f"default {STANDARD['solver_shapes']}, quick {QUICK['solver_shapes']})",
+    )
+    add("--no-solvers", action="store_true", help="skip the second-order table")
     add("--no-startup", action="store_true", help="skip the import/first-fit measurement")
     add("--no-cold", action="store_true", help="skip the first fit with an empty kernel cache")
     add("--seed", type=int, default=0)
@@ -122,6 +129,16 @@ def config_from_args(args):
         max_time=value("max_time"), shuffle=args.shuffle, competitors=not args.no_compare,
         seed=args.seed,
     )  # fmt: skip
+
+
+def _solvers(args, config, sizes, log):
+    """Records of the second-order table (:mod:`fastgd.bench.solvers`), one case per shape."""
+    backends = [b for b in config.backends if b != "numpy"] or list(config.backends)
+    records = []
+    for shape in _csv(args.solver_shapes or sizes["solver_shapes"]):
+        n, d = (int(x) for x in shape.split("x"))
+        records += solver_case(n, d, max(config.threads), backends, min(config.repeats, 3), log)
+    return records
 
 
 def _section(title, header_rows, out, md):
@@ -204,6 +221,10 @@ def run(args, out=None):
         log("peak memory (one new process per size) ...")
         memory = measure_memory(config.models[0], rows, config.features, config.backends,
                                 dtype=config.dtypes[0], threads=max(config.threads), log=log)  # fmt: skip
+    solvers = []
+    if not args.no_solvers:
+        log("second-order solvers: time to the optimum ...")
+        solvers = _solvers(args, config, sizes, log)
     startup = []
     if not args.no_startup:
         log("import and first fit in a new process ...")
@@ -216,6 +237,9 @@ def run(args, out=None):
              report.scaling_rows(scale), out, md)  # fmt: skip
     _section("Compile or kernel-cache load, first fit in this process (not in the times above):",
              report.compile_rows(records), out, md)  # fmt: skip
+    _section("Second-order solvers: time to the L2-logistic optimum (float64, C = 1, "
+             f"{max(config.threads)} threads; 'reached' = within 1e-8 of the best objective):",
+             solver_rows(solvers), out, md)  # fmt: skip
     _section("Peak memory of a fit (new process per size):", report.memory_rows(memory), out, md)
     _section("Import and first fit in a new process:", report.startup_rows(startup), out, md)
     failed = _log_notes(records, skipped, log)
@@ -228,7 +252,7 @@ def run(args, out=None):
         settings=dict(dataclasses.asdict(config),
                       batch_sizes=[batch_label(b) for b in config.batch_sizes]),  # fmt: skip
         machine=machine, fairness=FAIRNESS, ok=not failed, grid=records, skipped=skipped,
-        scaling=scale, memory=memory, startup=startup,
+        scaling=scale, memory=memory, startup=startup, solvers=solvers,
     )  # fmt: skip
     path = report.write_json(args.json, payload)
     log(f"\nwrote {path}")

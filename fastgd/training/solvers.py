@@ -13,11 +13,13 @@ decrease), ``"max_epochs"`` (``epochs`` iterations), ``"line_search_failed"``,
 ``"diverged"`` (a non-finite objective at the start), or an observer's.
 """
 
+import os
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
+from ..backends.hessian_layout import chunk_bounds, n_pairs
 from ..schedules import Constant
 from ..specs import optimizers as opt
 from ..specs import stopping
@@ -56,6 +58,37 @@ def check_solver_options(problem, options):
         raise ValueError("Newton's method is for the linear family; use 'lbfgs' for networks")
     if spec.n_layers and np.any(spec.kernel_model().batch_norm):
         raise ValueError(f"{name} trains on one full batch: use networks without batch_norm")
+    if options.optimizer.code == opt.NEWTON:
+        _check_hessian_memory(spec, problem.data.X.shape[0])
+
+
+def newton_memory(spec, n):
+    """Bytes of Newton's float64 Hessian work: the per-chunk sums ``X~^T diag(h) X~`` (one
+    per class pair for softmax) and the assembled matrix with its Cholesky factor."""
+    d1, k = spec.n_features + 1, spec.n_outputs
+    n_chunks = len(chunk_bounds(n)) - 1
+    chunk_sums = n_chunks * n_pairs(spec.kernel_model().loss_code, k) * d1 * d1
+    return 8 * (chunk_sums + 2 * (d1 * k) ** 2)
+
+
+def physical_memory():
+    """Bytes of RAM of this machine (None where the OS does not tell)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_hessian_memory(spec, n):
+    """Refuse Newton when its Hessian work would not fit in half the machine's memory."""
+    need, have = newton_memory(spec, n), physical_memory()
+    if have is not None and need > have / 2:
+        raise ValueError(
+            f"optimizer='newton' would need about {need / 2**30:.1f} GiB for its Hessian "
+            f"({spec.n_features} features x {spec.n_outputs} outputs: (d k)^2 entries, and "
+            f"per-chunk sums), more than half of this machine's {have / 2**30:.1f} GiB; "
+            "use optimizer='lbfgs', whose memory grows with history x parameters"
+        )
 
 
 def solve(backend, problem, options, state, observers):

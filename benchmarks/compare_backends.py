@@ -1,10 +1,17 @@
-"""Time fastgd's backends against the NumPy baseline (and scikit-learn) in one run.
+"""Time fastgd's backends against the tight NumPy loop (and scikit-learn) in one run.
 
 Usage::
 
     python benchmarks/compare_backends.py            # the figures quoted in README
     python benchmarks/compare_backends.py --quick    # small sizes, a smoke test
     python benchmarks/compare_backends.py --optimizer adam --batch-sizes 32
+
+The baseline (``numpy-loop``) is the tightest plain-NumPy SGD loop a user would write
+(contiguous slices, BLAS on the same threads: :mod:`fastgd.bench.numpy_loop`); fastgd's
+NumPy *reference backend* is a separate row (``numpy``). Times are wall times of the whole
+``fit`` call (validation included); ``kernel`` is fastgd's training time alone, and
+``of limit`` its bytes of X per second as a share of the streaming read bandwidth measured
+at the start of the run (:mod:`fastgd.bench.roofline`).
 
 Fairness rules: every side runs the same algorithm (the mean squared error, the same optimizer,
 same learning rate, same number of epochs and updates); fastgd backends see the same
@@ -25,6 +32,9 @@ import numpy as np
 
 import fastgd
 from fastgd.backends import available_backends
+from fastgd.bench import roofline
+from fastgd.bench.models import MODELS
+from fastgd.bench.numpy_loop import run_numpy_loop
 from fastgd.bench.system import blas_info as _blas_info
 from fastgd.bench.system import pin_threads as _blas_threads
 
@@ -37,17 +47,34 @@ def make_data(n, d, seed=0):
     return X, y
 
 
-def time_fit(X, y, backend, batch_size, epochs, lr, threads, repeats, optimizer="sgd"):
-    """Median train time of ``fastgd.fit`` (compile excluded) and the last result."""
-    times = []
+def time_fit(
+    X, y, backend, batch_size, epochs, lr, threads, repeats, optimizer="sgd", shuffle=False
+):
+    """Median wall time of the whole ``fastgd.fit`` call (compile excluded: warmed up
+    first), the median kernel time, the last result and the warm-up's compile time."""
+    options = dict(batch_size=batch_size, epochs=epochs, lr=lr, seed=0, optimizer=optimizer,
+                   backend=backend, n_threads=threads, shuffle=shuffle)  # fmt: skip
+    compile_s = fastgd.fit(X, y, **options).compile_time
+    walls, kernels = [], []
     for _ in range(repeats):
-        result = fastgd.fit(X, y, batch_size=batch_size, epochs=epochs, lr=lr, seed=0, optimizer=optimizer,
-                            backend=backend, n_threads=threads)  # fmt: skip
-        times.append(result.train_time)
-    return statistics.median(times), result
+        started = time.perf_counter()
+        result = fastgd.fit(X, y, **options)
+        walls.append(time.perf_counter() - started)
+        kernels.append(result.train_time)
+    return statistics.median(walls), statistics.median(kernels), result, compile_s
 
 
-def time_sklearn_sgd(X, y, epochs, lr, repeats):
+def time_numpy_loop(X, y, batch_size, epochs, lr, threads, repeats, shuffle):
+    """The tight NumPy loop (plain SGD only): median time and its final parameters."""
+    times, outcome = [], None
+    for _ in range(repeats):
+        outcome = run_numpy_loop(MODELS["linear"], X, y, batch_size=batch_size, epochs=epochs,
+                                 lr=lr, seed=0, threads=threads, shuffle=shuffle)  # fmt: skip
+        times.append(outcome.seconds)
+    return statistics.median(times), outcome.params
+
+
+def time_sklearn_sgd(X, y, epochs, lr, repeats, shuffle):
     """scikit-learn's SGDRegressor with the same per-sample updates (or None if absent).
 
     Its squared loss is ``0.5 (p - y)**2``, whose gradient is half of fastgd's mean squared
@@ -60,7 +87,7 @@ def time_sklearn_sgd(X, y, epochs, lr, repeats):
     times = []
     for _ in range(repeats):
         model = SGDRegressor(loss="squared_error", penalty=None, learning_rate="constant",
-                             eta0=2 * lr, max_iter=epochs, tol=None, shuffle=True, random_state=0)  # fmt: skip
+                             eta0=2 * lr, max_iter=epochs, tol=None, shuffle=shuffle, random_state=0)  # fmt: skip
         started = time.perf_counter()
         model.fit(X, y)
         times.append(time.perf_counter() - started)
@@ -81,10 +108,64 @@ def time_demo(repeats):
         times.append(time.perf_counter() - started)
     rows["plain NumPy loop"] = (statistics.median(times), w)
     for backend in available_backends():
-        median, result = time_fit(X, y, backend, None, 1000, 0.1, None, repeats)
+        median, _, result, _ = time_fit(X, y, backend, None, 1000, 0.1, None, repeats)
         assert abs(result.coef_[0] - w) < 1e-9, (backend, result.coef_, w)
         rows[f"fastgd {backend}"] = (median, result.coef_[0])
     return rows
+
+
+def batch_rows(X, y, args, batch_size, text, backends):
+    """Rows of one batch size: every backend (checked against the reference), the NumPy
+    loop (plain SGD) and scikit-learn (batch size 1), with ratios to the NumPy loop."""
+    results = {}
+    if args.optimizer == "sgd" and not (batch_size == 1 and args.rows > 50_000):
+        seconds, params = time_numpy_loop(X, y, batch_size, args.epochs, args.lr, args.threads,
+                                          args.repeats, args.shuffle)  # fmt: skip
+        results["numpy-loop"] = dict(fit_s=seconds, params=params)
+    for backend in backends:
+        if backend == "numpy" and batch_size == 1 and args.rows > 50_000:
+            continue  # millions of Python-level steps: minutes, not informative
+        wall, kernel, result, compile_s = time_fit(X, y, backend, batch_size, args.epochs,
+                                                   args.lr, args.threads, args.repeats,
+                                                   args.optimizer, args.shuffle)  # fmt: skip
+        results[backend] = dict(fit_s=wall, kernel_s=kernel, params=result.params,
+                                compile_s=compile_s, coef=result.coef_)  # fmt: skip
+    _check(results)
+    sk_time = None
+    if batch_size == 1 and args.optimizer == "sgd":
+        sk_time, sk_model = time_sklearn_sgd(X, y, args.epochs, args.lr, args.repeats, args.shuffle)
+        if sk_model is not None:  # in order: the same updates; shuffled: its own order
+            gap = np.abs(sk_model.coef_ - results[backends[0]]["coef"]).max()
+            assert gap < (0.05 if args.shuffle else 1e-8), (
+                f"scikit-learn and fastgd disagree by {gap}"
+            )
+            results["scikit-learn"] = dict(fit_s=sk_time)
+    base = results.get("numpy-loop", {}).get("fit_s")
+    return [dict(batch_size=text, impl=impl, fit_s=r["fit_s"], kernel_s=r.get("kernel_s"),
+                 speedup_vs_loop=base / r["fit_s"] if base else None,
+                 speedup_vs_sklearn=sk_time / r["fit_s"] if sk_time else None,
+                 compile_s=r.get("compile_s")) for impl, r in results.items()]  # fmt: skip
+
+
+def _check(results):
+    """Every implementation's parameters against the NumPy reference backend's."""
+    if "numpy" not in results:
+        return
+    reference = results["numpy"]["params"]
+    for impl, r in results.items():
+        np.testing.assert_allclose(r["params"], reference, rtol=1e-8, atol=1e-10,
+                                   err_msg=f"{impl} differs from numpy")  # fmt: skip
+
+
+def print_row(row):
+    def fmt(value, spec, suffix=""):
+        return "-" if value is None else f"{value:{spec}}{suffix}"
+
+    print(f"{row['batch_size']:>7} {row['impl']:<14}{row['fit_s']:>9.4f}"
+          f"{fmt(row['kernel_s'], '.4f'):>10}{fmt(row['speedup_vs_loop'], '.2f', 'x'):>9}"
+          f"{fmt(row['speedup_vs_sklearn'], '.2f', 'x'):>11}"
+          f"{fmt(row['of_limit'] and 100 * row['of_limit'], '.0f', '%'):>10}"
+          f"  {fmt(row['compile_s'], '.3f')}")  # fmt: skip
 
 
 def main(argv=None):
@@ -98,6 +179,9 @@ def main(argv=None):
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--optimizer", default="sgd", help="sgd, adagrad, rmsprop, adam, adamw")
     parser.add_argument("--quick", action="store_true", help="20,000 x 20, one repeat")
+    parser.add_argument(
+        "--shuffle", action="store_true", help="shuffle rows each epoch (default: in order)"
+    )
     parser.add_argument("--json", default="benchmarks/results/compare_backends.json")
     args = parser.parse_args(argv)
     if args.quick:
@@ -109,55 +193,31 @@ def main(argv=None):
         f"data: {args.rows} x {args.features} float64, {args.epochs} epochs, {args.optimizer}, lr={args.lr}"
     )
     print(f"threads: {args.threads}; BLAS: {_blas_info()}; backends: {', '.join(backends)}")
+    stream = roofline.stream_read(args.threads) if not args.quick else None
+    if stream:
+        print(f"streaming read limit ({args.threads} threads): {stream / 1e9:.1f} GB/s")
+    print(f"{'batch':>7} {'impl':<14}{'fit s':>9}{'kernel s':>10}{'vs loop':>9}"
+          f"{'vs sklearn':>11}{'of limit':>10}  compile s")  # fmt: skip
     records = []
-    header = (
-        f"{'batch':>7} {'backend':<16}{'median s':>10}{'vs numpy':>10}{'vs sklearn':>11}  compile s"
-    )
-    print(header)
     with _blas_threads(args.threads):
         for text in args.batch_sizes.split(","):
             batch_size = None if text == "full" else int(text)
-            results = {}
-            for backend in backends:
-                if backend == "numpy" and batch_size == 1 and args.rows > 50_000:
-                    continue  # millions of Python-level steps: minutes, not informative
-                results[backend] = time_fit(X, y, backend, batch_size, args.epochs, args.lr,
-                                            args.threads, args.repeats, args.optimizer)  # fmt: skip
-            if "numpy" in results:
-                reference = results["numpy"][1].params
-                for backend, (_, result) in results.items():
-                    np.testing.assert_allclose(result.params, reference, rtol=1e-8, atol=1e-10,
-                                               err_msg=f"{backend} differs from numpy")  # fmt: skip
-            sk_time = None
-            if batch_size == 1 and args.optimizer == "sgd":
-                sk_time, sk_model = time_sklearn_sgd(X, y, args.epochs, args.lr, args.repeats)
-                if sk_model is not None:  # different shuffles: both near the same solution
-                    ours = results[backends[0]][1]
-                    gap = np.abs(sk_model.coef_ - ours.coef_).max()
-                    assert gap < 0.05, f"scikit-learn and fastgd disagree by {gap}"
-                    results["scikit-learn"] = (sk_time, None)
-            base = results["numpy"][0] if "numpy" in results else None
-            for backend, (median, result) in results.items():
-                row = dict(batch_size=text, backend=backend, median_s=median,
-                           speedup_vs_numpy=base / median if base else None,
-                           speedup_vs_sklearn=sk_time / median if sk_time else None,
-                           compile_s=result.compile_time if result else None)  # fmt: skip
+            for row in batch_rows(X, y, args, batch_size, text, backends):
+                row["of_limit"] = X.nbytes * args.epochs / row["kernel_s"] / stream if stream and row.get("kernel_s") else None  # fmt: skip
                 records.append(row)
-                print(f"{text:>7} {backend:<16}{median:>10.4f}"
-                      f"{f'{base / median:.2f}x' if base else '-':>10}"
-                      f"{f'{sk_time / median:.2f}x' if sk_time else '-':>11}"
-                      f"  {row['compile_s'] if row['compile_s'] is not None else '-'}")  # fmt: skip
+                print_row(row)
 
     print("\ndemo: 1000 full-batch steps on 100 points")
     demo = time_demo(max(args.repeats, 5))
     base = demo["plain NumPy loop"][0]
     for name, (median, _) in demo.items():
         print(f"  {name:<20}{median * 1e3:>9.3f} ms {base / median:>8.1f}x")
-        records.append(dict(batch_size="demo", backend=name, median_s=median, speedup_vs_numpy=base / median))  # fmt: skip
+        records.append(dict(batch_size="demo", impl=name, fit_s=median, speedup_vs_loop=base / median))  # fmt: skip
 
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(dict(args=vars(args), blas=_blas_info(), results=records), indent=1))
+    path.write_text(json.dumps(dict(args=vars(args), blas=_blas_info(), stream_read_bps=stream,
+                                    results=records), indent=1))  # fmt: skip
     print(f"\nwrote {path}")
     return 0
 

@@ -52,6 +52,18 @@ def test_quick_suite_table_json_and_checks(quick_run, capsys):
         assert all(r["speedup_vs_numpy"] for r in grid)
     header, rows = report.grid_rows(grid)
     assert len(rows) == len(points) and header[:4] == ["model", "dtype", "batch", "threads"]
+    # the baseline: the tight NumPy loop runs at every grid point, makes the reference's
+    # updates, and every speed-up is relative to it
+    for point in points:
+        base = [r for r in grid if (r["model"], r["dtype"], r["batch_size"], r["threads"]) == point
+                and r["impl"] == "numpy-loop"]  # fmt: skip
+        assert len(base) == 1 and base[0]["check"]["ok"] and base[0]["speedup_vs_numpy"] == 1.0
+    # the roofline: limits measured at every thread count, a share for every fastgd row
+    limits = payload["roofline"]
+    assert set(limits["stream_gbs"]) == {str(t) for t in payload["settings"]["threads"]}
+    assert all(v > 0 for v in limits["stream_gbs"].values())
+    assert all(r["limit_share"] > 0 for r in grid if r["kind"] == "fastgd")
+    assert "Share of the machine's limit" in printed
     # the second-order table: every fastgd Newton / L-BFGS run reaches the optimum
     assert "Second-order solvers" in printed
     exact = [r for r in payload["solvers"] if r["family"] in ("newton", "lbfgs")]

@@ -6,7 +6,7 @@ import os
 import sys
 import time
 
-from . import report
+from . import report, roofline
 from .models import MODELS
 from .solvers import solver_case, solver_rows
 from .suite import BenchConfig, batch_label, parse_batch, run_grid, scaling
@@ -83,6 +83,11 @@ def add_arguments(parser):
         f"default {STANDARD['solver_shapes']}, quick {QUICK['solver_shapes']})",
     )
     add("--no-solvers", action="store_true", help="skip the second-order table")
+    add(
+        "--no-roofline",
+        action="store_true",
+        help="skip measuring the machine's limits (streaming read, matmul peak)",
+    )
     add("--no-startup", action="store_true", help="skip the import/first-fit measurement")
     add("--no-cold", action="store_true", help="skip the first fit with an empty kernel cache")
     add("--seed", type=int, default=0)
@@ -129,6 +134,14 @@ def config_from_args(args):
         max_time=value("max_time"), shuffle=args.shuffle, competitors=not args.no_compare,
         seed=args.seed,
     )  # fmt: skip
+
+
+def _add_shares(records, limits):
+    """Each grid record's share of the limit that bounds it (``limit_share``, or None)."""
+    for r in records:
+        case = MODELS[r["model"]]
+        sizes = None if case.linear else [r["features"], *case.hidden, case.n_outputs()]
+        r["limit_share"] = roofline.share(r, limits, sizes)
 
 
 def _solvers(args, config, sizes, log):
@@ -205,8 +218,13 @@ def run(args, out=None):
     machine = machine_info()
     started = time.perf_counter()
     _log_setup(args, config, machine, log)
+    limits = {}
+    if not args.no_roofline:
+        log("the machine's limits (compiled streaming read, BLAS matmul) ...")
+        limits = roofline.measure(config.threads, config.dtypes, quick=args.quick, log=log)
     log("grid (median wall time of a fit):")
     records, skipped = run_grid(config, log=log)
+    _add_shares(records, limits)
     scale = scaling(records)
     try:  # the layer Numba actually used, known once a parallel kernel has run
         import numba
@@ -231,8 +249,11 @@ def run(args, out=None):
         startup = measure_startup(config.backends, cold=not (args.no_cold or args.quick), log=log)
 
     md = []
-    _section("Throughput in samples/s (speed-up over the NumPy baseline):",
+    _section("Throughput in samples/s (speed-up over the tight NumPy loop, numpy-loop; numpy = fastgd's reference backend):",
              report.grid_rows(records), out, md)  # fmt: skip
+    _section("Share of the machine's limit (linear: bytes of X read per second / streaming read "
+             "bandwidth; networks: FLOP/s / BLAS matmul peak; same threads):",
+             report.share_rows(records), out, md)  # fmt: skip
     _section("Scaling with threads (time at fewer threads / time at more):",
              report.scaling_rows(scale), out, md)  # fmt: skip
     _section("Compile or kernel-cache load, first fit in this process (not in the times above):",
@@ -252,7 +273,7 @@ def run(args, out=None):
         settings=dict(dataclasses.asdict(config),
                       batch_sizes=[batch_label(b) for b in config.batch_sizes]),  # fmt: skip
         machine=machine, fairness=FAIRNESS, ok=not failed, grid=records, skipped=skipped,
-        scaling=scale, memory=memory, startup=startup, solvers=solvers,
+        scaling=scale, memory=memory, startup=startup, solvers=solvers, roofline=limits,
     )  # fmt: skip
     path = report.write_json(args.json, payload)
     log(f"\nwrote {path}")
@@ -262,7 +283,7 @@ def run(args, out=None):
         log(f"wrote {args.markdown}")
     if not args.no_plot and records:
         chart = report.plot(records, args.plot,
-                            title=f"fastgd speed-up over NumPy ({max(config.threads)} threads), "
+                            title=f"fastgd speed-up over the NumPy loop ({max(config.threads)} threads), "
                                   f"{machine['cpu']}")  # fmt: skip
         if chart:
             log(f"wrote {chart}")

@@ -3,7 +3,9 @@
 import json
 from pathlib import Path
 
-IMPL_ORDER = ("numpy", "numba", "cython", "pytorch", "scikit-learn")
+IMPL_ORDER = ("numpy-loop", "numpy", "numba", "cython", "pytorch", "scikit-learn")
+# the implementation every speed-up is relative to (fastgd.bench.numpy_loop)
+BASELINE_IMPL = "numpy-loop"
 
 
 def rate(samples_per_s):
@@ -36,7 +38,7 @@ def _cell(record):
     if record["median_s"] is None:
         return "CHECK FAILED"
     text = rate(record["samples_per_s"])
-    if record["impl"] != "numpy" and record["speedup_vs_numpy"]:
+    if record["impl"] != BASELINE_IMPL and record["speedup_vs_numpy"]:
         text += f" ({record['speedup_vs_numpy']:.1f}x)"
     return text
 
@@ -45,7 +47,7 @@ def grid_rows(records):
     """The main table as a header and rows of strings: one row per grid point.
 
     Columns: model, dtype, batch size, threads, then per implementation its throughput
-    (samples per second) and, in parentheses, its speed-up over the NumPy baseline.
+    (samples per second) and, in parentheses, its speed-up over the tight NumPy loop.
 
     Parameters
     ----------
@@ -67,6 +69,35 @@ def grid_rows(records):
         list(map(str, key)) + [_cell(cells.get(i)) for i in impls] for key, cells in points.items()
     ]
     return header, rows
+
+
+def share_rows(records):
+    """The roofline table: per grid point, each implementation's share of the machine's
+    limit (``limit_share`` of the records, in percent).
+
+    Parameters
+    ----------
+    records : list of dict
+        Grid records with ``limit_share`` (see :func:`fastgd.bench.roofline.share`).
+
+    Returns
+    -------
+    header : list of str
+    rows : list of list of str
+        Empty when no record has a share (the limits were not measured).
+    """
+    if not any(r.get("limit_share") for r in records):
+        return [], []
+    impls = _impls(records)
+    points = {}
+    for r in records:
+        key = (r["model"], r["dtype"], r["batch_size"], r["threads"])
+        points.setdefault(key, {})[r["impl"]] = r.get("limit_share")
+    rows = [
+        list(map(str, key)) + ["-" if cells.get(i) is None else f"{100 * cells[i]:.0f}%" for i in impls]
+        for key, cells in points.items()
+    ]  # fmt: skip
+    return ["model", "dtype", "batch", "threads"] + impls, rows
 
 
 def text_table(header, rows):
@@ -226,7 +257,7 @@ def write_json(path, payload):
 
 
 def plot(records, path, title=""):
-    """Chart: speed-up over NumPy against batch size, one panel per model, one line per
+    """Chart: speed-up over the NumPy loop against batch size, one panel per model, one line per
     implementation (solid float64, dashed float32), at the largest thread count.
 
     Parameters
@@ -251,12 +282,12 @@ def plot(records, path, title=""):
         print('chart skipped: matplotlib is not installed (pip install "fastgd[bench]")')
         return None
     threads = max(r["threads"] for r in records)
-    records = [r for r in records if r["threads"] == threads and r["impl"] != "numpy"]
+    records = [r for r in records if r["threads"] == threads and r["impl"] != BASELINE_IMPL]
     models = list(dict.fromkeys(r["model"] for r in records))
     batches = list(dict.fromkeys(r["batch_size"] for r in records))
     fig, axes = plt.subplots(1, len(models), figsize=(3.6 * len(models), 3.4), sharey=True,
                              squeeze=False)  # fmt: skip
-    colors = {"numba": "C0", "cython": "C1", "pytorch": "C3", "scikit-learn": "C2"}
+    colors = {"numba": "C0", "cython": "C1", "pytorch": "C3", "scikit-learn": "C2", "numpy": "C7"}
     for ax, model in zip(axes[0], models, strict=True):
         for impl in _impls(records):
             for dtype, style, marker in (("float64", "-", "o"), ("float32", "--", "s")):
@@ -274,7 +305,7 @@ def plot(records, path, title=""):
         ax.set_xlabel("batch size")
         ax.set_title(model)
         ax.grid(True, which="both", alpha=0.3)
-    axes[0][0].set_ylabel("speed-up over NumPy (x)")
+    axes[0][0].set_ylabel("speed-up over the NumPy loop (x)")
     axes[0][-1].legend(fontsize=7)
     fig.suptitle(
         title or f"fastgd: speed-up over the NumPy baseline, {threads} threads", fontsize=9

@@ -119,7 +119,8 @@ def solver_case(n, d, threads, backends, repeats=3, log=print):
     backends : sequence of str
         fastgd backends to run (the NumPy reference is slow at these sizes; leave it out).
     repeats : int, default 3
-        Timed runs per solver (the median is reported); each is warmed up once first.
+        Rounds of timed runs, every solver once per round (the median is reported); each
+        solver is warmed up once first.
     log : callable
 
     Returns
@@ -132,18 +133,22 @@ def solver_case(n, d, threads, backends, repeats=3, log=print):
     """
     X, y = make_data(n, d)
     alpha = 1.0 / (C * n)
-    records = []
-    for label, call in _runs(X, y, threads, backends).items():
+    runs = _runs(X, y, threads, backends)
+    for call in runs.values():
         call()  # compile, load or warm the BLAS
-        times, out = [], None
-        for _ in range(repeats):
+    # round-robin: every solver runs once per round, so load from other processes on a
+    # shared machine spreads over all of them instead of falling on one
+    times, outs = {label: [] for label in runs}, {}
+    for _ in range(repeats):
+        for label, call in runs.items():
             seconds, coef, intercept, iterations = call()
-            times.append(seconds)
-            out = (coef, intercept, iterations)
-        family = "newton" if "newton" in label else "lbfgs"
-        records.append(dict(solver=label, family=family, median_s=float(np.median(times)),
-                            objective=objective(X, y, out[0], out[1], alpha),
-                            iterations=out[2]))  # fmt: skip
+            times[label].append(seconds)
+            outs[label] = (coef, intercept, iterations)
+    records = []
+    for label, (coef, intercept, iterations) in outs.items():
+        records.append(dict(solver=label, family="newton" if "newton" in label else "lbfgs",
+                            median_s=float(np.median(times[label])), iterations=iterations,
+                            objective=objective(X, y, coef, intercept, alpha)))  # fmt: skip
         log(f"  {n} x {d}: {label} {records[-1]['median_s']:.3f} s")
     budget = min(r["median_s"] for r in records if r["solver"].startswith("fastgd newton"))
     for name in ("sgd", "adam"):

@@ -19,10 +19,16 @@ import fastgd
 
 from .competitors import COMPETITORS, NotApplicable, Unavailable
 from .models import MODELS, accuracy, fastgd_outputs, make_data, training_loss
+from .numpy_loop import LABEL as BASELINE_LABEL
+from .numpy_loop import run_numpy_loop
 from .system import pin_threads
 
 # parameter agreement with the reference: max |p - p_ref| / max |p_ref| (a model can set
 # its own, ModelCase.params_rtol: see params_tolerance)
+# the baseline of every speed-up: the tight NumPy loop (fastgd.bench.numpy_loop)
+BASELINE = "numpy-loop"
+RUNNERS = {**COMPETITORS, BASELINE: (BASELINE_LABEL, run_numpy_loop)}
+
 PARAMS_RTOL = {"float64": 1e-8, "float32": 1e-3}
 # competitors that start elsewhere or visit rows in another order
 LOSS_RTOL = 0.1  # final training losses within 10% (relative)
@@ -299,37 +305,46 @@ def _grid_row(config, case, dtype, batch_size, threads, X, y, warmed, skipped):
         row.append(_record(case, dtype, batch_size, threads, backend, "fastgd", times, X,
                            epochs, check, compile_s=compile_s,
                            train_s=result.train_time))  # fmt: skip
-    if config.competitors:
-        for name in case.competitors:
-            label, run = COMPETITORS[name]
-            competitor_options = dict(batch_size=batch_size, epochs=epochs, lr=case.lr,
-                                      seed=config.seed, threads=threads, shuffle=config.shuffle)  # fmt: skip
-            try:
-                key = (name, case.name, dtype, threads)
-                if key not in warmed:
-                    run(case, X[:256], y[:256], **dict(competitor_options, epochs=1))
-                    warmed.add(key)
-                # its own training time (fit, or model + loop), without the evaluation after
-                times, outcome = time_runs(lambda r=run, o=competitor_options: r(case, X, y, **o),
-                                           config.repeats, config.max_time,
-                                           seconds=lambda o: o.seconds)  # fmt: skip
-            except NotApplicable:
-                continue
-            except Unavailable as reason:
-                entry = dict(competitor=name, model=case.name, reason=str(reason))
-                if entry not in skipped:
-                    skipped.append(entry)
-                continue
-            check = check_against(case, outcome.check, reference, X, y, dtype,
-                                  params=outcome.params, outputs=outcome.outputs,
-                                  predicted=outcome.predicted)  # fmt: skip
-            row.append(_record(case, dtype, batch_size, threads, label, "competitor", times, X,
-                               epochs, check, note=outcome.note))  # fmt: skip
-    base = next((r for r in row if r["impl"] == "numpy" and r["median_s"]), None)
+    # the tight NumPy loop always runs: it is the baseline of the speed-ups
+    names = (BASELINE, *case.competitors) if config.competitors else (BASELINE,)
+    options = dict(batch_size=batch_size, epochs=epochs, lr=case.lr, seed=config.seed,
+                   threads=threads, shuffle=config.shuffle)  # fmt: skip
+    for name in names:
+        record = _competitor_record(config, case, dtype, name, options, (X, y), reference,
+                                    warmed, skipped)  # fmt: skip
+        if record is not None:
+            row.append(record)
+    base = next((r for r in row if r["impl"] == BASELINE_LABEL and r["median_s"]), None)
+    base = base or next((r for r in row if r["impl"] == "numpy" and r["median_s"]), None)
     for record in row:
         if base and record["median_s"]:
             record["speedup_vs_numpy"] = base["median_s"] / record["median_s"]
     return row
+
+
+def _competitor_record(config, case, dtype, name, options, data, reference, warmed, skipped):
+    """Time one competitor (or the NumPy-loop baseline) and check it; None if it cannot run."""
+    X, y = data
+    label, run = RUNNERS[name]
+    try:
+        key = (name, case.name, dtype, options["threads"])
+        if key not in warmed:
+            run(case, X[:256], y[:256], **dict(options, epochs=1))
+            warmed.add(key)
+        # its own training time (fit, or model + loop), without the evaluation after
+        times, outcome = time_runs(lambda: run(case, X, y, **options), config.repeats,
+                                   config.max_time, seconds=lambda o: o.seconds)  # fmt: skip
+    except NotApplicable:
+        return None
+    except Unavailable as reason:
+        entry = dict(competitor=name, model=case.name, reason=str(reason))
+        if entry not in skipped:
+            skipped.append(entry)
+        return None
+    check = check_against(case, outcome.check, reference, X, y, dtype, params=outcome.params,
+                          outputs=outcome.outputs, predicted=outcome.predicted)  # fmt: skip
+    return _record(case, dtype, options["batch_size"], options["threads"], label, "competitor",
+                   times, X, options["epochs"], check, note=outcome.note)  # fmt: skip
 
 
 def _progress_line(row):

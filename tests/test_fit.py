@@ -7,6 +7,7 @@ import pytest
 
 import fastgd
 from fastgd.backends import get_backend
+from fastgd.specs import stopping
 
 
 def test_demo_recovers_weight_and_bias(backend):
@@ -209,10 +210,62 @@ def test_divergence_warns_names_epoch_and_keeps_finite_parameters(backend):
     assert result.stop_reason == "diverged" and not result.converged
     assert result.n_epochs < 1000
     assert np.all(np.isfinite(result.params))
-    assert not np.isfinite(result.loss_history[-1])
+    last, first = result.loss_history[-1], result.loss_history[0]
+    # the loss that stopped it: non-finite, or finite and run away
+    assert not np.isfinite(last) or last > stopping.RUNAWAY_FACTOR * max(first, 1.0)
     assert np.all(np.isfinite(result.loss_history[:-1]))
     with pytest.raises(fastgd.DivergenceError, match="smaller learning rate"):
         fastgd.fit(X, y, batch_size=None, epochs=1000, lr=1.0, backend=backend, on_divergence="raise")  # fmt: skip
+
+
+def test_a_finite_runaway_loss_is_divergence_and_keeps_the_last_good_parameters(backend):
+    # the issue's example: the loss grows geometrically while finite (2e217 after 5 epochs
+    # before the runaway rule); it stops at the first epoch past 1e4 x the first epoch's
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((200, 3))
+    y = 1e6 * X[:, 0]
+    with pytest.warns(fastgd.DivergenceWarning, match="grew to .* over 10000 times.*clip_norm"):
+        result = fastgd.fit(X, y, lr=10, epochs=5, seed=0, backend=backend)
+    assert result.stop_reason == "diverged" and result.n_epochs == 2
+    first, last = result.loss_history
+    assert np.isfinite(last) and last > stopping.RUNAWAY_FACTOR * first
+    # the parameters are those after epoch 0: one epoch from the same start gives them
+    one = fastgd.fit(X, y, lr=10, epochs=1, seed=0, backend=backend)
+    np.testing.assert_array_equal(result.params, one.params)
+    np.testing.assert_array_equal(result.optimizer_state, one.optimizer_state)
+
+
+def test_a_float32_loss_beyond_float32_range_is_divergence(backend):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((50, 2)).astype(np.float32)
+    y = (1e17 * X[:, 0]).astype(np.float32)  # first loss ~1e34, near float32's 3.4e38
+    with pytest.warns(fastgd.DivergenceWarning):
+        result = fastgd.fit(X, y, lr=1.5, batch_size=None, epochs=20, backend=backend)
+    assert result.stop_reason == "diverged"
+    assert np.all(np.isfinite(result.params))
+    assert (
+        result.loss_history[-1] > np.finfo(np.float32).max
+        or not np.isfinite(result.loss_history[-1])
+        or result.loss_history[-1] > stopping.RUNAWAY_FACTOR * result.loss_history[0]
+    )
+
+
+def test_runaway_rule_thresholds():
+    # the rule every backend applies (the reference and Numba call this very function;
+    # Cython's C spelling is checked by the fits above): factor x max(first loss, 1), so
+    # losses below 1 never count as runaway, and anything beyond the dtype's range does
+    def losses_after(first, later, largest=np.finfo(np.float64).max):
+        state = stopping.new_stop_state()
+        assert not stopping.runaway(first, state, largest) and state[2] == first
+        return stopping.runaway(later, state, largest)
+
+    assert not losses_after(1e-8, 1e-3)  # a thousandfold, but below 1
+    assert not losses_after(1e-8, 0.9e4)
+    assert losses_after(1e-8, 1.1e4)
+    assert not losses_after(10.0, 0.9e5)
+    assert losses_after(10.0, 1.1e5)
+    assert losses_after(1e30, 1e39, largest=float(np.finfo(np.float32).max))
+    assert not losses_after(1e30, 1e33, largest=float(np.finfo(np.float32).max))
 
 
 def test_user_arrays_are_not_modified_and_fitting_arrays_not_copied(backend, monkeypatch):

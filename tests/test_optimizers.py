@@ -1,5 +1,6 @@
 """Optimizers: hand-computed first steps, every backend against the reference, convergence."""
 
+import copy
 import math
 
 import numpy as np
@@ -95,6 +96,11 @@ def test_adam_first_steps_by_hand():
 def test_backend_optimizers_match_reference(compiled_backend, name, loss_code, k, batch_size, fit_intercept):  # fmt: skip
     X, Y, _ = make_problem(loss_code, k, n=2000, d=20)
     optimizer = CONFIGS[name]
+    if batch_size == 1 and getattr(optimizer, "momentum", 0.0) and loss_code == losses.MSE:
+        # per-sample momentum at lr 0.02 diverges on three MSE targets (loss 1e13 to 1e22
+        # after one epoch): compare training, not the arithmetic of an explosion
+        optimizer = copy.copy(optimizer)
+        optimizer.lr /= 10
     kwargs = dict(epochs=3, batch_size=batch_size, fit_intercept=fit_intercept, optimizer=optimizer, shuffle=batch_size < 2000)  # fmt: skip
     expected = run_epochs(numpy_ref, X, Y, loss_code, k, **kwargs)
     one = run_epochs(compiled_backend, X, Y, loss_code, k, n_threads=1, **kwargs)

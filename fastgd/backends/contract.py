@@ -108,8 +108,9 @@ class State(NamedTuple):
         Optimizer state (rows named in :data:`fastgd.specs.optimizers.STATE_ROWS`).
     step_count : ndarray of int64, shape (1,)
         Updates made so far (the ``t`` of bias corrections and inverse scaling).
-    stop_state : ndarray of float64, shape (2,)
-        ``[best_loss, n_no_change]`` of the tolerance rule (:mod:`fastgd.specs.stopping`).
+    stop_state : ndarray of float64, shape (3,)
+        ``[best_loss, n_no_change, first_loss]`` of the stopping rules
+        (:mod:`fastgd.specs.stopping`).
     """
 
     params: np.ndarray

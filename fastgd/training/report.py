@@ -11,7 +11,8 @@ from .observers import EarlyStopping
 
 
 class DivergenceWarning(RuntimeWarning):
-    """Training stopped because the loss or the parameters became NaN or infinite."""
+    """Training stopped because the loss or the parameters became NaN or infinite, or
+    the loss ran away (:func:`fastgd.specs.stopping.runaway`)."""
 
 
 class DivergenceError(FloatingPointError):
@@ -51,11 +52,18 @@ def finish(problem, options, run, backend, observers, mlp=None):
 
 def _report_divergence(run, options):
     done = run.done
+    loss = run.history[done - 1]
+    how = (
+        f"grew to {loss:.3g}, over {stopping.RUNAWAY_FACTOR:g} times the first epoch's"
+        if np.isfinite(loss) and loss > 0
+        else f"became {loss}"
+    )
     message = (
-        f"training diverged at epoch {done - 1}: the loss became {run.history[done - 1]} "
-        f"(or a parameter became NaN/inf) with lr={options.optimizer.lr:g}. The last finite "
-        f"parameters, {f'from the end of epoch {done - 2}' if done > 1 else 'the initial ones'}, "
-        "were kept. Try a smaller learning rate, or standardize the features."
+        f"training diverged at epoch {done - 1}: the loss {how} (or a parameter became NaN/inf) "
+        f"with lr={options.optimizer.lr:g}. The last good parameters, "
+        f"{f'from the end of epoch {done - 2}' if done > 1 else 'the initial ones'}, were "
+        "kept. Try a smaller learning rate, standardize the features, or limit the steps "
+        "with clip_norm."
     )
     if options.on_divergence == "raise":
         raise DivergenceError(message)

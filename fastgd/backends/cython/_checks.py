@@ -21,6 +21,7 @@ _NET_HYPER_POSITIONS = (net.LEAKY_SLOPE, net.BN_MOMENTUM, net.BN_EPS, net.N_NET_
 if (
     _k.LOSS_CODES != _LOSS_CODES
     or _k.STATUS_CODES != _STATUS_CODES
+    or getattr(_k, "RUNAWAY", None) != stopping.RUNAWAY_FACTOR
     or getattr(_k, "OPTIMIZER_CODES", None) != _OPTIMIZER_CODES
     or getattr(_k, "HYPER_POSITIONS", None) != _HYPER_POSITIONS
     or getattr(_k, "ACTIVATION_CODES", None) != _ACTIVATION_CODES
@@ -113,6 +114,6 @@ def _check_call(X, state, update, block):
         raise ValueError(f"batch_size must be >= 1; got {update.batch_size}")
     if orders.ndim != 2 or (orders.shape[0] > 0 and orders.shape[1] != n):
         raise ValueError(f"orders must have shape (n_blocks, {n}) or (0, 0); got {orders.shape}")
-    if state.stop_state.shape[0] < 2 or block.history.shape[0] < n_epochs:
-        raise ValueError("stop_state needs 2 entries and history at least n_epochs")
+    if state.stop_state.shape[0] < 3 or block.history.shape[0] < n_epochs:
+        raise ValueError("stop_state needs 3 entries and history at least n_epochs")
     return hyper, lr_epochs, orders

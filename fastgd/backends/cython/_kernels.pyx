@@ -30,6 +30,7 @@ from cython.parallel cimport prange
 from libc.math cimport (
     copysign, exp, expf, fabs, fabsf, isfinite, log, log1p, log1pf, pow, sqrt
 )
+from libc.float cimport DBL_MAX, FLT_MAX
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy, memset
 
@@ -95,8 +96,12 @@ cdef enum:
     H_L2 = 16
     N_HYPER = 17
 
+# fastgd.specs.stopping.RUNAWAY_FACTOR (checked by the wrapper at import time)
+cdef double RUNAWAY_FACTOR = 1e4
+
 LOSS_CODES = (MSE, BINARY_CROSS_ENTROPY, CATEGORICAL_CROSS_ENTROPY)
 STATUS_CODES = (MAX_EPOCHS, CONVERGED, DIVERGED)
+RUNAWAY = RUNAWAY_FACTOR
 OPTIMIZER_CODES = (SGD, ADAGRAD, RMSPROP, ADAM, ADAMW)
 # (LR, MOMENTUM, DAMPENING, NESTEROV, BETA1, BETA2, EPS, WEIGHT_DECAY, AMSGRAD, CENTERED,
 #  ALPHA, LR_DECAY, CLIP_VALUE, CLIP_NORM, POWER_T, L1, L2, N_HYPER)
@@ -700,6 +705,14 @@ cdef void _apply_update(
         _step_block(opt, w, G, inv_rows, state, ld_state, n_weights, n_trained, t, lr, 0, 1)
 
 
+cdef inline bint _runaway(double epoch_loss, double* stop_state, double largest) noexcept nogil:
+    """:func:`fastgd.specs.stopping.runaway` in C: a finite loss beyond ``largest`` or
+    RUNAWAY_FACTOR times the run's first epoch loss (recorded in ``stop_state[2]``)."""
+    if stop_state[2] != stop_state[2]:  # NaN: the run's first epoch
+        stop_state[2] = epoch_loss
+    return epoch_loss > largest or epoch_loss > RUNAWAY_FACTOR * max(stop_state[2], 1.0)
+
+
 cdef int _end_epoch(
     const Optimizer* opt, const floating* w, Py_ssize_t n_params, Py_ssize_t n_weights,
     double epoch_loss, double* history_entry, double* stop_state, double tol,
@@ -709,9 +722,9 @@ cdef int _end_epoch(
 
     Adds the penalty of the parameters at the end of the epoch, stores the result in
     ``history_entry[0]`` and returns DIVERGED if it or any of ``w[:n_params]`` is not
-    finite (the caller restores its saved state), else CONVERGED if the tolerance rule
-    (state ``stop_state = [best, n_no_change]``, carried across calls) stops training,
-    else -1.
+    finite or has run away (:func:`_runaway`; the caller restores its saved state), else
+    CONVERGED if the tolerance rule (state ``stop_state = [best, n_no_change,
+    first_loss]``, carried across calls) stops training, else -1.
     """
     cdef Py_ssize_t j
     cdef bint finite
@@ -722,7 +735,7 @@ cdef int _end_epoch(
     for j in range(n_params):
         if not isfinite(w[j]):
             finite = False
-    if not finite:
+    if not finite or _runaway(epoch_loss, stop_state, FLT_MAX if floating is float else DBL_MAX):
         return DIVERGED
     if epoch_loss > stop_state[0] - tol:
         stop_state[1] += 1

@@ -36,8 +36,10 @@ from .threads import numba_threads
 from .update import (
     _all_finite,
     _apply_update,
+    _largest,
     _n_chunks,
     _penalty_value,
+    _runaway,
     _sum_chunks,
     _tolerance_rule,
 )
@@ -289,7 +291,8 @@ def _end_epoch(state, update, block, epoch, epoch_loss, n_weights, saved):
     if l1 > 0.0 or l2 > 0.0:
         epoch_loss += _penalty_value(params, n_weights, l1, l2)
     block.history[epoch] = epoch_loss
-    if not (math.isfinite(epoch_loss) and _all_finite(params)):
+    finite = math.isfinite(epoch_loss) and _all_finite(params)
+    if not finite or _runaway(epoch_loss, state.stop_state, _largest(params)):
         _copy_state(saved[0], saved[1], params, state.opt_state)
         state.step_count[0] = saved[2]
         return stopping.DIVERGED

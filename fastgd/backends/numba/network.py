@@ -51,8 +51,10 @@ from .threads import numba_threads
 from .update import (
     _all_finite,
     _apply_update,
+    _largest,
     _n_chunks,
     _penalty_value,
+    _runaway,
     _sum_chunks,
     _tolerance_rule,
 )
@@ -575,7 +577,8 @@ def _end_epoch(layout, state, update, block, scratch, epoch, epoch_loss, n_batch
     if l1 > 0.0 or l2 > 0.0:
         epoch_loss += _penalty_value(params, layout.n_weights, l1, l2)
     block.history[epoch] = epoch_loss
-    if not (math.isfinite(epoch_loss) and _all_finite(params)):
+    finite = math.isfinite(epoch_loss) and _all_finite(params)
+    if not finite or _runaway(epoch_loss, state.stop_state, _largest(params)):
         s = scratch
         _copy_state(s.saved_params, s.saved_running, s.saved_state, s.saved_step, params,
                     state.running, state.opt_state, state.step_count)  # fmt: skip

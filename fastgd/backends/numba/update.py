@@ -181,3 +181,10 @@ def _apply_update(params, G, inv_rows, n_weights, n_trained, opt_code, hyper, st
 
 # the rule of :mod:`fastgd.specs.stopping`, compiled as it is (one rule for every backend)
 _tolerance_rule = njit(inline="always", **NUMBA_OPTIONS)(stopping.tolerance_rule)
+_runaway = njit(inline="always", **NUMBA_OPTIONS)(stopping.runaway)
+
+
+@njit(inline="always", **NUMBA_OPTIONS)
+def _largest(params):
+    """The largest finite number of the parameters' dtype (float32 or float64)."""
+    return 3.4028234663852886e38 if params.itemsize == 4 else 1.7976931348623157e308

@@ -8,7 +8,7 @@ import numpy as np
 
 from ...specs import optimizers as opt
 from ...specs import stopping
-from ...specs.stopping import tolerance_rule
+from ...specs.stopping import runaway, tolerance_rule
 
 
 def clip_gradient(grad, n_trained, hyper):
@@ -160,7 +160,9 @@ def _train_loop(n, batch_step, state, update, block, n_weights, n_trained, epoch
         if hyper[opt.L1] > 0.0 or hyper[opt.L2] > 0.0:
             epoch_loss += penalty_value(params, n_weights, hyper)
         block.history[epoch] = epoch_loss
-        if not (np.isfinite(epoch_loss) and np.all(np.isfinite(params))):
+        largest = float(np.finfo(params.dtype).max)
+        finite = np.isfinite(epoch_loss) and np.all(np.isfinite(params))
+        if not finite or runaway(epoch_loss, state.stop_state, largest):
             restore(state, saved)
             return epoch + 1, stopping.DIVERGED
         if tolerance_rule(epoch_loss, update.tol, update.n_iter_no_change, state.stop_state):

@@ -254,7 +254,9 @@ def test_runaway_rule_thresholds():
     # the rule every backend applies (the reference and Numba call this very function;
     # Cython's C spelling is checked by the fits above): factor x max(first loss, 1), so
     # losses below 1 never count as runaway, and anything beyond the dtype's range does
-    def losses_after(first, later, largest=np.finfo(np.float64).max):
+    f64_max = float(np.finfo(np.float64).max)
+
+    def losses_after(first, later, largest=f64_max):
         state = stopping.new_stop_state()
         assert not stopping.runaway(first, state, largest) and state[2] == first
         return stopping.runaway(later, state, largest)

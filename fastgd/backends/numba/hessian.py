@@ -16,7 +16,10 @@ import math
 
 import numpy as np
 import scipy.linalg  # noqa: F401 - loads SciPy's BLAS (Numba's np.dot) before it is limited
-from numba import njit, prange
+from llvmlite import binding as llvm
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import get_cython_function_address, intrinsic
 
 from ..._config import NUMBA_OPTIONS
 from ...specs import losses
@@ -26,6 +29,35 @@ from .threads import numba_threads
 
 MSE = losses.MSE
 BCE = losses.BINARY_CROSS_ENTROPY
+
+# SciPy's dsyrk (C = S^T S + C, one triangle: half the flops of np.dot(S.T, S)), called by
+# symbol name: the symbol is registered here, at import, before any kernel (compiled or
+# loaded from the disk cache) is linked, so the cached machine code stays valid.
+llvm.add_symbol("fastgd_dsyrk", get_cython_function_address("scipy.linalg.cython_blas", "dsyrk"))
+_dsyrk = types.ExternalFunction("fastgd_dsyrk", types.void(*[types.voidptr] * 10))
+
+
+@intrinsic
+def _address(typingctx, array):
+    """The data pointer of an array, for BLAS."""
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(array)(context, builder, args[0]).data
+        return builder.bitcast(data, cgutils.voidptr_t)
+
+    return types.voidptr(array), codegen
+
+
+@njit(**NUMBA_OPTIONS)
+def _add_gram(S, T):
+    """``T += S^T S`` on the upper triangle of the row-major ``T`` (Fortran's lower), by
+    dsyrk; ``S`` is a C-contiguous (m, n) block, read as the (n, m) Fortran matrix S^T."""
+    chars = np.array([76, 78], dtype=np.uint8)  # "L", "N"
+    sizes = np.array([S.shape[1], S.shape[0]], dtype=np.int32)  # n, m (the leading dims: n)
+    one = np.ones(1)
+    _dsyrk(_address(chars[:1]), _address(chars[1:]), _address(sizes[:1]), _address(sizes[1:]),
+           _address(one), _address(S), _address(sizes[:1]), _address(one), _address(T),
+           _address(sizes[:1]))  # fmt: skip
 
 
 @njit(**NUMBA_OPTIONS)
@@ -107,13 +139,33 @@ def _chunk(X, Y, weights, P, loss_code, want_h, lo, hi, rows, G, T):
         loss += _block_terms(np.dot(xb, P), Y, weights, start, loss_code, D, Hw, want_h)
         G += np.dot(xb.T, D[:m])
         if want_h:
-            s = S[:m]
-            for p in range(T.shape[0]):
+            _add_curvature(xb, Hw, S[:m], k, T)
+    return loss
+
+
+@njit(**NUMBA_OPTIONS)
+def _add_curvature(xb, Hw, s, k, T):
+    """``T[p] += xb^T diag(Hw[:, p]) xb`` for every pair ``p``. A pair with weights >= 0
+    (one output; softmax's ``c == c'`` blocks, ``p (1 - p)``) is the Gram matrix of the rows
+    scaled by ``sqrt(h)``: dsyrk, one triangle. The others (softmax ``-p_c p_c'``, either
+    sign) are full products."""
+    m, d1 = xb.shape
+    p = 0
+    classes = k if T.shape[0] > 1 else 1  # one pair for MSE, whatever its outputs
+    for c in range(classes):
+        for c2 in range(c, classes):
+            if c == c2:
                 for r in range(m):
-                    for j in range(d + 1):
+                    h = math.sqrt(Hw[r, p]) if Hw[r, p] > 0.0 else 0.0
+                    for j in range(d1):
+                        s[r, j] = h * xb[r, j]
+                _add_gram(s, T[p])
+            else:
+                for r in range(m):
+                    for j in range(d1):
                         s[r, j] = Hw[r, p] * xb[r, j]
                 T[p] += np.dot(xb.T, s)
-    return loss
+            p += 1
 
 
 @njit(parallel=True, **NUMBA_OPTIONS)

@@ -36,7 +36,10 @@ def sparse_problem(n=240, d=100, density=0.01, seed=0, dtype=np.float64, index=n
     targets = {
         "linear": score + 0.1 * rng.standard_normal(n),
         "logistic": (score > 0).astype(int),
-        "softmax": np.digitize(score, np.quantile(score, [1 / 3, 2 / 3])),
+        # unbalanced classes: with equal class counts the intercepts' first full-batch
+        # gradient is 0 up to rounding, which Adagrad/Adam normalize to +-lr (the dense
+        # backends then differ from each other by 1e-7)
+        "softmax": np.digitize(score, np.quantile(score, [0.25, 0.6])),
     }
     return X, targets
 
@@ -212,6 +215,12 @@ def test_fit_reads_the_callers_arrays():
         assert np.shares_memory(mine, theirs)
 
 
+def _swap_row_ends(indptr):
+    """Make ``indptr`` decrease once: swap two different consecutive row ends."""
+    i = int(np.flatnonzero(np.diff(indptr[1:]) > 0)[0]) + 1
+    indptr[i], indptr[i + 1] = indptr[i + 1], indptr[i]
+
+
 @pytest.mark.parametrize(
     "bad, message",
     [
@@ -222,7 +231,7 @@ def test_fit_reads_the_callers_arrays():
         ),
         (lambda X: X.indices.__setitem__(0, X.shape[1] + 5), "column indices"),
         (lambda X: X.indices.__setitem__(0, -1), "column indices"),
-        (lambda X: X.indptr.__setitem__(slice(5, 7), X.indptr[5:7][::-1].copy()), "nondecreasing"),
+        (lambda X: _swap_row_ends(X.indptr), "nondecreasing"),
     ],
     ids=["nan", "inf", "index-too-large", "negative-index", "decreasing-indptr"],
 )
@@ -292,7 +301,7 @@ fastgd.fit(X[:1000], y[:1000], "logistic", **kwargs)  # compiles (or loads) the 
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 result = fastgd.fit(X, y, "logistic", **kwargs)
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-assert result.coef_.shape == (d,) and np.isfinite(result.loss_history).all()
+assert result.params.shape == (d + 1,) and np.isfinite(result.loss_history).all()
 print((after - before) * 1024)  # ru_maxrss is in kB on Linux
 """
 

@@ -26,15 +26,22 @@ anyway). Compile time is excluded (a first small fit compiles); medians of ``--r
 
 import argparse
 import json
+import os
 import statistics
+import sys
 import time
 import warnings
 
-import numpy as np
+# run as a script, this file's folder comes first on sys.path, where this "sparse.py"
+# would shadow the PyData "sparse" package that Numba's extension entry points import
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 
-import fastgd
-from fastgd.backends import available_backends
-from fastgd.bench.system import blas_info, pin_threads
+import numpy as np  # noqa: E402
+
+import fastgd  # noqa: E402
+from fastgd.backends import available_backends  # noqa: E402
+from fastgd.bench.system import blas_info, pin_threads  # noqa: E402
 
 
 def make_data(n, d, nnz, seed=0):

@@ -21,7 +21,9 @@ random linear model plus noise.
   cheapest slicing). Same updates, weights compared.
 
 One thread everywhere (BLAS pinned, ``n_threads=1``; fastgd's sparse chunks run serially
-anyway). Compile time is excluded (a first small fit compiles); medians of ``--repeat``.
+anyway). Compile time is excluded (a first small fit compiles); medians of ``--repeat``
+rounds, each round running every contender once (interleaved, so that the load of a
+shared machine affects them alike).
 """
 
 import argparse
@@ -58,12 +60,17 @@ def make_data(n, d, nnz, seed=0):
     return X, y
 
 
-def _median(run, repeat):
-    times, out = [], None
+def _interleaved(runs, repeat):
+    """``{name: (median seconds, last output)}`` of ``runs`` (name -> callable returning
+    ``(seconds, output)``), run in rounds of one call each: on a shared machine a change of
+    load then hits every side alike, instead of whichever ran during it."""
+    times = {name: [] for name in runs}
+    outs = {}
     for _ in range(repeat):
-        seconds, out = run()
-        times.append(seconds)
-    return statistics.median(times), out
+        for name, run in runs.items():
+            seconds, outs[name] = run()
+            times[name].append(seconds)
+    return {name: (statistics.median(times[name]), outs[name]) for name in runs}
 
 
 def fastgd_fit(X, y, backend, batch_size, lr, alpha):
@@ -115,7 +122,7 @@ def main(argv=None):
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--features", type=int, default=100_000)
     parser.add_argument("--nnz", type=int, default=50)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="100,000 rows, 1 repeat")
     parser.add_argument("--json", help="write the figures to this file")
     args = parser.parse_args(argv)
@@ -140,33 +147,31 @@ def main(argv=None):
 
 def _per_sample(X, y, backends, repeat):
     lr, alpha = 0.01, 1e-4
-    rows = {}
-    base, reference = _median(lambda: sklearn_fit(X, y, lr, alpha), repeat)
-    rows["scikit-learn SGDClassifier"] = base
-    print(f"\nbatch_size=1, one epoch ({X.shape[0]:,} updates)")
-    print(f"  {'scikit-learn SGDClassifier':28s} {base:8.3f} s   1.00x")
+    runs = {"scikit-learn SGDClassifier": lambda: sklearn_fit(X, y, lr, alpha)}
     for backend in backends:
-        seconds, coef = _median(lambda b=backend: fastgd_fit(X, y, b, 1, lr, alpha), repeat)
-        rows[backend] = seconds
-        print(f"  {'fastgd ' + backend:28s} {seconds:8.3f} s   {base / seconds:.2f}x faster; "
-              f"{1e9 * seconds / X.shape[0]:.0f} ns/update; weights within "
-              f"{relative_gap(coef, reference):.1e} of scikit-learn's")  # fmt: skip
-    return rows
+        runs["fastgd " + backend] = lambda b=backend: fastgd_fit(X, y, b, 1, lr, alpha)
+    print(f"\nbatch_size=1, one epoch ({X.shape[0]:,} updates)")
+    return _table(_interleaved(runs, repeat), X.shape[0], "scikit-learn's")
 
 
 def _mini_batch(X, y, backends, repeat):
     lr, batch_size = 0.1, 256
-    rows = {}
-    base, reference = _median(lambda: scipy_loop(X, y, batch_size, lr), repeat)
-    rows["SciPy loop"] = base
-    print(f"\nbatch_size={batch_size}, one epoch")
-    print(f"  {'SciPy/NumPy loop':28s} {base:8.3f} s   1.00x")
+    runs = {"SciPy/NumPy loop": lambda: scipy_loop(X, y, batch_size, lr)}
     for backend in backends:
-        seconds, coef = _median(lambda b=backend: fastgd_fit(X, y, b, batch_size, lr, 0.0), repeat)
-        rows[backend] = seconds
-        print(f"  {'fastgd ' + backend:28s} {seconds:8.3f} s   {base / seconds:.2f}x faster; "
-              f"weights within {relative_gap(coef, reference):.1e} of the loop's")  # fmt: skip
-    return rows
+        runs["fastgd " + backend] = lambda b=backend: fastgd_fit(X, y, b, batch_size, lr, 0.0)
+    print(f"\nbatch_size={batch_size}, one epoch")
+    return _table(_interleaved(runs, repeat), None, "the loop's")
+
+
+def _table(results, updates, reference_name):
+    """Print the medians, speed-ups over the first entry and weight agreement."""
+    (base_name, (base, reference)), *others = results.items()
+    print(f"  {base_name:28s} {base:8.3f} s   1.00x")
+    for name, (seconds, coef) in others:
+        per_update = f"{1e9 * seconds / updates:.0f} ns/update; " if updates else ""
+        print(f"  {name:28s} {seconds:8.3f} s   {base / seconds:.2f}x faster; {per_update}"
+              f"weights within {relative_gap(coef, reference):.1e} of {reference_name}")  # fmt: skip
+    return {name: seconds for name, (seconds, _) in results.items()}
 
 
 if __name__ == "__main__":

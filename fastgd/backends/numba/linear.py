@@ -32,7 +32,7 @@ from ...specs import optimizers as opt
 from ...specs import stopping
 from ..contract import EpochBlock, LinearModel, UpdateConfig, is_sparse, n_rows
 from .losses import MSE, _loss_block, _single_output_loss
-from .sparse_rows import _per_sample_sparse, _sparse_chunk
+from .sparse_rows import _per_sample_sparse, _per_sample_sparse_several, _sparse_chunk
 from .threads import numba_threads
 from .update import (
     _all_finite,
@@ -346,8 +346,11 @@ def _make_train_kernel(shape, mode, sparse=False):
             lr = block.lr_epochs[epoch]
             loss_sum = 0.0
             if mode == PER_SAMPLE:
-                if sparse:  # plain SGD, L2 through the weight scale: O(nnz) per update
-                    loss_sum = _per_sample_sparse(data, params, order, shuffled, loss_code, k, n_trained, lr, hyper[opt.L2], Z)  # fmt: skip
+                # sparse: plain SGD, L2 through the weight scale, O(nnz) per update
+                if sparse and shape == SEVERAL:
+                    loss_sum = _per_sample_sparse_several(data, params, order, shuffled, loss_code, k, n_trained, lr, hyper[opt.L2], Z)  # fmt: skip
+                elif sparse:
+                    loss_sum = _per_sample_sparse(data, params, order, shuffled, loss_code, n_trained, lr, hyper[opt.L2])  # fmt: skip
                 elif shape == SEVERAL:
                     loss_sum = _per_sample_several(data, params, order, shuffled, loss_code, k, n_trained, lr, Z)  # fmt: skip
                 else:

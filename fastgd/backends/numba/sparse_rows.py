@@ -35,11 +35,22 @@ def _row_bounds(indptr, order, shuffled, r):
 
 @njit(inline="always", **NUMBA_OPTIONS)
 def _row_dot(values, indices, a, b, params, scale, bias_value):
-    """``bias_value + scale * sum_e values[e] * params[indices[e]]`` (one output)."""
-    v = 0.0
-    for e in range(a, b):
-        v += values[e] * params[np.uint64(indices[e])]
-    return bias_value + scale * v
+    """``bias_value + scale * sum_e values[e] * params[indices[e]]`` (one output).
+
+    Two interleaved partial sums: the loads of ``params`` are random, and two independent
+    chains overlap their latency (measured 185 against 239 ns per SGD step with one sum,
+    50 non-zeros per row, 100,000 weights).
+    """
+    one, two = np.uint64(1), np.uint64(2)
+    v0, v1 = 0.0, 0.0
+    e = a
+    while e + one < b:
+        v0 += values[e] * params[np.uint64(indices[e])]
+        v1 += values[e + one] * params[np.uint64(indices[e + one])]
+        e += two
+    if e < b:
+        v0 += values[e] * params[np.uint64(indices[e])]
+    return bias_value + scale * (v0 + v1)
 
 
 @njit(inline="always", **NUMBA_OPTIONS)
@@ -111,8 +122,20 @@ def _fold_scale(params, n_weights, scale):
 
 
 @njit(inline="always", **NUMBA_OPTIONS)
-def _per_sample_sparse(data, params, order, shuffled, loss_code, k, n_trained, lr, l2, Z):
-    """One epoch of per-sample plain SGD on CSR rows, O(nnz of the row) per update.
+def _shrink(params, n_weights, scale, decay):
+    """The L2 shrink of every weight, ``s <- s * (1 - lr * l2)``; folded into v (an
+    O(d k) pass) when ``|s|`` falls below :data:`SCALE_FLOOR`. Returns the new scale."""
+    scale *= decay
+    if abs(scale) < SCALE_FLOOR:
+        _fold_scale(params, n_weights, scale)
+        return 1.0
+    return scale
+
+
+@njit(inline="always", **NUMBA_OPTIONS)
+def _per_sample_sparse(data, params, order, shuffled, loss_code, n_trained, lr, l2):
+    """One epoch of per-sample plain SGD on CSR rows, one output: O(nnz of the row) per
+    update. Returns the epoch's summed (weighted) loss.
 
     The dense update is ``w <- w - lr * (x * dz + l2 * w)`` (``dz`` = dloss/dz at the
     old ``w``; the intercepts are not penalized). Shrinking every weight by
@@ -127,50 +150,56 @@ def _per_sample_sparse(data, params, order, shuffled, loss_code, k, n_trained, l
     4. ``b <- b - lr * dz``.
 
     In exact arithmetic this is the dense update; in floating point it differs by
-    rounding. When ``|s|`` falls below :data:`SCALE_FLOOR`, ``v <- s v, s <- 1`` (O(d k),
+    rounding. When ``|s|`` falls below :data:`SCALE_FLOOR`, ``v <- s v, s <- 1`` (O(d),
     rare); at the end of the epoch ``s`` is folded into ``v``, so the parameters every
     reader sees (epoch loss, divergence test, snapshots) are the plain weights. Without
-    L2, ``s`` stays 1. Returns the epoch's summed (weighted) loss.
+    L2, ``s`` stays 1.
     """
     values, indices, indptr, Y, weights = data.values, data.indices, data.indptr, data.Y, data.weights  # fmt: skip
-    n = indptr.shape[0] - 1
-    bias = params.shape[0] - k
+    bias = params.shape[0] - 1
     weighted = weights.shape[0] > 0
     decay = 1.0 - lr * l2
     scale = 1.0
     loss_sum = 0.0
-    dz = 0.0
-    for r in range(n):
+    for r in range(indptr.shape[0] - 1):
         i, a, b = _row_bounds(indptr, order, shuffled, r)
-        if k == 1:
-            row_loss, dz = _single_output_loss(
-                _row_dot(values, indices, a, b, params, scale, params[bias]), Y[i, 0], loss_code
-            )
-            if weighted:
-                row_loss *= weights[i]
-                dz *= weights[i]
-            loss_sum += row_loss
-        else:
-            _row_forward(values, indices, a, b, params, k, scale, Z, 0)
-            loss_sum += _loss_block(Y, weights, order, shuffled, r, r + 1, loss_code, k, Z, 0)
+        z = _row_dot(values, indices, a, b, params, scale, params[bias])
+        row_loss, dz = _single_output_loss(z, Y[i, 0], loss_code)
+        if weighted:
+            row_loss *= weights[i]
+            dz *= weights[i]
+        loss_sum += row_loss
         if l2 > 0.0:
-            scale *= decay
-            if abs(scale) < SCALE_FLOOR:
-                _fold_scale(params, bias, scale)
-                scale = 1.0
-        if k == 1:
-            step = lr * dz / scale
-            for e in range(a, b):
-                params[np.uint64(indices[e])] -= step * values[e]
-            if n_trained > bias:
-                params[bias] -= lr * dz
-        else:
-            for e in range(a, b):
-                x = values[e] / scale
-                base = np.int64(indices[e]) * k
-                for c in range(k):
-                    params[base + c] -= lr * (x * Z[0, 0, c])
-            for c in range(n_trained - bias):
-                params[bias + c] -= lr * Z[0, 0, c]
+            scale = _shrink(params, bias, scale, decay)
+        step = lr * dz / scale
+        for e in range(a, b):
+            params[np.uint64(indices[e])] -= step * values[e]
+        if n_trained > bias:
+            params[bias] -= lr * dz
+    _fold_scale(params, bias, scale)
+    return loss_sum
+
+
+@njit(inline="always", **NUMBA_OPTIONS)
+def _per_sample_sparse_several(data, params, order, shuffled, loss_code, k, n_trained, lr, l2, Z):  # fmt: skip
+    """:func:`_per_sample_sparse` for ``k`` outputs (dloss/dz through ``Z[0, 0]``)."""
+    values, indices, indptr, Y, weights = data.values, data.indices, data.indptr, data.Y, data.weights  # fmt: skip
+    bias = params.shape[0] - k
+    decay = 1.0 - lr * l2
+    scale = 1.0
+    loss_sum = 0.0
+    for r in range(indptr.shape[0] - 1):
+        i, a, b = _row_bounds(indptr, order, shuffled, r)
+        _row_forward(values, indices, a, b, params, k, scale, Z, 0)
+        loss_sum += _loss_block(Y, weights, order, shuffled, r, r + 1, loss_code, k, Z, 0)
+        if l2 > 0.0:
+            scale = _shrink(params, bias, scale, decay)
+        for e in range(a, b):
+            x = values[e] / scale
+            base = np.int64(indices[e]) * k
+            for c in range(k):
+                params[base + c] -= lr * (x * Z[0, 0, c])
+        for c in range(n_trained - bias):
+            params[bias + c] -= lr * Z[0, 0, c]
     _fold_scale(params, bias, scale)
     return loss_sum

@@ -78,6 +78,11 @@ def train_epochs(model, data, state, update, block, n_threads):
 
     The loop runs with the GIL released; ``n_threads`` is the OpenMP team size of the
     parallel chunk loop (ignored when the extension was built without OpenMP).
+
+    Sparse rows (:class:`~fastgd.backends.contract.SparseData`): chunks run serially;
+    plain SGD at ``batch_size=1`` (L2 included) costs O(nnz of the row) per update
+    (``_sparse_rows.pxi``); every other update keeps the dense semantics and touches the
+    ``d * k`` parameters and optimizer state (e.g. Adam's moments) once per batch.
     """
     n = data.Y.shape[0]
     rows, (chunks, rows_per_chunk) = _rows(

@@ -137,7 +137,10 @@ extensions = [
         # the network kernels, included by the .pyx (they share its update code); they call
         # BLAS through scipy.linalg.cython_blas (function pointers resolved at import, so
         # nothing to link)
-        depends=["fastgd/backends/cython/_network_kernels.pxi"],
+        depends=[
+            "fastgd/backends/cython/_network_kernels.pxi",
+            "fastgd/backends/cython/_sparse_rows.pxi",
+        ],
     ),
     # loss, gradient and Hessian of the linear family for Newton's method (BLAS as above)
     Extension("fastgd.backends.cython._hessian", sources=["fastgd/backends/cython/_hessian.pyx"]),

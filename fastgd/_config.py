@@ -15,6 +15,12 @@ NUMBA_OPTIONS = dict(cache=True, nogil=True, fastmath=FASTMATH_FLAGS, error_mode
 MAX_CHUNKS = 16
 MIN_ROWS_PER_CHUNK = 64
 
+# Sparse (CSR) batches: chunks of at least this many rows. Each chunk has a dense
+# accumulator of all d * k gradient sums (zeroed per batch and added in chunk order), so
+# a chunk must carry enough non-zeros to pay for it: a batch of 256 rows is one chunk.
+# The split depends on the batch size only, as for dense rows.
+SPARSE_ROWS_PER_CHUNK = 4096
+
 # Below this many multiply-adds per mini-batch the work runs serially: opening a
 # parallel region costs microseconds, more than a small batch takes. Serial and parallel
 # paths walk the same chunks in the same order, so the choice never changes a result.

@@ -9,7 +9,7 @@ from .network import MLP
 from .specs.optimizers import SECOND_ORDER
 from .training import observers as obs
 from .training.options import resolve_options
-from .training.problem import check_model, initial_state, prepare_problem
+from .training.problem import check_model, check_sparse_support, initial_state, prepare_problem
 from .training.report import DivergenceError, DivergenceWarning, finish
 from .training.solvers import solve
 from .training.trainer import train
@@ -52,10 +52,23 @@ def fit(
 
     Parameters
     ----------
-    X : array-like of shape (n_samples, n_features) or (n_samples,)
+    X : array-like of shape (n_samples, n_features) or (n_samples,), or scipy.sparse matrix
         Training samples; a 1-D array is one feature. float32 trains in float32, float64
         in float64, other numeric types are converted once to float64. The array is never
         modified, and not copied if it is already C-contiguous float32/float64.
+        A ``scipy.sparse`` CSR matrix or array (``csr_matrix``, ``csr_array``) trains the
+        linear family on every backend without being densified or copied (float32/float64
+        values, int32 or int64 indices; unsorted or repeated column indices are read as
+        the dense matrix they stand for); other sparse formats are converted once to CSR
+        (a copy: O(nnz) time and memory). See :func:`fastgd._validation.check_sparse`.
+        Cost with sparse rows: plain SGD at ``batch_size=1`` (with or without an L2
+        penalty) costs O(non-zeros of the row) per update, through a scale factor on the
+        weights; every other setting keeps the dense semantics (each parameter and
+        optimizer-state entry, e.g. Adam's moments, is updated at every step, as on the
+        dense matrix), so it touches the ``n_features * n_outputs`` parameters and their
+        optimizer state once per mini-batch, plus O(non-zeros) for the batch's rows.
+        Networks take sparse input on the ``"numpy"`` backend (a sparse x dense first
+        layer); Newton's method does not.
     y : array-like of shape (n_samples,) or (n_samples, n_targets)
         Regression targets, or class labels of any values for classifiers.
     model : {"linear", "logistic", "softmax"} or fastgd.MLP
@@ -181,7 +194,8 @@ def fit(
     check_model(model)
     backend = get_backend(backend)
     problem = prepare_problem(X, y, model, arguments)
-    options = resolve_options(arguments, problem.data.X.shape[0], backend)
+    options = resolve_options(arguments, problem.data.Y.shape[0], backend)
+    check_sparse_support(problem, options.optimizer.code, backend.name)
     if options.batch_size == 1 and any(getattr(problem.spec, "batch_norm", ())):
         raise ValueError(
             "batch normalization needs batches of at least 2 samples; got batch_size=1"

@@ -60,6 +60,10 @@ class _FastGDEstimator(BaseEstimator):
     """Shared machinery: validation, the call to :func:`fastgd.fit`, fitted attributes."""
 
     _is_classifier = False
+    # scipy.sparse input: CSR matrices and arrays are passed to fastgd.fit as they are
+    # (other formats converted to CSR once by scikit-learn's validation); the linear
+    # estimators set this
+    _accept_sparse = False
 
     def _model(self, n_classes):
         raise NotImplementedError
@@ -73,12 +77,13 @@ class _FastGDEstimator(BaseEstimator):
         """Arrays from X (and y) as scikit-learn checks them; pandas columns must be numeric."""
         if _pandas._is_frame(X):
             _pandas.frame_dtype(X, "X")  # a ValueError names non-numeric columns
+        sparse = ["csr"] if self._accept_sparse else False
         if y is _NO_Y:
             return validate_data(
-                self, X, reset=reset, dtype=[np.float64, np.float32], accept_sparse=False
+                self, X, reset=reset, dtype=[np.float64, np.float32], accept_sparse=sparse
             )
         X, y = validate_data(
-            self, X, y, reset=reset, dtype=[np.float64, np.float32], accept_sparse=False,
+            self, X, y, reset=reset, dtype=[np.float64, np.float32], accept_sparse=sparse,
             multi_output=not self._is_classifier, y_numeric=not self._is_classifier,
         )  # fmt: skip
         if self._is_classifier:
@@ -150,7 +155,7 @@ class _FastGDEstimator(BaseEstimator):
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.input_tags.sparse = False
+        tags.input_tags.sparse = self._accept_sparse
         if not self._is_classifier:
             tags.target_tags.multi_output = True
         return tags
@@ -290,6 +295,8 @@ class _Classifier(ClassifierMixin, _FastGDEstimator):
 
 class _Linear:
     """Constructor of the linear estimators (a mixin, for the parameter list)."""
+
+    _accept_sparse = True  # scipy.sparse CSR input trains in compiled code, never densified
 
     def __init__(self, *, fit_intercept=True, batch_size=32, epochs=100, lr=None,
                  optimizer="sgd", shuffle=True, random_state=None, tol=None,

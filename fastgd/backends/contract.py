@@ -6,7 +6,9 @@ of arrays, numbers and integer codes only (Numba takes them; kernels never see s
 objects or Python callbacks):
 
 - a *kernel model*, what to compute: :class:`LinearModel` or :class:`NetworkModel`;
-- :class:`Data`, the rows to train on;
+- :class:`Data`, the rows to train on, or :class:`SparseData`, the same rows as a CSR
+  matrix (the kernels read a row through a per-backend row accessor: a dot product with
+  the weights and a gradient scatter; the epoch loop and the update are shared);
 - :class:`State`, everything training changes in place (parameters, batch-norm running
   averages, optimizer state, update count, state of the tolerance rule);
 - :class:`UpdateConfig`, how one update is made and when training stops;
@@ -51,6 +53,70 @@ class Data(NamedTuple):
     X: np.ndarray
     Y: np.ndarray
     weights: np.ndarray
+
+
+class SparseData(NamedTuple):
+    """Training rows as a CSR matrix: the second data kind beside :class:`Data`.
+
+    Row ``i`` holds the values ``values[indptr[i]:indptr[i + 1]]`` in the columns
+    ``indices[indptr[i]:indptr[i + 1]]``. Columns may be unsorted and may repeat within a
+    row (repeated entries add up, as in SciPy): every kernel only sums over a row's
+    entries (dot product) or scatters into the columns (gradient), so both are read as
+    the dense row they stand for. Validation (:func:`fastgd._validation.check_features`)
+    guarantees ``indptr[0] == 0``, nondecreasing ``indptr``, ``0 <= indices <
+    n_features`` and finite values, so the kernels index without checks.
+
+    Attributes
+    ----------
+    values : ndarray of shape (nnz,)
+        The stored entries, float32 or float64 (the dtype of the model).
+    indices : ndarray of shape (nnz,), int32 or int64
+        Column of each entry (the same integer dtype as ``indptr``).
+    indptr : ndarray of shape (n + 1,), int32 or int64
+        Row ``i``'s entries are ``indptr[i]:indptr[i + 1]``.
+    n_features : int
+        ``d``, the number of columns.
+    Y : ndarray of shape (n, m)
+        Targets, as in :class:`Data`.
+    weights : ndarray of shape (n,) or (0,)
+        Sample weights, as in :class:`Data`.
+    """
+
+    values: np.ndarray
+    indices: np.ndarray
+    indptr: np.ndarray
+    n_features: int
+    Y: np.ndarray
+    weights: np.ndarray
+
+    @property
+    def shape(self):
+        """``(n, d)``."""
+        return (self.indptr.shape[0] - 1, int(self.n_features))
+
+    @property
+    def X(self):
+        """The rows as a ``scipy.sparse.csr_matrix`` over the same arrays (the NumPy
+        reference's matrix products and prediction use it; SciPy may copy int64
+        indices that fit in int32)."""
+        from scipy import sparse
+
+        return sparse.csr_matrix((self.values, self.indices, self.indptr), shape=self.shape)
+
+
+def is_sparse(data):
+    """True for :class:`SparseData`."""
+    return isinstance(data, SparseData)
+
+
+def n_rows(data):
+    """Rows of a :class:`Data` or :class:`SparseData` (``Y`` has one row per sample)."""
+    return data.Y.shape[0]
+
+
+def n_features(data):
+    """Columns of a :class:`Data` or :class:`SparseData`."""
+    return int(data.n_features) if is_sparse(data) else data.X.shape[1]
 
 
 class LinearModel(NamedTuple):
@@ -174,6 +240,7 @@ class EpochBlock(NamedTuple):
 
 
 KernelModel = LinearModel | NetworkModel
+AnyData = Data | SparseData
 
 
 @runtime_checkable

@@ -54,6 +54,12 @@ class ModelCase:
         Tolerances of the parameter check by dtype name, in place of
         :data:`fastgd.bench.suite.PARAMS_RTOL` for this model (give the measured
         disagreement they cover in a comment).
+    nnz_per_row : int, default 0
+        Sparse data: a ``scipy.sparse`` CSR matrix with this many stored entries per row
+        (random columns); 0 for dense data.
+    features : int, optional
+        Train on this many features, whatever the suite's ``features`` (a sparse family
+        needs many more columns than non-zeros per row).
     """
 
     name: str
@@ -65,6 +71,8 @@ class ModelCase:
     competitors: tuple = ()
     max_rows: int | None = None
     params_rtol: dict = field(default_factory=dict, compare=False)
+    nnz_per_row: int = 0
+    features: int | None = None
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -128,6 +136,22 @@ MODELS = {
     "softmax": ModelCase(
         "softmax", "multiclass", lr=1e-2, n_classes=10, competitors=("sklearn-sgd", "torch")
     ),
+    # Sparse CSR data (bag-of-words-like): 50 non-zeros per row among 100,000 features,
+    # trained by the same logistic regression; compared with the NumPy reference
+    # (SciPy's sparse products). scikit-learn's SGDClassifier is left out here: on sparse
+    # input it decays its intercept updates by 0.01, so its parameters are not fastgd's
+    # (benchmarks/sparse.py compares it without an intercept, at full size). max_rows:
+    # the reference's per-sample steps cost ~0.1 ms each (a SciPy row selection and a
+    # dense update of 100,000 weights).
+    "sparse-logistic": ModelCase(
+        "sparse-logistic",
+        "binary",
+        lr=1e-2,
+        model="logistic",
+        nnz_per_row=50,
+        features=100_000,
+        max_rows=10_000,
+    ),
     "mlp": ModelCase(
         "mlp",
         "multiclass",
@@ -164,6 +188,9 @@ def make_data(case, n, d, dtype=np.float64, seed=0):
     y : ndarray of shape (n,)
         ``dtype`` targets (regression), or integer class labels ``0 .. k-1``.
     """
+    d = case.features or d
+    if case.nnz_per_row:
+        return _sparse_data(case, n, d, dtype, seed)
     rng = np.random.default_rng(seed)
     k = case.n_outputs()
     W = rng.standard_normal((d, k)) / np.sqrt(d)
@@ -183,6 +210,31 @@ def make_data(case, n, d, dtype=np.float64, seed=0):
         else:
             y[start:stop] = np.argmax(Z + rng.gumbel(size=Z.shape), axis=1)
     return X, y
+
+
+def _sparse_data(case, n, d, dtype, seed):
+    """CSR ``(n, d)`` with ``case.nnz_per_row`` N(0, 1) entries per row in random
+    columns (int32 indices), and a binary target from a random linear model."""
+    from scipy import sparse
+
+    if case.task != "binary":
+        raise ValueError("the sparse benchmark data is binary classification")
+    rng = np.random.default_rng(seed)
+    per_row = min(case.nnz_per_row, d)
+    indptr = np.arange(0, n * per_row + 1, per_row, dtype=np.int64).astype(np.int32)
+    indices = rng.integers(0, d, n * per_row, dtype=np.int32)
+    values = rng.standard_normal(n * per_row)
+    X = sparse.csr_matrix((values, indices, indptr), shape=(n, d))
+    w = rng.standard_normal(d) / np.sqrt(per_row)
+    y = ((X @ w) + 0.3 * rng.standard_normal(n) > 0).astype(np.int64)
+    return X.astype(dtype), y  # float32: the float64 data rounded
+
+
+def data_nbytes(X):
+    """Bytes of a dense array or of a sparse matrix's arrays."""
+    if hasattr(X, "nbytes"):
+        return X.nbytes
+    return X.data.nbytes + X.indices.nbytes + X.indptr.nbytes
 
 
 def label_indices(y):

@@ -231,7 +231,7 @@ def reset_peak():
         return False
 
 import numpy as np
-from fastgd.bench.models import MODELS, make_data
+from fastgd.bench.models import MODELS, data_nbytes, make_data
 from fastgd.bench.system import pin_threads
 case = MODELS[config["model"]]
 start_rss = rss()[0]
@@ -239,7 +239,7 @@ X, y = make_data(case, config["rows"], config["features"], config["dtype"])
 data_rss = rss()[0]
 options = dict(epochs=config["epochs"], lr=case.lr, seed=0, backend=config["backend"],
                n_threads=config["threads"], shuffle=config["shuffle"])
-out = dict(data_bytes=X.nbytes + y.nbytes, data_rss=data_rss - start_rss, fits={})
+out = dict(data_bytes=data_nbytes(X) + y.nbytes, data_rss=data_rss - start_rss, fits={})
 with pin_threads(config["threads"]):
     for batch in config["batch_sizes"]:
         case.run_fastgd(X[:256], y[:256], batch_size=batch, **dict(options, epochs=1))

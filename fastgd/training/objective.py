@@ -15,6 +15,7 @@ solver re-centres the classes at the end.
 
 import numpy as np
 
+from ..backends.contract import is_sparse
 from ..specs import losses
 
 
@@ -49,13 +50,14 @@ class Objective:
         pass without its Hessian); everything else uses the backend's loss and gradient
         in the data's precision."""
         self.evaluations += 1
-        if self.linear and self.data.X.dtype != np.float64:
+        # (sparse rows have no Newton pass: their float32 sums stay in float32)
+        if self.linear and self.data.Y.dtype != np.float64 and not is_sparse(self.data):
             loss, grad, _ = self.backend.loss_gradient_hessian(
                 self.model, self.data, x, self.n_threads, hessian=False
             )
         else:
             loss, grad = self.backend.loss_and_gradient(
-                self.model, self.data, x.astype(self.data.X.dtype)
+                self.model, self.data, x.astype(self.data.Y.dtype)
             )
         return self._penalise(x, loss, grad)
 

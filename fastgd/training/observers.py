@@ -85,7 +85,7 @@ class EarlyStopping(Observer):
     def after_block(self, run):
         if run.status == stopping.DIVERGED:
             return None
-        X, Y, weights = self.validation
+        X, Y, weights = self.validation.X, self.validation.Y, self.validation.weights
         state = run.state
         params, running = (a.astype(X.dtype, copy=False) for a in (state.params, state.running))
         Z = predict(self.kernel_model, X, params, running)

@@ -8,10 +8,11 @@ import numpy as np
 
 from .. import _validation as v
 from .._pandas import frames_to_arrays
-from ..backends.contract import Data, State
+from ..backends.contract import Data, SparseData, State
 from ..network import MLP
 from ..specs import stopping
 from ..specs.models import LINEAR_MODELS, LinearModelSpec
+from ..specs.optimizers import NEWTON
 
 
 @dataclass(frozen=True)
@@ -19,9 +20,9 @@ class Problem:
     """The model spec, the training rows and, with early stopping, the held-out rows."""
 
     spec: object
-    data: Data
+    data: Data | SparseData
     classes: np.ndarray | None
-    validation: Data | None
+    validation: Data | SparseData | None
     validation_rows: np.ndarray | None
     single_target: bool
     feature_names: np.ndarray | None = None
@@ -56,15 +57,43 @@ def prepare_problem(X, y, model, arguments):
     seed = arguments["seed"]
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
         raise ValueError(f"seed must be None or an integer; got {seed!r}")
-    data, validation, rows = Data(X, Y, weights), None, None
+    data, validation, rows = (X, Y, weights), None, None
     if arguments["early_stopping"]:
         rows = _validation_split(n, arguments["validation_fraction"], seed)
         data, validation = _split(data, rows)
-    if data.weights.size:
-        data = data._replace(weights=_mean_one(data.weights, "the training rows"))
+        validation = container(*validation)
+    X, Y, weights = data
+    if weights.size:
+        weights = _mean_one(weights, "the training rows")
+    data = container(X, Y, weights)
     spec = _model_spec(model, d, Y, classes, arguments["fit_intercept"])
     single = spec.task != "regression" or np.ndim(y) == 1
     return Problem(spec, data, classes, validation, rows, single, feature_names)
+
+
+def container(X, Y, weights):
+    """:class:`Data` for a dense ``X``, :class:`SparseData` over the arrays of a CSR one
+    (no copy: the kernels read the caller's arrays)."""
+    if isinstance(X, np.ndarray):
+        return Data(X, Y, weights)
+    nnz = int(X.indptr[-1])
+    return SparseData(X.data[:nnz], X.indices[:nnz], X.indptr, X.shape[1], Y, weights)
+
+
+def check_sparse_support(problem, optimizer_code, backend_name):
+    """Refuse, with a clear message, what sparse (CSR) rows cannot train on yet."""
+    if not isinstance(problem.data, SparseData):
+        return
+    if optimizer_code == NEWTON:
+        raise ValueError(
+            "optimizer='newton' does not take sparse X (its Hessian pass reads dense rows); "
+            "use optimizer='lbfgs' or a first-order optimizer"
+        )
+    if problem.spec.n_layers and backend_name != "numpy":
+        raise ValueError(
+            f"networks on sparse X run on backend='numpy' only (a sparse x dense first "
+            f"layer in SciPy); backend {backend_name!r} trains the linear family on sparse X"
+        )
 
 
 def _model_spec(model, d, Y, classes, fit_intercept):
@@ -84,7 +113,7 @@ def initial_state(problem, optimizer, seed, init):
     -------
     State
     """
-    spec, dtype = problem.spec, problem.data.X.dtype
+    spec, dtype = problem.spec, problem.data.Y.dtype
     params, running = spec.init_params(dtype, seed)
     state = State(
         params, running, optimizer.new_state(spec.n_params, dtype), np.zeros(1, dtype=np.int64),
@@ -152,12 +181,13 @@ def _validation_split(n, validation_fraction, seed):
 
 
 def _split(data, validation_rows):
-    """Training and validation :class:`Data` (validation weights rescaled to mean 1)."""
+    """Training and validation ``(X, Y, weights)`` (validation weights rescaled to mean 1);
+    a CSR ``X`` gives CSR row selections (copies of those rows' entries)."""
     X, Y, weights = data
     train_rows = np.setdiff1d(np.arange(X.shape[0]), validation_rows)
     held_out = weights
     if weights.size:
         held_out = _mean_one(weights[validation_rows], "the held-out validation rows")
         weights = weights[train_rows]
-    validation = Data(X[validation_rows], Y[validation_rows], held_out)
-    return Data(X[train_rows], Y[train_rows], weights), validation
+    validation = (X[validation_rows], Y[validation_rows], held_out)
+    return (X[train_rows], Y[train_rows], weights), validation

@@ -50,6 +50,32 @@ def _check(data, params, loss_code):
     return X, Y, _check_weights(weights, X)
 
 
+def _check_sparse(data, params, loss_code):
+    """``(values (nnz, 1), Y, weights, indices, indptr, n_features)`` of CSR rows, after the
+    checks the kernels cannot make (structure and values were checked by validation)."""
+    values, indices, indptr = data.values, data.indices, data.indptr
+    Y = np.ascontiguousarray(data.Y)
+    if not (values.dtype == Y.dtype == params.dtype) or params.dtype not in (np.float32, np.float64):  # fmt: skip
+        raise TypeError(
+            "values, Y and params must share one dtype, float32 or float64; got "
+            f"{values.dtype}, {Y.dtype}, {params.dtype}"
+        )
+    if loss_code not in _LOSS_CODES:
+        raise ValueError(f"unknown loss code {loss_code}")
+    n = indptr.shape[0] - 1
+    if n < 1 or Y.shape[0] != n:
+        raise ValueError(f"CSR rows: indptr has {n} rows and Y {Y.shape[0]}")
+    if indptr.dtype not in (np.int32, np.int64) or indices.dtype != indptr.dtype:
+        raise TypeError("indices and indptr must both be int32 or both int64")
+    nnz = int(indptr[-1])
+    if values.shape[0] < nnz or indices.shape[0] < nnz:
+        raise ValueError(f"CSR rows: indptr ends at {nnz}, past the stored entries")
+    values = np.ascontiguousarray(values).reshape(-1, 1)
+    indices, indptr = np.ascontiguousarray(indices), np.ascontiguousarray(indptr)
+    weights = _check_weights(data.weights, Y)
+    return values, Y, weights, indices, indptr, int(data.n_features)
+
+
 def _check_weights(weights, X):
     """Sample weights as a contiguous array: shape (n,), or (0,) for unweighted."""
     if not isinstance(weights, np.ndarray):
@@ -98,10 +124,11 @@ def _check_optimizer(params, opt_code, hyper, opt_state, step_count):
     return hyper
 
 
-def _check_call(X, state, update, block):
-    """Checks of one training call; returns ``hyper``, ``lr_epochs`` and ``orders`` as the
-    kernels take them (the state arrays are updated in place, so they are never copied)."""
-    n, n_epochs = X.shape[0], block.n_epochs
+def _check_call(n, state, update, block):
+    """Checks of one training call on ``n`` rows; returns ``hyper``, ``lr_epochs`` and
+    ``orders`` as the kernels take them (the state arrays are updated in place, so they
+    are never copied)."""
+    n_epochs = block.n_epochs
     hyper = _check_optimizer(state.params, update.opt_code, update.hyper, state.opt_state, state.step_count)  # fmt: skip
     lr_epochs = np.ascontiguousarray(block.lr_epochs, dtype=np.float64)
     if lr_epochs.ndim != 1 or lr_epochs.shape[0] < n_epochs:

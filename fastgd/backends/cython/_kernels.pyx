@@ -31,7 +31,7 @@ from libc.math cimport (
     copysign, exp, expf, fabs, fabsf, isfinite, log, log1p, log1pf, pow, sqrt
 )
 from libc.float cimport DBL_MAX, FLT_MAX
-from libc.stdint cimport int64_t
+from libc.stdint cimport int32_t, int64_t
 from libc.string cimport memcpy, memset
 
 # No ``cimport openmp``: a build without OpenMP must still compile (prange then runs serially).
@@ -129,6 +129,11 @@ cdef struct Problem:
     int loss_code
     bint shuffled
     const int64_t* order  # the epoch's row order if shuffled
+    # CSR rows (_sparse_rows.pxi): X then points at the stored values, and the index
+    # arrays (int32 or int64, as the caller's matrix has them) are kept untyped here
+    bint sparse, index64
+    const void* indptr
+    const void* indices
     # fastgd._config
     Py_ssize_t max_chunks, min_rows_per_chunk, parallel_min_work, rows_per_block
     int n_threads
@@ -379,6 +384,9 @@ cdef inline void _chunk_gradient(
     cdef Py_ssize_t block_lo = lo, block_hi, r, i
     cdef double loss = 0.0, block_loss
     memset(G, 0, pb.n_params * sizeof(floating))
+    if pb.sparse:  # the CSR row accessor: X holds the stored values
+        G[pb.n_params] = _sparse_chunk(pb, lo, hi, X, Y, sw, params, G, Z)
+        return
     if d == 1 and k == 1 and sw == NULL and not pb.shuffled and pb.loss_code == MSE:
         G[pb.n_params] = _one_feature_least_squares(X + lo, Y + lo * m, m, params[0], params[1],
                                                     hi - lo, G)
@@ -415,6 +423,9 @@ cdef inline void _chunk_gradient(
     G[pb.n_params] = loss
 
 
+include "_sparse_rows.pxi"
+
+
 cdef Py_ssize_t _batch_gradient(
     const Problem* pb, Py_ssize_t start, Py_ssize_t stop, const floating* X, const floating* Y,
     const floating* sw, const floating* params, floating* G, floating* Z,
@@ -428,7 +439,9 @@ cdef Py_ssize_t _batch_gradient(
     cdef Py_ssize_t size = stop - start
     cdef Py_ssize_t n_chunks = min(pb.max_chunks, max(1, size // pb.min_rows_per_chunk))
     cdef floating* row
-    if n_chunks > 1 and size * pb.d * pb.k >= pb.parallel_min_work:
+    # CSR chunks run serially: a parallel split of sparse rows was measured slower (the
+    # randomly touched cache lines of w and G move between cores); same chunks, same sums
+    if n_chunks > 1 and not pb.sparse and size * pb.d * pb.k >= pb.parallel_min_work:
         for chunk in prange(n_chunks, num_threads=pb.n_threads, schedule="static"):
             _chunk_gradient(pb, start, stop, n_chunks, chunk, X, Y, sw, params, G, Z)
     else:
@@ -774,6 +787,7 @@ cdef Problem _problem(
 ) noexcept nogil:
     cdef Problem pb
     pb.n, pb.d, pb.m, pb.k = X.shape[0], X.shape[1], Y.shape[1], k
+    pb.sparse, pb.index64, pb.indptr, pb.indices = False, False, NULL, NULL
     pb.n_params, pb.ld_g, pb.ld_z = params.shape[0], G.shape[1], Z.shape[1]
     pb.loss_code = loss_code
     pb.shuffled = False
@@ -786,6 +800,7 @@ cdef Problem _problem(
 
 def loss_and_gradient(
     const floating[:, ::1] X, const floating[:, ::1] Y, const floating[::1] weights,
+    const index_t[::1] indices, const index_t[::1] indptr, Py_ssize_t n_features,
     floating[::1] params, int loss_code, Py_ssize_t n_outputs, bint fit_intercept,
     floating[::1] grad, floating[:, ::1] G, floating[:, ::1] Z, Py_ssize_t max_chunks,
     Py_ssize_t min_rows_per_chunk, Py_ssize_t parallel_min_work, Py_ssize_t rows_per_block,
@@ -795,9 +810,12 @@ def loss_and_gradient(
 
     ``weights`` has n entries or none (unweighted). ``G`` and ``Z`` are scratch of shapes
     (>= max_chunks, >= n_params + 1) and (>= max_chunks, >= rows_per_block * n_outputs).
+    CSR rows: ``X`` is the (nnz, 1) column of stored values, ``indices`` and ``indptr``
+    the index arrays and ``n_features`` the columns; dense rows: both index arrays empty.
     """
     cdef Problem pb = _problem(X, Y, params, n_outputs, loss_code, G, Z, max_chunks,
                                min_rows_per_chunk, parallel_min_work, rows_per_block, n_threads)
+    _attach_csr(&pb, indices, indptr, n_features)
     cdef Py_ssize_t n = pb.n, p = pb.n_params
     cdef Py_ssize_t n_trained = p if fit_intercept else pb.d * n_outputs
     cdef Py_ssize_t j
@@ -812,7 +830,7 @@ def loss_and_gradient(
 
 
 cdef Py_ssize_t _train_epochs(
-    Problem* pb, const floating[:, ::1] X, const floating[:, ::1] Y, const floating* sw,
+    Problem* pb, const floating* X, const floating[:, ::1] Y, const floating* sw,
     floating[::1] params, const int64_t[:, ::1] orders, const double[::1] lr_epochs,
     Py_ssize_t n_epochs, bint fit_intercept, Py_ssize_t batch_size, const Optimizer* opt,
     floating* state, Py_ssize_t state_size,
@@ -839,10 +857,11 @@ cdef Py_ssize_t _train_epochs(
     # batches of one row take the direct per-sample path only where it computes the same
     # update: plain SGD (no momentum, no clipping, no penalties) at the epoch's fixed rate
     # (power_t == 0); sample weights are applied inside the per-row loss derivative
+    # (CSR rows take it with L2 too: the weight scale of _sparse_rows.pxi)
     cdef bint per_sample = (
         batch_size == 1 and opt.code == SGD and opt.momentum == 0.0
         and opt.clip_value == 0.0 and opt.clip_norm == 0.0 and opt.l1 == 0.0
-        and opt.l2 == 0.0 and opt.power_t == 0.0
+        and (opt.l2 == 0.0 or pb.sparse) and opt.power_t == 0.0
     )
     pb.shuffled = orders.shape[0] > 0
     for epoch in range(n_epochs):
@@ -856,14 +875,18 @@ cdef Py_ssize_t _train_epochs(
         loss_sum = 0.0
         batched_rows = n
         if per_sample:
-            loss_sum = _per_sample_epoch(pb, &X[0, 0], &Y[0, 0], sw, w, n_trained, lr_epoch,
-                                         &Zbuf[0, 0])
+            if pb.sparse:
+                loss_sum = _per_sample_sparse(pb, X, &Y[0, 0], sw, w, n_trained, lr_epoch,
+                                              opt.l2, &Zbuf[0, 0])
+            else:
+                loss_sum = _per_sample_epoch(pb, X, &Y[0, 0], sw, w, n_trained, lr_epoch,
+                                             &Zbuf[0, 0])
             step_count[0] += n
             batched_rows = 0
         start = 0
         while start < batched_rows:
             stop = min(start + batch_size, n)
-            _batch_gradient(pb, start, stop, &X[0, 0], &Y[0, 0], sw, w, G, &Zbuf[0, 0])
+            _batch_gradient(pb, start, stop, X, &Y[0, 0], sw, w, G, &Zbuf[0, 0])
             loss_sum += G[p]
             # G holds gradient sums: the step is computed in double from G[j] / rows
             _apply_update(opt, w, G, 1.0 / (stop - start), state, p, n_weights, n_trained,
@@ -885,6 +908,7 @@ cdef Py_ssize_t _train_epochs(
 
 def train_epochs(
     const floating[:, ::1] X, const floating[:, ::1] Y, const floating[::1] weights,
+    const index_t[::1] indices, const index_t[::1] indptr, Py_ssize_t n_features,
     floating[::1] params, const int64_t[:, ::1] orders, const double[::1] lr_epochs,
     Py_ssize_t n_epochs, int loss_code, Py_ssize_t n_outputs,
     bint fit_intercept, Py_ssize_t batch_size, int opt_code, const double[::1] hyper,
@@ -902,9 +926,11 @@ def train_epochs(
     constants of :mod:`fastgd._config`. The wrapper checks that ``hyper`` has N_HYPER
     entries, ``weights`` n entries or none, ``lr_epochs`` at least n_epochs, ``opt_state``
     (n_rows, n_params) has the rows the optimizer uses and ``step_count`` one entry.
+    CSR rows as in :func:`loss_and_gradient`.
     """
     cdef Problem pb = _problem(X, Y, params, n_outputs, loss_code, G, Z, max_chunks,
                                min_rows_per_chunk, parallel_min_work, rows_per_block, n_threads)
+    _attach_csr(&pb, indices, indptr, n_features)
     cdef int status = MAX_EPOCHS
     cdef Py_ssize_t n_done
     cdef Py_ssize_t state_size = opt_state.shape[0] * opt_state.shape[1]
@@ -914,7 +940,7 @@ def train_epochs(
     cdef Optimizer opt = _unpack_optimizer(opt_code, hyper)
     with nogil:
         n_done = _train_epochs(
-            &pb, X, Y, sw, params, orders, lr_epochs, n_epochs, fit_intercept, batch_size,
+            &pb, &X[0, 0], Y, sw, params, orders, lr_epochs, n_epochs, fit_intercept, batch_size,
             &opt, state, state_size, &step_count[0], tol, n_iter_no_change, stop_state,
             history, G, Z, start_params, saved_state, &status,
         )

@@ -7,14 +7,23 @@ Same contract as :mod:`fastgd.backends.numpy.linear`, same algorithm as the Numb
 
 import numpy as np
 
-from ..._config import MAX_CHUNKS, MIN_ROWS_PER_CHUNK, PARALLEL_MIN_WORK, ROWS_PER_BLOCK
+from ..._config import (
+    MAX_CHUNKS,
+    MIN_ROWS_PER_CHUNK,
+    PARALLEL_MIN_WORK,
+    ROWS_PER_BLOCK,
+    SPARSE_ROWS_PER_CHUNK,
+)
+from ..contract import is_sparse
 from . import _kernels as _k
-from ._checks import _STATUS_CODES, _check, _check_call
+from ._checks import _STATUS_CODES, _check, _check_call, _check_sparse
+
+_NO_INDEX = np.empty(0, dtype=np.int32)  # the index arrays of dense rows
 
 _CACHE_LINE_BYTES = 64
 
 
-def _scratch(params, n_outputs):
+def _scratch(params, n_outputs, n_chunks=MAX_CHUNKS):
     """Per-chunk rows of gradient sums G (n_params, then the loss) and of z values Z.
 
     Each row is followed by at least one unused cache line, so that chunks run by different
@@ -25,9 +34,26 @@ def _scratch(params, n_outputs):
     def padded(size):
         return -(-(size + line) // line) * line
 
-    buf = np.empty((MAX_CHUNKS, padded(params.shape[0] + 1)), dtype=params.dtype)
-    zbuf = np.empty((MAX_CHUNKS, padded(ROWS_PER_BLOCK * n_outputs)), dtype=params.dtype)
+    buf = np.empty((n_chunks, padded(params.shape[0] + 1)), dtype=params.dtype)
+    zbuf = np.empty((n_chunks, padded(ROWS_PER_BLOCK * n_outputs)), dtype=params.dtype)
     return buf, zbuf
+
+
+def _rows(data, params, loss_code, batch_rows):
+    """The kernels' row arguments and chunking of dense or CSR rows.
+
+    Returns ``(X, Y, weights, indices, indptr, n_features)`` and ``(max_chunks,
+    min_rows_per_chunk)``. CSR rows: ``X`` is the (nnz, 1) column of stored values (a
+    view); the chunk accumulators are ``d * k`` wide, so only the chunks a batch of
+    ``batch_rows`` rows uses are allocated (``max_chunks``), split as the Numba backend
+    splits them (:data:`fastgd._config.SPARSE_ROWS_PER_CHUNK`).
+    """
+    if not is_sparse(data):
+        X, Y, weights = _check(data, params, loss_code)
+        return (X, Y, weights, _NO_INDEX, _NO_INDEX, X.shape[1]), (MAX_CHUNKS, MIN_ROWS_PER_CHUNK)
+    rows = _check_sparse(data, params, loss_code)
+    chunks = min(MAX_CHUNKS, max(1, batch_rows // SPARSE_ROWS_PER_CHUNK))
+    return rows, (chunks, SPARSE_ROWS_PER_CHUNK)
 
 
 def loss_and_gradient(model, data, params):
@@ -36,12 +62,12 @@ def loss_and_gradient(model, data, params):
     See :func:`fastgd.backends.numpy.linear.loss_and_gradient`. Uses OpenMP's default
     number of threads (the result does not depend on it).
     """
-    X, Y, weights = _check(data, params, model.loss_code)
+    rows, (chunks, rows_per_chunk) = _rows(data, params, model.loss_code, data.Y.shape[0])
     grad = np.zeros_like(params)
-    buf, zbuf = _scratch(params, model.n_outputs)
+    buf, zbuf = _scratch(params, model.n_outputs, chunks)
     loss = _k.loss_and_gradient(
-        X, Y, weights, params, int(model.loss_code), int(model.n_outputs),
-        bool(model.fit_intercept), grad, buf, zbuf, MAX_CHUNKS, MIN_ROWS_PER_CHUNK,
+        *rows, params, int(model.loss_code), int(model.n_outputs),
+        bool(model.fit_intercept), grad, buf, zbuf, chunks, rows_per_chunk,
         PARALLEL_MIN_WORK, ROWS_PER_BLOCK, _k.max_threads(),
     )  # fmt: skip
     return float(loss), grad
@@ -52,17 +78,25 @@ def train_epochs(model, data, state, update, block, n_threads):
 
     The loop runs with the GIL released; ``n_threads`` is the OpenMP team size of the
     parallel chunk loop (ignored when the extension was built without OpenMP).
+
+    Sparse rows (:class:`~fastgd.backends.contract.SparseData`): chunks run serially;
+    plain SGD at ``batch_size=1`` (L2 included) costs O(nnz of the row) per update
+    (``_sparse_rows.pxi``); every other update keeps the dense semantics and touches the
+    ``d * k`` parameters and optimizer state (e.g. Adam's moments) once per batch.
     """
-    X, Y, weights = _check(data, state.params, model.loss_code)
-    hyper, lr_epochs, orders = _check_call(X, state, update, block)
+    n = data.Y.shape[0]
+    rows, (chunks, rows_per_chunk) = _rows(
+        data, state.params, model.loss_code, min(int(update.batch_size), n)
+    )
+    hyper, lr_epochs, orders = _check_call(n, state, update, block)
     params, opt_state = state.params, state.opt_state
-    buf, zbuf = _scratch(params, model.n_outputs)
+    buf, zbuf = _scratch(params, model.n_outputs, chunks)
     n_done, status = _k.train_epochs(
-        X, Y, weights, params, orders, lr_epochs, int(block.n_epochs), int(model.loss_code),
+        *rows, params, orders, lr_epochs, int(block.n_epochs), int(model.loss_code),
         int(model.n_outputs), bool(model.fit_intercept), int(update.batch_size),
         int(update.opt_code), hyper, opt_state, state.step_count, float(update.tol),
         float(update.n_iter_no_change), state.stop_state, block.history, buf, zbuf,
-        np.empty_like(params), np.empty_like(opt_state), MAX_CHUNKS, MIN_ROWS_PER_CHUNK,
+        np.empty_like(params), np.empty_like(opt_state), chunks, rows_per_chunk,
         PARALLEL_MIN_WORK, ROWS_PER_BLOCK, max(1, int(n_threads)),
     )  # fmt: skip
     return n_done, _STATUS_CODES[status]

@@ -152,7 +152,7 @@ def train_epochs(model, data, state, update, block, n_threads):
     params, running, opt_state = state.params, state.running, state.opt_state
     X, Y, weights = _check(data, params, model.loss_code)
     sizes, batch_norm, net_hyper, offsets = _check_network(X, Y, params, running, model)
-    hyper, lr_epochs, orders = _check_call(X, state, update, block)
+    hyper, lr_epochs, orders = _check_call(X.shape[0], state, update, block)
     _check_grad_norms(block, sizes.shape[0] - 1)
     buffers, scratch, G, S, chunk_loss = _network_scratch(
         sizes, batch_norm, min(int(update.batch_size), X.shape[0]), params.dtype,

@@ -6,6 +6,7 @@ losses (:mod:`.losses`) and the thread count of a call (:mod:`.threads`).
 """
 
 import numba
+import numpy as np
 
 from ..contract import LinearModel, ModuleBackend, NetworkModel
 from . import hessian, linear, network
@@ -24,9 +25,12 @@ def _read_only(data):
     """
     views = []
     for array in data:
-        view = array.view()
-        view.flags.writeable = False
-        views.append(view)
+        if isinstance(array, np.ndarray):
+            array = array.view()
+            array.flags.writeable = False
+        else:  # SparseData.n_features
+            array = int(array)
+        views.append(array)
     return type(data)(*views)
 
 

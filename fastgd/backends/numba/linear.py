@@ -30,14 +30,16 @@ from ..._config import (
 )
 from ...specs import optimizers as opt
 from ...specs import stopping
-from ..contract import EpochBlock, LinearModel, UpdateConfig
+from ..contract import EpochBlock, LinearModel, UpdateConfig, is_sparse, n_rows
 from .losses import MSE, _loss_block, _single_output_loss
+from .sparse_rows import _per_sample_sparse, _per_sample_sparse_several, _sparse_chunk
 from .threads import numba_threads
 from .update import (
     _all_finite,
     _apply_update,
     _largest,
     _n_chunks,
+    _n_sparse_chunks,
     _penalty_value,
     _runaway,
     _sum_chunks,
@@ -301,24 +303,39 @@ def _end_epoch(state, update, block, epoch, epoch_loss, n_weights, saved):
     return -1
 
 
-def _make_train_kernel(shape, mode):
-    """The compiled epoch loop of one output shape and one mode.
+def _make_train_kernel(shape, mode, sparse=False):
+    """The compiled epoch loop of one output shape, one mode and one data kind.
 
-    ``shape`` and ``mode`` are closure constants (ints, so the on-disk cache key stays the
-    same from process to process): Numba prunes the branches of the other shapes and
-    modes before inlining their code. Each kernel compiles on its first call. The batch
-    gradient is written in each kernel, not in a shared closure: a kernel that captures
-    another dispatcher is never found in the cache.
+    ``shape``, ``mode`` and ``sparse`` are closure constants (ints and a bool, so the
+    on-disk cache key stays the same from process to process): Numba prunes the branches
+    of the other shapes, modes and data kind before inlining their code. Each kernel
+    compiles on its first call. The batch gradient is written in each kernel, not in a
+    shared closure: a kernel that captures another dispatcher is never found in the cache.
+
+    ``sparse``: the rows are :class:`~fastgd.backends.contract.SparseData`, read by the
+    row accessor of :mod:`.sparse_rows` (its chunk function and its per-sample epoch);
+    everything else (chunks, their order and sums, the update, the end of an epoch) is
+    this loop. Sparse chunks run serially (``SINGLE`` or ``SERIAL``): the design note's
+    measurements found every parallel split of a sparse mini-batch slower, as the
+    randomly touched cache lines of the weights and the accumulators move between cores.
     """
 
     @njit(**NUMBA_OPTIONS)
     def train(model, data, state, update, block):
-        n, d = data.X.shape
+        if sparse:
+            n, d = data.indptr.shape[0] - 1, data.n_features
+        else:
+            n, d = data.X.shape
         params, opt_state, step_count = state.params, state.opt_state, state.step_count
         p, k, loss_code = params.shape[0], model.n_outputs, model.loss_code
         n_trained = p if model.fit_intercept else d * k
         shuffled = block.orders.shape[0] > 0
-        G = np.empty((MAX_CHUNKS, p + 1 + ROW_PADDING), dtype=params.dtype)
+        if sparse:
+            # a chunk accumulator is d * k wide: allocate only the chunks this call uses
+            buffers = 1 if mode == SINGLE or mode == PER_SAMPLE else _n_sparse_chunks(min(update.batch_size, n))  # fmt: skip
+        else:
+            buffers = MAX_CHUNKS
+        G = np.empty((buffers, p + 1 + ROW_PADDING), dtype=params.dtype)
         Z = np.empty((MAX_CHUNKS, ROWS_PER_BLOCK, k), dtype=params.dtype)
         saved = (np.empty_like(params), np.empty_like(opt_state))
         natural = np.empty(0, dtype=np.int64)
@@ -332,7 +349,12 @@ def _make_train_kernel(shape, mode):
             lr = block.lr_epochs[epoch]
             loss_sum = 0.0
             if mode == PER_SAMPLE:
-                if shape == SEVERAL:
+                # sparse: plain SGD, L2 through the weight scale, O(nnz) per update
+                if sparse and shape == SEVERAL:
+                    loss_sum = _per_sample_sparse_several(data, params, order, shuffled, loss_code, k, n_trained, lr, hyper[opt.L2], Z)  # fmt: skip
+                elif sparse:
+                    loss_sum = _per_sample_sparse(data, params, order, shuffled, loss_code, n_trained, lr, hyper[opt.L2])  # fmt: skip
+                elif shape == SEVERAL:
                     loss_sum = _per_sample_several(data, params, order, shuffled, loss_code, k, n_trained, lr, Z)  # fmt: skip
                 else:
                     loss_sum = _per_sample_one_output(data, params, order, shuffled, loss_code, n_trained, lr)  # fmt: skip
@@ -340,16 +362,22 @@ def _make_train_kernel(shape, mode):
             else:
                 for start in range(0, n, update.batch_size):
                     stop = min(start + update.batch_size, n)
-                    n_chunks = 1 if mode == SINGLE else _n_chunks(stop - start)
+                    if sparse:
+                        n_chunks = 1 if mode == SINGLE else _n_sparse_chunks(stop - start)
+                    else:
+                        n_chunks = 1 if mode == SINGLE else _n_chunks(stop - start)
                     if (
-                        mode == PARALLEL
+                        not sparse
+                        and mode == PARALLEL
                         and n_chunks > 1
                         and (stop - start) * d * k >= PARALLEL_MIN_WORK
                     ):
                         _batch_parallel(data, params, order, shuffled, start, stop, n_chunks, loss_code, k, G, Z)  # fmt: skip
                     else:
                         for c in range(n_chunks):
-                            if shape == ONE_FEATURE:
+                            if sparse:
+                                _sparse_chunk(data, params, order, shuffled, start, stop, n_chunks, c, loss_code, k, G, Z)  # fmt: skip
+                            elif shape == ONE_FEATURE:
                                 _one_feature_chunk(data, params, order, shuffled, start, stop, n_chunks, c, loss_code, k, G, Z)  # fmt: skip
                             elif shape == ONE_OUTPUT:
                                 _one_output_chunk(data, params, order, shuffled, start, stop, n_chunks, c, loss_code, k, G, Z)  # fmt: skip
@@ -369,26 +397,37 @@ def _make_train_kernel(shape, mode):
     return train
 
 
-def _make_gradient_kernel(shape, mode):
+def _make_gradient_kernel(shape, mode, sparse=False):
     """Mean loss and gradient over all rows, for one output shape and mode (``SINGLE``,
-    ``SERIAL``, ``PARALLEL``); closure constants as in :func:`_make_train_kernel`."""
+    ``SERIAL``, ``PARALLEL``) and data kind; closure constants as in
+    :func:`_make_train_kernel` (sparse chunks serial)."""
 
     @njit(**NUMBA_OPTIONS)
     def gradient(model, data, params):
-        n, d = data.X.shape
+        if sparse:
+            n, d = data.indptr.shape[0] - 1, data.n_features
+            buffers = 1 if mode == SINGLE else _n_sparse_chunks(n)
+        else:
+            n, d = data.X.shape
+            buffers = MAX_CHUNKS
         p, k, loss_code = params.shape[0], model.n_outputs, model.loss_code
-        G = np.empty((MAX_CHUNKS, p + 1 + ROW_PADDING), dtype=params.dtype)
+        G = np.empty((buffers, p + 1 + ROW_PADDING), dtype=params.dtype)
         Z = np.empty((MAX_CHUNKS, ROWS_PER_BLOCK, k), dtype=params.dtype)
         order = np.empty(0, dtype=np.int64)
         # the chunks are inlined with a constant False (as before the redesign: the same
         # floating-point results); the parallel call takes a run-time False, no literal type
         shuffled = order.shape[0] > 0
-        n_chunks = 1 if mode == SINGLE else _n_chunks(n)
-        if mode == PARALLEL and n_chunks > 1 and n * d * k >= PARALLEL_MIN_WORK:
+        if sparse:
+            n_chunks = 1 if mode == SINGLE else _n_sparse_chunks(n)
+        else:
+            n_chunks = 1 if mode == SINGLE else _n_chunks(n)
+        if not sparse and mode == PARALLEL and n_chunks > 1 and n * d * k >= PARALLEL_MIN_WORK:
             _batch_parallel(data, params, order, shuffled, 0, n, n_chunks, loss_code, k, G, Z)
         else:
             for c in range(n_chunks):
-                if shape == ONE_FEATURE:
+                if sparse:
+                    _sparse_chunk(data, params, order, False, 0, n, n_chunks, c, loss_code, k, G, Z)  # fmt: skip
+                elif shape == ONE_FEATURE:
                     _one_feature_chunk(data, params, order, False, 0, n, n_chunks, c, loss_code, k, G, Z)  # fmt: skip
                 elif shape == ONE_OUTPUT:
                     _one_output_chunk(data, params, order, False, 0, n, n_chunks, c, loss_code, k, G, Z)  # fmt: skip
@@ -406,21 +445,23 @@ def _make_gradient_kernel(shape, mode):
 _KERNELS = {}
 
 
-def _kernels(shape, mode):
-    """``(train, gradient)`` of a shape and mode, made on first use (compiled on first call)."""
-    if (shape, mode) not in _KERNELS:
-        _KERNELS[shape, mode] = (
-            _make_train_kernel(shape, mode),
-            _make_gradient_kernel(shape, mode),
+def _kernels(shape, mode, sparse=False):
+    """``(train, gradient)`` of a shape, mode and data kind, made on first use (compiled
+    on first call)."""
+    key = (shape, mode, sparse)
+    if key not in _KERNELS:
+        _KERNELS[key] = (
+            _make_train_kernel(shape, mode, sparse),
+            _make_gradient_kernel(shape, mode, sparse),
         )
-    return _KERNELS[shape, mode]
+    return _KERNELS[key]
 
 
 def _shape(model, data):
-    """``ONE_FEATURE``, ``ONE_OUTPUT`` or ``SEVERAL``."""
+    """``ONE_FEATURE``, ``ONE_OUTPUT`` or ``SEVERAL`` (sparse rows: never ``ONE_FEATURE``)."""
     if model.n_outputs > 1:
         return SEVERAL
-    return ONE_FEATURE if data.X.shape[1] == 1 else ONE_OUTPUT
+    return ONE_FEATURE if not is_sparse(data) and data.X.shape[1] == 1 else ONE_OUTPUT
 
 
 def _batch_mode(rows, work_per_row):
@@ -450,8 +491,29 @@ def _train_mode(model, data, update):
     )
     if update.batch_size == 1 and plain_sgd:
         return PER_SAMPLE
+    if is_sparse(data):
+        return _sparse_train_mode(update, data)
     n, d = data.X.shape
     return _batch_mode(min(update.batch_size, n), d * model.n_outputs)
+
+
+def _sparse_train_mode(update, data):
+    """Sparse rows: ``PER_SAMPLE`` also with L2 (the weight scale of
+    :func:`.sparse_rows._per_sample_sparse`), else ``SINGLE`` or ``SERIAL``."""
+    hyper = update.hyper
+    plain_sgd_l2 = (
+        update.batch_size == 1
+        and update.opt_code == opt.SGD
+        and hyper[opt.MOMENTUM] == 0.0
+        and hyper[opt.CLIP_VALUE] == 0.0
+        and hyper[opt.CLIP_NORM] == 0.0
+        and hyper[opt.L1] == 0.0
+        and hyper[opt.POWER_T] == 0.0
+    )
+    if plain_sgd_l2:
+        return PER_SAMPLE
+    rows = min(update.batch_size, n_rows(data))
+    return SINGLE if _n_sparse_chunks.py_func(rows) == 1 else SERIAL
 
 
 def _typed_model(model):
@@ -472,15 +534,27 @@ def _typed(model, update, block):
 
 def loss_and_gradient(model, data, params):
     """Mean loss and gradient over all rows; see :func:`fastgd.backends.numpy.linear.loss_and_gradient`."""
-    n, d = data.X.shape
-    mode = _batch_mode(n, d * int(model.n_outputs))
-    _, kernel = _kernels(_shape(model, data), mode)
+    sparse = is_sparse(data)
+    if sparse:
+        mode = SINGLE if _n_sparse_chunks.py_func(n_rows(data)) == 1 else SERIAL
+    else:
+        n, d = data.X.shape
+        mode = _batch_mode(n, d * int(model.n_outputs))
+    _, kernel = _kernels(_shape(model, data), mode, sparse)
     return kernel(_typed_model(model), data, params)
 
 
 def train_epochs(model, data, state, update, block, n_threads):
-    """Compiled training loop; see :meth:`fastgd.backends.contract.Backend.train_epochs`."""
-    kernel, _ = _kernels(_shape(model, data), _train_mode(model, data, update))
+    """Compiled training loop; see :meth:`fastgd.backends.contract.Backend.train_epochs`.
+
+    Sparse rows: every optimizer keeps its dense semantics (each state entry decays at
+    every update, as on the dense matrix), so a mini-batch update touches all ``d * k``
+    parameters and optimizer state once per batch (the chunk accumulator is zeroed and
+    read once per batch too); only plain SGD at ``batch_size=1`` (with or without L2)
+    costs O(nnz of the row) per update.
+    """
+    mode = _train_mode(model, data, update)
+    kernel, _ = _kernels(_shape(model, data), mode, is_sparse(data))
     model, update, block = _typed(model, update, block)
     with numba_threads(n_threads):
         return kernel(model, data, state, update, block)

@@ -10,7 +10,7 @@ import math
 
 from numba import njit
 
-from ..._config import MAX_CHUNKS, MIN_ROWS_PER_CHUNK, NUMBA_OPTIONS
+from ..._config import MAX_CHUNKS, MIN_ROWS_PER_CHUNK, NUMBA_OPTIONS, SPARSE_ROWS_PER_CHUNK
 from ...specs import optimizers as opt
 from ...specs import stopping
 
@@ -18,6 +18,11 @@ from ...specs import stopping
 @njit(inline="always", **NUMBA_OPTIONS)
 def _n_chunks(batch_rows):
     return min(MAX_CHUNKS, max(1, batch_rows // MIN_ROWS_PER_CHUNK))
+
+
+@njit(inline="always", **NUMBA_OPTIONS)
+def _n_sparse_chunks(batch_rows):
+    return min(MAX_CHUNKS, max(1, batch_rows // SPARSE_ROWS_PER_CHUNK))
 
 
 @njit(inline="always", **NUMBA_OPTIONS)

@@ -9,6 +9,7 @@ loop are those of the linear models (:mod:`fastgd.backends.numpy.update`).
 import numpy as np
 
 from ...specs import network as net
+from ..contract import Data
 from ..shared import forward, output_loss
 from .update import train_loop
 
@@ -47,9 +48,10 @@ def train_epochs(model, data, state, update, block, n_threads):
     momentum = model.net_hyper[net.BN_MOMENTUM]
     norms_squared = [0.0]  # summed over the batches of the epoch
 
+    X, Y, weights = data.X, data.Y, data.weights  # a CSR matrix for SparseData
+
     def batch_step(rows, epoch):
-        X, Y, weights = data
-        batch = type(data)(X[rows], Y[rows], weights[rows] if weights.size else weights)
+        batch = Data(X[rows], Y[rows], weights[rows] if weights.size else weights)
         loss, grad, cache = _loss_gradient_stats(model, batch, state.params)
         _update_running(state.running, cache, offsets, batch_norm, momentum, batch.X.shape[0])
         norms_squared[0] = norms_squared[0] + layer_gradient_norms(grad, sizes, batch_norm) ** 2
@@ -61,7 +63,7 @@ def train_epochs(model, data, state, update, block, n_threads):
 
     n_weights = offsets["n_weights"]
     return train_loop(
-        data.X.shape[0], batch_step, state, update, block, n_weights, state.params.size, epoch_done
+        X.shape[0], batch_step, state, update, block, n_weights, state.params.size, epoch_done
     )
 
 
@@ -109,7 +111,8 @@ def _loss_gradient_stats(model, data, params):
                 dZ = dU
         n_in, n_out = sizes[layer], sizes[layer + 1]
         w, b = offsets["weight"][layer], offsets["bias"][layer]
-        grad[w : w + n_in * n_out] = (entry["A_in"].T @ dZ).ravel()
+        # a sparse first layer: SciPy's sparse.T @ dense product, a dense array
+        grad[w : w + n_in * n_out] = np.asarray(entry["A_in"].T @ dZ).ravel()
         if not batch_norm[layer]:
             grad[b : b + n_out] = dZ.sum(axis=0)
         if layer > 0:

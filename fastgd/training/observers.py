@@ -147,3 +147,22 @@ def block_size(observers, epochs, default):
     """Epochs per kernel call: the smallest any observer allows, at most ``default``."""
     limits = [o.block_limit for o in observers if o.block_limit is not None]
     return int(np.min([default, *limits])) if epochs else 0
+
+
+def make_observers(problem, options, rates):
+    """The observers of a fit, in the order they are told after each kernel call."""
+    observers = []
+    if options.print_every:
+        observers.append(Printer(options.print_every))
+    if options.progress:
+        observers.append(ProgressBar(options.epochs))
+    if options.early_stopping:
+        tol = max(options.tol, 0.0)
+        observers.append(
+            EarlyStopping(problem.spec, problem.validation, tol, options.n_iter_no_change)
+        )
+    if rates.adaptive:
+        observers.append(PlateauSchedule(rates))
+    if options.callback is not None:
+        observers.append(Callback(options.callback))
+    return observers

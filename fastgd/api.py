@@ -4,6 +4,8 @@ options -> problem (data, model spec, validation split) -> initial state -> trai
 (epoch blocks, observers) -> result. Each step lives in :mod:`fastgd.training`.
 """
 
+import functools
+
 from .backends import get_backend
 from .distributed import is_dask_collection
 from .network import MLP
@@ -11,7 +13,7 @@ from .specs.optimizers import SECOND_ORDER
 from .training import observers as obs
 from .training.options import resolve_options
 from .training.problem import check_model, initial_state, prepare_problem
-from .training.report import DivergenceError, DivergenceWarning, finish
+from .training.report import DivergenceError, DivergenceWarning, finish, snapshot
 from .training.solvers import solve
 from .training.trainer import train
 
@@ -122,8 +124,10 @@ def fit(
         Then scale the gradient by ``clip_norm / (norm + 1e-6)`` when that is below 1,
         ``norm`` being its Euclidean norm (``torch.nn.utils.clip_grad_norm_``).
     callback : callable, optional
-        ``callback(epoch, info)`` after every epoch, with ``info`` a dict holding ``loss``
-        and a copy of ``params``; returning ``True`` stops training
+        ``callback(epoch, info)`` after every epoch, with ``info`` a dict holding ``loss``,
+        a copy of ``params`` and ``result``, a :class:`FitResult` of the training so far
+        (a checkpoint: ``fastgd.save`` it, resume with ``init=``; or pass
+        ``callback=fastgd.Checkpoint(path)``); returning ``True`` stops training
         (``stop_reason == "callback"``). Epochs then run one kernel call each.
     early_stopping : bool, default False
         Hold out ``validation_fraction`` of the rows (chosen with ``seed``), compute the
@@ -214,7 +218,9 @@ def fit(
         )
     state = initial_state(problem, options.optimizer, seed, init)
     rates = options.schedule.start(options.optimizer.lr)
-    observers = obs.make_observers(problem, options, rates)
+    observers = obs.make_observers(
+        problem, options, rates, functools.partial(snapshot, problem, options, backend.name)
+    )
     if options.optimizer.code in SECOND_ORDER:  # Newton, L-BFGS: full-batch solvers
         run = solve(backend, problem, options, state, observers)
     else:

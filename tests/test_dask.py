@@ -225,3 +225,18 @@ def test_import_fastgd_does_not_import_dask():
     code = "import sys, fastgd; print('dask' in sys.modules or 'distributed' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_checkpoint_and_resume_continue_exactly(client, tmp_path, capsys):
+    X, y = _data("linear", seed=7)
+    kw = dict(batch_size=None, optimizer="adam", lr=0.05)
+    full = fastgd.fit(_chunked(X), _chunked(y), epochs=10, **kw)
+    path = str(tmp_path / "ckpt-{epoch}.npz")
+    first = fastgd.fit(_chunked(X), _chunked(y), epochs=4, callback=fastgd.Checkpoint(path, every=2), verbose=2, **kw)  # fmt: skip
+    assert "Epoch: 2, Loss:" in capsys.readouterr().out  # verbose works as on one machine
+    saved = fastgd.load(path.format(epoch=3))
+    np.testing.assert_array_equal(saved.params, first.params)
+    assert saved.n_updates == 4
+    resumed = fastgd.fit(_chunked(X), _chunked(y), epochs=6, init=saved, **kw)
+    np.testing.assert_array_equal(resumed.params, full.params)
+    np.testing.assert_array_equal(resumed.loss_history, full.loss_history[4:])

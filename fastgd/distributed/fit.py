@@ -2,6 +2,7 @@
 passes and local epochs running in Dask tasks."""
 
 import dataclasses
+import functools
 
 from ..backends import get_backend
 from ..network import MLP
@@ -9,7 +10,7 @@ from ..specs import optimizers as opt
 from ..training.observers import make_observers
 from ..training.options import resolve_options
 from ..training.problem import check_model, initial_state
-from ..training.report import finish
+from ..training.report import finish, snapshot
 from ..training.solvers import solve
 from ..training.trainer import train
 from .cluster import Cluster, current_client
@@ -38,7 +39,9 @@ def fit_dask(arguments):
     options = resolve_options(a, problem.data.X.shape[0], backend)
     state = initial_state(problem, options.optimizer, a["seed"], a["init"])
     rates = options.schedule.start(options.optimizer.lr)
-    observers = make_observers(problem, options, rates)
+    observers = make_observers(
+        problem, options, rates, functools.partial(snapshot, problem, options, backend.name)
+    )
     run = _train(cluster, backend, problem, options, state, rates, observers, a["sync_every"])
     result = finish(problem, options, run, backend, observers, model if isinstance(model, MLP) else None)  # fmt: skip
     result.distributed = {**cluster.report(len(problem.data.chunks)), "prepare_time": prepare["round_time"]}  # fmt: skip

@@ -128,18 +128,26 @@ class PlateauSchedule(Observer):
 
 
 class Callback(Observer):
-    """``callback(epoch, info)`` after every epoch; returning True stops training."""
+    """``callback(epoch, info)`` after every epoch; returning True stops training.
+
+    ``info["result"]``, when a ``snapshot(run)`` function is given, is a
+    :class:`~fastgd.FitResult` of the training so far (parameters, optimizer state,
+    update count, histories): a checkpoint that ``fastgd.save`` writes and ``fit(...,
+    init=...)`` resumes from (see :class:`fastgd.persistence.Checkpoint`).
+    """
 
     block_limit = 1
 
-    def __init__(self, callback):
-        self.callback = callback
+    def __init__(self, callback, snapshot=None):
+        self.callback, self.snapshot = callback, snapshot
 
     def after_block(self, run):
         if run.status == stopping.DIVERGED:
             return None
         epoch = run.done - 1
         info = {"loss": float(run.history[epoch]), "params": run.state.params.copy()}
+        if self.snapshot is not None:
+            info["result"] = self.snapshot(run)
         return "callback" if self.callback(epoch, info) else None
 
 
@@ -149,8 +157,9 @@ def block_size(observers, epochs, default):
     return int(np.min([default, *limits])) if epochs else 0
 
 
-def make_observers(problem, options, rates):
-    """The observers of a fit, in the order they are told after each kernel call."""
+def make_observers(problem, options, rates, snapshot=None):
+    """The observers of a fit, in the order they are told after each kernel call
+    (``snapshot(run)``: the FitResult so far, handed to the callback as a checkpoint)."""
     observers = []
     if options.print_every:
         observers.append(Printer(options.print_every))
@@ -164,5 +173,5 @@ def make_observers(problem, options, rates):
     if rates.adaptive:
         observers.append(PlateauSchedule(rates))
     if options.callback is not None:
-        observers.append(Callback(options.callback))
+        observers.append(Callback(options.callback, snapshot))
     return observers

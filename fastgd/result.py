@@ -70,7 +70,7 @@ class FitResult:
         iterate (before early stopping restores a best one); None for first-order fits.
     distributed : dict or None
         Dask fits: ``n_chunks``, ``n_rounds``, ``round_time`` (wall time of the rounds),
-        ``compute_time`` (per round, the slowest chunk's kernel time, summed),
+        ``compute_time`` (per round, the busiest worker's kernel time, summed),
         ``worker_time`` (all chunks' kernel time), ``communication_time`` (round time
         minus compute time: scheduling, transfers, serialization), ``prepare_time``
         (validating and persisting the chunks) and ``scheduler``.

@@ -166,6 +166,17 @@ def fit(
         count when the optimizer is of the same kind. It must come from the same model
         (family, features, outputs, intercept, classes).
 
+    Returns
+    -------
+    FitResult
+        Parameters (``coef_``, ``intercept_``), loss history, epochs run, stop reason,
+        backend, timings, and ``predict``/``predict_proba``.
+
+    Raises
+    ------
+    ValueError
+        For invalid data or arguments, with a message naming the problem.
+
     Notes
     -----
     **Dask input.** ``X`` may be a ``dask.array`` chunked by rows (one chunk along the
@@ -180,17 +191,6 @@ def fit(
     (or ``sync_every`` batches); reproducible for a fixed chunking and seed, but not the
     single-machine mini-batch path. ``result.distributed`` holds the compute and
     communication times. ``early_stopping`` is not supported there.
-
-    Returns
-    -------
-    FitResult
-        Parameters (``coef_``, ``intercept_``), loss history, epochs run, stop reason,
-        backend, timings, and ``predict``/``predict_proba``.
-
-    Raises
-    ------
-    ValueError
-        For invalid data or arguments, with a message naming the problem.
 
     Examples
     --------

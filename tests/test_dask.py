@@ -240,3 +240,14 @@ def test_checkpoint_and_resume_continue_exactly(client, tmp_path, capsys):
     resumed = fastgd.fit(_chunked(X), _chunked(y), epochs=6, init=saved, **kw)
     np.testing.assert_array_equal(resumed.params, full.params)
     np.testing.assert_array_equal(resumed.loss_history, full.loss_history[4:])
+
+
+def test_estimators_take_dask_input(client):
+    pytest.importorskip("sklearn")
+    X, y = _data("softmax", seed=8)
+    kw = dict(optimizer="lbfgs", penalty="l2", alpha=1e-2, tol=1e-7)
+    local = fastgd.LinearClassifier(**kw).fit(X, y)
+    remote = fastgd.LinearClassifier(**kw).fit(_chunked(X), _chunked(y))
+    _assert_close(remote.coef_, local.coef_)
+    assert remote.n_features_in_ == X.shape[1] and list(remote.classes_) == [0, 1, 2]
+    np.testing.assert_array_equal(remote.predict(X), local.predict(X))

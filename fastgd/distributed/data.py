@@ -137,10 +137,7 @@ def _classes(y, kind, classes, network):
     if kind == "linear":
         return None
     if classes is None:
-        import dask
-
-        labels = dask.compute(*[dask.delayed(chunk_labels)(b) for b in y.to_delayed().ravel()])
-        classes = np.unique(np.concatenate(labels))
+        classes = dask_labels(y)
     else:
         classes = np.unique(np.asarray(classes).ravel())
     # the single-machine checks on the label set: one class, logistic with three, NaN
@@ -148,6 +145,15 @@ def _classes(y, kind, classes, network):
     if network:
         _check_network_labels(classes)
     return classes
+
+
+def dask_labels(y):
+    """The sorted distinct labels of a Dask array, data frame or series (one round)."""
+    import dask
+
+    parts = np.asarray(y.to_delayed(), dtype=object).ravel()
+    labels = dask.compute(*[dask.delayed(chunk_labels)(part) for part in parts])
+    return np.unique(np.concatenate(labels))
 
 
 def _persist(X, y, weights, kind, dtype, classes, cluster):

@@ -20,6 +20,7 @@ da = pytest.importorskip("dask.array")
 dask = pytest.importorskip("dask")
 
 import fastgd  # noqa: E402
+from fastgd.distributed import cluster as dask_cluster  # noqa: E402
 from fastgd.distributed import fit as dask_fit  # noqa: E402
 
 RTOL = 1e-10  # full-batch Dask fit vs single-machine fit, float64
@@ -251,3 +252,23 @@ def test_estimators_take_dask_input(client):
     _assert_close(remote.coef_, local.coef_)
     assert remote.n_features_in_ == X.shape[1] and list(remote.classes_) == [0, 1, 2]
     np.testing.assert_array_equal(remote.predict(X), local.predict(X))
+
+
+def test_sums_on_the_workers_equal_sums_on_the_driver(client, monkeypatch):
+    # large Hessians are summed on the workers by the same pairwise tree: same bits
+    X, y = _data("softmax", seed=9)
+    kw = dict(optimizer="newton", penalty="l2", alpha=1e-2, tol=1e-12)
+    on_driver = fastgd.fit(_chunked(X), _chunked(y), "softmax", **kw)
+    monkeypatch.setattr(dask_cluster, "WORKER_REDUCTION_BYTES", 0)
+    on_workers = fastgd.fit(_chunked(X), _chunked(y), "softmax", **kw)
+    np.testing.assert_array_equal(on_workers.params, on_driver.params)
+    assert on_workers.distributed["n_rounds"] == on_driver.distributed["n_rounds"]
+
+
+def test_tree_sum_pairs_by_position():
+    parts = [np.float64(v) for v in (1e16, 1.0, -1e16, 1.0, 3.0)]
+    # ((p0 + p1) + (p2 + p3)) + p4, whatever the values
+    expected = ((parts[0] + parts[1]) + (parts[2] + parts[3])) + parts[4]
+    assert dask_cluster.tree_sum(parts) == expected
+    total = dask_cluster.tree_sum([(1.0, None, np.ones(2))] * 3)
+    assert total[0] == 3.0 and total[1] is None and np.array_equal(total[2], [3.0, 3.0])

@@ -10,6 +10,8 @@ the kernel calls of one worker process take turns (set ``NUMBA_THREADING_LAYER=o
 """
 
 import contextlib
+import os
+import tempfile
 import threading
 from typing import NamedTuple
 
@@ -33,9 +35,41 @@ class RoundStart(NamedTuple):
     n_layers: int  # networks: layers whose gradient norms are recorded (0 otherwise)
 
 
+_SEEN = set()  # kernel variants this process has called (compiled or loaded) already
+
+
 @contextlib.contextmanager
-def _one_thread(backend_name):
-    """Numba kernels with one thread, serialized per process under ``workqueue``."""
+def _first_call_lock(key):
+    """The first call of a kernel variant in this process holds a machine-wide file lock.
+
+    Numba caches every variant a kernel factory makes under one index file (same function
+    name and line); two processes compiling different variants at once can both number
+    their data file alike, and the index then points a variant at the other's machine
+    code (seen here: a segfault in a later single-machine fit). Worker processes start
+    cold together, so their first calls of each variant take turns.
+    """
+    if key in _SEEN:
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock (compile kernels once before starting workers)
+        fcntl = None
+    with open(os.path.join(tempfile.gettempdir(), "fastgd-numba-compile.lock"), "a") as lock:
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+    _SEEN.add(key)
+
+
+@contextlib.contextmanager
+def _one_thread(backend_name, key=None):
+    """Numba kernels with one thread, serialized per process under ``workqueue``; the
+    first call of each variant (``key``) also across processes."""
     if backend_name != "numba":
         yield
         return
@@ -48,8 +82,13 @@ def _one_thread(backend_name):
     except ValueError:  # no parallel kernel has run yet: the layer is not chosen
         layer = "workqueue"
     guard = _KERNEL_LOCK if layer == "workqueue" else contextlib.nullcontext()
-    with guard, numba_threads(1):
+    with _first_call_lock(key), guard, numba_threads(1):
         yield
+
+
+def _variant(kind, model, data, *extra):
+    """What selects a compiled kernel variant: model, dtype, shape and options."""
+    return (kind, repr(model), data.X.dtype.str, data.X.shape, *extra)
 
 
 def chunk_labels(y):
@@ -94,7 +133,10 @@ def warm_up(data, backend_name, model, state, update):
         np.empty((0, 0), dtype=np.int64), np.zeros(1), 0, np.zeros(1), np.zeros((1, 0))
     )
     local = _copy_state(state)
-    with _one_thread(backend_name):
+    with _one_thread(
+        backend_name,
+        _variant("train", model, data, update.opt_code, update.hyper.tobytes(), update.batch_size),
+    ):
         backend.train_epochs(model, data, local, update, block, 1)
 
 
@@ -105,7 +147,7 @@ def full_batch_share(data, scale, backend_name, model, x, hessian):
     of all weights, or all rows) makes the shares add up to the mean over every row.
     """
     backend = get_backend(backend_name)
-    with _one_thread(backend_name):
+    with _one_thread(backend_name, _variant("pass", model, data, hessian)):
         loss, grad, H = data_terms(backend, model, data, x, 1, hessian)
     grad = np.asarray(grad, dtype=np.float64) * scale
     return loss * scale, grad, None if H is None else H * scale
@@ -151,7 +193,8 @@ def local_sgd(data, seed, backend_name, model, start, update, lr, segment, weigh
     local = _copy_state(start.state)
     update = UpdateConfig(update.batch_size, update.opt_code, update.hyper, -np.inf, 1)
     backend = get_backend(backend_name)
-    with _one_thread(backend_name):
+    key = _variant("train", model, sub, update.opt_code, update.hyper.tobytes(), update.batch_size)
+    with _one_thread(backend_name, key):
         backend.train_epochs(model, sub, local, update, block, 1)
     weight = float(sub.weights.sum(dtype=np.float64)) if sub.weights.size else float(rows)
     data_loss = block.history[0] - penalty_value(local.params, start.n_weights, update.hyper)

@@ -13,7 +13,7 @@ from .sysinfo import show_config
 
 __version__ = "0.1.0"
 
-_LAZY = {"LinearRegressor": "estimators", "LinearClassifier": "estimators", "MLPRegressor": "estimators", "MLPClassifier": "estimators", "save": "persistence", "load": "persistence"}  # fmt: skip
+_LAZY = {"LinearRegressor": "estimators", "LinearClassifier": "estimators", "MLPRegressor": "estimators", "MLPClassifier": "estimators", "save": "persistence", "load": "persistence", "Checkpoint": "persistence"}  # fmt: skip
 
 
 def __getattr__(name):  # the estimators import scikit-learn only when first used
@@ -33,6 +33,7 @@ __all__ = [
     "MLPClassifier",
     "save",
     "load",
+    "Checkpoint",
     "MLP",
     "GradientWarning",
     "DivergenceWarning",

@@ -4,13 +4,16 @@ options -> problem (data, model spec, validation split) -> initial state -> trai
 (epoch blocks, observers) -> result. Each step lives in :mod:`fastgd.training`.
 """
 
+import functools
+
 from .backends import get_backend
+from .distributed import is_dask_collection
 from .network import MLP
 from .specs.optimizers import SECOND_ORDER
 from .training import observers as obs
 from .training.options import resolve_options
 from .training.problem import check_model, check_sparse_support, initial_state, prepare_problem
-from .training.report import DivergenceError, DivergenceWarning, finish
+from .training.report import DivergenceError, DivergenceWarning, finish, snapshot
 from .training.solvers import solve
 from .training.trainer import train
 
@@ -47,6 +50,7 @@ def fit(
     alpha=1e-4,
     l1_ratio=0.15,
     classes=None,
+    sync_every=None,
 ):
     """Train a model by gradient descent, with the training loop in compiled code.
 
@@ -133,8 +137,10 @@ def fit(
         Then scale the gradient by ``clip_norm / (norm + 1e-6)`` when that is below 1,
         ``norm`` being its Euclidean norm (``torch.nn.utils.clip_grad_norm_``).
     callback : callable, optional
-        ``callback(epoch, info)`` after every epoch, with ``info`` a dict holding ``loss``
-        and a copy of ``params``; returning ``True`` stops training
+        ``callback(epoch, info)`` after every epoch, with ``info`` a dict holding ``loss``,
+        a copy of ``params`` and ``result``, a :class:`FitResult` of the training so far
+        (a checkpoint: ``fastgd.save`` it, resume with ``init=``; or pass
+        ``callback=fastgd.Checkpoint(path)``); returning ``True`` stops training
         (``stop_reason == "callback"``). Epochs then run one kernel call each.
     early_stopping : bool, default False
         Hold out ``validation_fraction`` of the rows (chosen with ``seed``), compute the
@@ -165,6 +171,9 @@ def fit(
     classes : array-like, optional
         Classifiers: every class label the model has outputs for, when y may not hold all
         of them (a chunk of data arriving in pieces); default: the labels found in y.
+    sync_every : int, optional
+        Dask input with mini-batches: average the workers' parameters after this many
+        batches of every chunk (default: after every epoch). See "Dask input" below.
     init : FitResult, optional
         Warm start: continue from its parameters, and from its optimizer state and update
         count when the optimizer is of the same kind. It must come from the same model
@@ -181,6 +190,21 @@ def fit(
     ValueError
         For invalid data or arguments, with a message naming the problem.
 
+    Notes
+    -----
+    **Dask input.** ``X`` may be a ``dask.array`` chunked by rows (one chunk along the
+    columns) or a ``dask.dataframe``; ``y`` and ``sample_weight`` a Dask or NumPy array
+    of the same length. Training runs on the current ``distributed.Client`` (else Dask's
+    local scheduler) with the chunks kept in worker memory. Full-batch methods
+    (``batch_size=None``, ``"lbfgs"``, ``"newton"``) give the single-machine fit of the
+    concatenated rows: the chunks' losses and gradients (and Hessians) are summed in a
+    fixed order, the update is made on the driver. Mini-batches train by local SGD: each
+    chunk runs the compiled epoch loop from the current parameters, and the parameters,
+    running averages and optimizer state are averaged, weighted by rows, after every epoch
+    (or ``sync_every`` batches); reproducible for a fixed chunking and seed, but not the
+    single-machine mini-batch path. ``result.distributed`` holds the compute and
+    communication times. ``early_stopping`` is not supported there.
+
     Examples
     --------
     >>> import numpy as np, fastgd
@@ -191,6 +215,12 @@ def fit(
     (2.0, 1.0)
     """
     arguments = dict(locals())  # fit's arguments by name, read by the steps below
+    if any(map(is_dask_collection, (X, y, sample_weight))):
+        from .distributed.fit import fit_dask  # imports Dask: only for Dask input
+
+        return fit_dask(arguments)
+    if sync_every is not None:
+        raise ValueError("sync_every applies to Dask input only (local SGD across chunks)")
     check_model(model)
     backend = get_backend(backend)
     problem = prepare_problem(X, y, model, arguments)
@@ -202,7 +232,9 @@ def fit(
         )
     state = initial_state(problem, options.optimizer, seed, init)
     rates = options.schedule.start(options.optimizer.lr)
-    observers = _observers(problem, options, rates)
+    observers = obs.make_observers(
+        problem, options, rates, functools.partial(snapshot, problem, options, backend.name)
+    )
     if options.optimizer.code in SECOND_ORDER:  # Newton, L-BFGS: full-batch solvers
         run = solve(backend, problem, options, state, observers)
     else:
@@ -210,22 +242,3 @@ def fit(
     return finish(
         problem, options, run, backend, observers, model if isinstance(model, MLP) else None
     )
-
-
-def _observers(problem, options, rates):
-    """The observers of this fit, in the order they are told after each kernel call."""
-    observers = []
-    if options.print_every:
-        observers.append(obs.Printer(options.print_every))
-    if options.progress:
-        observers.append(obs.ProgressBar(options.epochs))
-    if options.early_stopping:
-        tol = max(options.tol, 0.0)
-        observers.append(
-            obs.EarlyStopping(problem.spec, problem.validation, tol, options.n_iter_no_change)
-        )
-    if rates.adaptive:
-        observers.append(obs.PlateauSchedule(rates))
-    if options.callback is not None:
-        observers.append(obs.Callback(options.callback))
-    return observers

@@ -22,6 +22,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import _pandas
 from .api import fit as _fit
+from .distributed import is_dask_collection
 from .network import MLP
 
 __all__ = ["LinearRegressor", "LinearClassifier", "MLPRegressor", "MLPClassifier"]
@@ -113,6 +114,9 @@ class _FastGDEstimator(BaseEstimator):
         Parameters
         ----------
         X : array-like or pandas.DataFrame of shape (n_samples, n_features)
+            Or a ``dask.array`` / ``dask.dataframe`` chunked by rows: trained on the Dask
+            cluster as :func:`fastgd.fit` does (predict then takes in-memory rows, e.g.
+            ``X.map_blocks(est.predict, drop_axis=1)``).
         y : array-like of shape (n_samples,) or (n_samples, n_targets)
             Targets (regressors) or class labels of any values (classifiers).
         sample_weight : array-like of shape (n_samples,), optional
@@ -124,8 +128,27 @@ class _FastGDEstimator(BaseEstimator):
         """
         warm = self.warm_start and self.__sklearn_is_fitted__()
         init = self.result_ if warm else None
+        if any(map(is_dask_collection, (X, y, sample_weight))):
+            return self._fit_dask(X, y, sample_weight, init, warm)
         X, y = self._validate(X, y, reset=not warm)
         result = self._run(X, y, sample_weight, init)
+        self._store(result, n_iter=result.n_epochs, append=warm)
+        return self
+
+    def _fit_dask(self, X, y, sample_weight, init, warm):
+        """Dask input: :func:`fastgd.fit` validates it chunk by chunk in the workers (it is
+        never gathered here); the classes come from one round over ``y``."""
+        overrides = {}
+        if self._is_classifier:
+            from .distributed.data import dask_labels
+
+            overrides["classes"] = dask_labels(y)
+        n_classes = len(overrides["classes"]) if self._is_classifier else None
+        kwargs = {**self._fit_kwargs(), **overrides}
+        result = _fit(X, y, self._model(n_classes), init=init, sample_weight=sample_weight, **kwargs)  # fmt: skip
+        self.n_features_in_ = result.model.n_features
+        if result.feature_names_in_ is not None:
+            self.feature_names_in_ = result.feature_names_in_
         self._store(result, n_iter=result.n_epochs, append=warm)
         return self
 

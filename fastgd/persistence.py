@@ -21,6 +21,7 @@ import zipfile
 import numpy as np
 
 from . import optim, schedules
+from ._validation import check_positive_int
 from .network import NetworkSpec
 from .result import FitResult
 from .specs.models import LinearModelSpec
@@ -323,3 +324,37 @@ def load(path):
         return _rebuild_estimator(meta["kind"], result, meta["estimator"], arrays)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
         raise ValueError(f"{path} holds an invalid fastgd model: {exc}") from None
+
+
+class Checkpoint:
+    """A ``callback`` for :func:`fastgd.fit` that saves the training so far every
+    ``every`` epochs; resume with ``fit(..., init=fastgd.load(path))``.
+
+    Parameters
+    ----------
+    path : str
+        The file to write (replaced each time); ``{epoch}`` in it is replaced by the epoch,
+        keeping one file per checkpoint.
+    every : int, default 1
+        Save after epochs ``every - 1``, ``2 * every - 1``, ...
+
+    Notes
+    -----
+    A resumed fit starts from the saved parameters, optimizer state and update count; it
+    runs the ``epochs`` it is given. Full-batch first-order fits then continue exactly as
+    without the interruption; shuffled row orders, schedules and the L-BFGS memory start
+    afresh.
+
+    Examples
+    --------
+    >>> fastgd.fit(X, y, callback=fastgd.Checkpoint("ckpt.npz"))  # doctest: +SKIP
+    >>> fastgd.fit(X, y, init=fastgd.load("ckpt.npz"), epochs=10)  # doctest: +SKIP
+    """
+
+    def __init__(self, path, every=1):
+        self.path, self.every = str(path), check_positive_int(every, "every")
+
+    def __call__(self, epoch, info):
+        if (epoch + 1) % self.every == 0:
+            save(info["result"], self.path.format(epoch=epoch))
+        return False

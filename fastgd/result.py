@@ -68,6 +68,12 @@ class FitResult:
     gradient_norm : float or None
         Newton and L-BFGS: ``max|g|`` of the penalised objective's gradient at the returned
         iterate (before early stopping restores a best one); None for first-order fits.
+    distributed : dict or None
+        Dask fits: ``n_chunks``, ``n_rounds``, ``round_time`` (wall time of the rounds),
+        ``compute_time`` (per round, the busiest worker's kernel time, summed),
+        ``worker_time`` (all chunks' kernel time), ``communication_time`` (round time
+        minus compute time: scheduling, transfers, serialization), ``prepare_time``
+        (validating and persisting the chunks) and ``scheduler``.
     """
 
     model: object
@@ -93,6 +99,7 @@ class FitResult:
     gradient_message: str | None = None
     feature_names_in_: np.ndarray | None = None
     gradient_norm: float | None = None
+    distributed: dict | None = None
     _single_target: bool = field(default=True, repr=False)
 
     @property

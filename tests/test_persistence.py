@@ -236,3 +236,17 @@ def test_what_cannot_be_saved(tmp_path):
     result = fastgd.fit(X, fractions[labels % 2], model="logistic", backend="numpy", epochs=1)
     with pytest.raises(ValueError, match="classes_ holds Python objects"):
         fastgd.save(result, tmp_path / "m.npz")
+
+
+def test_checkpoint_callback_resumes_a_full_batch_fit_exactly(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((200, 4))
+    y = X @ rng.standard_normal(4)
+    kw = dict(batch_size=None, optimizer="adam", lr=0.05)
+    full = fastgd.fit(X, y, epochs=8, **kw)
+    path = tmp_path / "ckpt.npz"
+    fastgd.fit(X, y, epochs=3, callback=fastgd.Checkpoint(path), **kw)
+    resumed = fastgd.fit(X, y, epochs=5, init=fastgd.load(path), **kw)
+    np.testing.assert_array_equal(resumed.params, full.params)
+    with pytest.raises(ValueError, match="every"):
+        fastgd.Checkpoint(path, every=0)

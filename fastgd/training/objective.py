@@ -15,7 +15,7 @@ solver re-centres the classes at the end.
 
 import numpy as np
 
-from ..backends.contract import is_sparse
+from ..backends.contract import LinearModel, is_sparse
 from ..specs import losses
 
 
@@ -45,35 +45,45 @@ class Objective:
         grad[: self.n_weights] += self.l2 * w
         return loss + 0.5 * self.l2 * float(w @ w), grad
 
+    def _terms(self, x, hessian):
+        """The data part ``(loss, grad, H)`` at ``x`` (see :func:`data_terms`)."""
+        return data_terms(self.backend, self.model, self.data, x, self.n_threads, hessian)
+
     def value_grad(self, x):
-        """``(f, g)`` at ``x``. Float32 linear models are summed in float64 (the Newton
-        pass without its Hessian); everything else uses the backend's loss and gradient
-        in the data's precision."""
+        """``(f, g)`` at ``x`` (see :func:`data_terms` for the precision)."""
         self.evaluations += 1
-        # (sparse rows have no Newton pass: their float32 sums stay in float32)
-        if self.linear and self.data.Y.dtype != np.float64 and not is_sparse(self.data):
-            loss, grad, _ = self.backend.loss_gradient_hessian(
-                self.model, self.data, x, self.n_threads, hessian=False
-            )
-        else:
-            loss, grad = self.backend.loss_and_gradient(
-                self.model, self.data, x.astype(self.data.Y.dtype)
-            )
+        loss, grad, _ = self._terms(x, None)
         return self._penalise(x, loss, grad)
 
     def value_grad_hess(self, x, hessian=True):
         """``(f, g, H)`` at ``x`` (linear family; ``H`` as the backend lays it out, with
         the penalty on its weight diagonal; None without ``hessian``)."""
         self.evaluations += 1
-        loss, grad, H = self.backend.loss_gradient_hessian(
-            self.model, self.data, x, self.n_threads, hessian
-        )
+        loss, grad, H = self._terms(x, hessian)
         f, g = self._penalise(x, loss, grad)
         if H is not None and self.l2:
             d = self.spec.n_features
             n_diag = d if self.model.loss_code == losses.MSE else self.n_weights
             H[np.arange(n_diag), np.arange(n_diag)] += self.l2
         return f, g, H
+
+
+def data_terms(backend, model, data, x, n_threads, hessian):
+    """Mean (weighted) data loss over the rows of ``data``, its gradient and Hessian at ``x``.
+
+    ``hessian=None`` asks for ``(loss, grad, None)``: float32 linear models are summed in
+    float64 (the Newton pass without its Hessian); everything else uses the backend's loss
+    and gradient in the data's precision. ``hessian`` True/False is the Newton pass of the
+    linear family, in float64, with or without ``H``. The Dask driver runs this very
+    function on each chunk of rows.
+    """
+    linear = isinstance(model, LinearModel)
+    dtype = data.Y.dtype  # the data's (sparse rows have no X)
+    # sparse rows have no Newton pass: their float32 sums stay in float32
+    if hessian is None and not (linear and dtype != np.float64 and not is_sparse(data)):
+        loss, grad = backend.loss_and_gradient(model, data, x.astype(dtype))
+        return loss, grad, None
+    return backend.loss_gradient_hessian(model, data, x, n_threads, bool(hessian))
 
 
 def cholesky_solve(A, b):

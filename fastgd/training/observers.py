@@ -128,18 +128,26 @@ class PlateauSchedule(Observer):
 
 
 class Callback(Observer):
-    """``callback(epoch, info)`` after every epoch; returning True stops training."""
+    """``callback(epoch, info)`` after every epoch; returning True stops training.
+
+    ``info["result"]``, when a ``snapshot(run)`` function is given, is a
+    :class:`~fastgd.FitResult` of the training so far (parameters, optimizer state,
+    update count, histories): a checkpoint that ``fastgd.save`` writes and ``fit(...,
+    init=...)`` resumes from (see :class:`fastgd.persistence.Checkpoint`).
+    """
 
     block_limit = 1
 
-    def __init__(self, callback):
-        self.callback = callback
+    def __init__(self, callback, snapshot=None):
+        self.callback, self.snapshot = callback, snapshot
 
     def after_block(self, run):
         if run.status == stopping.DIVERGED:
             return None
         epoch = run.done - 1
         info = {"loss": float(run.history[epoch]), "params": run.state.params.copy()}
+        if self.snapshot is not None:
+            info["result"] = self.snapshot(run)
         return "callback" if self.callback(epoch, info) else None
 
 
@@ -147,3 +155,23 @@ def block_size(observers, epochs, default):
     """Epochs per kernel call: the smallest any observer allows, at most ``default``."""
     limits = [o.block_limit for o in observers if o.block_limit is not None]
     return int(np.min([default, *limits])) if epochs else 0
+
+
+def make_observers(problem, options, rates, snapshot=None):
+    """The observers of a fit, in the order they are told after each kernel call
+    (``snapshot(run)``: the FitResult so far, handed to the callback as a checkpoint)."""
+    observers = []
+    if options.print_every:
+        observers.append(Printer(options.print_every))
+    if options.progress:
+        observers.append(ProgressBar(options.epochs))
+    if options.early_stopping:
+        tol = max(options.tol, 0.0)
+        observers.append(
+            EarlyStopping(problem.spec, problem.validation, tol, options.n_iter_no_change)
+        )
+    if rates.adaptive:
+        observers.append(PlateauSchedule(rates))
+    if options.callback is not None:
+        observers.append(Callback(options.callback, snapshot))
+    return observers

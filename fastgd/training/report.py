@@ -50,6 +50,16 @@ def finish(problem, options, run, backend, observers, mlp=None):
     return _result(problem, options, run, backend.name, early, (diagnosis, message))
 
 
+def snapshot(problem, options, backend_name, run):
+    """A :class:`FitResult` of ``run`` so far, with copies of its arrays (a checkpoint)."""
+    result = _result(problem, options, run, backend_name, None, (None, None))
+    result.params = result.params.copy()
+    result.optimizer_state = result.optimizer_state.copy()
+    if result.running is not None:
+        result.running = result.running.copy()
+    return result
+
+
 def _report_divergence(run, options):
     done = run.done
     loss = run.history[done - 1]

@@ -91,7 +91,7 @@ def _check_hessian_memory(spec, n):
         )
 
 
-def solve(backend, problem, options, state, observers):
+def solve(backend, problem, options, state, observers, objective=None):
     """Run ``fit`` with a second-order optimizer; returns the :class:`SolverRun`.
 
     Parameters
@@ -104,13 +104,17 @@ def solve(backend, problem, options, state, observers):
     state : fastgd.backends.contract.State
         ``state.params`` is updated after every iteration.
     observers : list of fastgd.training.observers.Observer
+    objective : Objective, optional
+        What gives ``f``, ``g`` (and ``H``); default: the backend's passes over
+        ``problem.data`` (the Dask driver passes its own, over chunks on workers).
     """
     check_solver_options(problem, options)
     spec, epochs = problem.spec, options.epochs
     shape = (epochs, spec.n_layers) if spec.n_layers else (0, 0)
     run = SolverRun(state, np.empty(epochs), np.empty(epochs), np.zeros(shape))
     l2 = float(options.hyper[opt.L2])
-    objective = Objective(backend, spec, problem.data, l2, options.n_threads)
+    if objective is None:
+        objective = Objective(backend, spec, problem.data, l2, options.n_threads)
     solver = options.optimizer
     tol = options.tol if np.isfinite(options.tol) else solver.tol
     x = state.params.astype(np.float64)

@@ -140,7 +140,7 @@ MODELS = {
     # trained by the same logistic regression; compared with the NumPy reference
     # (SciPy's sparse products). scikit-learn's SGDClassifier is left out here: on sparse
     # input it decays its intercept updates by 0.01, so its parameters are not fastgd's
-    # (benchmarks/sparse.py compares it without an intercept, at full size). max_rows:
+    # (benchmarks/sparse_sgd.py compares it without an intercept, at full size). max_rows:
     # the reference's per-sample steps cost ~0.1 ms each (a SciPy row selection and a
     # dense update of 100,000 weights).
     "sparse-logistic": ModelCase(

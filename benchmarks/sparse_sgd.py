@@ -2,8 +2,8 @@
 
 Usage::
 
-    flock /tmp/fastgd-bench.lock python benchmarks/sparse.py           # README figures
-    python benchmarks/sparse.py --quick                                # a smoke test
+    python benchmarks/sparse_sgd.py           # README figures
+    python benchmarks/sparse_sgd.py --quick   # a smoke test
 
 Data: synthetic binary classification, ``rows x features`` float64 CSR with ``nnz``
 non-zeros per row (uniform random columns, N(0, 1) values, int32 indices), labels from a
@@ -28,22 +28,15 @@ shared machine affects them alike).
 
 import argparse
 import json
-import os
 import statistics
-import sys
 import time
 import warnings
 
-# run as a script, this file's folder comes first on sys.path, where this "sparse.py"
-# would shadow the PyData "sparse" package that Numba's extension entry points import
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-import fastgd  # noqa: E402
-from fastgd.backends import available_backends  # noqa: E402
-from fastgd.bench.system import blas_info, pin_threads  # noqa: E402
+import fastgd
+from fastgd.backends import available_backends
+from fastgd.bench.system import blas_info, pin_threads
 
 
 def make_data(n, d, nnz, seed=0):

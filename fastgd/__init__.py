@@ -8,6 +8,7 @@ from .api import DivergenceError, DivergenceWarning, fit
 from .backends import available_backends
 from .diagnostics import GradientWarning
 from .network import MLP
+from .recurrent import RNN
 from .result import FitResult
 from .sysinfo import show_config
 
@@ -34,6 +35,7 @@ __all__ = [
     "save",
     "load",
     "MLP",
+    "RNN",
     "GradientWarning",
     "DivergenceWarning",
     "DivergenceError",

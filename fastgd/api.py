@@ -6,6 +6,7 @@ options -> problem (data, model spec, validation split) -> initial state -> trai
 
 from .backends import get_backend
 from .network import MLP
+from .recurrent import RNN
 from .specs.optimizers import SECOND_ORDER
 from .training import observers as obs
 from .training.options import resolve_options
@@ -47,6 +48,7 @@ def fit(
     alpha=1e-4,
     l1_ratio=0.15,
     classes=None,
+    lengths=None,
 ):
     """Train a model by gradient descent, with the training loop in compiled code.
 
@@ -58,7 +60,7 @@ def fit(
         modified, and not copied if it is already C-contiguous float32/float64.
     y : array-like of shape (n_samples,) or (n_samples, n_targets)
         Regression targets, or class labels of any values for classifiers.
-    model : {"linear", "logistic", "softmax"} or fastgd.MLP
+    model : {"linear", "logistic", "softmax"}, fastgd.MLP or fastgd.RNN
         ``"linear"``: least squares (mean squared error, one or several targets).
         ``"logistic"``: binary logistic regression (cross-entropy), two classes.
         ``"softmax"``: multinomial logistic regression (cross-entropy), two or more classes.
@@ -67,6 +69,9 @@ def fit(
         targets (see :class:`fastgd.MLP`); its weights are initialized with ``seed``. The
         per-layer gradient norms are recorded, and vanishing or exploding gradients are
         reported with a :class:`fastgd.GradientWarning`.
+        ``fastgd.RNN(cell="lstm", hidden=64)``: a recurrent network (LSTM, GRU or tanh RNN)
+        over ``X`` of shape (n_samples, n_steps, n_features), trained by backpropagation
+        through time (see :class:`fastgd.RNN`).
     fit_intercept : bool, default True
         Whether to learn an intercept per output (networks always train their biases).
     batch_size : int or None, default 32
@@ -152,6 +157,9 @@ def fit(
     classes : array-like, optional
         Classifiers: every class label the model has outputs for, when y may not hold all
         of them (a chunk of data arriving in pieces); default: the labels found in y.
+    lengths : array-like of int, shape (n_samples,), optional
+        Recurrent models: the valid steps of each sequence, in ``[1, n_steps]``; the steps
+        after them are padding, which never changes the result. Default: all steps.
     init : FitResult, optional
         Warm start: continue from its parameters, and from its optimizer state and update
         count when the optimizer is of the same kind. It must come from the same model
@@ -194,7 +202,7 @@ def fit(
     else:
         run = train(backend, problem, options, state, rates, observers)
     return finish(
-        problem, options, run, backend, observers, model if isinstance(model, MLP) else None
+        problem, options, run, backend, observers, model if isinstance(model, (MLP, RNN)) else None
     )
 
 

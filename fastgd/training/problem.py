@@ -8,8 +8,9 @@ import numpy as np
 
 from .. import _validation as v
 from .._pandas import frames_to_arrays
-from ..backends.contract import Data, State
+from ..backends.contract import Data, SequenceData, State
 from ..network import MLP
+from ..recurrent import RNN
 from ..specs import stopping
 from ..specs.models import LINEAR_MODELS, LinearModelSpec
 
@@ -28,11 +29,14 @@ class Problem:
 
 
 def check_model(model):
-    """Reject what is neither a linear-family name nor a :class:`fastgd.MLP`."""
-    if not isinstance(model, MLP) and (not isinstance(model, str) or model not in LINEAR_MODELS):
+    """Reject what is neither a linear-family name, a :class:`fastgd.MLP` nor a
+    :class:`fastgd.RNN`."""
+    if not isinstance(model, (MLP, RNN)) and (
+        not isinstance(model, str) or model not in LINEAR_MODELS
+    ):
         raise ValueError(
-            f"model must be one of {', '.join(map(repr, LINEAR_MODELS))} or a fastgd.MLP; "
-            f"got {model!r}"
+            f"model must be one of {', '.join(map(repr, LINEAR_MODELS))}, a fastgd.MLP or a "
+            f"fastgd.RNN; got {model!r}"
         )
 
 
@@ -43,33 +47,63 @@ def prepare_problem(X, y, model, arguments):
     -------
     Problem
     """
-    X, y, feature_names = frames_to_arrays(X, y)  # pandas: arrays and column names
-    X = v.check_features(X)
-    n, d = X.shape
-    kind = model
-    if isinstance(model, MLP):
-        kind = "linear" if model.task == "regression" else "softmax"
-    Y, classes = v.check_targets(y, n, kind, X.dtype, arguments["classes"])
-    if isinstance(model, MLP) and classes is not None:
-        _check_network_labels(classes)
+    if isinstance(model, RNN):
+        X, Y, classes, lengths, feature_names = _sequences(X, y, model, arguments)
+    else:
+        if arguments.get("lengths") is not None:
+            raise ValueError("lengths is only for sequence models (model=fastgd.RNN(...))")
+        X, Y, classes, feature_names = _rows(X, y, model, arguments)
+    n, d = X.shape[0], X.shape[-1]
     weights = v.check_sample_weight(arguments["sample_weight"], n, X.dtype)
     seed = arguments["seed"]
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
         raise ValueError(f"seed must be None or an integer; got {seed!r}")
-    data, validation, rows = Data(X, Y, weights), None, None
+    data = SequenceData(X, Y, weights, lengths) if isinstance(model, RNN) else Data(X, Y, weights)
+    validation, rows = None, None
     if arguments["early_stopping"]:
         rows = _validation_split(n, arguments["validation_fraction"], seed)
         data, validation = _split(data, rows)
     if data.weights.size:
         data = data._replace(weights=_mean_one(data.weights, "the training rows"))
     spec = _model_spec(model, d, Y, classes, arguments["fit_intercept"])
-    single = spec.task != "regression" or np.ndim(y) == 1
+    # one target per sample (or per step of a sequence): predict returns no target axis
+    single = spec.task != "regression" or np.ndim(y) == (
+        2 if getattr(spec, "sequence", False) else 1
+    )
     return Problem(spec, data, classes, validation, rows, single, feature_names)
 
 
-def _model_spec(model, d, Y, classes, fit_intercept):
+def _rows(X, y, model, arguments):
+    """Samples of the linear models and MLPs: (n, d) features and encoded targets."""
+    X, y, feature_names = frames_to_arrays(X, y)  # pandas: arrays and column names
+    X = v.check_features(X)
+    kind = model
     if isinstance(model, MLP):
-        return model.spec(d, Y.shape[1], None if classes is None else len(classes))
+        kind = "linear" if model.task == "regression" else "softmax"
+    Y, classes = v.check_targets(y, X.shape[0], kind, X.dtype, arguments["classes"])
+    if isinstance(model, MLP) and classes is not None:
+        _check_network_labels(classes)
+    return X, Y, classes, feature_names
+
+
+def _sequences(X, y, model, arguments):
+    """Sequences of an RNN: (n, T, f) X, encoded targets (per step for output='sequence')
+    and the lengths."""
+    X = v.check_sequences(X)
+    n, T, _ = X.shape
+    kind = "linear" if model.task == "regression" else "softmax"
+    if model.output == "sequence":
+        Y, classes = v.check_sequence_targets(y, n, T, kind, X.dtype, arguments["classes"])
+    else:
+        Y, classes = v.check_targets(y, n, kind, X.dtype, arguments["classes"])
+    if classes is not None:
+        _check_network_labels(classes)
+    return X, Y, classes, v.check_lengths(arguments.get("lengths"), n, T), None
+
+
+def _model_spec(model, d, Y, classes, fit_intercept):
+    if isinstance(model, (MLP, RNN)):
+        return model.spec(d, Y.shape[-1], None if classes is None else len(classes))
     if model == "linear":
         n_outputs = Y.shape[1]
     else:
@@ -153,11 +187,11 @@ def _validation_split(n, validation_fraction, seed):
 
 def _split(data, validation_rows):
     """Training and validation :class:`Data` (validation weights rescaled to mean 1)."""
-    X, Y, weights = data
-    train_rows = np.setdiff1d(np.arange(X.shape[0]), validation_rows)
-    held_out = weights
+    weights = data.weights
+    train_rows = np.setdiff1d(np.arange(data.X.shape[0]), validation_rows)
+    validation = type(data)(*(a[validation_rows] if a.size else a for a in data))
+    training = type(data)(*(a[train_rows] if a.size else a for a in data))
     if weights.size:
         held_out = _mean_one(weights[validation_rows], "the held-out validation rows")
-        weights = weights[train_rows]
-    validation = Data(X[validation_rows], Y[validation_rows], held_out)
-    return Data(X[train_rows], Y[train_rows], weights), validation
+        validation = validation._replace(weights=held_out)
+    return training, validation

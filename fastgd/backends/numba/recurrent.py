@@ -36,10 +36,9 @@ import scipy.linalg  # noqa: F401 - loads SciPy's BLAS (Numba's np.dot) before i
 from numba import njit, prange
 
 from ..._config import MAX_CHUNKS, NUMBA_OPTIONS
-from ...specs import losses
+from ...specs import losses, stopping
 from ...specs import optimizers as opt
 from ...specs import recurrent as rec
-from ...specs import stopping
 from ..blas import single_threaded_blas
 from ..contract import EpochBlock, UpdateConfig
 from .network import _activate_rows, _copy_state, _end_epoch, _times_slope_rows
@@ -144,30 +143,30 @@ class Batch(NamedTuple):
 # views and elementwise helpers
 
 
-@njit(inline="always", **NUMBA_OPTIONS)
+@njit(**NUMBA_OPTIONS)
 def _mat(buf, offset, rows, width):
     """The (rows, width) C-contiguous block of ``buf`` at ``offset``."""
     return buf[offset : offset + rows * width].reshape((rows, width))
 
 
-@njit(inline="always", **NUMBA_OPTIONS)
+@njit(**NUMBA_OPTIONS)
 def _cube(buf, offset, steps, rows, width):
     """The (steps, rows, width) C-contiguous block of ``buf`` at ``offset``."""
     return buf[offset : offset + steps * rows * width].reshape((steps, rows, width))
 
 
-@njit(inline="always", **NUMBA_OPTIONS)
+@njit(**NUMBA_OPTIONS)
 def _param_mat(params, offset, rows, cols):
     return params[offset : offset + rows * cols].reshape((rows, cols))
 
 
-@njit(inline="always", **NUMBA_OPTIONS)
+@njit(**NUMBA_OPTIONS)
 def _sigmoid(a):
     # 1 / (1 + exp(-a)): exp overflows to inf for a << 0, giving exactly 0, never NaN
     return 1.0 / (1.0 + math.exp(-a))
 
 
-@njit(inline="always", **NUMBA_OPTIONS)
+@njit(**NUMBA_OPTIONS)
 def _column_sums(block, out, offset):
     """``out[offset + j] = sum of block[:, j]``, rows added in order."""
     rows, n = block.shape
@@ -178,7 +177,7 @@ def _column_sums(block, out, offset):
             out[offset + j] += block[r, j]
 
 
-@njit(inline="always", **NUMBA_OPTIONS)
+@njit(**NUMBA_OPTIONS)
 def _row(batch, j):
     """Index in X of the chunk-relative batch row ``j`` (chunk offset included)."""
     return batch.order[batch.start + j] if batch.shuffled else batch.start + j
@@ -311,7 +310,7 @@ def _layer_forward(lay, params, buf, layer, r, lens, longest):
 # head and loss
 
 
-@njit(inline="always", **NUMBA_OPTIONS)
+@njit(**NUMBA_OPTIONS)
 def _row_loss(z, Y, i, t, w, loss_code, scale):
     """Weighted loss of one output row ``z`` (k,) against ``Y[i, t]``; ``z`` becomes
     ``w * dloss/dz * scale`` (the derivative of the batch's mean loss)."""
@@ -489,7 +488,6 @@ def _layer_backward(lay, params, G, buf, layer, r, lens, longest, d_top):
             dh[j, u] = 0.0 if per_step else d_top[j, u]
             dc[j, u] = 0.0
     W_hh = _param_mat(params, lay.w_hh[layer], gh, n)
-    dA = _cube(buf, lay.gates[layer], longest, r, gh)
     dAh = _cube(buf, lay.dah[layer], longest, r, gh)
     for t in range(longest - 1, -1, -1):
         if per_step:
@@ -554,12 +552,12 @@ def _chunks_parallel(lay, data, params, scratch, batch):
         _chunk_pass(lay, data, params, scratch, batch, np.int64(chunk))
 
 
-@njit(inline="always", **NUMBA_OPTIONS)
+@njit(**NUMBA_OPTIONS)
 def _n_chunks(lay, rows):
     return min(MAX_CHUNKS, max(1, rows // lay.min_rows))
 
 
-@njit(inline="always", **NUMBA_OPTIONS)
+@njit(**NUMBA_OPTIONS)
 def _make_batch(lay, data, order, shuffled, start, rows):
     """The :class:`Batch`; its scale is 1 / (the batch's sequences, or its valid steps
     for ``output="sequence"``)."""
@@ -571,7 +569,7 @@ def _make_batch(lay, data, order, shuffled, start, rows):
     return Batch(order, shuffled, np.int64(start), np.int64(rows), _n_chunks(lay, rows), 1.0 / total)  # fmt: skip
 
 
-@njit(inline="always", **NUMBA_OPTIONS)
+@njit(inline="always", **NUMBA_OPTIONS)  # inlined: ``mode`` is then a compile-time constant
 def _batch_gradient(lay, data, params, scratch, batch, mode):
     """The batch's loss sum (per sequence, or per valid step scaled to the sequences);
     ``G[0]`` receives the gradient of its mean loss."""
@@ -588,7 +586,7 @@ def _batch_gradient(lay, data, params, scratch, batch, mode):
     return loss * batch.scale * batch.rows
 
 
-@njit(inline="always", **NUMBA_OPTIONS)
+@njit(**NUMBA_OPTIONS)
 def _add_squared_norms(lay, G, norms):
     """``norms[i] += |weight gradient of layer i|**2``: recurrent layers ([W_ih, W_hh],
     adjacent in the flat vector), then head layers."""
@@ -674,7 +672,9 @@ def make_layout(model, rows, n_steps, itemsize):
     G = rec.GATES[cell]
     min_rows = chunk_rows(n)
     n_chunks = min(MAX_CHUNKS, max(1, rows // min_rows))
-    R, T = -(-rows // n_chunks), int(n_steps)
+    # the most rows a chunk of any batch of up to ``rows`` rows gets: below 2 * min_rows
+    # a batch has one chunk fewer than it could hold
+    R, T = max(-(-rows // n_chunks), min(rows, 2 * min_rows - 1)), int(n_steps)
     line = _CACHE_LINE_BYTES // itemsize
     total = 0
 

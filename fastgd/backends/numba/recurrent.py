@@ -41,6 +41,7 @@ from ...specs import optimizers as opt
 from ...specs import recurrent as rec
 from ..blas import single_threaded_blas
 from ..contract import EpochBlock, UpdateConfig
+from ..recurrent_layout import check_memory, chunk_rows, workspace
 from .network import _activate_rows, _copy_state, _end_epoch, _times_slope_rows
 from .threads import numba_threads
 from .update import _apply_update, _sum_chunks
@@ -52,16 +53,6 @@ SERIAL = 0
 PARALLEL = 1
 
 _CACHE_LINE_BYTES = 64
-# a batch's chunks hold at least this many rows: small enough that a batch of 64 keeps two
-# threads busy, large enough for efficient matrix products (more rows for wider layers)
-MIN_ROWS_SMALL, MIN_ROWS_WIDE, WIDE = 16, 32, 96
-# workspaces above this many bytes are refused with a clear error
-MAX_SCRATCH_BYTES = 4 << 30
-
-
-def chunk_rows(hidden):
-    """Minimum rows per chunk for layers of ``hidden`` units (a model constant)."""
-    return MIN_ROWS_WIDE if hidden >= WIDE else MIN_ROWS_SMALL
 
 
 class Layout(NamedTuple):
@@ -665,46 +656,26 @@ _LOSS_AND_GRADIENT = (_make_loss_and_gradient(SERIAL), _make_loss_and_gradient(P
 
 def make_layout(model, rows, n_steps, itemsize):
     """The :class:`Layout` for batches of up to ``rows`` sequences of ``n_steps`` steps,
-    and the workspace entries of one chunk."""
-    cell, f, n, L = int(model.cell), int(model.n_features), int(model.hidden), int(model.n_layers)
+    the workspace entries of one chunk and its most rows (see
+    :func:`fastgd.backends.recurrent_layout.workspace`)."""
+    cell, n = int(model.cell), int(model.hidden)
     head = np.ascontiguousarray(model.head_sizes, dtype=np.int64)
-    off = rec.layout(cell, f, n, L, head)
-    G = rec.GATES[cell]
-    min_rows = chunk_rows(n)
-    n_chunks = min(MAX_CHUNKS, max(1, rows // min_rows))
-    # the most rows a chunk of any batch of up to ``rows`` rows gets: below 2 * min_rows
-    # a batch has one chunk fewer than it could hold
-    R, T = max(-(-rows // n_chunks), min(rows, 2 * min_rows - 1)), int(n_steps)
-    line = _CACHE_LINE_BYTES // itemsize
-    total = 0
+    off = rec.layout(cell, model.n_features, n, model.n_layers, head)
+    ws = workspace(model, rows, n_steps, itemsize)
 
-    def take(count):
-        nonlocal total
-        offset = total
-        total += -(-count // line) * line
-        return offset
+    def ints(key):
+        return np.array(ws[key], dtype=np.int64)
 
-    xs = take(T * R * f)
-    H, gates, dah, C, aux = (np.zeros(L, dtype=np.int64) for _ in range(5))
-    for layer in range(L):
-        H[layer] = take((T + 1) * R * n)
-        gates[layer] = take(T * R * G * n)
-        dah[layer] = take(T * R * G * n) if cell == GRU else gates[layer]
-        C[layer] = take((T + 1) * R * n) if cell == LSTM else 0
-        aux[layer] = take(T * R * n) if cell != TANH else 0
-    d_in0, d_in1 = take(T * R * n), take(T * R * n)
-    tmp, dh, dc, tmp_h = take(R * G * n), take(R * n), take(R * n), take(R * n)
-    N = T * R if model.sequence else R
-    head_a = np.array([take(N * int(w)) for w in head[1:]], dtype=np.int64)
-    widest = int(head[:-1].max())
-    head_d0, head_d1 = take(N * widest), take(N * widest)
     lay = Layout(
-        cell, f, n, L, G, head, int(model.head_activation), int(model.sequence),
-        int(model.loss_code), int(off["n_weights"]), int(off["n_params"]), min_rows,
+        cell, int(model.n_features), n, int(model.n_layers), rec.GATES[cell], head,
+        int(model.head_activation), int(model.sequence), int(model.loss_code),
+        int(off["n_weights"]), int(off["n_params"]), chunk_rows(n),
         off["w_ih"], off["w_hh"], off["b_ih"], off["b_hh"], off["head_w"], off["head_b"],
-        xs, H, gates, dah, C, aux, d_in0, d_in1, tmp, dh, dc, tmp_h, head_a, head_d0, head_d1,
+        ws["xs"], ints("H"), ints("gates"), ints("dah"), ints("C"), ints("aux"), ws["d_in0"],
+        ws["d_in1"], ws["tmp"], ws["dh"], ws["dc"], ws["tmp_h"], ints("head_a"), ws["head_d0"],
+        ws["head_d1"],
     )  # fmt: skip
-    return lay, max(total, 1), R
+    return lay, ws["size"], ws["R"]
 
 
 def make_scratch(lay, chunk_size, R, params, running, opt_state):
@@ -712,15 +683,9 @@ def make_scratch(lay, chunk_size, R, params, running, opt_state):
     dtype = params.dtype
     line = _CACHE_LINE_BYTES // dtype.itemsize
     padded = -(-(lay.n_params + line) // line) * line
-    needed = MAX_CHUNKS * (chunk_size + padded) * dtype.itemsize
-    if needed > MAX_SCRATCH_BYTES:
-        raise ValueError(
-            f"a recurrent batch needs {needed / 2**30:.1f} GiB of workspace (states and gates "
-            f"of every step are kept for backpropagation through time); use a smaller "
-            "batch_size, shorter sequences or fewer hidden units"
-        )
+    check_memory(chunk_size, padded, dtype.itemsize)
     return Scratch(
-        np.empty((MAX_CHUNKS, chunk_size + line), dtype=dtype),
+        np.empty((MAX_CHUNKS, chunk_size), dtype=dtype),
         np.empty((MAX_CHUNKS, padded), dtype=dtype),
         np.empty((MAX_CHUNKS, _CACHE_LINE_BYTES // 8)),
         np.empty((MAX_CHUNKS, R), dtype=np.int64),

@@ -84,6 +84,31 @@ def test_compiled_gradient_matches_reference(compiled_backend, cell, output, tas
     np.testing.assert_allclose(grad_c, grad, rtol=1e-11, atol=1e-14)
 
 
+def test_rational_tanh_of_float32_kernels_is_accurate():
+    from fastgd.specs.recurrent import tanh_rational
+
+    x = np.linspace(-20, 20, 400_001)
+    assert np.max(np.abs(tanh_rational(x) - np.tanh(x))) < 4e-7
+    x32 = x.astype(np.float32)
+    assert np.max(np.abs(tanh_rational(x32) - np.tanh(x))) < 4e-7
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_float32_kernels_match_the_reference(compiled_backend, cell):
+    """float32 kernels use a rational tanh (error < 4e-7): close to the float64 reference."""
+    rng = np.random.default_rng(9)
+    spec = _model(cell, "last", "multiclass", 3, f=3, hidden=8)
+    data = _data(spec, B=40, T=6, lengths=True, rng=rng)
+    params, _ = spec.init_params(np.float64, 3)
+    model = spec.kernel_model()
+    loss, grad = ref.loss_and_gradient(model, data, params)
+    data32 = SequenceData(*(a.astype(np.float32) if a.dtype == np.float64 else a for a in data))
+    loss32, grad32 = compiled_backend.loss_and_gradient(model, data32, params.astype(np.float32))
+    assert grad32.dtype == np.float32
+    assert loss32 == pytest.approx(loss, rel=1e-5)
+    np.testing.assert_allclose(grad32, grad, rtol=1e-3, atol=1e-5 * np.abs(grad).max())
+
+
 def _train(backend, cell, output, n_threads, X, y, lengths, **kw):
     task = "regression" if np.asarray(y).dtype.kind == "f" else "classification"
     model = fastgd.RNN(cell, hidden=6, layers=2, head=(4,), output=output, task=task)
@@ -91,9 +116,7 @@ def _train(backend, cell, output, n_threads, X, y, lengths, **kw):
                       batch_size=40, seed=0, lengths=lengths, n_threads=n_threads, **kw)  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    "cell, output", [("lstm", "last"), ("gru", "sequence"), ("tanh", "last")]
-)
+@pytest.mark.parametrize("cell, output", [("lstm", "last"), ("gru", "sequence"), ("tanh", "last")])
 def test_training_matches_reference_and_any_thread_count(backend, cell, output):
     rng = np.random.default_rng(3)
     X = rng.standard_normal((150, 9, 2))
@@ -189,7 +212,7 @@ def test_equal_to_pytorch_after_20_adam_steps(backend, cell, output):
         if layer.startswith("dense"):
             expected = getattr(head, kind)
         else:
-            expected = getattr(rnn, f"{kind}_l{int(layer[len(cell):]) - 1}")
+            expected = getattr(rnn, f"{kind}_l{int(layer[len(cell) :]) - 1}")
         np.testing.assert_allclose(value, expected.detach().numpy(), atol=1e-10, err_msg=name)
 
 
@@ -220,8 +243,10 @@ def adding():
 def test_gated_cells_solve_the_adding_problem(adding, cell):
     (X, y), (X_test, y_test) = adding
     model = fastgd.RNN(cell, hidden=32, task="regression")
-    result = fastgd.fit(X, y, model=model, optimizer="adam", lr=1e-2, epochs=12, batch_size=32,
-                        seed=1, clip_norm=1.0)  # fmt: skip
+    # the LSTM sits on the plateau of predicting the mean for about 9 epochs here, then
+    # solves it within two; stop once the training loss is well below the goal
+    result = fastgd.fit(X, y, model=model, optimizer="adam", lr=1e-2, epochs=25, batch_size=32,
+                        seed=1, clip_norm=1.0, callback=lambda e, info: info["loss"] < 0.003)  # fmt: skip
     mse = np.mean((result.predict(X_test) - y_test) ** 2)
     assert mse < 0.01, (mse, result.loss_history)
     assert result.gradient_diagnosis is None

@@ -86,3 +86,31 @@ def layout(cell, n_features, hidden, n_layers, head_sizes):
         offset += int(head_sizes[j + 1])
     return dict(w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, head_w=head_w, head_b=head_b,
                 n_weights=n_weights, n_params=offset)  # fmt: skip
+
+
+# float32 kernels evaluate tanh (and the sigmoid, as 0.5 + 0.5 tanh(x / 2)) as the rational
+# function x P(x^2) / Q(x^2) of x clamped to [-TANH_CLAMP, TANH_CLAMP], the result clamped
+# to [-1, 1]: only multiply-adds and one division, so the gate loops vectorize, where a
+# call to libm's tanhf or expf per element does not. The coefficients were fitted here
+# (weighted least squares on the relative error, iterated) to tanh on [0, 9]; in float32
+# the absolute error is below 3.4e-7 everywhere (about 5 ulp of 1). float64 kernels use
+# libm, as the NumPy reference does.
+TANH_CLAMP = 9.0
+TANH_P = (
+    0.9999999975404305, 0.1308602606724582, 0.0031061615795704126, 1.117604580804453e-05,
+    -2.0305364695052594e-08, 5.312259544516103e-11, -8.566427456752759e-14,
+)  # fmt: skip
+TANH_Q = (1.0, 0.46419355066248247, 0.024504089558936484, 0.00025492788649432354)
+
+
+def tanh_rational(x):
+    """The rational tanh of the float32 kernels, in NumPy (elementwise; for tests)."""
+    x = np.clip(x, -TANH_CLAMP, TANH_CLAMP)
+    x2 = x * x
+    p = np.zeros_like(x) + TANH_P[-1]
+    for a in TANH_P[-2::-1]:
+        p = p * x2 + a
+    q = np.zeros_like(x) + TANH_Q[-1]
+    for a in TANH_Q[-2::-1]:
+        q = q * x2 + a
+    return np.clip(x * p / q, -1.0, 1.0)

@@ -121,9 +121,35 @@ cdef inline void _mm(
     _gemm(tb, ta, N, M, K, B, ldb, A, lda, C, ldc)
 
 
+# the rational tanh of float32 kernels (fastgd.specs.recurrent.TANH_P, checked by the wrapper)
+RECURRENT_TANH = (9.0, (0.9999999975404305, 0.1308602606724582, 0.0031061615795704126, 1.117604580804453e-05, -2.0305364695052594e-08, 5.312259544516103e-11, -8.566427456752759e-14), (1.0, 0.46419355066248247, 0.024504089558936484, 0.00025492788649432354))
+
+
+cdef inline double _tanh_rational(double x) noexcept nogil:
+    """tanh as x P(x^2) / Q(x^2) (multiply-adds, a division, clamps: loops vectorize)."""
+    cdef double x2, p, q
+    x = min(max(x, -9.0), 9.0)
+    x2 = x * x
+    p = ((((((-8.566427456752759e-14 * x2 + 5.312259544516103e-11) * x2 + -2.0305364695052594e-08) * x2 + 1.117604580804453e-05) * x2
+          + 0.0031061615795704126) * x2 + 0.1308602606724582) * x2 + 0.9999999975404305) * x
+    q = ((0.00025492788649432354 * x2 + 0.024504089558936484) * x2 + 0.46419355066248247) * x2 + 1.0
+    return min(max(p / q, -1.0), 1.0)
+
+
+cdef inline floating _th(floating x) noexcept nogil:
+    """tanh: the rational function in float32, libm's in float64 (as the reference)."""
+    if floating is float:
+        return <float>_tanh_rational(x)
+    else:
+        return tanh(x)
+
+
 cdef inline floating _sig(floating a) noexcept nogil:
-    # 1 / (1 + exp(-a)): exp overflows to inf for a << 0, giving exactly 0, never NaN
-    return 1.0 / (1.0 + _exp(-a))
+    if floating is float:
+        return <float>(0.5 + 0.5 * _tanh_rational(0.5 * a))
+    else:
+        # 1 / (1 + exp(-a)): exp overflows to inf for a << 0, giving exactly 0, never NaN
+        return 1.0 / (1.0 + _exp(-a))
 
 
 cdef void _col_sums(const floating* block, Py_ssize_t rows, Py_ssize_t n, floating* out) noexcept nogil:
@@ -185,25 +211,31 @@ cdef void _rnn_step(const Rnn* rn, const floating* params, floating* buf, Py_ssi
             continue
         if rn.cell == CELL_LSTM:
             for q in range(gh):
-                a = g[q] + p[q] + (bi[q] + bh[q])
-                g[q] = _tanh(a) if 2 * n <= q < 3 * n else _sig(a)
+                g[q] = g[q] + p[q] + (bi[q] + bh[q])
+            # one simple loop per activation (no branch per unit): they vectorize
+            for q in range(2 * n):
+                g[q] = _sig(g[q])
+            for q in range(2 * n, 3 * n):
+                g[q] = _th(g[q])
+            for q in range(3 * n, gh):
+                g[q] = _sig(g[q])
             for u in range(n):
                 c = g[n + u] * C[(t * r + j) * n + u] + g[u] * g[2 * n + u]
                 C[((t + 1) * r + j) * n + u] = c
-                aux[j * n + u] = _tanh(c)
+                aux[j * n + u] = _th(c)
                 h_new[u] = g[3 * n + u] * aux[j * n + u]
         elif rn.cell == CELL_GRU:
             for u in range(n):
                 rg = _sig(g[u] + bi[u] + p[u] + bh[u])
                 zg = _sig(g[n + u] + bi[n + u] + p[n + u] + bh[n + u])
                 hn = p[2 * n + u] + bh[2 * n + u]
-                cand = _tanh(g[2 * n + u] + bi[2 * n + u] + rg * hn)
+                cand = _th(g[2 * n + u] + bi[2 * n + u] + rg * hn)
                 g[u], g[n + u], g[2 * n + u] = rg, zg, cand
                 aux[j * n + u] = hn
                 h_new[u] = (1.0 - zg) * cand + zg * h_prev[u]
         else:
             for u in range(n):
-                h_new[u] = _tanh(g[u] + bi[u] + p[u] + bh[u])
+                h_new[u] = _th(g[u] + bi[u] + p[u] + bh[u])
 
 
 cdef floating* _rnn_input(const Rnn* rn, floating* buf, Py_ssize_t l, Py_ssize_t r) noexcept nogil:

@@ -151,8 +151,34 @@ def _param_mat(params, offset, rows, cols):
     return params[offset : offset + rows * cols].reshape((rows, cols))
 
 
+P0, P1, P2, P3, P4, P5, P6 = rec.TANH_P
+Q0, Q1, Q2, Q3 = rec.TANH_Q
+CLAMP = rec.TANH_CLAMP
+
+
 @njit(**NUMBA_OPTIONS)
-def _sigmoid(a):
+def _tanh_rational(x):
+    """tanh as the rational function of :data:`fastgd.specs.recurrent.TANH_P`: only
+    multiply-adds, a division and clamps, so that the loops calling it vectorize."""
+    x = min(max(x, -CLAMP), CLAMP)
+    x2 = x * x
+    p = ((((((P6 * x2 + P5) * x2 + P4) * x2 + P3) * x2 + P2) * x2 + P1) * x2 + P0) * x
+    q = ((Q3 * x2 + Q2) * x2 + Q1) * x2 + Q0
+    return min(max(p / q, -1.0), 1.0)
+
+
+@njit(**NUMBA_OPTIONS)
+def _th(x, fast):
+    """tanh: the rational function in float32 kernels (``fast``), libm's in float64."""
+    if fast:
+        return _tanh_rational(x)
+    return math.tanh(x)
+
+
+@njit(**NUMBA_OPTIONS)
+def _sigmoid(a, fast):
+    if fast:
+        return 0.5 + 0.5 * _tanh_rational(0.5 * a)
     # 1 / (1 + exp(-a)): exp overflows to inf for a << 0, giving exactly 0, never NaN
     return 1.0 / (1.0 + math.exp(-a))
 
@@ -196,7 +222,7 @@ def _gather(lay, data, buf, lens, batch, lo, r):
 
 
 @njit(**NUMBA_OPTIONS)
-def _lstm_step(lay, params, buf, layer, t, r, lens, longest):
+def _lstm_step(lay, params, buf, layer, t, r, lens, longest, fast):
     """Gates and state of step ``t`` of every row, from the projections and ``tmp``."""
     n, g4 = lay.hidden, 4 * lay.hidden
     gates = _cube(buf, lay.gates[layer], longest, r, g4)[t]
@@ -212,18 +238,24 @@ def _lstm_step(lay, params, buf, layer, t, r, lens, longest):
                 C[t + 1, j, u] = C[t, j, u]
             continue
         for q in range(g4):
-            a = gates[j, q] + tmp[j, q] + (params[bi + q] + params[bh + q])
-            gates[j, q] = math.tanh(a) if 2 * n <= q < 3 * n else _sigmoid(a)
+            gates[j, q] = gates[j, q] + tmp[j, q] + (params[bi + q] + params[bh + q])
+        # one simple loop per activation (no branch per unit): they vectorize
+        for q in range(2 * n):
+            gates[j, q] = _sigmoid(gates[j, q], fast)
+        for q in range(2 * n, 3 * n):
+            gates[j, q] = _th(gates[j, q], fast)
+        for q in range(3 * n, g4):
+            gates[j, q] = _sigmoid(gates[j, q], fast)
         for u in range(n):
             c = gates[j, n + u] * C[t, j, u] + gates[j, u] * gates[j, 2 * n + u]
             C[t + 1, j, u] = c
-            tc = math.tanh(c)
+            tc = _th(c, fast)
             tanh_c[j, u] = tc
             H[t + 1, j, u] = gates[j, 3 * n + u] * tc
 
 
 @njit(**NUMBA_OPTIONS)
-def _gru_step(lay, params, buf, layer, t, r, lens, longest):
+def _gru_step(lay, params, buf, layer, t, r, lens, longest, fast):
     """GRU gates (r, z, n stored), ``hn`` and the state of step ``t``."""
     n = lay.hidden
     gates = _cube(buf, lay.gates[layer], longest, r, 3 * n)[t]
@@ -237,17 +269,17 @@ def _gru_step(lay, params, buf, layer, t, r, lens, longest):
                 H[t + 1, j, u] = H[t, j, u]
             continue
         for u in range(n):
-            rg = _sigmoid(gates[j, u] + params[bi + u] + tmp[j, u] + params[bh + u])
-            zg = _sigmoid(gates[j, n + u] + params[bi + n + u] + tmp[j, n + u] + params[bh + n + u])
+            rg = _sigmoid(gates[j, u] + params[bi + u] + tmp[j, u] + params[bh + u], fast)
+            zg = _sigmoid(gates[j, n + u] + params[bi + n + u] + tmp[j, n + u] + params[bh + n + u], fast)  # fmt: skip
             hn = tmp[j, 2 * n + u] + params[bh + 2 * n + u]
-            cand = math.tanh(gates[j, 2 * n + u] + params[bi + 2 * n + u] + rg * hn)
+            cand = _th(gates[j, 2 * n + u] + params[bi + 2 * n + u] + rg * hn, fast)
             gates[j, u], gates[j, n + u], gates[j, 2 * n + u] = rg, zg, cand
             hn_t[j, u] = hn
             H[t + 1, j, u] = (1.0 - zg) * cand + zg * H[t, j, u]
 
 
 @njit(**NUMBA_OPTIONS)
-def _tanh_step(lay, params, buf, layer, t, r, lens, longest):
+def _tanh_step(lay, params, buf, layer, t, r, lens, longest, fast):
     n = lay.hidden
     gates = _cube(buf, lay.gates[layer], longest, r, n)[t]
     H = _cube(buf, lay.H[layer], longest + 1, r, n)
@@ -259,7 +291,7 @@ def _tanh_step(lay, params, buf, layer, t, r, lens, longest):
                 H[t + 1, j, u] = H[t, j, u]
             continue
         for u in range(n):
-            H[t + 1, j, u] = math.tanh(gates[j, u] + params[bi + u] + tmp[j, u] + params[bh + u])
+            H[t + 1, j, u] = _th(gates[j, u] + params[bi + u] + tmp[j, u] + params[bh + u], fast)
 
 
 @njit(**NUMBA_OPTIONS)
@@ -287,14 +319,15 @@ def _layer_forward(lay, params, buf, layer, r, lens, longest):
             if lay.cell == LSTM:
                 C[0, j, u] = 0.0
     tmp = _mat(buf, lay.tmp, r, gh)
+    fast = buf.itemsize == 4  # float32: the rational tanh (see _tanh_rational)
     for t in range(longest):
         np.dot(H[t], W_hh.T, tmp)
         if lay.cell == LSTM:
-            _lstm_step(lay, params, buf, layer, t, r, lens, longest)
+            _lstm_step(lay, params, buf, layer, t, r, lens, longest, fast)
         elif lay.cell == GRU:
-            _gru_step(lay, params, buf, layer, t, r, lens, longest)
+            _gru_step(lay, params, buf, layer, t, r, lens, longest, fast)
         else:
-            _tanh_step(lay, params, buf, layer, t, r, lens, longest)
+            _tanh_step(lay, params, buf, layer, t, r, lens, longest, fast)
 
 
 # ---------------------------------------------------------------------------------------

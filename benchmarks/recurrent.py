@@ -14,6 +14,7 @@ batches after one warm-up epoch. Reported: training samples per second, median o
 import argparse
 import statistics
 import time
+import warnings
 
 import numpy as np
 
@@ -79,6 +80,7 @@ def main(argv=None):
     n, epochs = (BATCH * 8, 1) if args.quick else (BATCH * 32, 2)
     repeats = 1 if args.quick else args.repeats
     X, y = _data(n)
+    warnings.simplefilter("ignore", fastgd.GradientWarning)  # short fits: not the point here
     contenders = [b for b in ("numba", "cython") if b in available_backends()] + ["numpy"]
     try:
         import torch  # noqa: F401
@@ -103,7 +105,7 @@ def main(argv=None):
                         runs.append(fastgd_rate(name, cell, hidden, X, y, epochs))
                 rates[name] = statistics.median(runs)
 
-            def ratio(a, b):
+            def ratio(a, b, rates=rates):
                 return f"{rates[a] / rates[b]:.2f}x" if a in rates and b in rates else "-"
 
             cells = " | ".join(f"{rates[c]:,.0f}" for c in contenders)

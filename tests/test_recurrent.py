@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 import fastgd
-from fastgd.backends import get_backend
 from fastgd.backends.contract import SequenceData
 from fastgd.backends.numpy import recurrent as ref
 from fastgd.backends.shared import predict
@@ -363,5 +362,5 @@ def test_user_arrays_are_not_modified():
         warnings.simplefilter("ignore")
         fastgd.fit(X, y, model=fastgd.RNN("lstm", hidden=3, task="regression"), epochs=1,
                    lengths=lengths, backend="numpy")  # fmt: skip
-    for a, b in zip((X, y, lengths), copies):
+    for a, b in zip((X, y, lengths), copies, strict=True):
         np.testing.assert_array_equal(a, b)

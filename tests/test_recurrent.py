@@ -364,3 +364,18 @@ def test_user_arrays_are_not_modified():
                    lengths=lengths, backend="numpy")  # fmt: skip
     for a, b in zip((X, y, lengths), copies, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_save_and_load(tmp_path):
+    rng = np.random.default_rng(10)
+    X, y = rng.standard_normal((40, 5, 2)), rng.integers(0, 3, 40)
+    lengths = rng.integers(1, 6, 40)
+    result = fastgd.fit(X, y, model=fastgd.RNN("gru", hidden=4, head=(3,)), epochs=2,
+                        lengths=lengths, backend="numpy")  # fmt: skip
+    fastgd.save(result, tmp_path / "rnn.npz")
+    loaded = fastgd.load(tmp_path / "rnn.npz")
+    assert loaded.model == result.model
+    assert loaded.gradient_through_time == result.gradient_through_time
+    np.testing.assert_array_equal(
+        loaded.predict_proba(X, lengths), result.predict_proba(X, lengths)
+    )

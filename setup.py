@@ -1,7 +1,7 @@
 """Build the Cython extensions of ``fastgd.backends.cython`` (with OpenMP if possible).
 
-``_kernels`` holds the linear and the network kernels (``_network_kernels.pxi`` is
-included by ``_kernels.pyx``), ``_hessian`` the Newton pass of the linear family; SciPy
+``_kernels`` holds the linear, network and recurrent kernels (``_network_kernels.pxi`` and
+``_recurrent_kernels.pxi`` are included by ``_kernels.pyx``), ``_hessian`` the Newton pass of the linear family; SciPy
 must be installed at build time for its ``scipy.linalg.cython_blas`` declarations.
 
 Project metadata lives in pyproject.toml; this file only describes the extension.
@@ -140,6 +140,7 @@ extensions = [
         depends=[
             "fastgd/backends/cython/_network_kernels.pxi",
             "fastgd/backends/cython/_sparse_rows.pxi",
+            "fastgd/backends/cython/_recurrent_kernels.pxi",
         ],
     ),
     # loss, gradient and Hessian of the linear family for Newton's method (BLAS as above)

@@ -8,6 +8,7 @@ from .api import DivergenceError, DivergenceWarning, fit
 from .backends import available_backends
 from .diagnostics import GradientWarning
 from .network import MLP
+from .recurrent import RNN
 from .result import FitResult
 from .sysinfo import show_config
 
@@ -35,6 +36,7 @@ __all__ = [
     "load",
     "Checkpoint",
     "MLP",
+    "RNN",
     "GradientWarning",
     "DivergenceWarning",
     "DivergenceError",

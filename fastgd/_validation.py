@@ -152,6 +152,79 @@ def _check_csr_structure(X, name):
         )
 
 
+def check_sequences(X, name="X", n_features=None, n_steps=None):
+    """Validate sequences and return them as a C-contiguous float array (n, T, f).
+
+    A 2-D array (n, T) is one feature per step. ``n_features`` and ``n_steps``, if given,
+    are required (a prediction must have the features of the fit; the steps may differ
+    unless ``n_steps`` is given).
+    """
+    arr = np.asarray(X)
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(
+            f"{name} must be numeric (bool, integer or float); got an array of dtype {arr.dtype}"
+        )
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.ndim != 3:
+        raise ValueError(
+            f"{name} must be a 3-D array of shape (n_samples, n_steps, n_features) or a 2-D "
+            f"array (n_samples, n_steps) of one feature per step; got {arr.ndim}-D shape {arr.shape}"
+        )
+    if 0 in arr.shape:
+        raise ValueError(f"{name} is empty: shape {arr.shape}")
+    dtype = arr.dtype if arr.dtype in (np.float32, np.float64) else np.float64
+    arr = np.ascontiguousarray(arr, dtype=dtype)
+    _check_finite(arr, name)
+    if n_features is not None and arr.shape[2] != n_features:
+        raise ValueError(
+            f"{name} has {arr.shape[2]} features per step, but the model was fit with {n_features}"
+        )
+    if n_steps is not None and arr.shape[1] != n_steps:
+        raise ValueError(f"{name} has {arr.shape[1]} steps; expected {n_steps}")
+    return arr
+
+
+def check_lengths(lengths, n_samples, n_steps):
+    """Validate sequence lengths: int64 (n,), every value in [1, n_steps]; None: all full."""
+    if lengths is None:
+        return np.full(n_samples, n_steps, dtype=np.int64)
+    arr = np.asarray(lengths)
+    if arr.dtype.kind not in "iu" and not (
+        arr.dtype.kind == "f" and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr))
+    ):
+        raise ValueError(f"lengths must be whole numbers; got dtype {arr.dtype}")
+    if arr.shape != (n_samples,):
+        raise ValueError(f"lengths must have shape ({n_samples},); got {arr.shape}")
+    if arr.size and (arr.min() < 1 or arr.max() > n_steps):
+        raise ValueError(
+            f"lengths must be in [1, {n_steps}] (the steps of X); got values from "
+            f"{arr.min()} to {arr.max()}"
+        )
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def check_sequence_targets(y, n_samples, n_steps, kind, dtype, classes=None):
+    """Targets of ``output="sequence"``: (n, T) or (n, T, m) -> ``Y`` (n, T, m), classes.
+
+    ``kind`` as for :func:`check_targets`; every step needs a valid target (padded steps
+    are not read, but are validated: pad with any valid value).
+    """
+    arr = np.asarray(y)
+    if (
+        arr.ndim not in (2, 3)
+        or arr.shape[:2] != (n_samples, n_steps)
+        or (arr.ndim == 3 and kind != "linear" and arr.shape[2] != 1)
+    ):
+        raise ValueError(
+            f"y of output='sequence' must have shape ({n_samples}, {n_steps})"
+            f"{' or (n_samples, n_steps, n_targets)' if kind == 'linear' else ''}; got {arr.shape}"
+        )
+    flat = arr.reshape(n_samples * n_steps, -1) if kind == "linear" else arr.reshape(-1)
+    Y, classes = check_targets(flat, n_samples * n_steps, kind, dtype, classes)
+    return Y.reshape(n_samples, n_steps, -1), classes
+
+
 def _all_finite(arr):
     """True if no entry is NaN or infinite, without an array-sized temporary.
 

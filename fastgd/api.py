@@ -9,6 +9,7 @@ import functools
 from .backends import get_backend
 from .distributed import is_dask_collection
 from .network import MLP
+from .recurrent import RNN
 from .specs.optimizers import SECOND_ORDER
 from .training import observers as obs
 from .training.options import resolve_options
@@ -51,6 +52,7 @@ def fit(
     l1_ratio=0.15,
     classes=None,
     sync_every=None,
+    lengths=None,
 ):
     """Train a model by gradient descent, with the training loop in compiled code.
 
@@ -75,7 +77,7 @@ def fit(
         layer); Newton's method does not.
     y : array-like of shape (n_samples,) or (n_samples, n_targets)
         Regression targets, or class labels of any values for classifiers.
-    model : {"linear", "logistic", "softmax"} or fastgd.MLP
+    model : {"linear", "logistic", "softmax"}, fastgd.MLP or fastgd.RNN
         ``"linear"``: least squares (mean squared error, one or several targets).
         ``"logistic"``: binary logistic regression (cross-entropy), two classes.
         ``"softmax"``: multinomial logistic regression (cross-entropy), two or more classes.
@@ -84,6 +86,9 @@ def fit(
         targets (see :class:`fastgd.MLP`); its weights are initialized with ``seed``. The
         per-layer gradient norms are recorded, and vanishing or exploding gradients are
         reported with a :class:`fastgd.GradientWarning`.
+        ``fastgd.RNN(cell="lstm", hidden=64)``: a recurrent network (LSTM, GRU or tanh RNN)
+        over ``X`` of shape (n_samples, n_steps, n_features), trained by backpropagation
+        through time (see :class:`fastgd.RNN`).
     fit_intercept : bool, default True
         Whether to learn an intercept per output (networks always train their biases).
     batch_size : int or None, default 32
@@ -174,6 +179,9 @@ def fit(
     sync_every : int, optional
         Dask input with mini-batches: average the workers' parameters after this many
         batches of every chunk (default: after every epoch). See "Dask input" below.
+    lengths : array-like of int, shape (n_samples,), optional
+        Recurrent models: the valid steps of each sequence, in ``[1, n_steps]``; the steps
+        after them are padding, which never changes the result. Default: all steps.
     init : FitResult, optional
         Warm start: continue from its parameters, and from its optimizer state and update
         count when the optimizer is of the same kind. It must come from the same model
@@ -240,5 +248,5 @@ def fit(
     else:
         run = train(backend, problem, options, state, rates, observers)
     return finish(
-        problem, options, run, backend, observers, model if isinstance(model, MLP) else None
+        problem, options, run, backend, observers, model if isinstance(model, (MLP, RNN)) else None
     )

@@ -23,13 +23,14 @@ import numpy as np
 from . import optim, schedules
 from ._validation import check_positive_int
 from .network import NetworkSpec
+from .recurrent import RecurrentSpec
 from .result import FitResult
 from .specs.models import LinearModelSpec
 
 FORMAT = "fastgd-model"
 FORMAT_VERSION = 1
 ESTIMATORS = ("LinearRegressor", "LinearClassifier", "MLPRegressor", "MLPClassifier")
-_SPECS = {"linear": LinearModelSpec, "network": NetworkSpec}
+_SPECS = {"linear": LinearModelSpec, "network": NetworkSpec, "recurrent": RecurrentSpec}
 _OPTIMIZERS = {cls.__name__: cls for cls in optim.OPTIMIZERS.values()}
 _SCHEDULES = {
     name: cls
@@ -251,6 +252,8 @@ def _rebuild_result(arrays, meta):
             fields[field] = arr.astype(object) if field in meta["object_arrays"] else arr
     known = {f.name for f in dataclasses.fields(FitResult)}
     fields = {k: v for k, v in fields.items() if k in known}
+    if isinstance(fields.get("gradient_through_time"), dict):  # JSON keys are strings
+        fields["gradient_through_time"] = {int(k): v for k, v in fields["gradient_through_time"].items()}  # fmt: skip
     spec = spec_from_dict(meta["model"])
     opt = None if meta["optimizer"] is None else _object_from_dict(meta["optimizer"])
     result = FitResult(model=spec, optimizer=opt, **fields)

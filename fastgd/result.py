@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._validation import check_features
+from ._validation import check_features, check_lengths, check_sequences
 from .backends.shared import predict
 
 
@@ -14,7 +14,7 @@ class FitResult:
 
     Attributes
     ----------
-    model : LinearModelSpec or NetworkSpec
+    model : LinearModelSpec, NetworkSpec or RecurrentSpec
         What was trained (family or layers, number of features and outputs).
     params : ndarray of shape (n_params,)
         The flat parameter vector (see :mod:`fastgd.specs.models` for its layout).
@@ -63,6 +63,12 @@ class FitResult:
     gradient_diagnosis : {None, "vanishing", "exploding"}
         Networks: whether the gradients vanished or exploded; ``gradient_message`` says
         where and what may help.
+    gradient_through_time : dict or None
+        Recurrent networks: offset ``k`` back from the last step -> mean norm over (up to
+        256) training sequences of the loss gradient with respect to the first recurrent
+        layer's hidden state at step ``T - 1 - k``, at the returned parameters: how much
+        the early steps still influence learning (vanishing for a tanh RNN on long
+        sequences, kept by LSTM and GRU cells).
     feature_names_in_ : ndarray of str or None
         The column names of a pandas ``DataFrame`` X (when all of them are strings).
     gradient_norm : float or None
@@ -100,6 +106,7 @@ class FitResult:
     feature_names_in_: np.ndarray | None = None
     gradient_norm: float | None = None
     distributed: dict | None = None
+    gradient_through_time: dict | None = None
     _single_target: bool = field(default=True, repr=False)
 
     @property
@@ -151,54 +158,76 @@ class FitResult:
         if self.is_network:
             raise AttributeError(f"{name} is defined for linear models; use named_params")
 
-    def decision_function(self, X):
-        """Decision values ``X @ W + b`` (networks: the output layer's), shape (n_samples, n_outputs).
+    def decision_function(self, X, lengths=None):
+        """Decision values ``X @ W + b`` (networks: the output layer's).
 
         Networks use the batch-norm running averages.
 
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
+            Recurrent models: sequences of shape (n_samples, n_steps, n_features) (2-D:
+            one feature per step).
+        lengths : array-like of int, shape (n_samples,), optional
+            Recurrent models: the valid steps of each sequence (default: all).
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_outputs); (n_samples, n_steps, n_outputs) for a
+        recurrent model with ``output="sequence"``
         """
-        X = check_features(X, n_features=self.model.n_features, allow_1d=self.model.n_features == 1)
+        if self.model.name == "rnn":
+            X = check_sequences(X, n_features=self.model.n_features)
+            lengths = check_lengths(lengths, X.shape[0], X.shape[1])
+        else:
+            if lengths is not None:
+                raise ValueError("lengths is only for sequence models (fastgd.RNN)")
+            X = check_features(X, n_features=self.model.n_features, allow_1d=self.model.n_features == 1)  # fmt: skip
         params = self.params.astype(X.dtype, copy=False)
         running = None if self.running is None else self.running.astype(X.dtype, copy=False)
-        return predict(self.model.kernel_model(), X, params, running)
+        return predict(self.model.kernel_model(), X, params, running, lengths)
 
-    def predict(self, X):
+    def predict(self, X, lengths=None):
         """Predicted targets (regression) or labels (classification).
 
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
+            Recurrent models: (n_samples, n_steps, n_features).
+        lengths : array-like of int, optional
+            Recurrent models: the valid steps of each sequence.
 
         Returns
         -------
-        ndarray of shape (n_samples,) or (n_samples, n_targets)
+        ndarray of shape (n_samples,) or (n_samples, n_targets); with a leading
+        (n_samples, n_steps) for a recurrent model with ``output="sequence"``
         """
-        Z = self.decision_function(X)
+        Z = self.decision_function(X, lengths)
         if self.model.task == "regression":
-            return Z[:, 0] if self._single_target else Z
+            return Z[..., 0] if self._single_target else Z
         if self.model.task == "binary":
-            return self.classes_[(Z[:, 0] > 0).astype(np.intp)]
-        return self.classes_[np.argmax(Z, axis=1)]
+            return self.classes_[(Z[..., 0] > 0).astype(np.intp)]
+        return self.classes_[np.argmax(Z, axis=-1)]
 
-    def predict_proba(self, X):
-        """Class probabilities, shape (n_samples, n_classes), columns in ``classes_`` order.
+    def predict_proba(self, X, lengths=None):
+        """Class probabilities, shape (n_samples, n_classes) (recurrent models with
+        ``output="sequence"``: (n_samples, n_steps, n_classes)), columns in ``classes_`` order.
 
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
+        lengths : array-like of int, optional
+            Recurrent models: the valid steps of each sequence.
         """
         if self.model.task == "regression":
             raise AttributeError("predict_proba is only available for classifiers")
-        Z = self.decision_function(X)
+        Z = self.decision_function(X, lengths)
         if self.model.task == "binary":
-            p = 0.5 * (1.0 + np.tanh(0.5 * Z[:, 0]))  # sigmoid without overflow
-            return np.column_stack([1.0 - p, p])
-        Z = Z - Z.max(axis=1, keepdims=True)
+            p = 0.5 * (1.0 + np.tanh(0.5 * Z[..., 0]))  # sigmoid without overflow
+            return np.stack([1.0 - p, p], axis=-1)
+        Z = Z - Z.max(axis=-1, keepdims=True)
         E = np.exp(Z)
-        return E / E.sum(axis=1, keepdims=True)
+        return E / E.sum(axis=-1, keepdims=True)
 
     def __repr__(self):
         return (

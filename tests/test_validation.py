@@ -53,7 +53,7 @@ def test_bad_y(y_bad, model, message):
     [
         (
             dict(model="ridge"),
-            "model must be one of 'linear', 'logistic', 'softmax' or a fastgd.MLP; got 'ridge'",
+            "model must be one of 'linear', 'logistic', 'softmax', a fastgd.MLP or a fastgd.RNN; got 'ridge'",
         ),
         (dict(backend="fortran"), "backend must be one of"),
         (dict(lr=0), "lr must be a positive finite number; got 0"),

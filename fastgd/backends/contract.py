@@ -5,10 +5,12 @@ same :class:`Backend` protocol over the same containers. The containers are Name
 of arrays, numbers and integer codes only (Numba takes them; kernels never see strings,
 objects or Python callbacks):
 
-- a *kernel model*, what to compute: :class:`LinearModel` or :class:`NetworkModel`;
+- a *kernel model*, what to compute: :class:`LinearModel`, :class:`NetworkModel` or
+  :class:`RecurrentModel`;
 - :class:`Data`, the rows to train on, or :class:`SparseData`, the same rows as a CSR
   matrix (the kernels read a row through a per-backend row accessor: a dot product with
-  the weights and a gradient scatter; the epoch loop and the update are shared);
+  the weights and a gradient scatter; the epoch loop and the update are shared), or
+  :class:`SequenceData` for recurrent models;
 - :class:`State`, everything training changes in place (parameters, batch-norm running
   averages, optimizer state, update count, state of the tolerance rule);
 - :class:`UpdateConfig`, how one update is made and when training stops;
@@ -16,7 +18,7 @@ objects or Python callbacks):
   receive the loss history and the gradient norms.
 
 A backend dispatches on the type of the kernel model to one module per model kind
-(``backends/<name>/linear.py``, ``network.py``), each with the functions
+(``backends/<name>/linear.py``, ``network.py``, ``recurrent.py``), each with the functions
 ``train_epochs(model, data, state, update, block, n_threads)`` and
 ``loss_and_gradient(model, data, params)``; the Newton pass of the linear family,
 ``loss_gradient_hessian``, is one more module per backend (``backends/<name>/hessian.py``).
@@ -110,8 +112,9 @@ def is_sparse(data):
 
 
 def n_rows(data):
-    """Rows of a :class:`Data` or :class:`SparseData` (``Y`` has one row per sample)."""
-    return data.Y.shape[0]
+    """Rows of a :class:`Data`, :class:`SparseData` or :class:`SequenceData` (``Y`` has one
+    row per sample), or of a container of chunks elsewhere (its ``X.shape``)."""
+    return data.Y.shape[0] if hasattr(data, "Y") else data.X.shape[0]
 
 
 def n_features(data):
@@ -158,6 +161,57 @@ class NetworkModel(NamedTuple):
     batch_norm: np.ndarray
     activation: int
     net_hyper: np.ndarray
+    loss_code: int
+
+
+class SequenceData(NamedTuple):
+    """Training sequences (for :class:`RecurrentModel`).
+
+    Attributes
+    ----------
+    X : ndarray of shape (n, T, f)
+        Sequences, C-contiguous: ``T`` steps of ``f`` features.
+    Y : ndarray of shape (n, m) or (n, T, m)
+        Targets as in :class:`Data`, one row per sequence (``output="last"``) or per step
+        (``output="sequence"``; rows of padded steps are not read).
+    weights : ndarray of shape (n,) or (0,)
+        Sample weights of the sequences (mean 1); empty: every weight is 1.
+    lengths : ndarray of int64, shape (n,)
+        Valid steps of each sequence, in ``[1, T]``; steps ``t >= lengths[i]`` are padding.
+    """
+
+    X: np.ndarray
+    Y: np.ndarray
+    weights: np.ndarray
+    lengths: np.ndarray
+
+
+class RecurrentModel(NamedTuple):
+    """A recurrent network (equations and layout: :mod:`fastgd.specs.recurrent`).
+
+    Attributes
+    ----------
+    cell : int
+        Cell code (LSTM, GRU, tanh RNN).
+    n_features, hidden, n_layers : int
+        Features per step, units per recurrent layer, recurrent layers.
+    head_sizes : ndarray of int64, shape (H + 1,)
+        Widths of the dense head, ``[hidden, ..., k]``.
+    head_activation : int
+        Activation code (:mod:`fastgd.specs.network`) of the hidden head layers.
+    sequence : int
+        1: a prediction at every step (``output="sequence"``); 0: from the last state.
+    loss_code : int
+        Loss of the output layer.
+    """
+
+    cell: int
+    n_features: int
+    hidden: int
+    n_layers: int
+    head_sizes: np.ndarray
+    head_activation: int
+    sequence: int
     loss_code: int
 
 
@@ -239,7 +293,7 @@ class EpochBlock(NamedTuple):
     grad_norms: np.ndarray
 
 
-KernelModel = LinearModel | NetworkModel
+KernelModel = LinearModel | NetworkModel | RecurrentModel
 AnyData = Data | SparseData
 
 

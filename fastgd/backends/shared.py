@@ -9,7 +9,8 @@ import numpy as np
 
 from ..specs import losses
 from ..specs import network as net
-from .contract import LinearModel
+from . import recurrent_forward
+from .contract import LinearModel, RecurrentModel
 
 
 def stable_sigmoid(z):
@@ -103,9 +104,41 @@ def forward(model, X, params, running, training):
         cache.append(entry)
 
 
-def predict(model, X, params, running):
+def sequence_loss(model, Z, data, valid):
+    """Mean loss of a recurrent model's decision values ``Z`` and its gradient ``dZ`` (same
+    shape as ``Z``): over the sequences (``output="last"``, Z (B, k)), or over the valid
+    (row, step) pairs of ``output="sequence"`` (Z (B * T, k), row ``i * T + t``; ``valid``
+    (B, T) marks the steps that are not padding, and the other rows of dZ are 0)."""
+    if not model.sequence:
+        loss, dZ = output_loss(Z, data.Y, data.weights, model.loss_code)
+        return loss, dZ.astype(Z.dtype, copy=False)
+    B, T = valid.shape
+    keep = valid.reshape(-1)
+    Y = data.Y.reshape(B * T, -1)
+    weights = np.repeat(data.weights, T)[keep] if data.weights.size else data.weights
+    loss, dZ_valid = output_loss(Z[keep], Y[keep], weights, model.loss_code)
+    dZ = np.zeros_like(Z)
+    dZ[keep] = dZ_valid
+    return loss, dZ
+
+
+def data_loss(model, data, params, running):
+    """Mean loss of a kernel model's predictions on ``data`` (the validation loss of early
+    stopping): batch norm from the running averages, padded steps left out."""
+    if isinstance(model, RecurrentModel):
+        Z, cache = recurrent_forward.forward(model, data.X, data.lengths, params)
+        return sequence_loss(model, Z, data, cache["valid"])[0]
+    return output_loss(predict(model, data.X, params, running), data.Y, data.weights, model.loss_code)[0]  # fmt: skip
+
+
+def predict(model, X, params, running, lengths=None):
     """Decision values (n, k) of a kernel model: ``X @ W + b``, or a network's output
-    layer with batch norm from the running averages."""
+    layer with batch norm from the running averages; recurrent models: (n, k) or, with
+    ``output="sequence"``, (n, T, k), from sequences ``X`` (n, T, f) of ``lengths``."""
+    if isinstance(model, RecurrentModel):
+        if lengths is None:
+            lengths = np.full(X.shape[0], X.shape[1], dtype=np.int64)
+        return recurrent_forward.predict(model, X, lengths, params)
     if isinstance(model, LinearModel):
         d, k = X.shape[1], model.n_outputs
         return X @ params[: d * k].reshape(d, k) + params[d * k :]

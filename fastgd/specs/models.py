@@ -11,7 +11,7 @@ so that the decision values of a sample ``x`` are ``z = x @ W + b``. Optimizer s
 is arrays of the same length, updated elementwise.
 
 **The model interface.** Every trainable model kind (:class:`LinearModelSpec` here,
-:class:`fastgd.specs.network.NetworkSpec`, the recurrent layers to come) provides the
+:class:`fastgd.network.NetworkSpec`, :class:`fastgd.recurrent.RecurrentSpec`) provides the
 same members, so that the trainer, :class:`fastgd.FitResult`, warm starts, early stopping
 and the diagnostics are written once:
 

@@ -10,7 +10,7 @@ observer, not one more branch of the loop.
 
 import numpy as np
 
-from ..backends.shared import output_loss, predict
+from ..backends.shared import data_loss
 from ..specs import stopping
 
 
@@ -85,11 +85,9 @@ class EarlyStopping(Observer):
     def after_block(self, run):
         if run.status == stopping.DIVERGED:
             return None
-        X, Y, weights = self.validation.X, self.validation.Y, self.validation.weights
-        state = run.state
-        params, running = (a.astype(X.dtype, copy=False) for a in (state.params, state.running))
-        Z = predict(self.kernel_model, X, params, running)
-        loss = output_loss(Z, Y, weights, self.kernel_model.loss_code)[0]
+        state, dtype = run.state, self.validation.X.dtype
+        params, running = (a.astype(dtype, copy=False) for a in (state.params, state.running))
+        loss = data_loss(self.kernel_model, self.validation, params, running)
         self.history.append(loss)
         run.validation_loss = loss
         if self.best is None or loss < self.best["loss"] - self.tol:

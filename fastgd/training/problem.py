@@ -8,8 +8,9 @@ import numpy as np
 
 from .. import _validation as v
 from .._pandas import frames_to_arrays
-from ..backends.contract import Data, SparseData, State
+from ..backends.contract import Data, SequenceData, SparseData, State
 from ..network import MLP
+from ..recurrent import RNN
 from ..specs import stopping
 from ..specs.models import LINEAR_MODELS, LinearModelSpec
 from ..specs.optimizers import NEWTON
@@ -29,11 +30,14 @@ class Problem:
 
 
 def check_model(model):
-    """Reject what is neither a linear-family name nor a :class:`fastgd.MLP`."""
-    if not isinstance(model, MLP) and (not isinstance(model, str) or model not in LINEAR_MODELS):
+    """Reject what is neither a linear-family name, a :class:`fastgd.MLP` nor a
+    :class:`fastgd.RNN`."""
+    if not isinstance(model, (MLP, RNN)) and (
+        not isinstance(model, str) or model not in LINEAR_MODELS
+    ):
         raise ValueError(
-            f"model must be one of {', '.join(map(repr, LINEAR_MODELS))} or a fastgd.MLP; "
-            f"got {model!r}"
+            f"model must be one of {', '.join(map(repr, LINEAR_MODELS))}, a fastgd.MLP or a "
+            f"fastgd.RNN; got {model!r}"
         )
 
 
@@ -44,38 +48,40 @@ def prepare_problem(X, y, model, arguments):
     -------
     Problem
     """
-    X, y, feature_names = frames_to_arrays(X, y)  # pandas: arrays and column names
-    X = v.check_features(X)
-    n, d = X.shape
-    kind = model
-    if isinstance(model, MLP):
-        kind = "linear" if model.task == "regression" else "softmax"
-    Y, classes = v.check_targets(y, n, kind, X.dtype, arguments["classes"])
-    if isinstance(model, MLP) and classes is not None:
-        _check_network_labels(classes)
+    if isinstance(model, RNN):
+        X, Y, classes, lengths, feature_names = _sequences(X, y, model, arguments)
+    else:
+        if arguments.get("lengths") is not None:
+            raise ValueError("lengths is only for sequence models (model=fastgd.RNN(...))")
+        X, Y, classes, feature_names = _rows(X, y, model, arguments)
+    n, d = X.shape[0], X.shape[-1]
     weights = v.check_sample_weight(arguments["sample_weight"], n, X.dtype)
     seed = arguments["seed"]
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
         raise ValueError(f"seed must be None or an integer; got {seed!r}")
-    data, validation, rows = (X, Y, weights), None, None
+    data = SequenceData(X, Y, weights, lengths) if isinstance(model, RNN) else Data(X, Y, weights)
+    validation, rows = None, None
     if arguments["early_stopping"]:
         rows = _validation_split(n, arguments["validation_fraction"], seed)
         data, validation = _split(data, rows)
-        validation = container(*validation)
-    X, Y, weights = data
-    if weights.size:
-        weights = _mean_one(weights, "the training rows")
-    data = container(X, Y, weights)
+        validation = container(validation)
+    if data.weights.size:
+        data = data._replace(weights=_mean_one(data.weights, "the training rows"))
+    data = container(data)
     spec = _model_spec(model, d, Y, classes, arguments["fit_intercept"])
-    single = spec.task != "regression" or np.ndim(y) == 1
+    # one target per sample (or per step of a sequence): predict returns no target axis
+    single = spec.task != "regression" or np.ndim(y) == (
+        2 if getattr(spec, "sequence", False) else 1
+    )
     return Problem(spec, data, classes, validation, rows, single, feature_names)
 
 
-def container(X, Y, weights):
-    """:class:`Data` for a dense ``X``, :class:`SparseData` over the arrays of a CSR one
-    (no copy: the kernels read the caller's arrays)."""
-    if isinstance(X, np.ndarray):
-        return Data(X, Y, weights)
+def container(data):
+    """``data``, or for a CSR ``X`` the :class:`SparseData` over its arrays (no copy: the
+    kernels read the caller's arrays)."""
+    if not isinstance(data, Data) or isinstance(data.X, np.ndarray):
+        return data
+    X, Y, weights = data
     nnz = int(X.indptr[-1])
     return SparseData(X.data[:nnz], X.indices[:nnz], X.indptr, X.shape[1], Y, weights)
 
@@ -96,9 +102,37 @@ def check_sparse_support(problem, optimizer_code, backend_name):
         )
 
 
-def _model_spec(model, d, Y, classes, fit_intercept):
+def _rows(X, y, model, arguments):
+    """Samples of the linear models and MLPs: (n, d) features and encoded targets."""
+    X, y, feature_names = frames_to_arrays(X, y)  # pandas: arrays and column names
+    X = v.check_features(X)
+    kind = model
     if isinstance(model, MLP):
-        return model.spec(d, Y.shape[1], None if classes is None else len(classes))
+        kind = "linear" if model.task == "regression" else "softmax"
+    Y, classes = v.check_targets(y, X.shape[0], kind, X.dtype, arguments["classes"])
+    if isinstance(model, MLP) and classes is not None:
+        _check_network_labels(classes)
+    return X, Y, classes, feature_names
+
+
+def _sequences(X, y, model, arguments):
+    """Sequences of an RNN: (n, T, f) X, encoded targets (per step for output='sequence')
+    and the lengths."""
+    X = v.check_sequences(X)
+    n, T, _ = X.shape
+    kind = "linear" if model.task == "regression" else "softmax"
+    if model.output == "sequence":
+        Y, classes = v.check_sequence_targets(y, n, T, kind, X.dtype, arguments["classes"])
+    else:
+        Y, classes = v.check_targets(y, n, kind, X.dtype, arguments["classes"])
+    if classes is not None:
+        _check_network_labels(classes)
+    return X, Y, classes, v.check_lengths(arguments.get("lengths"), n, T), None
+
+
+def _model_spec(model, d, Y, classes, fit_intercept):
+    if isinstance(model, (MLP, RNN)):
+        return model.spec(d, Y.shape[-1], None if classes is None else len(classes))
     if model == "linear":
         n_outputs = Y.shape[1]
     else:
@@ -113,7 +147,9 @@ def initial_state(problem, optimizer, seed, init):
     -------
     State
     """
-    spec, dtype = problem.spec, problem.data.Y.dtype
+    # the rows' dtype: Y's for rows in this process (dense or CSR), X's meta for chunks
+    data = problem.data
+    spec, dtype = problem.spec, data.Y.dtype if hasattr(data, "Y") else data.X.dtype
     params, running = spec.init_params(dtype, seed)
     state = State(
         params, running, optimizer.new_state(spec.n_params, dtype), np.zeros(1, dtype=np.int64),
@@ -181,13 +217,18 @@ def _validation_split(n, validation_fraction, seed):
 
 
 def _split(data, validation_rows):
-    """Training and validation ``(X, Y, weights)`` (validation weights rescaled to mean 1);
-    a CSR ``X`` gives CSR row selections (copies of those rows' entries)."""
-    X, Y, weights = data
-    train_rows = np.setdiff1d(np.arange(X.shape[0]), validation_rows)
-    held_out = weights
+    """Training and validation data (validation weights rescaled to mean 1); a CSR ``X``
+    gives CSR row selections (copies of those rows' entries)."""
+    weights = data.weights
+    train_rows = np.setdiff1d(np.arange(data.X.shape[0]), validation_rows)
+    validation = type(data)(*(_take(a, validation_rows) for a in data))
+    training = type(data)(*(_take(a, train_rows) for a in data))
     if weights.size:
         held_out = _mean_one(weights[validation_rows], "the held-out validation rows")
-        weights = weights[train_rows]
-    validation = (X[validation_rows], Y[validation_rows], held_out)
-    return (X[train_rows], Y[train_rows], weights), validation
+        validation = validation._replace(weights=held_out)
+    return training, validation
+
+
+def _take(array, rows):
+    """``array[rows]``; an empty array (no sample weights) stays as it is."""
+    return array if isinstance(array, np.ndarray) and array.size == 0 else array[rows]

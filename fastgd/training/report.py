@@ -4,7 +4,8 @@ import warnings
 
 import numpy as np
 
-from ..diagnostics import GradientWarning, diagnose_gradients
+from ..backends.numpy.recurrent import gradients_through_time
+from ..diagnostics import GradientWarning, diagnose_gradients, diagnose_through_time
 from ..result import FitResult
 from ..specs import stopping
 from .observers import EarlyStopping
@@ -37,17 +38,36 @@ def finish(problem, options, run, backend, observers, mlp=None):
         The network the user asked for (the diagnosis names its settings).
     """
     diverged = run.status == stopping.DIVERGED
-    diagnosis, message = None, None
+    diagnosis, message, through_time = None, None, None
     if problem.spec.n_layers:
         diagnosis, message = diagnose_gradients(
-            run.grad_norms[: run.done], diverged, mlp, options.optimizer.lr, options.hyper
-        )
+            run.grad_norms[: run.done], diverged, mlp, options.optimizer.lr, options.hyper,
+            problem.spec,
+        )  # fmt: skip
+        if problem.spec.name == "rnn" and not diverged:
+            through_time = _through_time(problem, run.state.params)
+            if diagnosis is None and not problem.spec.sequence:
+                diagnosis, message = diagnose_through_time(through_time, mlp)
         if diagnosis is not None:
             warnings.warn(message, GradientWarning, stacklevel=3)
     if diverged:
         _report_divergence(run, options)
     early = next((o for o in observers if isinstance(o, EarlyStopping)), None)
-    return _result(problem, options, run, backend.name, early, (diagnosis, message))
+    result = _result(problem, options, run, backend.name, early, (diagnosis, message))
+    result.gradient_through_time = through_time
+    return result
+
+
+# rows of the training data on which the gradients through time are measured
+THROUGH_TIME_ROWS = 256
+
+
+def _through_time(problem, params):
+    """Mean norms of dloss/dh_t of the first recurrent layer at the offsets of
+    :func:`fastgd.diagnostics.time_offsets`, on the first training rows (NumPy reference)."""
+    data = problem.data
+    rows = type(data)(*(a[:THROUGH_TIME_ROWS] if a.size else a for a in data))
+    return gradients_through_time(problem.spec.kernel_model(), rows, params)
 
 
 def snapshot(problem, options, backend_name, run):

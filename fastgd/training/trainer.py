@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..backends.contract import EpochBlock, UpdateConfig
+from ..backends.contract import EpochBlock, UpdateConfig, n_rows
 from ..specs import stopping
 from .observers import block_size
 
@@ -66,7 +66,7 @@ def train(backend, problem, options, state, rates, observers):
     call(run, 0, np.empty((0, 0), dtype=np.int64), rates)
     run.compile_time = time.perf_counter() - started
     started = time.perf_counter()
-    _epoch_blocks(run, call, data.Y.shape[0], options, rates, observers)
+    _epoch_blocks(run, call, n_rows(data), options, rates, observers)
     run.train_time = time.perf_counter() - started
     for observer in observers:
         observer.finish(run)

@@ -949,3 +949,4 @@ def train_epochs(
 
 # Multi-layer perceptrons: same module, same update and epoch bookkeeping as above.
 include "_network_kernels.pxi"
+include "_recurrent_kernels.pxi"

@@ -1,6 +1,6 @@
 """The Numba backend: the whole training loop in one compiled call per block of epochs.
 
-One module per model kind (:mod:`.linear`, :mod:`.network`) over the containers of
+One module per model kind (:mod:`.linear`, :mod:`.network`, :mod:`.recurrent`) over the containers of
 :mod:`fastgd.backends.contract`; the update shared by both (:mod:`.update`), per-row
 losses (:mod:`.losses`) and the thread count of a call (:mod:`.threads`).
 """
@@ -8,8 +8,8 @@ losses (:mod:`.losses`) and the thread count of a call (:mod:`.threads`).
 import numba
 import numpy as np
 
-from ..contract import LinearModel, ModuleBackend, NetworkModel
-from . import hessian, linear, network
+from ..contract import LinearModel, ModuleBackend, NetworkModel, RecurrentModel
+from . import hessian, linear, network, recurrent
 
 
 def _threads():
@@ -36,7 +36,7 @@ def _read_only(data):
 
 BACKEND = ModuleBackend(
     "numba",
-    {LinearModel: linear, NetworkModel: network},
+    {LinearModel: linear, NetworkModel: network, RecurrentModel: recurrent},
     _threads,
     prepare=_read_only,
     hessian=hessian,

@@ -1,13 +1,13 @@
 """The NumPy reference backend: plain and readable, the oracle of every test.
 
-One module per model kind (:mod:`.linear`, :mod:`.network`) over the containers of
+One module per model kind (:mod:`.linear`, :mod:`.network`, :mod:`.recurrent`) over the containers of
 :mod:`fastgd.backends.contract`, and the update shared by both (:mod:`.update`).
 """
 
 import os
 
-from ..contract import LinearModel, ModuleBackend, NetworkModel
-from . import hessian, linear, network
+from ..contract import LinearModel, ModuleBackend, NetworkModel, RecurrentModel
+from . import hessian, linear, network, recurrent
 
 
 def _threads():
@@ -16,5 +16,8 @@ def _threads():
 
 
 BACKEND = ModuleBackend(
-    "numpy", {LinearModel: linear, NetworkModel: network}, _threads, hessian=hessian
+    "numpy",
+    {LinearModel: linear, NetworkModel: network, RecurrentModel: recurrent},
+    _threads,
+    hessian=hessian,
 )

@@ -1,0 +1,762 @@
+"""Numba kernels of recurrent networks: one compiled call runs a block of epochs.
+
+Same contract and arithmetic as :mod:`fastgd.backends.numpy.recurrent` (equations and
+layout: :mod:`fastgd.specs.recurrent`). A mini-batch of ``B`` sequences is split into
+``n_chunks`` contiguous row chunks, a partition that depends on ``B`` and the hidden size
+only (:func:`chunk_rows`). Each chunk, one per iteration of a parallel loop, runs its
+sequences through the whole pass with no barrier between steps:
+
+1. gather its rows of ``X`` time-major, ``(T_c, r, f)``, where ``T_c`` is the chunk's
+   longest sequence (the steps after it are padding for every row, so they are skipped:
+   padding cannot change a bit of the result);
+2. per recurrent layer: the input projections of every step in one matrix product, then
+   per step one recurrent product ``h_{t-1} @ W_hh^T`` and one elementwise pass (gates,
+   state update; padded steps of a row carry its state);
+3. the dense head on the last state (or every step's), the loss and dloss/dz, divided by
+   the batch's count of sequences (or of valid steps);
+4. backpropagation through time per layer, from the top: per step one elementwise pass
+   (the gate gradients overwrite the stored gates; 0 at padded steps) and one product
+   ``dA_h @ W_hh``; then the weight gradients of all steps in one product each
+   (``dA^T @ inputs``, ``dA_h^T @ h_{t-1}``), straight into the chunk's row of ``G``, the
+   bias column sums, and ``dA @ W_ih``, the gradient of the layer below.
+
+The chunks' gradient rows are then added in chunk order (results are bit-identical for any
+thread count) and the update of every model kind applies (:mod:`.update`). Workspaces are
+laid out ``[t][row][unit]`` so that every per-step block is a contiguous matrix; the matrix
+products go to BLAS (``np.dot`` with an output array, BLAS pinned to one thread).
+"""
+
+import contextlib
+import math
+from typing import NamedTuple
+
+import numba
+import numpy as np
+import scipy.linalg  # noqa: F401 - loads SciPy's BLAS (Numba's np.dot) before it is limited
+from numba import njit, prange
+
+from ..._config import MAX_CHUNKS, NUMBA_OPTIONS
+from ...specs import losses, stopping
+from ...specs import optimizers as opt
+from ...specs import recurrent as rec
+from ..blas import single_threaded_blas
+from ..contract import EpochBlock, UpdateConfig
+from ..recurrent_layout import check_memory, chunk_rows, workspace
+from .network import _activate_rows, _copy_state, _end_epoch, _times_slope_rows
+from .threads import numba_threads
+from .update import _apply_update, _sum_chunks
+
+LSTM, GRU, TANH = rec.LSTM, rec.GRU, rec.TANH
+MSE, BCE = losses.MSE, losses.BINARY_CROSS_ENTROPY
+
+SERIAL = 0
+PARALLEL = 1
+
+_CACHE_LINE_BYTES = 64
+
+
+class Layout(NamedTuple):
+    """Model codes and offsets of one kernel call (built by :func:`make_layout`).
+
+    Parameter offsets (flat vector) ``w_ih, w_hh, b_ih, b_hh`` (L,), ``head_w, head_b``
+    (H,); workspace offsets in a chunk's row of ``Scratch.buf``: ``xs`` (gathered inputs),
+    per layer ``H`` (states, ``T + 1`` steps), ``gates`` (activated gates, then their
+    gradients), ``dah`` (GRU: hidden-side gate gradients; others: same as ``gates``),
+    ``C`` (LSTM cell states, ``T + 1`` steps), ``aux`` (LSTM ``tanh(c_t)``, GRU ``hn``),
+    then ``d_in0, d_in1`` (gradients between layers), ``tmp`` (a recurrent product),
+    ``dh, dc, tmp_h`` and per head layer ``head_a`` (its output), ``head_d0, head_d1``.
+    """
+
+    cell: int
+    n_features: int
+    hidden: int
+    n_layers: int
+    gates_per_unit: int
+    head_sizes: np.ndarray
+    head_activation: int
+    sequence: int
+    loss_code: int
+    n_weights: int
+    n_params: int
+    min_rows: int
+    w_ih: np.ndarray
+    w_hh: np.ndarray
+    b_ih: np.ndarray
+    b_hh: np.ndarray
+    head_w: np.ndarray
+    head_b: np.ndarray
+    xs: int
+    H: np.ndarray
+    gates: np.ndarray
+    dah: np.ndarray
+    C: np.ndarray
+    aux: np.ndarray
+    d_in0: int
+    d_in1: int
+    tmp: int
+    dh: int
+    dc: int
+    tmp_h: int
+    head_a: np.ndarray
+    head_d0: int
+    head_d1: int
+
+
+class Scratch(NamedTuple):
+    """Work arrays: ``buf`` (MAX_CHUNKS, chunk workspace), ``G`` (MAX_CHUNKS, >= n_params)
+    the chunks' gradients (row 0: the batch's), ``chunk_loss`` (MAX_CHUNKS, 8),
+    ``lens`` (MAX_CHUNKS, rows) the chunk's lengths, and the state saved at an epoch's
+    start (restored on divergence)."""
+
+    buf: np.ndarray
+    G: np.ndarray
+    chunk_loss: np.ndarray
+    lens: np.ndarray
+    saved_params: np.ndarray
+    saved_running: np.ndarray
+    saved_state: np.ndarray
+    saved_step: np.ndarray
+
+
+class Batch(NamedTuple):
+    """Rows ``start:start + rows`` of ``order`` (natural order when not ``shuffled``) in
+    ``n_chunks`` chunks; ``scale`` is 1 / (sequences, or valid steps, of the batch)."""
+
+    order: np.ndarray
+    shuffled: bool
+    start: int
+    rows: int
+    n_chunks: int
+    scale: float
+
+
+# ---------------------------------------------------------------------------------------
+# views and elementwise helpers
+
+
+@njit(**NUMBA_OPTIONS)
+def _mat(buf, offset, rows, width):
+    """The (rows, width) C-contiguous block of ``buf`` at ``offset``."""
+    return buf[offset : offset + rows * width].reshape((rows, width))
+
+
+@njit(**NUMBA_OPTIONS)
+def _cube(buf, offset, steps, rows, width):
+    """The (steps, rows, width) C-contiguous block of ``buf`` at ``offset``."""
+    return buf[offset : offset + steps * rows * width].reshape((steps, rows, width))
+
+
+@njit(**NUMBA_OPTIONS)
+def _param_mat(params, offset, rows, cols):
+    return params[offset : offset + rows * cols].reshape((rows, cols))
+
+
+P0, P1, P2, P3, P4, P5, P6 = rec.TANH_P
+Q0, Q1, Q2, Q3 = rec.TANH_Q
+CLAMP = rec.TANH_CLAMP
+
+
+@njit(**NUMBA_OPTIONS)
+def _tanh_rational(x):
+    """tanh as the rational function of :data:`fastgd.specs.recurrent.TANH_P`: only
+    multiply-adds, a division and clamps, so that the loops calling it vectorize."""
+    x = min(max(x, -CLAMP), CLAMP)
+    x2 = x * x
+    p = ((((((P6 * x2 + P5) * x2 + P4) * x2 + P3) * x2 + P2) * x2 + P1) * x2 + P0) * x
+    q = ((Q3 * x2 + Q2) * x2 + Q1) * x2 + Q0
+    return min(max(p / q, -1.0), 1.0)
+
+
+@njit(**NUMBA_OPTIONS)
+def _th(x, fast):
+    """tanh: the rational function in float32 kernels (``fast``), libm's in float64."""
+    if fast:
+        return _tanh_rational(x)
+    return math.tanh(x)
+
+
+@njit(**NUMBA_OPTIONS)
+def _sigmoid(a, fast):
+    if fast:
+        return 0.5 + 0.5 * _tanh_rational(0.5 * a)
+    # 1 / (1 + exp(-a)): exp overflows to inf for a << 0, giving exactly 0, never NaN
+    return 1.0 / (1.0 + math.exp(-a))
+
+
+@njit(**NUMBA_OPTIONS)
+def _column_sums(block, out, offset):
+    """``out[offset + j] = sum of block[:, j]``, rows added in order."""
+    rows, n = block.shape
+    for j in range(n):
+        out[offset + j] = 0.0
+    for r in range(rows):
+        for j in range(n):
+            out[offset + j] += block[r, j]
+
+
+@njit(**NUMBA_OPTIONS)
+def _row(batch, j):
+    """Index in X of the chunk-relative batch row ``j`` (chunk offset included)."""
+    return batch.order[batch.start + j] if batch.shuffled else batch.start + j
+
+
+# ---------------------------------------------------------------------------------------
+# forward
+
+
+@njit(**NUMBA_OPTIONS)
+def _gather(lay, data, buf, lens, batch, lo, r):
+    """Lengths of the chunk's rows and its inputs time-major; returns ``T_c``."""
+    longest = 1
+    for j in range(r):
+        lens[j] = data.lengths[_row(batch, lo + j)]
+        longest = max(longest, lens[j])
+    f = lay.n_features
+    xs = _cube(buf, lay.xs, longest, r, f)
+    for j in range(r):
+        i = _row(batch, lo + j)
+        for t in range(longest):
+            for u in range(f):
+                xs[t, j, u] = data.X[i, t, u]
+    return longest
+
+
+@njit(**NUMBA_OPTIONS)
+def _lstm_step(lay, params, buf, layer, t, r, lens, longest, fast):
+    """Gates and state of step ``t`` of every row, from the projections and ``tmp``."""
+    n, g4 = lay.hidden, 4 * lay.hidden
+    gates = _cube(buf, lay.gates[layer], longest, r, g4)[t]
+    H = _cube(buf, lay.H[layer], longest + 1, r, n)
+    C = _cube(buf, lay.C[layer], longest + 1, r, n)
+    tanh_c = _cube(buf, lay.aux[layer], longest, r, n)[t]
+    tmp = _mat(buf, lay.tmp, r, g4)
+    bi, bh = lay.b_ih[layer], lay.b_hh[layer]
+    for j in range(r):
+        if t >= lens[j]:  # padding: carry the state
+            for u in range(n):
+                H[t + 1, j, u] = H[t, j, u]
+                C[t + 1, j, u] = C[t, j, u]
+            continue
+        for q in range(g4):
+            gates[j, q] = gates[j, q] + tmp[j, q] + (params[bi + q] + params[bh + q])
+        # one simple loop per activation (no branch per unit): they vectorize
+        for q in range(2 * n):
+            gates[j, q] = _sigmoid(gates[j, q], fast)
+        for q in range(2 * n, 3 * n):
+            gates[j, q] = _th(gates[j, q], fast)
+        for q in range(3 * n, g4):
+            gates[j, q] = _sigmoid(gates[j, q], fast)
+        for u in range(n):
+            c = gates[j, n + u] * C[t, j, u] + gates[j, u] * gates[j, 2 * n + u]
+            C[t + 1, j, u] = c
+            tc = _th(c, fast)
+            tanh_c[j, u] = tc
+            H[t + 1, j, u] = gates[j, 3 * n + u] * tc
+
+
+@njit(**NUMBA_OPTIONS)
+def _gru_step(lay, params, buf, layer, t, r, lens, longest, fast):
+    """GRU gates (r, z, n stored), ``hn`` and the state of step ``t``."""
+    n = lay.hidden
+    gates = _cube(buf, lay.gates[layer], longest, r, 3 * n)[t]
+    H = _cube(buf, lay.H[layer], longest + 1, r, n)
+    hn_t = _cube(buf, lay.aux[layer], longest, r, n)[t]
+    tmp = _mat(buf, lay.tmp, r, 3 * n)
+    bi, bh = lay.b_ih[layer], lay.b_hh[layer]
+    for j in range(r):
+        if t >= lens[j]:
+            for u in range(n):
+                H[t + 1, j, u] = H[t, j, u]
+            continue
+        for u in range(n):
+            rg = _sigmoid(gates[j, u] + params[bi + u] + tmp[j, u] + params[bh + u], fast)
+            zg = _sigmoid(gates[j, n + u] + params[bi + n + u] + tmp[j, n + u] + params[bh + n + u], fast)  # fmt: skip
+            hn = tmp[j, 2 * n + u] + params[bh + 2 * n + u]
+            cand = _th(gates[j, 2 * n + u] + params[bi + 2 * n + u] + rg * hn, fast)
+            gates[j, u], gates[j, n + u], gates[j, 2 * n + u] = rg, zg, cand
+            hn_t[j, u] = hn
+            H[t + 1, j, u] = (1.0 - zg) * cand + zg * H[t, j, u]
+
+
+@njit(**NUMBA_OPTIONS)
+def _tanh_step(lay, params, buf, layer, t, r, lens, longest, fast):
+    n = lay.hidden
+    gates = _cube(buf, lay.gates[layer], longest, r, n)[t]
+    H = _cube(buf, lay.H[layer], longest + 1, r, n)
+    tmp = _mat(buf, lay.tmp, r, n)
+    bi, bh = lay.b_ih[layer], lay.b_hh[layer]
+    for j in range(r):
+        if t >= lens[j]:
+            for u in range(n):
+                H[t + 1, j, u] = H[t, j, u]
+            continue
+        for u in range(n):
+            H[t + 1, j, u] = _th(gates[j, u] + params[bi + u] + tmp[j, u] + params[bh + u], fast)
+
+
+@njit(**NUMBA_OPTIONS)
+def _layer_input(lay, buf, layer, r, longest):
+    """The (T_c * r, n_in) inputs of ``layer``: gathered X, or the states below."""
+    if layer == 0:
+        return _mat(buf, lay.xs, longest * r, lay.n_features)
+    return _mat(buf, lay.H[layer - 1] + r * lay.hidden, longest * r, lay.hidden)
+
+
+@njit(**NUMBA_OPTIONS)
+def _layer_forward(lay, params, buf, layer, r, lens, longest):
+    """All steps of one recurrent layer on the chunk's rows."""
+    n, gh = lay.hidden, lay.gates_per_unit * lay.hidden
+    n_in = lay.n_features if layer == 0 else n
+    inputs = _layer_input(lay, buf, layer, r, longest)
+    W_ih = _param_mat(params, lay.w_ih[layer], gh, n_in)
+    W_hh = _param_mat(params, lay.w_hh[layer], gh, n)
+    np.dot(inputs, W_ih.T, _mat(buf, lay.gates[layer], longest * r, gh))
+    H = _cube(buf, lay.H[layer], longest + 1, r, n)
+    C = _cube(buf, lay.C[layer], longest + 1, r, n)
+    for j in range(r):
+        for u in range(n):
+            H[0, j, u] = 0.0
+            if lay.cell == LSTM:
+                C[0, j, u] = 0.0
+    tmp = _mat(buf, lay.tmp, r, gh)
+    fast = buf.itemsize == 4  # float32: the rational tanh (see _tanh_rational)
+    for t in range(longest):
+        np.dot(H[t], W_hh.T, tmp)
+        if lay.cell == LSTM:
+            _lstm_step(lay, params, buf, layer, t, r, lens, longest, fast)
+        elif lay.cell == GRU:
+            _gru_step(lay, params, buf, layer, t, r, lens, longest, fast)
+        else:
+            _tanh_step(lay, params, buf, layer, t, r, lens, longest, fast)
+
+
+# ---------------------------------------------------------------------------------------
+# head and loss
+
+
+@njit(**NUMBA_OPTIONS)
+def _row_loss(z, Y, i, t, w, loss_code, scale):
+    """Weighted loss of one output row ``z`` (k,) against ``Y[i, t]``; ``z`` becomes
+    ``w * dloss/dz * scale`` (the derivative of the batch's mean loss)."""
+    k = z.shape[0]
+    if loss_code == MSE:
+        total = 0.0
+        for c in range(k):
+            e = z[c] - Y[i, t, c]
+            total += e * e
+            z[c] = (2.0 / k) * e * w * scale
+        return w * total / k
+    if loss_code == BCE:
+        v, y = z[0], Y[i, t, 0]
+        e = math.exp(-abs(v))  # never overflows
+        if v >= 0:
+            loss, dz = v + math.log1p(e) - y * v, 1.0 / (1.0 + e) - y
+        else:
+            loss, dz = math.log1p(e) - y * v, e / (1.0 + e) - y
+        z[0] = dz * w * scale
+        return w * loss
+    label = int(Y[i, t, 0])
+    z_label, m = z[label], z[0]
+    for c in range(1, k):
+        m = max(m, z[c])
+    s = 0.0
+    for c in range(k):
+        z[c] = math.exp(z[c] - m)
+        s += z[c]
+    for c in range(k):
+        z[c] = z[c] / s * w * scale
+    z[label] -= w * scale
+    return w * (m + math.log(s) - z_label)
+
+
+@njit(**NUMBA_OPTIONS)
+def _head_input(lay, buf, r, longest):
+    """The head's input rows: the top layer's last states (r, h), or every step's."""
+    top = lay.H[lay.n_layers - 1]
+    if lay.sequence:
+        return _mat(buf, top + r * lay.hidden, longest * r, lay.hidden)
+    return _mat(buf, top + longest * r * lay.hidden, r, lay.hidden)
+
+
+@njit(**NUMBA_OPTIONS)
+def _head_loss(lay, data, params, buf, lens, batch, lo, r, longest):
+    """Head forward, loss of the chunk's rows; the output block becomes dloss/dz."""
+    n_head = lay.head_sizes.shape[0] - 1
+    U = _head_input(lay, buf, r, longest)
+    N = U.shape[0]
+    for j in range(n_head):
+        n_in, n_out = lay.head_sizes[j], lay.head_sizes[j + 1]
+        Z = _mat(buf, lay.head_a[j], N, n_out)
+        np.dot(U, _param_mat(params, lay.head_w[j], n_out, n_in).T, Z)
+        b = lay.head_b[j]
+        for q in range(N):
+            for c in range(n_out):
+                Z[q, c] += params[b + c]
+        if j < n_head - 1:
+            _activate_rows(Z, lay.head_activation, 0.0)
+        U = Z
+    weighted = data.weights.shape[0] > 0
+    loss = 0.0
+    for q in range(N):
+        t, jr = (q // r, q % r) if lay.sequence else (0, q)
+        if lay.sequence and t >= lens[jr]:  # a padded step: no loss, no gradient
+            for c in range(U.shape[1]):
+                U[q, c] = 0.0
+            continue
+        i = _row(batch, lo + jr)
+        w = data.weights[i] if weighted else 1.0
+        loss += _row_loss(U[q], data.Y, i, t, w, lay.loss_code, batch.scale)
+    return loss
+
+
+@njit(**NUMBA_OPTIONS)
+def _head_backward(lay, params, G, buf, r, longest):
+    """Head gradients into the chunk's ``G`` row; returns dloss/d(head input) (N, h)."""
+    n_head = lay.head_sizes.shape[0] - 1
+    N = longest * r if lay.sequence else r
+    dz = _mat(buf, lay.head_a[n_head - 1], N, lay.head_sizes[n_head])
+    for j in range(n_head - 1, -1, -1):
+        n_in, n_out = lay.head_sizes[j], lay.head_sizes[j + 1]
+        U = _head_input(lay, buf, r, longest) if j == 0 else _mat(buf, lay.head_a[j - 1], N, n_in)
+        np.dot(dz.T, U, _param_mat(G, lay.head_w[j], n_out, n_in))
+        _column_sums(dz, G, lay.head_b[j])
+        du = _mat(buf, lay.head_d0 if j % 2 == 0 else lay.head_d1, N, n_in)
+        np.dot(dz, _param_mat(params, lay.head_w[j], n_out, n_in), du)
+        if j > 0:
+            _times_slope_rows(du, U, lay.head_activation, 0.0)
+        dz = du
+    return dz
+
+
+# ---------------------------------------------------------------------------------------
+# backpropagation through time
+
+
+@njit(**NUMBA_OPTIONS)
+def _lstm_grad_step(lay, buf, layer, t, r, lens, longest, dh, dc):
+    """Gate gradients of step ``t`` (over the stored gates); ``dh`` keeps only the part
+    that does not go through ``W_hh`` (0, or all of it at a padded step)."""
+    n = lay.hidden
+    gates = _cube(buf, lay.gates[layer], longest, r, 4 * n)[t]
+    C = _cube(buf, lay.C[layer], longest + 1, r, n)
+    tanh_c = _cube(buf, lay.aux[layer], longest, r, n)[t]
+    for j in range(r):
+        if t >= lens[j]:
+            for q in range(4 * n):
+                gates[j, q] = 0.0
+            continue
+        for u in range(n):
+            i, f, g, o = gates[j, u], gates[j, n + u], gates[j, 2 * n + u], gates[j, 3 * n + u]
+            tc = tanh_c[j, u]
+            d = dc[j, u] + dh[j, u] * o * (1.0 - tc * tc)
+            gates[j, u] = d * g * i * (1.0 - i)
+            gates[j, n + u] = d * C[t, j, u] * f * (1.0 - f)
+            gates[j, 2 * n + u] = d * i * (1.0 - g * g)
+            gates[j, 3 * n + u] = dh[j, u] * tc * o * (1.0 - o)
+            dc[j, u] = d * f
+            dh[j, u] = 0.0
+
+
+@njit(**NUMBA_OPTIONS)
+def _gru_grad_step(lay, buf, layer, t, r, lens, longest, dh):
+    """GRU gate gradients: input side over the gates, hidden side in ``dah``; ``dh``
+    keeps the direct term ``dh * z``."""
+    n = lay.hidden
+    gates = _cube(buf, lay.gates[layer], longest, r, 3 * n)[t]
+    dah = _cube(buf, lay.dah[layer], longest, r, 3 * n)[t]
+    H = _cube(buf, lay.H[layer], longest + 1, r, n)
+    hn_t = _cube(buf, lay.aux[layer], longest, r, n)[t]
+    for j in range(r):
+        if t >= lens[j]:
+            for q in range(3 * n):
+                gates[j, q] = 0.0
+                dah[j, q] = 0.0
+            continue
+        for u in range(n):
+            rg, zg, cand = gates[j, u], gates[j, n + u], gates[j, 2 * n + u]
+            d = dh[j, u]
+            da_n = d * (1.0 - zg) * (1.0 - cand * cand)
+            da_r = da_n * hn_t[j, u] * rg * (1.0 - rg)
+            da_z = d * (H[t, j, u] - cand) * zg * (1.0 - zg)
+            gates[j, u], gates[j, n + u], gates[j, 2 * n + u] = da_r, da_z, da_n
+            dah[j, u], dah[j, n + u], dah[j, 2 * n + u] = da_r, da_z, da_n * rg
+            dh[j, u] = d * zg
+
+
+@njit(**NUMBA_OPTIONS)
+def _tanh_grad_step(lay, buf, layer, t, r, lens, longest, dh):
+    n = lay.hidden
+    gates = _cube(buf, lay.gates[layer], longest, r, n)[t]
+    H = _cube(buf, lay.H[layer], longest + 1, r, n)
+    for j in range(r):
+        if t >= lens[j]:
+            for u in range(n):
+                gates[j, u] = 0.0
+            continue
+        for u in range(n):
+            h = H[t + 1, j, u]
+            gates[j, u] = dh[j, u] * (1.0 - h * h)
+            dh[j, u] = 0.0
+
+
+@njit(**NUMBA_OPTIONS)
+def _layer_backward(lay, params, G, buf, layer, r, lens, longest, d_top):
+    """BPTT through ``layer``; ``d_top`` is dloss/dh from above: (r, h) for the last state
+    of the top layer with ``output="last"``, else (T_c * r, h), one row per step."""
+    n, gh = lay.hidden, lay.gates_per_unit * lay.hidden
+    n_in = lay.n_features if layer == 0 else n
+    dh, dc, tmp_h = _mat(buf, lay.dh, r, n), _mat(buf, lay.dc, r, n), _mat(buf, lay.tmp_h, r, n)
+    per_step = lay.sequence or layer < lay.n_layers - 1
+    for j in range(r):
+        for u in range(n):
+            dh[j, u] = 0.0 if per_step else d_top[j, u]
+            dc[j, u] = 0.0
+    W_hh = _param_mat(params, lay.w_hh[layer], gh, n)
+    dAh = _cube(buf, lay.dah[layer], longest, r, gh)
+    for t in range(longest - 1, -1, -1):
+        if per_step:
+            for j in range(r):
+                for u in range(n):
+                    dh[j, u] += d_top[t * r + j, u]
+        if lay.cell == LSTM:
+            _lstm_grad_step(lay, buf, layer, t, r, lens, longest, dh, dc)
+        elif lay.cell == GRU:
+            _gru_grad_step(lay, buf, layer, t, r, lens, longest, dh)
+        else:
+            _tanh_grad_step(lay, buf, layer, t, r, lens, longest, dh)
+        np.dot(dAh[t], W_hh, tmp_h)
+        for j in range(r):
+            for u in range(n):
+                dh[j, u] += tmp_h[j, u]
+    _weight_gradients(lay, params, G, buf, layer, r, longest, n_in)
+
+
+@njit(**NUMBA_OPTIONS)
+def _weight_gradients(lay, params, G, buf, layer, r, longest, n_in):
+    """All steps' weight gradients in one product each, the bias sums, and (above layer
+    0) the gradient of the layer below, ``dA @ W_ih``."""
+    n, gh = lay.hidden, lay.gates_per_unit * lay.hidden
+    dA = _mat(buf, lay.gates[layer], longest * r, gh)
+    dAh = _mat(buf, lay.dah[layer], longest * r, gh)
+    inputs = _layer_input(lay, buf, layer, r, longest)
+    np.dot(dA.T, inputs, _param_mat(G, lay.w_ih[layer], gh, n_in))
+    h_prev = _mat(buf, lay.H[layer], longest * r, n)  # h_{t-1}: states 0 .. T_c - 1
+    np.dot(dAh.T, h_prev, _param_mat(G, lay.w_hh[layer], gh, n))
+    _column_sums(dA, G, lay.b_ih[layer])
+    _column_sums(dAh, G, lay.b_hh[layer])
+    if layer > 0:
+        d_below = _mat(buf, lay.d_in0 if layer % 2 == 0 else lay.d_in1, longest * r, n)
+        np.dot(dA, _param_mat(params, lay.w_ih[layer], gh, n_in), d_below)
+
+
+# ---------------------------------------------------------------------------------------
+# one chunk, one batch
+
+
+@njit(**NUMBA_OPTIONS)  # not inlined: one compiled body for the serial and parallel loops
+def _chunk_pass(lay, data, params, scratch, batch, chunk):
+    """Forward, loss and BPTT of one chunk's sequences into its rows of the scratch."""
+    lo = (chunk * batch.rows) // batch.n_chunks
+    r = ((chunk + 1) * batch.rows) // batch.n_chunks - lo
+    buf, G, lens = scratch.buf[chunk], scratch.G[chunk], scratch.lens[chunk]
+    longest = _gather(lay, data, buf, lens, batch, lo, r)
+    for layer in range(lay.n_layers):
+        _layer_forward(lay, params, buf, layer, r, lens, longest)
+    scratch.chunk_loss[chunk, 0] = _head_loss(lay, data, params, buf, lens, batch, lo, r, longest)
+    d_top = _head_backward(lay, params, G, buf, r, longest)
+    for layer in range(lay.n_layers - 1, -1, -1):
+        _layer_backward(lay, params, G, buf, layer, r, lens, longest, d_top)
+        if layer > 0:
+            d_top = _mat(buf, lay.d_in0 if layer % 2 == 0 else lay.d_in1, longest * r, lay.hidden)
+
+
+@njit(parallel=True, **NUMBA_OPTIONS)
+def _chunks_parallel(lay, data, params, scratch, batch):
+    for chunk in prange(batch.n_chunks):
+        _chunk_pass(lay, data, params, scratch, batch, np.int64(chunk))
+
+
+@njit(**NUMBA_OPTIONS)
+def _n_chunks(lay, rows):
+    return min(MAX_CHUNKS, max(1, rows // lay.min_rows))
+
+
+@njit(**NUMBA_OPTIONS)
+def _make_batch(lay, data, order, shuffled, start, rows):
+    """The :class:`Batch`; its scale is 1 / (the batch's sequences, or its valid steps
+    for ``output="sequence"``)."""
+    total = rows
+    if lay.sequence:
+        total = 0
+        for j in range(rows):
+            total += data.lengths[order[start + j] if shuffled else start + j]
+    return Batch(order, shuffled, np.int64(start), np.int64(rows), _n_chunks(lay, rows), 1.0 / total)  # fmt: skip
+
+
+@njit(inline="always", **NUMBA_OPTIONS)  # inlined: ``mode`` is then a compile-time constant
+def _batch_gradient(lay, data, params, scratch, batch, mode):
+    """The batch's loss sum (per sequence, or per valid step scaled to the sequences);
+    ``G[0]`` receives the gradient of its mean loss."""
+    if mode == PARALLEL and batch.n_chunks > 1:
+        _chunks_parallel(lay, data, params, scratch, batch)
+    else:
+        for chunk in range(batch.n_chunks):
+            _chunk_pass(lay, data, params, scratch, batch, chunk)
+    _sum_chunks(scratch.G, batch.n_chunks, lay.n_params)
+    loss = 0.0
+    for c in range(batch.n_chunks):
+        loss += scratch.chunk_loss[c, 0]
+    # the mean loss of the batch times its rows, as the epoch loss adds it up
+    return loss * batch.scale * batch.rows
+
+
+@njit(**NUMBA_OPTIONS)
+def _add_squared_norms(lay, G, norms):
+    """``norms[i] += |weight gradient of layer i|**2``: recurrent layers ([W_ih, W_hh],
+    adjacent in the flat vector), then head layers."""
+    gh = lay.gates_per_unit * lay.hidden
+    for i in range(norms.shape[0]):
+        if i < lay.n_layers:
+            first, last = lay.w_ih[i], lay.w_hh[i] + gh * lay.hidden
+        else:
+            j = i - lay.n_layers
+            first = lay.head_w[j]
+            last = first + lay.head_sizes[j] * lay.head_sizes[j + 1]
+        total = 0.0
+        for q in range(first, last):
+            total += float(G[0, q]) ** 2
+        norms[i] += total
+
+
+def _make_train_epochs(mode):
+    """The epoch kernel of ``mode`` (a closure constant)."""
+
+    @njit(**NUMBA_OPTIONS)
+    def train_epochs_kernel(lay, data, state, update, block, scratch):
+        n = data.X.shape[0]
+        params, s, hyper = state.params, scratch, update.hyper
+        natural = np.empty(0, dtype=np.int64)
+        shuffled = block.orders.shape[0] > 0
+        finishing = hyper[opt.CLIP_VALUE] > 0.0 or hyper[opt.CLIP_NORM] > 0.0 or hyper[opt.L2] > 0.0  # fmt: skip
+        for epoch in range(block.n_epochs):
+            _copy_state(params, state.running, state.opt_state, state.step_count,
+                        s.saved_params, s.saved_running, s.saved_state, s.saved_step)  # fmt: skip
+            order = block.orders[epoch % block.orders.shape[0]] if shuffled else natural
+            norms = block.grad_norms[epoch]
+            for i in range(norms.shape[0]):
+                norms[i] = 0.0
+            loss_sum, n_batches = 0.0, 0
+            for start in range(0, n, update.batch_size):
+                rows = min(start + update.batch_size, n) - start
+                batch = _make_batch(lay, data, order, shuffled, start, rows)
+                loss_sum += _batch_gradient(lay, data, params, s, batch, mode)
+                _add_squared_norms(lay, s.G, norms)
+                n_batches += 1
+                _apply_update(
+                    params, s.G, 1.0, lay.n_weights, lay.n_params, update.opt_code, hyper,
+                    state.opt_state, state.step_count, block.lr_epochs[epoch], finishing,
+                )  # fmt: skip
+            end = _end_epoch(lay, state, update, block, s, epoch, loss_sum / n, n_batches)
+            if end >= 0:
+                return epoch + 1, end
+        return block.n_epochs, stopping.MAX_EPOCHS
+
+    return train_epochs_kernel
+
+
+def _make_loss_and_gradient(mode):
+    @njit(**NUMBA_OPTIONS)
+    def loss_and_gradient_kernel(lay, data, params, scratch):
+        n = data.X.shape[0]
+        natural = np.empty(0, dtype=np.int64)
+        batch = _make_batch(lay, data, natural, n < 0, 0, n)
+        loss = _batch_gradient(lay, data, params, scratch, batch, mode)
+        grad = np.empty_like(params)
+        for j in range(lay.n_params):
+            grad[j] = scratch.G[0, j]
+        return loss / n, grad
+
+    return loss_and_gradient_kernel
+
+
+_TRAIN_EPOCHS = (_make_train_epochs(SERIAL), _make_train_epochs(PARALLEL))
+_LOSS_AND_GRADIENT = (_make_loss_and_gradient(SERIAL), _make_loss_and_gradient(PARALLEL))
+
+
+# ---------------------------------------------------------------------------------------
+# Python side
+
+
+def make_layout(model, rows, n_steps, itemsize):
+    """The :class:`Layout` for batches of up to ``rows`` sequences of ``n_steps`` steps,
+    the workspace entries of one chunk and its most rows (see
+    :func:`fastgd.backends.recurrent_layout.workspace`)."""
+    cell, n = int(model.cell), int(model.hidden)
+    head = np.ascontiguousarray(model.head_sizes, dtype=np.int64)
+    off = rec.layout(cell, model.n_features, n, model.n_layers, head)
+    ws = workspace(model, rows, n_steps, itemsize)
+
+    def ints(key):
+        return np.array(ws[key], dtype=np.int64)
+
+    lay = Layout(
+        cell, int(model.n_features), n, int(model.n_layers), rec.GATES[cell], head,
+        int(model.head_activation), int(model.sequence), int(model.loss_code),
+        int(off["n_weights"]), int(off["n_params"]), chunk_rows(n),
+        off["w_ih"], off["w_hh"], off["b_ih"], off["b_hh"], off["head_w"], off["head_b"],
+        ws["xs"], ints("H"), ints("gates"), ints("dah"), ints("C"), ints("aux"), ws["d_in0"],
+        ws["d_in1"], ws["tmp"], ws["dh"], ws["dc"], ws["tmp_h"], ints("head_a"), ws["head_d0"],
+        ws["head_d1"],
+    )  # fmt: skip
+    return lay, ws["size"], ws["R"]
+
+
+def make_scratch(lay, chunk_size, R, params, running, opt_state):
+    """The :class:`Scratch` of a call; a clear error when it would not fit in memory."""
+    dtype = params.dtype
+    line = _CACHE_LINE_BYTES // dtype.itemsize
+    padded = -(-(lay.n_params + line) // line) * line
+    check_memory(chunk_size, padded, dtype.itemsize)
+    return Scratch(
+        np.empty((MAX_CHUNKS, chunk_size), dtype=dtype),
+        np.empty((MAX_CHUNKS, padded), dtype=dtype),
+        np.empty((MAX_CHUNKS, _CACHE_LINE_BYTES // 8)),
+        np.empty((MAX_CHUNKS, R), dtype=np.int64),
+        np.empty_like(params),
+        np.empty_like(running),
+        np.empty_like(opt_state),
+        np.empty(1, dtype=np.int64),
+    )
+
+
+def _kernel_data(data):
+    """The data with ``Y`` always 3-D, (n, 1, m) for ``output="last"``: one signature."""
+    Y = data.Y if data.Y.ndim == 3 else data.Y.reshape(data.Y.shape[0], 1, data.Y.shape[1])
+    return data._replace(Y=Y)
+
+
+def loss_and_gradient(model, data, params):
+    """Compiled; see :func:`fastgd.backends.numpy.recurrent.loss_and_gradient`."""
+    n, T = data.X.shape[0], data.X.shape[1]
+    lay, size, R = make_layout(model, n, T, params.dtype.itemsize)
+    scratch = make_scratch(lay, size, R, params, params[:0], params[:0].reshape(0, 0))
+    mode = PARALLEL if numba.config.NUMBA_NUM_THREADS > 1 and _n_chunks.py_func(lay, n) > 1 else SERIAL  # fmt: skip
+    with single_threaded_blas():
+        return _LOSS_AND_GRADIENT[mode](lay, _kernel_data(data), params, scratch)
+
+
+def train_epochs(model, data, state, update, block, n_threads):
+    """Compiled; see :meth:`fastgd.backends.contract.Backend.train_epochs`."""
+    rows = min(int(update.batch_size), data.X.shape[0])
+    lay, size, R = make_layout(model, rows, data.X.shape[1], state.params.dtype.itemsize)
+    scratch = make_scratch(lay, size, R, state.params, state.running, state.opt_state)
+    update = UpdateConfig(int(update.batch_size), int(update.opt_code), update.hyper,
+                          float(update.tol), int(update.n_iter_no_change))  # fmt: skip
+    block = EpochBlock(block.orders, block.lr_epochs, int(block.n_epochs), block.history,
+                       block.grad_norms)  # fmt: skip
+    parallel = n_threads > 1 and _n_chunks.py_func(lay, rows) > 1
+    mode = PARALLEL if parallel else SERIAL
+    threads = numba_threads(n_threads) if parallel else contextlib.nullcontext()
+    with threads, single_threaded_blas():
+        n_done, status = _TRAIN_EPOCHS[mode](lay, _kernel_data(data), state, update, block, scratch)  # fmt: skip
+    return int(n_done), int(status)

@@ -207,10 +207,11 @@ def test_csr_taken_without_copy_and_other_formats_converted():
 
 def test_fit_reads_the_callers_arrays():
     """The kernels get views of the caller's CSR arrays: nothing is copied."""
+    from fastgd.backends.contract import Data
     from fastgd.training.problem import container
 
     X, _ = sparse_problem(index=np.int64)
-    data = container(X, np.zeros((X.shape[0], 1)), np.empty(0))
+    data = container(Data(X, np.zeros((X.shape[0], 1)), np.empty(0)))
     for mine, theirs in ((data.values, X.data), (data.indices, X.indices), (data.indptr, X.indptr)):
         assert np.shares_memory(mine, theirs)
 

@@ -96,7 +96,7 @@ def train_epochs(model, data, state, update, block, n_threads):
     """Compiled training loop; see :meth:`fastgd.backends.contract.Backend.train_epochs`."""
     params = state.params
     (X, Y, weights, lengths), desc, par, n_params = _arrays(model, data, params)
-    hyper, lr_epochs, orders = _check_call(X, state, update, block)
+    hyper, lr_epochs, orders = _check_call(X.shape[0], state, update, block)
     n_layers = int(model.n_layers) + len(model.head_sizes) - 1
     norms = block.grad_norms
     if norms.dtype != np.float64 or norms.shape[0] < block.n_epochs or (

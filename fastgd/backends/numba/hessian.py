@@ -119,6 +119,15 @@ def _block_terms(Z, Y, weights, start, loss_code, D, Hw, want_h):
 
 
 @njit(**NUMBA_OPTIONS)
+def _times(A, B):
+    """``A @ B``; with one column in ``B``, a matrix-vector product: BLAS's gemm would
+    first copy (pack) all of ``A`` for a single column, as much work as the product."""
+    if B.shape[1] == 1:
+        return np.dot(A, B.reshape(B.shape[0])).reshape((A.shape[0], 1))
+    return np.dot(A, B)
+
+
+@njit(**NUMBA_OPTIONS)
 def _chunk(X, Y, weights, P, loss_code, want_h, lo, hi, rows, G, T):
     """Loss sum of rows ``lo:hi``; adds their gradient and Hessian sums to ``G`` and ``T``."""
     d = X.shape[1]
@@ -136,8 +145,8 @@ def _chunk(X, Y, weights, P, loss_code, want_h, lo, hi, rows, G, T):
             for j in range(d):
                 xb[r, j] = X[start + r, j]
             xb[r, d] = 1.0
-        loss += _block_terms(np.dot(xb, P), Y, weights, start, loss_code, D, Hw, want_h)
-        G += np.dot(xb.T, D[:m])
+        loss += _block_terms(_times(xb, P), Y, weights, start, loss_code, D, Hw, want_h)
+        G += _times(xb.T, D[:m])
         if want_h:
             _add_curvature(xb, Hw, S[:m], k, T)
     return loss

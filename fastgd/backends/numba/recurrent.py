@@ -33,7 +33,8 @@ from typing import NamedTuple
 import numba
 import numpy as np
 import scipy.linalg  # noqa: F401 - loads SciPy's BLAS (Numba's np.dot) before it is limited
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import overload
 
 from ..._config import MAX_CHUNKS, NUMBA_OPTIONS
 from ...specs import losses, stopping
@@ -167,20 +168,38 @@ def _tanh_rational(x):
     return min(max(p / q, -1.0), 1.0)
 
 
-@njit(**NUMBA_OPTIONS)
-def _th(x, fast):
-    """tanh: the rational function in float32 kernels (``fast``), libm's in float64."""
-    if fast:
-        return _tanh_rational(x)
-    return math.tanh(x)
+def _th(x, like):
+    """tanh of ``x``: the rational function in float32 kernels, libm's in float64 ones.
+
+    ``like`` is an array of the kernel's dtype. The choice is made when the kernel is
+    typed (:func:`_overload_th`), so the loops calling it hold no branch: with a runtime
+    flag, LLVM evaluated both sides (libm's tanh included) and selected.
+    """
+    raise NotImplementedError("compiled only")
 
 
-@njit(**NUMBA_OPTIONS)
-def _sigmoid(a, fast):
-    if fast:
-        return 0.5 + 0.5 * _tanh_rational(0.5 * a)
+def _sigmoid(a, like):
+    """The logistic function of ``a``, chosen by the dtype of ``like`` as :func:`_th`."""
+    raise NotImplementedError("compiled only")
+
+
+def _is_single(like):
+    return getattr(like, "dtype", like) == types.float32
+
+
+@overload(_th, jit_options=NUMBA_OPTIONS)
+def _overload_th(x, like):
+    if _is_single(like):
+        return lambda x, like: _tanh_rational(x)
+    return lambda x, like: math.tanh(x)
+
+
+@overload(_sigmoid, jit_options=NUMBA_OPTIONS)
+def _overload_sigmoid(a, like):
+    if _is_single(like):
+        return lambda a, like: 0.5 + 0.5 * _tanh_rational(0.5 * a)
     # 1 / (1 + exp(-a)): exp overflows to inf for a << 0, giving exactly 0, never NaN
-    return 1.0 / (1.0 + math.exp(-a))
+    return lambda a, like: 1.0 / (1.0 + math.exp(-a))
 
 
 @njit(**NUMBA_OPTIONS)
@@ -222,7 +241,7 @@ def _gather(lay, data, buf, lens, batch, lo, r):
 
 
 @njit(**NUMBA_OPTIONS)
-def _lstm_step(lay, params, buf, layer, t, r, lens, longest, fast):
+def _lstm_step(lay, params, buf, layer, t, r, lens, longest):
     """Gates and state of step ``t`` of every row, from the projections and ``tmp``."""
     n, g4 = lay.hidden, 4 * lay.hidden
     gates = _cube(buf, lay.gates[layer], longest, r, g4)[t]
@@ -241,21 +260,21 @@ def _lstm_step(lay, params, buf, layer, t, r, lens, longest, fast):
             gates[j, q] = gates[j, q] + tmp[j, q] + (params[bi + q] + params[bh + q])
         # one simple loop per activation (no branch per unit): they vectorize
         for q in range(2 * n):
-            gates[j, q] = _sigmoid(gates[j, q], fast)
+            gates[j, q] = _sigmoid(gates[j, q], buf)
         for q in range(2 * n, 3 * n):
-            gates[j, q] = _th(gates[j, q], fast)
+            gates[j, q] = _th(gates[j, q], buf)
         for q in range(3 * n, g4):
-            gates[j, q] = _sigmoid(gates[j, q], fast)
+            gates[j, q] = _sigmoid(gates[j, q], buf)
         for u in range(n):
             c = gates[j, n + u] * C[t, j, u] + gates[j, u] * gates[j, 2 * n + u]
             C[t + 1, j, u] = c
-            tc = _th(c, fast)
+            tc = _th(c, buf)
             tanh_c[j, u] = tc
             H[t + 1, j, u] = gates[j, 3 * n + u] * tc
 
 
 @njit(**NUMBA_OPTIONS)
-def _gru_step(lay, params, buf, layer, t, r, lens, longest, fast):
+def _gru_step(lay, params, buf, layer, t, r, lens, longest):
     """GRU gates (r, z, n stored), ``hn`` and the state of step ``t``."""
     n = lay.hidden
     gates = _cube(buf, lay.gates[layer], longest, r, 3 * n)[t]
@@ -269,17 +288,17 @@ def _gru_step(lay, params, buf, layer, t, r, lens, longest, fast):
                 H[t + 1, j, u] = H[t, j, u]
             continue
         for u in range(n):
-            rg = _sigmoid(gates[j, u] + params[bi + u] + tmp[j, u] + params[bh + u], fast)
-            zg = _sigmoid(gates[j, n + u] + params[bi + n + u] + tmp[j, n + u] + params[bh + n + u], fast)  # fmt: skip
+            rg = _sigmoid(gates[j, u] + params[bi + u] + tmp[j, u] + params[bh + u], buf)
+            zg = _sigmoid(gates[j, n + u] + params[bi + n + u] + tmp[j, n + u] + params[bh + n + u], buf)  # fmt: skip
             hn = tmp[j, 2 * n + u] + params[bh + 2 * n + u]
-            cand = _th(gates[j, 2 * n + u] + params[bi + 2 * n + u] + rg * hn, fast)
+            cand = _th(gates[j, 2 * n + u] + params[bi + 2 * n + u] + rg * hn, buf)
             gates[j, u], gates[j, n + u], gates[j, 2 * n + u] = rg, zg, cand
             hn_t[j, u] = hn
             H[t + 1, j, u] = (1.0 - zg) * cand + zg * H[t, j, u]
 
 
 @njit(**NUMBA_OPTIONS)
-def _tanh_step(lay, params, buf, layer, t, r, lens, longest, fast):
+def _tanh_step(lay, params, buf, layer, t, r, lens, longest):
     n = lay.hidden
     gates = _cube(buf, lay.gates[layer], longest, r, n)[t]
     H = _cube(buf, lay.H[layer], longest + 1, r, n)
@@ -291,7 +310,7 @@ def _tanh_step(lay, params, buf, layer, t, r, lens, longest, fast):
                 H[t + 1, j, u] = H[t, j, u]
             continue
         for u in range(n):
-            H[t + 1, j, u] = _th(gates[j, u] + params[bi + u] + tmp[j, u] + params[bh + u], fast)
+            H[t + 1, j, u] = _th(gates[j, u] + params[bi + u] + tmp[j, u] + params[bh + u], buf)
 
 
 @njit(**NUMBA_OPTIONS)
@@ -319,15 +338,14 @@ def _layer_forward(lay, params, buf, layer, r, lens, longest):
             if lay.cell == LSTM:
                 C[0, j, u] = 0.0
     tmp = _mat(buf, lay.tmp, r, gh)
-    fast = buf.itemsize == 4  # float32: the rational tanh (see _tanh_rational)
     for t in range(longest):
         np.dot(H[t], W_hh.T, tmp)
         if lay.cell == LSTM:
-            _lstm_step(lay, params, buf, layer, t, r, lens, longest, fast)
+            _lstm_step(lay, params, buf, layer, t, r, lens, longest)
         elif lay.cell == GRU:
-            _gru_step(lay, params, buf, layer, t, r, lens, longest, fast)
+            _gru_step(lay, params, buf, layer, t, r, lens, longest)
         else:
-            _tanh_step(lay, params, buf, layer, t, r, lens, longest, fast)
+            _tanh_step(lay, params, buf, layer, t, r, lens, longest)
 
 
 # ---------------------------------------------------------------------------------------

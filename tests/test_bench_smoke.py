@@ -70,6 +70,13 @@ def test_quick_suite_table_json_and_checks(quick_run, capsys):
     fastgd_runs = [r for r in exact if r["solver"].startswith("fastgd")]
     assert {r["family"] for r in fastgd_runs} == {"newton", "lbfgs"}
     assert all(r["reached"] and r["median_s"] > 0 for r in fastgd_runs), fastgd_runs
+    # the recurrent table: LSTM and GRU on every backend, parameters checked against numpy
+    assert "Recurrent networks" in printed
+    recurrent = payload["recurrent"]
+    assert {(r["cell"], r["contender"]) for r in recurrent} >= {
+        (cell, b) for cell in ("lstm", "gru") for b in backends
+    }
+    assert all(r["check"] is None and r["samples_per_s"] > 0 for r in recurrent), recurrent
 
 
 def test_quick_suite_checks_the_mlp_exactly(quick_run):

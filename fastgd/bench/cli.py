@@ -8,6 +8,7 @@ import time
 
 from . import report, roofline
 from .models import MODELS
+from .recurrent import recurrent_case, recurrent_rows
 from .solvers import solver_case, solver_rows
 from .suite import BenchConfig, batch_label, parse_batch, run_grid, scaling
 from .system import BLAS_VARIABLES, machine_info, max_threads, measure_memory, measure_startup
@@ -18,9 +19,11 @@ from .system import BLAS_VARIABLES, machine_info, max_threads, measure_memory, m
 # Measured on a shared 2-core 2.5 GHz Xeon VM with PyTorch: --quick 37 s, of which 12 s
 # PyTorch's timed runs (at 2,000 rows it took 90 s); the standard suite about 6 minutes.
 STANDARD = dict(rows=10_000, features=100, epochs=2, full_epochs=50, repeats=5, max_time=0.5,
-                memory_rows="20000,200000", solver_shapes="200000x100,20000x1000")  # fmt: skip
+                memory_rows="20000,200000", solver_shapes="200000x100,20000x1000",
+                rnn_hidden="32,128", rnn_sequences=1024)  # fmt: skip
 QUICK = dict(rows=500, features=20, epochs=2, full_epochs=20, repeats=3, max_time=0.2,
-             memory_rows="5000", solver_shapes="2000x20")  # fmt: skip
+             memory_rows="5000", solver_shapes="2000x20", rnn_hidden="32",
+             rnn_sequences=256)  # fmt: skip
 
 FAIRNESS = (
     "Same algorithm (plain SGD, same loss, learning rate, batch size, epochs, start), same data, "
@@ -83,6 +86,13 @@ def add_arguments(parser):
         f"default {STANDARD['solver_shapes']}, quick {QUICK['solver_shapes']})",
     )
     add("--no-solvers", action="store_true", help="skip the second-order table")
+    add(
+        "--rnn-hidden",
+        help="hidden sizes of the recurrent table (LSTM and GRU against PyTorch; "
+        f"default {STANDARD['rnn_hidden']}, quick {QUICK['rnn_hidden']})",
+    )
+    add("--rnn-sequences", type=int, help="sequences per epoch of the recurrent table")
+    add("--no-recurrent", action="store_true", help="skip the recurrent-network table")
     add(
         "--no-roofline",
         action="store_true",
@@ -152,6 +162,48 @@ def _solvers(args, config, sizes, log):
         n, d = (int(x) for x in shape.split("x"))
         records += solver_case(n, d, max(config.threads), backends, min(config.repeats, 3), log)
     return records
+
+
+def _extras(args, config, sizes, log):
+    """The measurements beside the grid, each skipped by its ``--no-...`` option."""
+    extra = dict(memory=[], solvers=[], recurrent=[], startup=[])
+    if not args.no_memory and config.models:
+        rows = _csv(args.memory_rows or sizes["memory_rows"], int)
+        log("peak memory (one new process per size) ...")
+        extra["memory"] = measure_memory(config.models[0], rows, config.features,
+                                         config.backends, dtype=config.dtypes[0],
+                                         threads=max(config.threads), log=log)  # fmt: skip
+    if not args.no_solvers:
+        log("second-order solvers: time to the optimum ...")
+        extra["solvers"] = _solvers(args, config, sizes, log)
+    if not args.no_recurrent:
+        log("recurrent networks: LSTM and GRU against PyTorch ...")
+        extra["recurrent"] = _recurrent(args, config, sizes, log)
+    if not args.no_startup:
+        log("import and first fit in a new process ...")
+        extra["startup"] = measure_startup(config.backends,
+                                           cold=not (args.no_cold or args.quick), log=log)  # fmt: skip
+    return extra
+
+
+def _recurrent(args, config, sizes, log):
+    """Records of the recurrent table (:mod:`fastgd.bench.recurrent`): LSTM and GRU at each
+    hidden size, float32, the most threads of the run."""
+    n = args.rnn_sequences or sizes["rnn_sequences"]
+    records = []
+    for cell in ("lstm", "gru"):
+        for hidden in _csv(args.rnn_hidden or sizes["rnn_hidden"], int):
+            records += recurrent_case(cell, hidden, n, 2, max(config.threads), config.backends,
+                                      min(config.repeats, 3), log)  # fmt: skip
+    return records
+
+
+def _recurrent_section(records, limits, threads, out, md):
+    peak = limits.get("matmul_gflops", {}).get("float32", {}).get(str(threads)) if limits else None
+    _section(f"Recurrent networks: training samples/s (50 steps x 16 features, batch 64, "
+             f"float32, Adam, {threads} threads; PyTorch runs the same nn.LSTM/nn.GRU + "
+             "nn.Linear; check = parameters against the numpy backend's):",
+             recurrent_rows(records, peak and peak * 1e9), out, md)  # fmt: skip
 
 
 def _section(title, header_rows, out, md):
@@ -233,20 +285,8 @@ def run(args, out=None):
     except (ImportError, ValueError):
         pass
 
-    memory = []
-    if not args.no_memory and config.models:
-        rows = _csv(args.memory_rows or sizes["memory_rows"], int)
-        log("peak memory (one new process per size) ...")
-        memory = measure_memory(config.models[0], rows, config.features, config.backends,
-                                dtype=config.dtypes[0], threads=max(config.threads), log=log)  # fmt: skip
-    solvers = []
-    if not args.no_solvers:
-        log("second-order solvers: time to the optimum ...")
-        solvers = _solvers(args, config, sizes, log)
-    startup = []
-    if not args.no_startup:
-        log("import and first fit in a new process ...")
-        startup = measure_startup(config.backends, cold=not (args.no_cold or args.quick), log=log)
+    extra = _extras(args, config, sizes, log)
+    memory, solvers, recurrent, startup = (extra[k] for k in ("memory", "solvers", "recurrent", "startup"))  # fmt: skip
 
     md = []
     _section("Throughput in samples/s (speed-up over the tight NumPy loop, numpy-loop; numpy = fastgd's reference backend):",
@@ -261,9 +301,14 @@ def run(args, out=None):
     _section("Second-order solvers: time to the L2-logistic optimum (float64, C = 1, "
              f"{max(config.threads)} threads; 'reached' = within 1e-8 of the best objective):",
              solver_rows(solvers), out, md)  # fmt: skip
+    _recurrent_section(recurrent, limits, max(config.threads), out, md)
     _section("Peak memory of a fit (new process per size):", report.memory_rows(memory), out, md)
     _section("Import and first fit in a new process:", report.startup_rows(startup), out, md)
     failed = _log_notes(records, skipped, log)
+    for r in recurrent:
+        if r["check"]:
+            failed.append(r)
+            log(f"CHECK FAILED: {r['cell']} {r['hidden']} on {r['contender']}: {r['check']}")
     elapsed = time.perf_counter() - started
 
     payload = dict(
@@ -273,7 +318,8 @@ def run(args, out=None):
         settings=dict(dataclasses.asdict(config),
                       batch_sizes=[batch_label(b) for b in config.batch_sizes]),  # fmt: skip
         machine=machine, fairness=FAIRNESS, ok=not failed, grid=records, skipped=skipped,
-        scaling=scale, memory=memory, startup=startup, solvers=solvers, roofline=limits,
+        scaling=scale, memory=memory, startup=startup, solvers=solvers, recurrent=recurrent,
+        roofline=limits,
     )  # fmt: skip
     path = report.write_json(args.json, payload)
     log(f"\nwrote {path}")

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 
 
-def check_features(X, name="X", n_features=None, allow_1d=True):
+def check_features(X, name="X", n_features=None, allow_1d=True, finite=True):
     """Validate a feature matrix and return it as a C-contiguous float array.
 
     Parameters
@@ -26,6 +26,10 @@ def check_features(X, name="X", n_features=None, allow_1d=True):
         If given, the required number of columns.
     allow_1d : bool
         Whether a 1-D array is accepted as a single feature.
+    finite : bool, default True
+        Check that no entry is NaN or infinite. ``fit`` passes False and leaves the check
+        to training (:func:`check_finite_after`): a dense pass over X before the first
+        epoch would cost most of an epoch's time.
 
     Returns
     -------
@@ -60,7 +64,8 @@ def check_features(X, name="X", n_features=None, allow_1d=True):
         )
     dtype = arr.dtype if arr.dtype in (np.float32, np.float64) else np.float64
     arr = np.ascontiguousarray(arr, dtype=dtype)
-    _check_finite(arr, name)
+    if finite:
+        _check_finite(arr, name)
     if n_features is not None and arr.shape[1] != n_features:
         raise ValueError(
             f"{name} has {arr.shape[1]} features, but the model was fit with {n_features}"
@@ -240,6 +245,29 @@ def _all_finite(arr):
     flat = arr.reshape(arr.shape[0], -1) if arr.ndim > 1 else arr.reshape(-1, 1)
     step = max(1, (1 << 16) // max(1, flat.shape[1]))
     return all(np.isfinite(flat[i : i + step]).all() for i in range(0, flat.shape[0], step))
+
+
+def check_finite_after(X, history, stop_reason, name="X"):
+    """The finiteness check of ``X`` deferred to after training.
+
+    A NaN or an infinity in ``X`` makes the loss of the first epoch (or the first
+    full-batch evaluation) non-finite, since every row's loss enters it: training then
+    stops as diverged. So only a run that did not complete a finite epoch (diverged,
+    interrupted, or none) pays for the exact check here, which raises the same
+    ``ValueError`` as the check before training would have.
+
+    Parameters
+    ----------
+    X : ndarray
+        The training rows as validated with ``finite=False``.
+    history : ndarray
+        The loss of each completed epoch (iteration, for the full-batch solvers); empty
+        when none completed.
+    stop_reason : str
+    name : str, default "X"
+    """
+    if stop_reason in ("diverged", "interrupted") or not (history.size and np.isfinite(history[0])):
+        _check_finite(X, name)
 
 
 def _check_finite(arr, name):

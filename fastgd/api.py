@@ -6,6 +6,7 @@ options -> problem (data, model spec, validation split) -> initial state -> trai
 
 import functools
 
+from ._validation import check_finite_after
 from .backends import get_backend
 from .distributed import is_dask_collection
 from .network import MLP
@@ -247,6 +248,8 @@ def fit(
         run = solve(backend, problem, options, state, observers)
     else:
         run = train(backend, problem, options, state, rates, observers)
+    if problem.unchecked is not None:  # X's NaN/inf check, deferred to here (see its doc)
+        check_finite_after(problem.unchecked, run.history[: run.done], run.stop_reason)
     return finish(
         problem, options, run, backend, observers, model if isinstance(model, (MLP, RNN)) else None
     )

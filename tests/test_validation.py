@@ -1,5 +1,7 @@
 """Bad input gets a ValueError that names the argument and the problem."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -105,3 +107,49 @@ def test_large_finite_values_are_not_mistaken_for_infinite():
     X[2, 1] = np.inf
     with pytest.raises(ValueError, match="X contains 0 NaN and 1 infinite values"):
         check_features(X)
+
+
+# --- the finiteness check of X, deferred to after training -------------------------------
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+@pytest.mark.parametrize(
+    "model, optimizer, batch_size",
+    [
+        ("linear", "sgd", 1),
+        ("logistic", "adam", 32),
+        ("softmax", "sgd", None),
+        ("logistic", "lbfgs", None),
+        (fastgd.MLP(hidden=(3,)), "adam", 16),
+    ],
+    ids=["linear-b1", "logistic-b32", "softmax-full", "logistic-lbfgs", "mlp-b16"],
+)
+def test_nan_in_X_still_raises_after_the_deferred_check(backend, model, optimizer, batch_size, bad):
+    # fit checks X's finiteness after training (a NaN makes the first epoch's loss NaN):
+    # the same ValueError as before, whatever the backend, model or solver, no warning
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((200, 4))
+    X[-1, 2] = bad  # the last row: visited last in the epoch
+    z = X[:, 0] - X[:, 1]
+    y = z if model == "linear" else (z > 0).astype(int) + (z > 1) * (model == "softmax")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match="X contains 1 NaN and 0 infinite|X contains 0 NaN and 1 infinite"):  # fmt: skip
+            fastgd.fit(X, y, model=model, backend=backend, optimizer=optimizer,
+                       batch_size=batch_size, epochs=3)  # fmt: skip
+
+
+def test_clean_dense_X_is_not_read_before_training(monkeypatch):
+    # no pass over X for NaN before the first epoch: the exact check runs only when the
+    # run did not end a finite first epoch (see _validation.check_finite_after)
+    from fastgd import _validation
+
+    checked = []
+    original = _validation._check_finite
+    monkeypatch.setattr(_validation, "_check_finite", lambda a, name: checked.append(a.shape) or original(a, name))  # fmt: skip
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((300, 5))
+    fastgd.fit(X, X[:, 0], backend="numpy", epochs=2)
+    assert (300, 5) not in checked
+    fastgd.fit(X, X[:, 0], backend="numpy", epochs=2, early_stopping=True)
+    assert (300, 5) in checked  # held-out rows never enter the training loss: checked first

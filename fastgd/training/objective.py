@@ -77,6 +77,13 @@ def data_terms(backend, model, data, x, n_threads, hessian):
     linear family, in float64, with or without ``H``. The Dask driver runs this very
     function on each chunk of rows.
     """
+    # a non-finite value (divergence, or NaN in X: its check comes after training) ends the
+    # run with its own report; NumPy's RuntimeWarnings along the way would only add noise
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        return _data_terms(backend, model, data, x, n_threads, hessian)
+
+
+def _data_terms(backend, model, data, x, n_threads, hessian):
     linear = isinstance(model, LinearModel)
     dtype = data.Y.dtype  # the data's (sparse rows have no X)
     # sparse rows have no Newton pass: their float32 sums stay in float32

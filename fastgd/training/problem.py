@@ -27,6 +27,8 @@ class Problem:
     validation_rows: np.ndarray | None
     single_target: bool
     feature_names: np.ndarray | None = None
+    # dense X whose finiteness is checked after training (check_finite_after), or None
+    unchecked: np.ndarray | None = None
 
 
 def check_model(model):
@@ -48,12 +50,14 @@ def prepare_problem(X, y, model, arguments):
     -------
     Problem
     """
+    unchecked = None
     if isinstance(model, RNN):
         X, Y, classes, lengths, feature_names = _sequences(X, y, model, arguments)
     else:
         if arguments.get("lengths") is not None:
             raise ValueError("lengths is only for sequence models (model=fastgd.RNN(...))")
         X, Y, classes, feature_names = _rows(X, y, model, arguments)
+    unchecked = X if isinstance(X, np.ndarray) and not arguments["early_stopping"] else None
     n, d = X.shape[0], X.shape[-1]
     weights = v.check_sample_weight(arguments["sample_weight"], n, X.dtype)
     seed = arguments["seed"]
@@ -73,7 +77,7 @@ def prepare_problem(X, y, model, arguments):
     single = spec.task != "regression" or np.ndim(y) == (
         2 if getattr(spec, "sequence", False) else 1
     )
-    return Problem(spec, data, classes, validation, rows, single, feature_names)
+    return Problem(spec, data, classes, validation, rows, single, feature_names, unchecked)
 
 
 def container(data):
@@ -105,7 +109,8 @@ def check_sparse_support(problem, optimizer_code, backend_name):
 def _rows(X, y, model, arguments):
     """Samples of the linear models and MLPs: (n, d) features and encoded targets."""
     X, y, feature_names = frames_to_arrays(X, y)  # pandas: arrays and column names
-    X = v.check_features(X)
+    # early stopping holds rows out of training: their NaN would not show in its loss
+    X = v.check_features(X, finite=arguments["early_stopping"])
     kind = model
     if isinstance(model, MLP):
         kind = "linear" if model.task == "regression" else "softmax"

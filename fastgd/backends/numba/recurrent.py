@@ -33,7 +33,7 @@ from typing import NamedTuple
 import numba
 import numpy as np
 import scipy.linalg  # noqa: F401 - loads SciPy's BLAS (Numba's np.dot) before it is limited
-from numba import njit, prange
+from numba import prange
 
 from ..._config import MAX_CHUNKS, NUMBA_OPTIONS
 from ...specs import losses, stopping
@@ -42,9 +42,10 @@ from ...specs import recurrent as rec
 from ..blas import single_threaded_blas
 from ..contract import EpochBlock, UpdateConfig
 from ..recurrent_layout import check_memory, chunk_rows, workspace
-from .network import _activate_rows, _copy_state, _end_epoch, _times_slope_rows
+from .cache import njit
+from .network import _activate_rows, _copy_state, _end_epoch, _halt, _times_slope_rows
 from .threads import numba_threads
-from .update import _apply_update, _sum_chunks
+from .update import _apply_update, _interrupted, _sum_chunks
 
 LSTM, GRU, TANH = rec.LSTM, rec.GRU, rec.TANH
 MSE, BCE = losses.MSE, losses.BINARY_CROSS_ENTROPY
@@ -647,6 +648,8 @@ def _make_train_epochs(mode):
                 norms[i] = 0.0
             loss_sum, n_batches = 0.0, 0
             for start in range(0, n, update.batch_size):
+                if _interrupted(state.stop_state):  # Ctrl-C: polled before each batch
+                    return epoch, _halt(state, s)
                 rows = min(start + update.batch_size, n) - start
                 batch = _make_batch(lay, data, order, shuffled, start, rows)
                 loss_sum += _batch_gradient(lay, data, params, s, batch, mode)

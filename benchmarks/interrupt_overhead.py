@@ -5,6 +5,8 @@ Usage (from the repository root; run it also from a copy of an older tree to com
     flock /tmp/fastgd-bench.lock python benchmarks/interrupt_overhead.py
     flock /tmp/fastgd-bench.lock python benchmarks/interrupt_overhead.py --latency
 
+(``PYTHONPATH=<tree>`` in front when the installed fastgd is another checkout's.)
+
 Overhead, medians of ``--repeats`` fits (training time only, compile excluded), small
 data (100 x 5 float64) where fixed costs are largest:
 

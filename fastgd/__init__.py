@@ -4,7 +4,7 @@
 >>> result = fastgd.fit(X, y, model="logistic", batch_size=32, epochs=10)  # doctest: +SKIP
 """
 
-from .api import DivergenceError, DivergenceWarning, fit
+from .api import DivergenceError, DivergenceWarning, InterruptedWarning, fit
 from .backends import available_backends
 from .diagnostics import GradientWarning
 from .network import MLP
@@ -40,6 +40,7 @@ __all__ = [
     "GradientWarning",
     "DivergenceWarning",
     "DivergenceError",
+    "InterruptedWarning",
     "available_backends",
     "show_config",
     "__version__",

@@ -15,11 +15,17 @@ from .specs.optimizers import SECOND_ORDER
 from .training import observers as obs
 from .training.options import resolve_options
 from .training.problem import check_model, check_sparse_support, initial_state, prepare_problem
-from .training.report import DivergenceError, DivergenceWarning, finish, snapshot
+from .training.report import (
+    DivergenceError,
+    DivergenceWarning,
+    InterruptedWarning,
+    finish,
+    snapshot,
+)
 from .training.solvers import solve
 from .training.trainer import train
 
-__all__ = ["fit", "DivergenceError", "DivergenceWarning"]
+__all__ = ["fit", "DivergenceError", "DivergenceWarning", "InterruptedWarning"]
 
 
 def fit(
@@ -201,6 +207,13 @@ def fit(
 
     Notes
     -----
+    **Ctrl-C.** A ``KeyboardInterrupt`` (SIGINT) while ``fit`` trains in the main thread
+    stops training at the end of the current mini-batch (Newton, L-BFGS: iteration) and
+    returns the result so far with ``stop_reason == "interrupted"`` and an
+    :class:`InterruptedWarning`; its parameters and optimizer state are those after the
+    last whole update, so ``fit(..., init=result)`` resumes from them. A second Ctrl-C
+    raises ``KeyboardInterrupt``.
+
     **Dask input.** ``X`` may be a ``dask.array`` chunked by rows (one chunk along the
     columns) or a ``dask.dataframe``; ``y`` and ``sample_weight`` a Dask or NumPy array
     of the same length. Training runs on the current ``distributed.Client`` (else Dask's

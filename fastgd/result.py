@@ -28,12 +28,14 @@ class FitResult:
         Learning rate of each epoch, as the schedule set it (before the per-update factor
         ``t**-power`` of inverse scaling).
     n_epochs : int
-        Number of epochs run (including a diverged one, whose update was discarded).
+        Number of epochs run (including a diverged one, whose update was discarded; not
+        the epoch an interruption cut short, whose updates are in ``params``).
     stop_reason : {"max_epochs", "converged", "diverged", "callback", "early_stopping", \
-"line_search_failed"}
+"line_search_failed", "interrupted"}
         Why training stopped: all epochs run, the tolerance rule, a NaN/inf loss, the
         callback returned True, or the validation loss stopped improving; Newton and
-        L-BFGS may also stop when no step length decreases the objective.
+        L-BFGS may also stop when no step length decreases the objective; Ctrl-C stops
+        at the end of the current mini-batch (or solver iteration) with "interrupted".
     backend : str
         The backend that ran the training loop.
     n_threads : int

@@ -40,6 +40,9 @@ def show_config(file=None):
         info["numba"] = numba.__version__
         info["numba threads (NUMBA_NUM_THREADS)"] = numba.config.NUMBA_NUM_THREADS
         info["numba threading layer"] = numba.config.THREADING_LAYER
+        from .backends.numba.cache import cache_root
+
+        info["numba kernel cache"] = cache_root() or "none: compiled in each process"
     except ImportError:
         pass
     if "cython" in available_backends():

@@ -10,6 +10,7 @@ NumPy's BLAS with :func:`blas_threads` for fair comparisons.
 
 import contextlib
 import sys
+import threading
 
 # threadpoolctl finds the loaded BLAS libraries by reading the process's memory map (about
 # 1 to 10 ms, measured: more than a small Newton pass). The controller it builds is kept,
@@ -46,6 +47,29 @@ def blas_threads(n):
     return controller.limit(limits=n, user_api="blas")
 
 
+# Kernel calls from several Python threads at once share one limit: the first to enter
+# sets it, the last to leave restores the original counts. (Nested threadpoolctl limits
+# from several threads would restore out of order: a thread could run its kernel with
+# multi-threaded BLAS, or leave the process pinned to one thread after every fit ended.)
+_PINNED = {"count": 0, "limiter": None}
+_PIN_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
 def single_threaded_blas():
-    """Context manager: BLAS libraries use one thread inside it."""
-    return blas_threads(1)
+    """Context manager: BLAS libraries use one thread inside it (thread-safe: concurrent
+    holders share one limit, restored when the last leaves)."""
+    with _PIN_LOCK:
+        if _PINNED["count"] == 0:
+            limiter = blas_threads(1)
+            limiter.__enter__()
+            _PINNED["limiter"] = limiter
+        _PINNED["count"] += 1
+    try:
+        yield
+    finally:
+        with _PIN_LOCK:
+            _PINNED["count"] -= 1
+            if _PINNED["count"] == 0:
+                _PINNED["limiter"].__exit__(None, None, None)
+                _PINNED["limiter"] = None

@@ -31,6 +31,7 @@ except ``hyper``, ``net_hyper``, ``stop_state``, ``lr_epochs``, ``history`` and
 ``grad_norms``, which are float64; codes and counts are int64.
 """
 
+import contextlib
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol, runtime_checkable
 
@@ -228,9 +229,10 @@ class State(NamedTuple):
         Optimizer state (rows named in :data:`fastgd.specs.optimizers.STATE_ROWS`).
     step_count : ndarray of int64, shape (1,)
         Updates made so far (the ``t`` of bias corrections and inverse scaling).
-    stop_state : ndarray of float64, shape (3,)
-        ``[best_loss, n_no_change, first_loss]`` of the stopping rules
-        (:mod:`fastgd.specs.stopping`).
+    stop_state : ndarray of float64, shape (4,)
+        ``[best_loss, n_no_change, first_loss, interrupt]`` of the stopping rules
+        (:mod:`fastgd.specs.stopping`); ``interrupt`` is set to 1 from another thread to
+        stop at the end of the current mini-batch.
     """
 
     params: np.ndarray
@@ -311,7 +313,9 @@ class Backend(Protocol):
 
         Returns ``(n_done, status)``: epochs run (a diverged one included) and a code of
         :mod:`fastgd.specs.stopping`. On divergence ``state`` is restored to the start of
-        the diverged epoch. Results do not depend on ``n_threads``.
+        the diverged epoch. Once ``state.stop_state[INTERRUPT]`` is non-zero, no further
+        mini-batch starts: ``(completed epochs, INTERRUPTED)`` with the state after the
+        last whole update. Results do not depend on ``n_threads``.
         """
 
     def loss_and_gradient(self, model, data, params) -> tuple:
@@ -379,6 +383,13 @@ class ModuleBackend:
         ``prepare(data)`` -> the :class:`Data` the kernels get (e.g. read-only views).
     hessian : module, optional
         Module with ``loss_gradient_hessian`` for :class:`LinearModel` (Newton's pass).
+    releases_gil : bool, default True
+        The kernels release the GIL for their whole call: ``fit`` then runs them in a
+        worker thread, and the main thread stays free to handle Ctrl-C
+        (:mod:`fastgd.training.interrupt`). False for Python loops (the reference).
+    guard : callable, optional
+        ``guard()`` -> a context manager held around every kernel call (the Numba
+        backend serializes its calls under the ``workqueue`` threading layer).
     """
 
     name: str
@@ -386,6 +397,11 @@ class ModuleBackend:
     threads: object
     prepare: object = None
     hessian: object = None
+    releases_gil: bool = True
+    guard: object = None
+
+    def _guard(self):
+        return contextlib.nullcontext() if self.guard is None else self.guard()
 
     def _data(self, data):
         return data if self.prepare is None or data is None else self.prepare(data)
@@ -404,12 +420,15 @@ class ModuleBackend:
 
     def train_epochs(self, model, data, state, update, block, n_threads):
         """See :meth:`Backend.train_epochs`."""
-        module = self._module(model)
-        return module.train_epochs(model, self._data(data), state, update, block, n_threads)
+        module, data = self._module(model), self._data(data)
+        with self._guard():
+            return module.train_epochs(model, data, state, update, block, n_threads)
 
     def loss_and_gradient(self, model, data, params):
         """See :meth:`Backend.loss_and_gradient`."""
-        return self._module(model).loss_and_gradient(model, self._data(data), params)
+        module, data = self._module(model), self._data(data)
+        with self._guard():
+            return module.loss_and_gradient(model, data, params)
 
     def loss_gradient_hessian(self, model, data, params, n_threads, hessian=True):
         """See :meth:`Backend.loss_gradient_hessian`."""
@@ -419,4 +438,5 @@ class ModuleBackend:
                 "Newton's method is for the linear family (use L-BFGS for networks)"
             )
         data = self._data(data)
-        return self.hessian.loss_gradient_hessian(model, data, params, n_threads, hessian)
+        with self._guard():
+            return self.hessian.loss_gradient_hessian(model, data, params, n_threads, hessian)

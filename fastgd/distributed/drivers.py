@@ -114,6 +114,8 @@ class LocalSGDDriver:
             self.cluster.map(warm_up, self.data.chunks, (self.name, model, state, update))
             return 0, stopping.MAX_EPOCHS
         for e in range(block.n_epochs):
+            if state.stop_state[stopping.INTERRUPT]:  # Ctrl-C: at the end of an epoch
+                return e, stopping.INTERRUPTED
             saved = snapshot(state)
             loss = self._epoch(model, state, update, block.lr_epochs[e], block.grad_norms, e)
             loss += penalty_value(state.params, self.spec.n_weights, update.hyper)

@@ -12,9 +12,18 @@ The stopping rules themselves, applied after every epoch by each backend:
   ``tol = -inf`` disables the rule (no loss exceeds ``best + inf``).
 - ``epochs`` is the upper bound on the number of epochs.
 
-The rule state carried between kernel calls is
-``stop_state = [best_loss, n_no_change, first_loss]`` (``first_loss`` NaN until the first
-epoch of the run has ended).
+- interruption (Ctrl-C): ``stop_state[INTERRUPT]`` is set to 1 from another thread (or
+  a signal handler, :mod:`fastgd.training.interrupt`); every backend polls it before each
+  mini-batch (each row on the per-sample paths) and returns :data:`INTERRUPTED` with the
+  state after the last whole update. That state is consistent (the optimizer state and
+  update count match the parameters), so ``init=`` resumes from it; should it hold a
+  NaN/inf (an epoch that would have diverged), the state of the epoch's start is put back.
+  The epochs counted as done are the completed ones: the interrupted epoch's updates are
+  in the parameters, not in the loss history.
+
+The state carried between kernel calls is
+``stop_state = [best_loss, n_no_change, first_loss, interrupt]`` (``first_loss`` NaN until
+the first epoch of the run has ended; ``interrupt`` 0, or 1 once a stop was requested).
 """
 
 import numpy as np
@@ -22,6 +31,10 @@ import numpy as np
 MAX_EPOCHS = 0
 CONVERGED = 1
 DIVERGED = 2
+INTERRUPTED = 3
+
+# position of the interruption flag in ``stop_state``
+INTERRUPT = 3
 
 # A finite loss this many times the first epoch's (or 1, if that was smaller) is a
 # divergence: gradient descent that works never multiplies its loss by 10,000, while a
@@ -33,13 +46,14 @@ REASONS = {
     MAX_EPOCHS: "max_epochs",
     CONVERGED: "converged",
     DIVERGED: "diverged",
+    INTERRUPTED: "interrupted",
 }
 
 
 def new_stop_state():
     """Fresh state of the stopping rules: no best loss yet, no epoch without change, no
-    first epoch yet."""
-    return np.array([np.inf, 0.0, np.nan])
+    first epoch yet, no interruption."""
+    return np.array([np.inf, 0.0, np.nan, 0.0])
 
 
 def runaway(epoch_loss, stop_state, largest):

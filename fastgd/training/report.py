@@ -20,6 +20,11 @@ class DivergenceError(FloatingPointError):
     """Raised instead of :class:`DivergenceWarning` when ``on_divergence="raise"``."""
 
 
+class InterruptedWarning(UserWarning):
+    """Training was stopped by Ctrl-C (SIGINT); the result so far was returned
+    (:mod:`fastgd.training.interrupt`)."""
+
+
 def finish(problem, options, run, backend, observers, mlp=None):
     """Warn about gradients and divergence, and build the :class:`FitResult`.
 
@@ -52,6 +57,8 @@ def finish(problem, options, run, backend, observers, mlp=None):
             warnings.warn(message, GradientWarning, stacklevel=3)
     if diverged:
         _report_divergence(run, options)
+    if run.status == stopping.INTERRUPTED:
+        _report_interruption(run)
     early = next((o for o in observers if isinstance(o, EarlyStopping)), None)
     result = _result(problem, options, run, backend.name, early, (diagnosis, message))
     result.gradient_through_time = through_time
@@ -98,6 +105,16 @@ def _report_divergence(run, options):
     if options.on_divergence == "raise":
         raise DivergenceError(message)
     warnings.warn(message, DivergenceWarning, stacklevel=4)
+
+
+def _report_interruption(run):
+    updates = int(run.state.step_count[0])
+    message = (
+        f"training was interrupted (Ctrl-C) after {run.done} whole epoch(s) and {updates} "
+        "update(s): the result holds the parameters and optimizer state after the last whole "
+        "update; fit(..., init=result) resumes from them"
+    )
+    warnings.warn(message, InterruptedWarning, stacklevel=4)
 
 
 def _result(problem, options, run, backend_name, early, diagnosis):

@@ -24,6 +24,7 @@ from ..schedules import Constant
 from ..specs import optimizers as opt
 from ..specs import stopping
 from ..specs.network import layout
+from .interrupt import Interruption
 from .line_search import armijo, strong_wolfe
 from .objective import NewtonSystem, Objective, centre_classes
 from .trainer import Run
@@ -119,11 +120,14 @@ def solve(backend, problem, options, state, observers, objective=None):
     tol = options.tol if np.isfinite(options.tol) else solver.tol
     x = state.params.astype(np.float64)
     started = time.perf_counter()
-    if solver.code == opt.NEWTON:
-        x = _newton(objective, x, run, solver, tol, observers)
-        centre_classes(spec, x, l2)
-    else:
-        x = _lbfgs(objective, x, run, solver, tol, observers)
+    # Ctrl-C: the handler flags the request, checked after every iteration (_record); the
+    # passes run in this thread, so a pass under way finishes first
+    with Interruption(state.stop_state):
+        if solver.code == opt.NEWTON:
+            x = _newton(objective, x, run, solver, tol, observers)
+            centre_classes(spec, x, l2)
+        else:
+            x = _lbfgs(objective, x, run, solver, tol, observers)
     state.params[:] = x
     run.train_time = time.perf_counter() - started
     run.evaluations = objective.evaluations
@@ -144,6 +148,9 @@ def _record(run, x, f, g, t, observers):
     reason = None
     for observer in observers:
         reason = observer.after_block(run) or reason
+    if run.state.stop_state[stopping.INTERRUPT]:  # Ctrl-C (fastgd.training.interrupt)
+        run.status = stopping.INTERRUPTED
+        return stopping.REASONS[stopping.INTERRUPTED]
     return reason
 
 

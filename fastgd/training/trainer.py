@@ -13,6 +13,7 @@ import numpy as np
 
 from ..backends.contract import EpochBlock, UpdateConfig, n_rows
 from ..specs import stopping
+from .interrupt import Interruption
 from .observers import block_size
 
 # Shuffled row orders are drawn in Python and handed to the kernel for a block of epochs
@@ -59,14 +60,18 @@ def train(backend, problem, options, state, rates, observers):
     update = UpdateConfig(
         options.batch_size, options.optimizer.code, options.hyper, tol, options.n_iter_no_change
     )
+    # Ctrl-C stops at the end of the current mini-batch (fastgd.training.interrupt); the
+    # compiled kernels then run in a worker thread, the main thread handles the signal
+    interruption = Interruption(state.stop_state, getattr(backend, "releases_gil", False))
     call = _kernel_call(backend, spec.kernel_model(), data, state, update, options.n_threads)
     # a zero-epoch call compiles (or loads from the disk cache) the kernels for exactly these
     # argument types, so compilation is timed apart from training
     started = time.perf_counter()
-    call(run, 0, np.empty((0, 0), dtype=np.int64), rates)
+    call(run, 0, np.empty((0, 0), dtype=np.int64), rates, interruption)
     run.compile_time = time.perf_counter() - started
     started = time.perf_counter()
-    _epoch_blocks(run, call, n_rows(data), options, rates, observers)
+    with interruption:
+        _epoch_blocks(run, call, n_rows(data), options, rates, observers, interruption)
     run.train_time = time.perf_counter() - started
     for observer in observers:
         observer.finish(run)
@@ -74,22 +79,25 @@ def train(backend, problem, options, state, rates, observers):
 
 
 def _kernel_call(backend, kernel_model, data, state, update, n_threads):
-    """``call(run, n_epochs, orders, rates)``: one kernel call from epoch ``run.done``."""
+    """``call(run, n_epochs, orders, rates, interruption)``: one kernel call from epoch
+    ``run.done``, made through ``interruption`` (:meth:`Interruption.call`)."""
 
-    def call(run, n_epochs, orders, rates):
+    def call(run, n_epochs, orders, rates, interruption):
         first = run.done
         if n_epochs:
             run.lr_history[first : first + n_epochs] = rates.rates(first, n_epochs)
         block = EpochBlock(
             orders, run.lr_history[first:], n_epochs, run.history[first:], run.grad_norms[first:]
         )
-        return backend.train_epochs(kernel_model, data, state, update, block, n_threads)
+        train_epochs = backend.train_epochs
+        return interruption.call(train_epochs, kernel_model, data, state, update, block, n_threads)
 
     return call
 
 
-def _epoch_blocks(run, call, n, options, rates, observers):
-    """Kernel calls until every epoch ran, the kernel stopped, or an observer stopped."""
+def _epoch_blocks(run, call, n, options, rates, observers, interruption):
+    """Kernel calls until every epoch ran, the kernel stopped, an observer stopped, or a
+    stop was requested (Ctrl-C)."""
     shuffled = options.shuffle and options.batch_size < n
     rng = np.random.default_rng(options.seed)
     no_orders = np.empty((0, 0), dtype=np.int64)
@@ -98,9 +106,14 @@ def _epoch_blocks(run, call, n, options, rates, observers):
     while run.done < options.epochs and run.status == stopping.MAX_EPOCHS and not run.stop_reason:
         count = min(block, options.epochs - run.done)
         orders = np.stack([rng.permutation(n) for _ in range(count)]) if shuffled else no_orders
-        run.ran, run.status = call(run, count, orders, rates)
+        run.ran, run.status = call(run, count, orders, rates, interruption)
         run.done += run.ran
         run.validation_loss = None
+        if interruption.requested and run.status == stopping.MAX_EPOCHS:
+            # the request came after the block's last batch (or between calls)
+            run.status = stopping.INTERRUPTED if run.done < options.epochs else run.status
+        if not run.ran:  # interrupted before an epoch ended: nothing new to observe
+            continue
         for observer in observers:
             # a later observer's reason wins: the user's callback, last, names the stop
             run.stop_reason = observer.after_block(run) or run.stop_reason

@@ -9,7 +9,7 @@ from ...specs import optimizers as opt
 from . import _kernels as _k
 
 _LOSS_CODES = (losses.MSE, losses.BINARY_CROSS_ENTROPY, losses.CATEGORICAL_CROSS_ENTROPY)
-_STATUS_CODES = (stopping.MAX_EPOCHS, stopping.CONVERGED, stopping.DIVERGED)
+_STATUS_CODES = (stopping.MAX_EPOCHS, stopping.CONVERGED, stopping.DIVERGED, stopping.INTERRUPTED)
 _OPTIMIZER_CODES = (opt.SGD, opt.ADAGRAD, opt.RMSPROP, opt.ADAM, opt.ADAMW)
 _HYPER_POSITIONS = (
     opt.LR, opt.MOMENTUM, opt.DAMPENING, opt.NESTEROV, opt.BETA1, opt.BETA2, opt.EPS,
@@ -21,6 +21,7 @@ _NET_HYPER_POSITIONS = (net.LEAKY_SLOPE, net.BN_MOMENTUM, net.BN_EPS, net.N_NET_
 if (
     _k.LOSS_CODES != _LOSS_CODES
     or _k.STATUS_CODES != _STATUS_CODES
+    or getattr(_k, "INTERRUPT_POSITION", None) != stopping.INTERRUPT
     or getattr(_k, "RUNAWAY", None) != stopping.RUNAWAY_FACTOR
     or getattr(_k, "OPTIMIZER_CODES", None) != _OPTIMIZER_CODES
     or getattr(_k, "HYPER_POSITIONS", None) != _HYPER_POSITIONS
@@ -141,6 +142,6 @@ def _check_call(n, state, update, block):
         raise ValueError(f"batch_size must be >= 1; got {update.batch_size}")
     if orders.ndim != 2 or (orders.shape[0] > 0 and orders.shape[1] != n):
         raise ValueError(f"orders must have shape (n_blocks, {n}) or (0, 0); got {orders.shape}")
-    if state.stop_state.shape[0] < 3 or block.history.shape[0] < n_epochs:
-        raise ValueError("stop_state needs 3 entries and history at least n_epochs")
+    if state.stop_state.shape[0] < 4 or block.history.shape[0] < n_epochs:
+        raise ValueError("stop_state needs 4 entries and history at least n_epochs")
     return hyper, lr_epochs, orders

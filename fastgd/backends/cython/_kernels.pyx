@@ -55,6 +55,20 @@ cdef extern from *:
     int fastgd_max_threads() noexcept nogil
     void fastgd_prefetch(const void* p) noexcept nogil
 
+# Ctrl-C (fastgd.training.interrupt): ``stop_state[FASTGD_INTERRUPT]`` is set to 1 by
+# another thread while a kernel runs. It is read through a volatile pointer at every poll:
+# a plain read could be hoisted out of a loop whose stores the compiler proves never touch
+# it (strict aliasing: a float32 model stores no double), and the request never be seen.
+cdef extern from *:
+    """
+    #define FASTGD_INTERRUPT 3
+    static inline int fastgd_interrupted(const double* stop_state) {
+        return ((const volatile double*)stop_state)[FASTGD_INTERRUPT] != 0.0;
+    }
+    """
+    const int FASTGD_INTERRUPT
+    bint fastgd_interrupted(const double* stop_state) noexcept nogil
+
 # Loss codes of fastgd.specs.losses and status codes of fastgd.specs.stopping; the wrapper
 # checks at import time that they agree.
 cdef enum:
@@ -66,6 +80,7 @@ cdef enum:
     MAX_EPOCHS = 0
     CONVERGED = 1
     DIVERGED = 2
+    INTERRUPTED = 3
 
 # Optimizer codes and hyperparameter positions of fastgd.specs.optimizers (also checked by
 # the wrapper at import time).
@@ -100,7 +115,8 @@ cdef enum:
 cdef double RUNAWAY_FACTOR = 1e4
 
 LOSS_CODES = (MSE, BINARY_CROSS_ENTROPY, CATEGORICAL_CROSS_ENTROPY)
-STATUS_CODES = (MAX_EPOCHS, CONVERGED, DIVERGED)
+STATUS_CODES = (MAX_EPOCHS, CONVERGED, DIVERGED, INTERRUPTED)
+INTERRUPT_POSITION = FASTGD_INTERRUPT
 RUNAWAY = RUNAWAY_FACTOR
 OPTIMIZER_CODES = (SGD, ADAGRAD, RMSPROP, ADAM, ADAMW)
 # (LR, MOMENTUM, DAMPENING, NESTEROV, BETA1, BETA2, EPS, WEIGHT_DECAY, AMSGRAD, CENTERED,
@@ -137,6 +153,8 @@ cdef struct Problem:
     # fastgd._config
     Py_ssize_t max_chunks, min_rows_per_chunk, parallel_min_work, rows_per_block
     int n_threads
+    # stop_state of a training call (polled for Ctrl-C by the per-sample paths), or NULL
+    const double* stop_state
 
 
 cdef struct Optimizer:
@@ -456,9 +474,11 @@ cdef Py_ssize_t _batch_gradient(
 
 cdef double _per_sample_epoch(
     const Problem* pb, const floating* X, const floating* Y, const floating* sw,
-    floating* params, Py_ssize_t n_trained, double lr, floating* z,
+    floating* params, Py_ssize_t n_trained, double lr, floating* z, Py_ssize_t* done,
 ) noexcept nogil:
-    """One epoch of per-sample plain SGD at a fixed rate ``lr``; returns the summed loss.
+    """One epoch of per-sample plain SGD at a fixed rate ``lr``; returns the summed loss,
+    the rows done in ``done[0]`` (fewer than n when interrupted: ``pb.stop_state`` is
+    polled before each row).
 
     The same arithmetic as a mini-batch of one row (the gradient is ``dz * x``, divided by
     1), without the chunk buffer: each step updates the parameters directly. Only valid
@@ -472,7 +492,11 @@ cdef double _per_sample_epoch(
     cdef floating g, xj
     cdef double loss
     cdef double loss_sum = 0.0
+    done[0] = pb.n
     for r in range(pb.n):
+        if fastgd_interrupted(pb.stop_state):
+            done[0] = r
+            break
         i = _row(pb, r)
         x = X + i * d
         _forward_row(pb, X, Y, params, r, z)
@@ -726,6 +750,14 @@ cdef inline bint _runaway(double epoch_loss, double* stop_state, double largest)
     return epoch_loss > largest or epoch_loss > RUNAWAY_FACTOR * max(stop_state[2], 1.0)
 
 
+cdef bint _all_finite(const floating* w, Py_ssize_t p) noexcept nogil:
+    cdef Py_ssize_t j
+    for j in range(p):
+        if not isfinite(w[j]):
+            return False
+    return True
+
+
 cdef int _end_epoch(
     const Optimizer* opt, const floating* w, Py_ssize_t n_params, Py_ssize_t n_weights,
     double epoch_loss, double* history_entry, double* stop_state, double tol,
@@ -795,6 +827,7 @@ cdef Problem _problem(
     pb.max_chunks, pb.min_rows_per_chunk = max_chunks, min_rows_per_chunk
     pb.parallel_min_work, pb.rows_per_block = parallel_min_work, rows_per_block
     pb.n_threads = n_threads
+    pb.stop_state = NULL
     return pb
 
 
@@ -848,7 +881,7 @@ cdef Py_ssize_t _train_epochs(
     cdef Py_ssize_t n = pb.n, p = pb.n_params
     cdef Py_ssize_t n_weights = pb.d * pb.k
     cdef Py_ssize_t n_trained = p if fit_intercept else n_weights
-    cdef Py_ssize_t epoch, start, stop, batched_rows
+    cdef Py_ssize_t epoch, start, stop, batched_rows, done
     cdef floating* w = &params[0]
     cdef floating* G = &Gbuf[0, 0]
     cdef double loss_sum, lr_epoch
@@ -864,6 +897,7 @@ cdef Py_ssize_t _train_epochs(
         and (opt.l2 == 0.0 or pb.sparse) and opt.power_t == 0.0
     )
     pb.shuffled = orders.shape[0] > 0
+    pb.stop_state = &stop_state[0]
     for epoch in range(n_epochs):
         memcpy(&start_params[0], w, p * sizeof(floating))
         if state_size > 0:
@@ -874,17 +908,23 @@ cdef Py_ssize_t _train_epochs(
         lr_epoch = lr_epochs[epoch]  # epoch numbers count from 0 in each call
         loss_sum = 0.0
         batched_rows = n
+        end = -1
         if per_sample:
             if pb.sparse:
                 loss_sum = _per_sample_sparse(pb, X, &Y[0, 0], sw, w, n_trained, lr_epoch,
-                                              opt.l2, &Zbuf[0, 0])
+                                              opt.l2, &Zbuf[0, 0], &done)
             else:
                 loss_sum = _per_sample_epoch(pb, X, &Y[0, 0], sw, w, n_trained, lr_epoch,
-                                             &Zbuf[0, 0])
-            step_count[0] += n
+                                             &Zbuf[0, 0], &done)
+            step_count[0] += done
             batched_rows = 0
+            if done < n:
+                end = INTERRUPTED
         start = 0
         while start < batched_rows:
+            if fastgd_interrupted(&stop_state[0]):  # Ctrl-C: polled before each batch
+                end = INTERRUPTED
+                break
             stop = min(start + batch_size, n)
             _batch_gradient(pb, start, stop, X, &Y[0, 0], sw, w, G, &Zbuf[0, 0])
             loss_sum += G[p]
@@ -892,13 +932,18 @@ cdef Py_ssize_t _train_epochs(
             _apply_update(opt, w, G, 1.0 / (stop - start), state, p, n_weights, n_trained,
                           step_count, lr_epoch, pb.n_threads, pb.parallel_min_work)
             start = stop
-        end = _end_epoch(opt, w, p, n_weights, loss_sum / n, &history[epoch], &stop_state[0],
-                         tol, n_iter_no_change)
-        if end == DIVERGED:
+        if end != INTERRUPTED:
+            end = _end_epoch(opt, w, p, n_weights, loss_sum / n, &history[epoch],
+                             &stop_state[0], tol, n_iter_no_change)
+        # interrupted: the state after the last whole update, unless it is not finite
+        if end == DIVERGED or (end == INTERRUPTED and not _all_finite(w, p)):
             memcpy(w, &start_params[0], p * sizeof(floating))
             if state_size > 0:
                 memcpy(state, start_state, state_size * sizeof(floating))
             step_count[0] = start_step
+        if end == INTERRUPTED:  # the interrupted epoch is not counted as done
+            status[0] = end
+            return epoch
         if end >= 0:
             status[0] = end
             return epoch + 1

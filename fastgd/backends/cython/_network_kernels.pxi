@@ -657,7 +657,11 @@ cdef Py_ssize_t _network_train_epochs(
         loss_sum = 0.0
         n_batches = 0
         start = 0
+        end = -1
         while start < n:
+            if fastgd_interrupted(stop_state):  # Ctrl-C: polled before each batch
+                end = INTERRUPTED
+                break
             stop = min(start + batch_size, n)
             loss_sum += _network_batch(net, buf, start, stop, running)
             # squared norm of each layer's weight gradient (the batch's mean gradient)
@@ -669,17 +673,22 @@ cdef Py_ssize_t _network_train_epochs(
             _apply_update(opt, w, G, 1.0, state, p, n_weights, p, step_count, lr_epochs[epoch],
                           net.n_threads, net.parallel_min_work)
             start = stop
-        for l in range(L):
-            norms[l] = sqrt(norms[l] / n_batches)
-        end = _end_epoch(opt, w, p, n_weights, loss_sum / n, &history[epoch], stop_state, tol,
-                         n_iter_no_change)
-        if end == DIVERGED:
+        if end != INTERRUPTED:
+            for l in range(L):
+                norms[l] = sqrt(norms[l] / n_batches)
+            end = _end_epoch(opt, w, p, n_weights, loss_sum / n, &history[epoch], stop_state,
+                             tol, n_iter_no_change)
+        # interrupted: the state after the last whole update, unless it is not finite
+        if end == DIVERGED or (end == INTERRUPTED and not _all_finite(w, p)):
             memcpy(w, start_params, p * sizeof(floating))
             if n_running > 0:
                 memcpy(running, start_running, n_running * sizeof(floating))
             if state_size > 0:
                 memcpy(state, start_state, state_size * sizeof(floating))
             step_count[0] = start_step
+        if end == INTERRUPTED:  # the interrupted epoch is not counted as done
+            status[0] = end
+            return epoch
         if end >= 0:
             status[0] = end
             return epoch + 1

@@ -553,7 +553,11 @@ cdef Py_ssize_t _rnn_train_epochs(
         for l in range(ld_norms):
             norms[l] = 0.0
         loss_sum, n_batches, start = 0.0, 0, 0
+        end = -1
         while start < n:
+            if fastgd_interrupted(stop_state):  # Ctrl-C: polled before each batch
+                end = INTERRUPTED
+                break
             stop = min(start + batch_size, n)
             loss_sum += _rnn_batch(rn, w, start, stop)
             _rnn_layer_norms(rn, G, norms)
@@ -561,15 +565,20 @@ cdef Py_ssize_t _rnn_train_epochs(
             _apply_update(opt, w, G, 1.0, state, p, rn.n_weights, p, step_count,
                           lr_epochs[epoch], rn.n_threads, rn.parallel_min_work)
             start = stop
-        for l in range(ld_norms):
-            norms[l] = sqrt(norms[l] / n_batches)
-        end = _end_epoch(opt, w, p, rn.n_weights, loss_sum / n, &history[epoch], stop_state,
-                         tol, n_iter_no_change)
-        if end == DIVERGED:
+        if end != INTERRUPTED:
+            for l in range(ld_norms):
+                norms[l] = sqrt(norms[l] / n_batches)
+            end = _end_epoch(opt, w, p, rn.n_weights, loss_sum / n, &history[epoch],
+                             stop_state, tol, n_iter_no_change)
+        # interrupted: the state after the last whole update, unless it is not finite
+        if end == DIVERGED or (end == INTERRUPTED and not _all_finite(w, p)):
             memcpy(w, start_params, p * sizeof(floating))
             if state_size > 0:
                 memcpy(state, start_state, state_size * sizeof(floating))
             step_count[0] = start_step
+        if end == INTERRUPTED:  # the interrupted epoch is not counted as done
+            status[0] = end
+            return epoch
         if end >= 0:
             status[0] = end
             return epoch + 1

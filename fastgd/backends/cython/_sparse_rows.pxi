@@ -131,7 +131,7 @@ cdef inline void _fold_scale(floating* params, Py_ssize_t n_weights, double scal
 cdef double _per_sample_sparse_rows(
     const Problem* pb, const floating* values, const index_t* indices, const index_t* indptr,
     const floating* Y, const floating* sw, floating* params, Py_ssize_t n_trained, double lr,
-    double l2, floating* z,
+    double l2, floating* z, Py_ssize_t* done,
 ) noexcept nogil:
     """One epoch of per-sample plain SGD on CSR rows, O(nnz of the row) per update.
 
@@ -150,13 +150,19 @@ cdef double _per_sample_sparse_rows(
     falls below SCALE_FLOOR, ``v <- s v, s <- 1`` (O(d k), about every 14 / (lr l2)
     updates); at the end of the epoch ``s`` is folded into ``v``, so every reader of the
     parameters (epoch loss, divergence test, snapshots) sees the plain weights. Without
-    L2, ``s`` stays 1. Returns the summed (weighted) loss.
+    L2, ``s`` stays 1. Returns the summed (weighted) loss, and the rows done in ``done[0]``
+    (fewer than n when interrupted: ``pb.stop_state`` is polled before each row; ``s`` is
+    folded in then too).
     """
     cdef Py_ssize_t k = pb.k, bias = pb.d * pb.k
     cdef Py_ssize_t r, i, e, a, b, c, base
     cdef double scale = 1.0, decay = 1.0 - lr * l2, step, x
     cdef double loss_sum = 0.0
+    done[0] = pb.n
     for r in range(pb.n):
+        if fastgd_interrupted(pb.stop_state):
+            done[0] = r
+            break
         i = _row(pb, r)
         a, b = indptr[i], indptr[i + 1]
         _sparse_forward(values, indices, a, b, params, bias, k, scale, z)
@@ -185,11 +191,12 @@ cdef double _per_sample_sparse_rows(
 cdef double _per_sample_sparse(
     const Problem* pb, const floating* X, const floating* Y, const floating* sw,
     floating* params, Py_ssize_t n_trained, double lr, double l2, floating* z,
+    Py_ssize_t* done,
 ) noexcept nogil:
     """:func:`_per_sample_sparse_rows` with the index arrays of their integer type."""
     if pb.index64:
         return _per_sample_sparse_rows(pb, X, <const int64_t*>pb.indices,
                                        <const int64_t*>pb.indptr, Y, sw, params, n_trained,
-                                       lr, l2, z)
+                                       lr, l2, z, done)
     return _per_sample_sparse_rows(pb, X, <const int32_t*>pb.indices, <const int32_t*>pb.indptr,
-                                   Y, sw, params, n_trained, lr, l2, z)
+                                   Y, sw, params, n_trained, lr, l2, z, done)

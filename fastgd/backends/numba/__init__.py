@@ -10,6 +10,7 @@ import numpy as np
 
 from ..contract import LinearModel, ModuleBackend, NetworkModel, RecurrentModel
 from . import hessian, linear, network, recurrent
+from .threads import kernel_guard
 
 
 def _threads():
@@ -40,4 +41,5 @@ BACKEND = ModuleBackend(
     _threads,
     prepare=_read_only,
     hessian=hessian,
+    guard=kernel_guard,
 )

@@ -17,7 +17,7 @@ import math
 import numpy as np
 import scipy.linalg  # noqa: F401 - loads SciPy's BLAS (Numba's np.dot) before it is limited
 from llvmlite import binding as llvm
-from numba import njit, prange, types
+from numba import prange, types
 from numba.core import cgutils
 from numba.extending import get_cython_function_address, intrinsic
 
@@ -25,6 +25,7 @@ from ..._config import NUMBA_OPTIONS
 from ...specs import losses
 from ..blas import single_threaded_blas
 from ..hessian_layout import assemble, block_rows, chunk_bounds, n_pairs
+from .cache import njit
 from .threads import numba_threads
 
 MSE = losses.MSE

@@ -19,7 +19,7 @@ chunks in the same order, so the choice never changes a result.
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from ..._config import (
     MAX_CHUNKS,
@@ -31,12 +31,14 @@ from ..._config import (
 from ...specs import optimizers as opt
 from ...specs import stopping
 from ..contract import EpochBlock, LinearModel, UpdateConfig, is_sparse, n_rows
+from .cache import njit
 from .losses import MSE, _loss_block, _single_output_loss
 from .sparse_rows import _per_sample_sparse, _per_sample_sparse_several, _sparse_chunk
 from .threads import numba_threads
 from .update import (
     _all_finite,
     _apply_update,
+    _interrupted,
     _largest,
     _n_chunks,
     _n_sparse_chunks,
@@ -225,17 +227,22 @@ def _batch_parallel(data, params, order, shuffled, start, stop, n_chunks, loss_c
 
 
 @njit(inline="always", **NUMBA_OPTIONS)
-def _per_sample_one_output(data, params, order, shuffled, loss_code, n_trained, lr):
-    """One epoch of per-sample SGD of a one-output model; returns the summed loss.
+def _per_sample_one_output(data, params, order, shuffled, loss_code, n_trained, lr, stop_state):  # fmt: skip
+    """One epoch of per-sample SGD of a one-output model; returns the summed loss and the
+    rows done (fewer than n when interrupted: ``stop_state`` is polled before each row).
 
     The same arithmetic as a mini-batch of one row (the gradient is ``dz * x``, divided by
     1), without the chunk buffer: each step updates the parameters directly.
     """
     X, Y, weights = data.X, data.Y, data.weights
-    d = X.shape[1]
+    n, d = X.shape
     weighted = weights.shape[0] > 0
     loss_sum = 0.0
-    for r in range(X.shape[0]):
+    done = n
+    for r in range(n):
+        if _interrupted(stop_state):
+            done = r
+            break
         i = order[r] if shuffled else r
         row_loss, g = _single_output_row(X, Y, weights, params, i, loss_code, weighted)
         loss_sum += row_loss
@@ -243,17 +250,21 @@ def _per_sample_one_output(data, params, order, shuffled, loss_code, n_trained, 
             params[j] -= lr * (g * X[i, j])
         if n_trained > d:
             params[d] -= lr * g
-    return loss_sum
+    return loss_sum, done
 
 
 @njit(inline="always", **NUMBA_OPTIONS)
-def _per_sample_several(data, params, order, shuffled, loss_code, k, n_trained, lr, Z):
+def _per_sample_several(data, params, order, shuffled, loss_code, k, n_trained, lr, Z, stop_state):  # fmt: skip
     """As :func:`_per_sample_one_output`, for ``k`` outputs (dloss/dz through ``Z[0, 0]``)."""
     X, Y, weights = data.X, data.Y, data.weights
-    d = X.shape[1]
+    n, d = X.shape
     bias = d * k
     loss_sum = 0.0
-    for r in range(X.shape[0]):
+    done = n
+    for r in range(n):
+        if _interrupted(stop_state):
+            done = r
+            break
         i = order[r] if shuffled else r
         _forward_block(X, params, order, shuffled, r, r + 1, k, Z, 0)
         loss_sum += _loss_block(Y, weights, order, shuffled, r, r + 1, loss_code, k, Z, 0)
@@ -263,7 +274,7 @@ def _per_sample_several(data, params, order, shuffled, loss_code, k, n_trained, 
                 params[j * k + c] -= lr * (xj * Z[0, 0, c])
         for c in range(n_trained - bias):
             params[bias + c] -= lr * Z[0, 0, c]
-    return loss_sum
+    return loss_sum, done
 
 
 @njit(inline="always", **NUMBA_OPTIONS)
@@ -303,6 +314,16 @@ def _end_epoch(state, update, block, epoch, epoch_loss, n_weights, saved):
     return -1
 
 
+@njit(inline="always", **NUMBA_OPTIONS)
+def _halt(state, saved):
+    """An interrupted epoch: keep the state after its last whole update, or put back
+    ``saved`` (its start, as :func:`_end_epoch`) if a parameter is not finite."""
+    if not _all_finite(state.params):
+        _copy_state(saved[0], saved[1], state.params, state.opt_state)
+        state.step_count[0] = saved[2]
+    return stopping.INTERRUPTED
+
+
 def _make_train_kernel(shape, mode, sparse=False):
     """The compiled epoch loop of one output shape, one mode and one data kind.
 
@@ -330,11 +351,8 @@ def _make_train_kernel(shape, mode, sparse=False):
         p, k, loss_code = params.shape[0], model.n_outputs, model.loss_code
         n_trained = p if model.fit_intercept else d * k
         shuffled = block.orders.shape[0] > 0
-        if sparse:
-            # a chunk accumulator is d * k wide: allocate only the chunks this call uses
-            buffers = 1 if mode == SINGLE or mode == PER_SAMPLE else _n_sparse_chunks(min(update.batch_size, n))  # fmt: skip
-        else:
-            buffers = MAX_CHUNKS
+        # sparse: a chunk accumulator is d * k wide; allocate only the chunks this call uses
+        buffers = (1 if mode == SINGLE or mode == PER_SAMPLE else _n_sparse_chunks(min(update.batch_size, n))) if sparse else MAX_CHUNKS  # fmt: skip
         G = np.empty((buffers, p + 1 + ROW_PADDING), dtype=params.dtype)
         Z = np.empty((MAX_CHUNKS, ROWS_PER_BLOCK, k), dtype=params.dtype)
         saved = (np.empty_like(params), np.empty_like(opt_state))
@@ -348,24 +366,26 @@ def _make_train_kernel(shape, mode, sparse=False):
             order = block.orders[epoch % block.orders.shape[0]] if shuffled else natural
             lr = block.lr_epochs[epoch]
             loss_sum = 0.0
+            halted = False  # interrupted (Ctrl-C): stop_state is polled before each batch
             if mode == PER_SAMPLE:
                 # sparse: plain SGD, L2 through the weight scale, O(nnz) per update
                 if sparse and shape == SEVERAL:
-                    loss_sum = _per_sample_sparse_several(data, params, order, shuffled, loss_code, k, n_trained, lr, hyper[opt.L2], Z)  # fmt: skip
+                    loss_sum, done = _per_sample_sparse_several(data, params, order, shuffled, loss_code, k, n_trained, lr, hyper[opt.L2], Z, state.stop_state)  # fmt: skip
                 elif sparse:
-                    loss_sum = _per_sample_sparse(data, params, order, shuffled, loss_code, n_trained, lr, hyper[opt.L2])  # fmt: skip
+                    loss_sum, done = _per_sample_sparse(data, params, order, shuffled, loss_code, n_trained, lr, hyper[opt.L2], state.stop_state)  # fmt: skip
                 elif shape == SEVERAL:
-                    loss_sum = _per_sample_several(data, params, order, shuffled, loss_code, k, n_trained, lr, Z)  # fmt: skip
+                    loss_sum, done = _per_sample_several(data, params, order, shuffled, loss_code, k, n_trained, lr, Z, state.stop_state)  # fmt: skip
                 else:
-                    loss_sum = _per_sample_one_output(data, params, order, shuffled, loss_code, n_trained, lr)  # fmt: skip
-                step_count[0] += n
+                    loss_sum, done = _per_sample_one_output(data, params, order, shuffled, loss_code, n_trained, lr, state.stop_state)  # fmt: skip
+                step_count[0] += done
+                halted = done < n
             else:
                 for start in range(0, n, update.batch_size):
+                    halted = _interrupted(state.stop_state)
+                    if halted:
+                        break
                     stop = min(start + update.batch_size, n)
-                    if sparse:
-                        n_chunks = 1 if mode == SINGLE else _n_sparse_chunks(stop - start)
-                    else:
-                        n_chunks = 1 if mode == SINGLE else _n_chunks(stop - start)
+                    n_chunks = 1 if mode == SINGLE else (_n_sparse_chunks(stop - start) if sparse else _n_chunks(stop - start))  # fmt: skip
                     if (
                         not sparse
                         and mode == PARALLEL
@@ -389,6 +409,8 @@ def _make_train_kernel(shape, mode, sparse=False):
                         params, G, 1.0 / (stop - start), d * k, n_trained, update.opt_code, hyper,
                         opt_state, step_count, lr, finishing,
                     )  # fmt: skip
+            if halted:
+                return epoch, _halt(state, (saved[0], saved[1], start_step))
             status = _end_epoch(state, update, block, epoch, loss_sum / n, d * k, (saved[0], saved[1], start_step))  # fmt: skip
             if status >= 0:
                 return epoch + 1, status

@@ -2,10 +2,9 @@
 
 import math
 
-from numba import njit
-
 from ..._config import NUMBA_OPTIONS
 from ...specs import losses
+from .cache import njit
 
 MSE = losses.MSE
 BINARY_CROSS_ENTROPY = losses.BINARY_CROSS_ENTROPY

@@ -38,7 +38,7 @@ from typing import NamedTuple
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from ..._config import MAX_CHUNKS, NUMBA_OPTIONS, PARALLEL_MIN_WORK
 from ...specs import network as net
@@ -46,11 +46,13 @@ from ...specs import optimizers as opt
 from ...specs import stopping
 from ..blas import single_threaded_blas
 from ..contract import EpochBlock, UpdateConfig
+from .cache import njit
 from .losses import _loss_block
 from .threads import numba_threads
 from .update import (
     _all_finite,
     _apply_update,
+    _interrupted,
     _largest,
     _n_chunks,
     _penalty_value,
@@ -588,6 +590,18 @@ def _end_epoch(layout, state, update, block, scratch, epoch, epoch_loss, n_batch
     return -1
 
 
+@njit(inline="always", **NUMBA_OPTIONS)
+def _halt(state, scratch):
+    """An interrupted epoch (network or recurrent scratch): keep the state after its last
+    whole update, or put back the epoch's start (``scratch.saved_*``) if a parameter is
+    not finite."""
+    if not _all_finite(state.params):
+        s = scratch
+        _copy_state(s.saved_params, s.saved_running, s.saved_state, s.saved_step,
+                    state.params, state.running, state.opt_state, state.step_count)  # fmt: skip
+    return stopping.INTERRUPTED
+
+
 def _make_train_epochs(mode):
     """The epoch kernel of ``mode`` (``SERIAL`` or ``PARALLEL``, a closure constant: the
     branches of the other mode are removed before compilation)."""
@@ -611,6 +625,8 @@ def _make_train_epochs(mode):
             loss_sum = 0.0
             n_batches = 0
             for start in range(0, n, update.batch_size):
+                if _interrupted(state.stop_state):  # Ctrl-C: polled before each batch
+                    return epoch, _halt(state, s)
                 rows = min(start + update.batch_size, n) - start
                 batch = Batch(order, shuffled, np.int64(start), np.int64(rows), _n_chunks(rows))
                 loss_sum += _batch_gradient(

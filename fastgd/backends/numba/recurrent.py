@@ -33,7 +33,7 @@ from typing import NamedTuple
 import numba
 import numpy as np
 import scipy.linalg  # noqa: F401 - loads SciPy's BLAS (Numba's np.dot) before it is limited
-from numba import njit, prange, types
+from numba import prange, types
 from numba.extending import overload
 
 from ..._config import MAX_CHUNKS, NUMBA_OPTIONS
@@ -43,9 +43,10 @@ from ...specs import recurrent as rec
 from ..blas import single_threaded_blas
 from ..contract import EpochBlock, UpdateConfig
 from ..recurrent_layout import check_memory, chunk_rows, workspace
-from .network import _activate_rows, _copy_state, _end_epoch, _times_slope_rows
+from .cache import njit
+from .network import _activate_rows, _copy_state, _end_epoch, _halt, _times_slope_rows
 from .threads import numba_threads
-from .update import _apply_update, _sum_chunks
+from .update import _apply_update, _interrupted, _sum_chunks
 
 LSTM, GRU, TANH = rec.LSTM, rec.GRU, rec.TANH
 MSE, BCE = losses.MSE, losses.BINARY_CROSS_ENTROPY
@@ -187,14 +188,19 @@ def _is_single(like):
     return getattr(like, "dtype", like) == types.float32
 
 
-@overload(_th, jit_options=NUMBA_OPTIONS)
+# the implementations are compiled into their callers, which are cached (fastgd's cache
+# directory, .cache): no cache of their own
+_INLINE_OPTIONS = {key: value for key, value in NUMBA_OPTIONS.items() if key != "cache"}
+
+
+@overload(_th, jit_options=_INLINE_OPTIONS)
 def _overload_th(x, like):
     if _is_single(like):
         return lambda x, like: _tanh_rational(x)
     return lambda x, like: math.tanh(x)
 
 
-@overload(_sigmoid, jit_options=NUMBA_OPTIONS)
+@overload(_sigmoid, jit_options=_INLINE_OPTIONS)
 def _overload_sigmoid(a, like):
     if _is_single(like):
         return lambda a, like: 0.5 + 0.5 * _tanh_rational(0.5 * a)
@@ -665,6 +671,8 @@ def _make_train_epochs(mode):
                 norms[i] = 0.0
             loss_sum, n_batches = 0.0, 0
             for start in range(0, n, update.batch_size):
+                if _interrupted(state.stop_state):  # Ctrl-C: polled before each batch
+                    return epoch, _halt(state, s)
                 rows = min(start + update.batch_size, n) - start
                 batch = _make_batch(lay, data, order, shuffled, start, rows)
                 loss_sum += _batch_gradient(lay, data, params, s, batch, mode)

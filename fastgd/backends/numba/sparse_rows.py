@@ -14,10 +14,11 @@ Numba would promote the sum to float64.)
 """
 
 import numpy as np
-from numba import njit
 
 from ..._config import NUMBA_OPTIONS
+from .cache import njit
 from .losses import _loss_block, _single_output_loss
+from .update import _interrupted
 
 # Per-sample SGD with L2 keeps the weights as ``w = s * v``; when |s| falls below this,
 # s is folded into v (an O(d) pass, about every 14 / (lr * l2) updates) so that v never
@@ -133,9 +134,11 @@ def _shrink(params, n_weights, scale, decay):
 
 
 @njit(inline="always", **NUMBA_OPTIONS)
-def _per_sample_sparse(data, params, order, shuffled, loss_code, n_trained, lr, l2):
+def _per_sample_sparse(data, params, order, shuffled, loss_code, n_trained, lr, l2, stop_state):  # fmt: skip
     """One epoch of per-sample plain SGD on CSR rows, one output: O(nnz of the row) per
-    update. Returns the epoch's summed (weighted) loss.
+    update. Returns the epoch's summed (weighted) loss and the rows done (fewer than n
+    when interrupted: ``stop_state`` is polled before each row; the scale is folded in
+    then too).
 
     The dense update is ``w <- w - lr * (x * dz + l2 * w)`` (``dz`` = dloss/dz at the
     old ``w``; the intercepts are not penalized). Shrinking every weight by
@@ -161,7 +164,12 @@ def _per_sample_sparse(data, params, order, shuffled, loss_code, n_trained, lr, 
     decay = 1.0 - lr * l2
     scale = 1.0
     loss_sum = 0.0
-    for r in range(indptr.shape[0] - 1):
+    n = indptr.shape[0] - 1
+    done = n
+    for r in range(n):
+        if _interrupted(stop_state):
+            done = r
+            break
         i, a, b = _row_bounds(indptr, order, shuffled, r)
         z = _row_dot(values, indices, a, b, params, scale, params[bias])
         row_loss, dz = _single_output_loss(z, Y[i, 0], loss_code)
@@ -177,18 +185,23 @@ def _per_sample_sparse(data, params, order, shuffled, loss_code, n_trained, lr, 
         if n_trained > bias:
             params[bias] -= lr * dz
     _fold_scale(params, bias, scale)
-    return loss_sum
+    return loss_sum, done
 
 
 @njit(inline="always", **NUMBA_OPTIONS)
-def _per_sample_sparse_several(data, params, order, shuffled, loss_code, k, n_trained, lr, l2, Z):  # fmt: skip
+def _per_sample_sparse_several(data, params, order, shuffled, loss_code, k, n_trained, lr, l2, Z, stop_state):  # fmt: skip
     """:func:`_per_sample_sparse` for ``k`` outputs (dloss/dz through ``Z[0, 0]``)."""
     values, indices, indptr, Y, weights = data.values, data.indices, data.indptr, data.Y, data.weights  # fmt: skip
     bias = params.shape[0] - k
     decay = 1.0 - lr * l2
     scale = 1.0
     loss_sum = 0.0
-    for r in range(indptr.shape[0] - 1):
+    n = indptr.shape[0] - 1
+    done = n
+    for r in range(n):
+        if _interrupted(stop_state):
+            done = r
+            break
         i, a, b = _row_bounds(indptr, order, shuffled, r)
         _row_forward(values, indices, a, b, params, k, scale, Z, 0)
         loss_sum += _loss_block(Y, weights, order, shuffled, r, r + 1, loss_code, k, Z, 0)
@@ -202,4 +215,4 @@ def _per_sample_sparse_several(data, params, order, shuffled, loss_code, k, n_tr
         for c in range(n_trained - bias):
             params[bias + c] -= lr * Z[0, 0, c]
     _fold_scale(params, bias, scale)
-    return loss_sum
+    return loss_sum, done

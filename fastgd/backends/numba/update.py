@@ -8,11 +8,15 @@ same order as :mod:`fastgd.backends.numpy.update`.
 
 import math
 
-from numba import njit
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from ..._config import MAX_CHUNKS, MIN_ROWS_PER_CHUNK, NUMBA_OPTIONS, SPARSE_ROWS_PER_CHUNK
 from ...specs import optimizers as opt
 from ...specs import stopping
+from .cache import njit
 
 
 @njit(inline="always", **NUMBA_OPTIONS)
@@ -193,3 +197,39 @@ _runaway = njit(inline="always", **NUMBA_OPTIONS)(stopping.runaway)
 def _largest(params):
     """The largest finite number of the parameters' dtype (float32 or float64)."""
     return 3.4028234663852886e38 if params.itemsize == 4 else 1.7976931348623157e308
+
+
+@intrinsic
+def _interrupt_flag(typingctx, stop_state):
+    """``stop_state[INTERRUPT] != 0`` for a float64 array, read with an atomic (monotonic)
+    load.
+
+    The flag is written by another thread while the kernel runs (Ctrl-C,
+    :mod:`fastgd.training.interrupt`). A plain load could be hoisted out of a loop that
+    LLVM sees never storing to it, and the change would then never be seen; an atomic
+    load is emitted at every poll (on x86 it is an ordinary ``mov``). The 8 bytes are
+    compared as an integer: the flag is 0.0 or 1.0.
+    """
+    if not (isinstance(stop_state, types.Array) and stop_state.dtype == types.float64):
+        return None
+
+    def codegen(context, builder, signature, args):
+        (array_type,) = signature.args
+        ary = context.make_array(array_type)(context, builder, args[0])
+        position = context.get_constant(types.intp, stopping.INTERRUPT)
+        pointer = cgutils.get_item_pointer(context, builder, array_type, ary, [position])
+        word = ir.IntType(64)
+        pointer = builder.bitcast(pointer, word.as_pointer())
+        try:
+            bits = builder.load_atomic(pointer, "monotonic", 8, typ=word)
+        except TypeError:  # an llvmlite of typed pointers only: the pointee's type
+            bits = builder.load_atomic(pointer, "monotonic", 8)
+        return builder.icmp_unsigned("!=", bits, ir.Constant(word, 0))
+
+    return types.boolean(stop_state), codegen
+
+
+@njit(inline="always", **NUMBA_OPTIONS)
+def _interrupted(stop_state):
+    """True once a stop was requested (``stop_state[INTERRUPT]``, set from another thread)."""
+    return _interrupt_flag(stop_state)

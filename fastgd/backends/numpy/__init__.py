@@ -20,4 +20,5 @@ BACKEND = ModuleBackend(
     {LinearModel: linear, NetworkModel: network, RecurrentModel: recurrent},
     _threads,
     hessian=hessian,
+    releases_gil=False,  # Python loops: Ctrl-C is handled between batches in the main thread
 )

@@ -139,12 +139,24 @@ def train_loop(n, batch_step, state, update, block, n_weights, n_trained, epoch_
         return _train_loop(n, batch_step, state, update, block, n_weights, n_trained, epoch_done)
 
 
+def interrupted(state, saved):
+    """True once a stop was requested (``stop_state[INTERRUPT]``); then the state after
+    the last whole update is kept, or ``saved`` (the epoch's start) if it is not finite."""
+    if not state.stop_state[stopping.INTERRUPT]:
+        return False
+    if not np.all(np.isfinite(state.params)):
+        restore(state, saved)
+    return True
+
+
 def _train_loop(n, batch_step, state, update, block, n_weights, n_trained, epoch_done):
     params, hyper, orders = state.params, update.hyper, block.orders
     for epoch in range(block.n_epochs):
         saved = snapshot(state)
         loss_sum, n_batches = 0.0, 0
         for first in range(0, n, update.batch_size):
+            if interrupted(state, saved):  # polled before every mini-batch
+                return epoch, stopping.INTERRUPTED
             last = min(first + update.batch_size, n)
             rows = orders[epoch % orders.shape[0], first:last] if orders.shape[0] else slice(first, last)  # fmt: skip
             loss, grad = batch_step(rows, epoch)

@@ -236,9 +236,13 @@ def run(args, out=None):
     memory = []
     if not args.no_memory and config.models:
         rows = _csv(args.memory_rows or sizes["memory_rows"], int)
-        log("peak memory (one new process per size) ...")
-        memory = measure_memory(config.models[0], rows, config.features, config.backends,
-                                dtype=config.dtypes[0], threads=max(config.threads), log=log)  # fmt: skip
+        log("peak memory per model kind (one new process per size) ...")
+        for i, model in enumerate(config.models):
+            # the first model at every size (how the peak grows with the data), the
+            # other model kinds at the largest
+            memory += measure_memory(model, rows if i == 0 else rows[-1:], config.features,
+                                     config.backends, dtype=config.dtypes[0],
+                                     threads=max(config.threads), log=log)  # fmt: skip
     solvers = []
     if not args.no_solvers:
         log("second-order solvers: time to the optimum ...")
@@ -261,7 +265,8 @@ def run(args, out=None):
     _section("Second-order solvers: time to the L2-logistic optimum (float64, C = 1, "
              f"{max(config.threads)} threads; 'reached' = within 1e-8 of the best objective):",
              solver_rows(solvers), out, md)  # fmt: skip
-    _section("Peak memory of a fit (new process per size):", report.memory_rows(memory), out, md)
+    _section("Peak memory of a fit per model kind (new process per size):",
+             report.memory_rows(memory), out, md)  # fmt: skip
     _section("Import and first fit in a new process:", report.startup_rows(startup), out, md)
     failed = _log_notes(records, skipped, log)
     elapsed = time.perf_counter() - started

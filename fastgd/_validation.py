@@ -360,9 +360,14 @@ def check_targets(y, n_samples, model_name, dtype, classes=None):
 
 
 def _encode_labels(labels):
-    """Sorted distinct labels and each label's index among them."""
+    """Sorted distinct labels and each label's index among them.
+
+    ``np.unique(..., return_inverse=True)`` holds about four index arrays of n entries at
+    once; the distinct labels and a binary search over them hold two.
+    """
     try:
-        return np.unique(labels, return_inverse=True)
+        classes = np.unique(labels)
+        return classes, np.searchsorted(classes, labels)
     except TypeError as exc:
         raise ValueError(
             f"the labels in y cannot be sorted ({exc}); use labels of one type"

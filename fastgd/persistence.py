@@ -296,6 +296,23 @@ def _check_consistent(result):
             raise ValueError(f"a {spec.task} model needs {n_classes} classes")
     if spec.name == "mlp" and (result.running is None or result.running.shape != (spec.layout["n_running"],)):  # fmt: skip
         raise ValueError("the batch-norm running averages do not fit the network")
+    _check_predicts(result)
+
+
+def _check_predicts(result):
+    """Predict one row of zeros: a file whose checksum matches but whose model description
+    is broken (a layer's settings missing, an unknown activation) fails here, not in the
+    user's first ``predict``."""
+    spec = result.model
+    n = spec.n_features
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"the model has {n!r} features")
+    shape = (1, 1, n) if spec.name == "rnn" else (1, n)
+    try:
+        with np.errstate(all="ignore"):
+            result.decision_function(np.zeros(shape, dtype=result.params.dtype))
+    except Exception as exc:  # any failure of a model described by the file
+        raise ValueError(f"its model cannot predict ({type(exc).__name__}: {exc})") from None
 
 
 def _rebuild_estimator(kind, result, meta, arrays):

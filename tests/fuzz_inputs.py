@@ -41,7 +41,8 @@ DTYPES = [
     "bool", "int8", "int64", "uint64", ">i4", "complex128", "object", "str", "bytes",
     "datetime64[s]",
 ]  # fmt: skip
-LAYOUTS = ["C", "C", "F", "reversed", "strided", "readonly", "unaligned", "list"]
+# the last two are Python lists: nested, and ragged (one row shorter than the others)
+LAYOUTS = ["C", "C", "F", "reversed", "strided", "readonly", "unaligned", "list", "ragged"]
 
 
 @st.composite
@@ -103,6 +104,10 @@ def lay_out(arr, layout):
         return view
     if layout == "list":
         return arr.tolist()
+    if layout == "ragged" and arr.ndim and arr.shape[0] > 1:
+        rows = arr.tolist()
+        rows[-1] = [rows[-1]] if arr.ndim == 1 else rows[-1][:-1]
+        return rows
     return arr
 
 

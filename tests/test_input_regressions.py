@@ -211,3 +211,26 @@ def test_command_line_whole_numbers_beyond_int64_are_numbers(tmp_path, capsys):
     status, err = _cli(["train", str(path), "--target", "t", "--model", "linear", "--backend",
                         "numpy", "--no-progress", "--out", str(tmp_path / "m.npz")], capsys)  # fmt: skip
     assert status == 0, err
+
+
+def test_model_file_with_a_valid_checksum_but_a_broken_network_is_refused(tmp_path):
+    """Found by fuzzing: a file whose metadata lost an entry of the network's settings
+    (``net_hyper``), with a checksum recomputed to match, loaded; its first predict raised
+    an IndexError."""
+    import json
+
+    from fastgd import persistence
+
+    net = fastgd.fit(X, labels, fastgd.MLP(hidden=(4,)), backend="numpy", epochs=1, seed=0)
+    path = tmp_path / "net.npz"
+    fastgd.save(net, path)
+    with np.load(path) as archive:
+        arrays = {name: archive[name] for name in archive.files}
+    meta = json.loads(str(arrays.pop("metadata")))
+    del meta["result"]["model"]["fields"]["net_hyper"][0]
+    text = json.dumps(meta)
+    arrays["checksum"] = np.array(persistence._checksum(text, {k: v for k, v in arrays.items() if k != "checksum"}))  # fmt: skip
+    arrays["metadata"] = np.array(text)
+    np.savez(path, **arrays)
+    with pytest.raises(ValueError, match="holds an invalid fastgd model: its model cannot predict"):
+        fastgd.load(path)

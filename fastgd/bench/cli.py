@@ -154,6 +154,20 @@ def _solvers(args, config, sizes, log):
     return records
 
 
+def _memory(args, config, sizes, log):
+    """Peak memory per model kind: the first model at every size (how the peak grows with
+    the data), the other model kinds at the largest."""
+    rows = _csv(args.memory_rows or sizes["memory_rows"], int)
+    if config.models:
+        log("peak memory per model kind (one new process per size) ...")
+    memory = []
+    for i, model in enumerate(config.models):
+        memory += measure_memory(model, rows if i == 0 else rows[-1:], config.features,
+                                 config.backends, dtype=config.dtypes[0],
+                                 threads=max(config.threads), log=log)  # fmt: skip
+    return memory
+
+
 def _section(title, header_rows, out, md):
     header, rows = header_rows
     if not rows:
@@ -233,16 +247,7 @@ def run(args, out=None):
     except (ImportError, ValueError):
         pass
 
-    memory = []
-    if not args.no_memory and config.models:
-        rows = _csv(args.memory_rows or sizes["memory_rows"], int)
-        log("peak memory per model kind (one new process per size) ...")
-        for i, model in enumerate(config.models):
-            # the first model at every size (how the peak grows with the data), the
-            # other model kinds at the largest
-            memory += measure_memory(model, rows if i == 0 else rows[-1:], config.features,
-                                     config.backends, dtype=config.dtypes[0],
-                                     threads=max(config.threads), log=log)  # fmt: skip
+    memory = [] if args.no_memory else _memory(args, config, sizes, log)
     solvers = []
     if not args.no_solvers:
         log("second-order solvers: time to the optimum ...")

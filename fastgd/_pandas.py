@@ -63,6 +63,34 @@ def feature_names(frame):
     return None
 
 
+# rows converted at a time by frame_to_array: about 64 K entries per block
+_BLOCK_ENTRIES = 1 << 16
+
+
+def frame_to_array(frame, dtype):
+    """A numeric data frame as a C-contiguous array of ``dtype`` (float32 or float64),
+    converted a block of rows at a time.
+
+    pandas stores a frame by columns, so ``frame.to_numpy()`` is column-major (a copy
+    already when the columns have several dtypes), and the row-major array the kernels
+    read would be a second n x d copy. Filling the row-major array block by block makes
+    it the only one. Missing values of nullable columns become NaN (rejected, with
+    their count, by the validation that follows).
+    """
+    n, d = frame.shape
+    out = np.empty((n, d), dtype=dtype)
+    step = max(1, _BLOCK_ENTRIES // max(1, d))
+    for start in range(0, n, step):
+        block = frame.iloc[start : start + step]
+        out[start : start + step] = block.to_numpy(dtype=dtype, na_value=np.nan)
+    return out
+
+
+def _float_dtype(dtype):
+    """float32 stays float32; other numeric types train in float64."""
+    return dtype if dtype in (np.float32, np.float64) else np.dtype(np.float64)
+
+
 def frames_to_arrays(X, y):
     """``(X, y, feature_names)`` with data frames and series turned into NumPy arrays.
 
@@ -84,12 +112,11 @@ def frames_to_arrays(X, y):
         The column names of a data frame ``X`` whose column names are all strings.
     """
     names = None
+    if _is_series(X):
+        X = X.to_frame()  # one feature
     if _is_frame(X):
         names = feature_names(X)
-        X = X.to_numpy(dtype=frame_dtype(X, "X"))
-    elif _is_series(X):
-        names = feature_names(X.to_frame())
-        X = X.to_numpy(dtype=frame_dtype(X.to_frame(), "X"))
+        X = frame_to_array(X, _float_dtype(frame_dtype(X, "X")))
     if _is_frame(y):
         y = y.to_numpy(dtype=frame_dtype(y, "y"))
     elif _is_series(y):

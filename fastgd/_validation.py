@@ -46,7 +46,7 @@ def check_features(X, name="X", n_features=None, allow_1d=True, finite=True):
     """
     if is_scipy_sparse(X):
         return check_sparse(X, name, n_features)
-    arr = np.asarray(X)
+    arr = as_array(X, name)
     if arr.dtype.kind not in "biuf":
         raise ValueError(
             f"{name} must be numeric (bool, integer or float); got an array of dtype {arr.dtype}"
@@ -63,7 +63,7 @@ def check_features(X, name="X", n_features=None, allow_1d=True, finite=True):
             f"{name} is empty: shape {arr.shape}; at least one sample and one feature are needed"
         )
     dtype = arr.dtype if arr.dtype in (np.float32, np.float64) else np.float64
-    arr = np.ascontiguousarray(arr, dtype=dtype)
+    arr = contiguous(arr, dtype)
     if finite:
         _check_finite(arr, name)
     if n_features is not None and arr.shape[1] != n_features:
@@ -71,6 +71,26 @@ def check_features(X, name="X", n_features=None, allow_1d=True, finite=True):
             f"{name} has {arr.shape[1]} features, but the model was fit with {n_features}"
         )
     return arr
+
+
+def as_array(value, name):
+    """``np.asarray(value)``, with a ValueError naming the argument when NumPy cannot
+    read it (ragged nested lists, objects whose ``__array__`` fails)."""
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise ValueError(f"{name} could not be read as an array: {exc}") from None
+
+
+def contiguous(arr, dtype):
+    """``arr`` as a C-contiguous, aligned array of ``dtype``: the array itself when it is
+    one already (read-only ones too), else a copy.
+
+    The compiled kernels may assume that every element sits at a multiple of its size
+    (Numba types every array as aligned); an unaligned view (at an odd byte offset of a
+    buffer) is rare input, and copying it once keeps them on safe ground.
+    """
+    return np.require(arr, dtype=dtype, requirements=["C_CONTIGUOUS", "ALIGNED", "ENSUREARRAY"])
 
 
 def is_scipy_sparse(X):
@@ -164,7 +184,7 @@ def check_sequences(X, name="X", n_features=None, n_steps=None):
     are required (a prediction must have the features of the fit; the steps may differ
     unless ``n_steps`` is given).
     """
-    arr = np.asarray(X)
+    arr = as_array(X, name)
     if arr.dtype.kind not in "biuf":
         raise ValueError(
             f"{name} must be numeric (bool, integer or float); got an array of dtype {arr.dtype}"
@@ -179,7 +199,7 @@ def check_sequences(X, name="X", n_features=None, n_steps=None):
     if 0 in arr.shape:
         raise ValueError(f"{name} is empty: shape {arr.shape}")
     dtype = arr.dtype if arr.dtype in (np.float32, np.float64) else np.float64
-    arr = np.ascontiguousarray(arr, dtype=dtype)
+    arr = contiguous(arr, dtype)
     _check_finite(arr, name)
     if n_features is not None and arr.shape[2] != n_features:
         raise ValueError(
@@ -194,7 +214,7 @@ def check_lengths(lengths, n_samples, n_steps):
     """Validate sequence lengths: int64 (n,), every value in [1, n_steps]; None: all full."""
     if lengths is None:
         return np.full(n_samples, n_steps, dtype=np.int64)
-    arr = np.asarray(lengths)
+    arr = as_array(lengths, "lengths")
     if arr.dtype.kind not in "iu" and not (
         arr.dtype.kind == "f" and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr))
     ):
@@ -206,7 +226,7 @@ def check_lengths(lengths, n_samples, n_steps):
             f"lengths must be in [1, {n_steps}] (the steps of X); got values from "
             f"{arr.min()} to {arr.max()}"
         )
-    return np.ascontiguousarray(arr, dtype=np.int64)
+    return contiguous(arr, np.int64)
 
 
 def check_sequence_targets(y, n_samples, n_steps, kind, dtype, classes=None):
@@ -215,7 +235,7 @@ def check_sequence_targets(y, n_samples, n_steps, kind, dtype, classes=None):
     ``kind`` as for :func:`check_targets`; every step needs a valid target (padded steps
     are not read, but are validated: pad with any valid value).
     """
-    arr = np.asarray(y)
+    arr = as_array(y, "y")
     if (
         arr.ndim not in (2, 3)
         or arr.shape[:2] != (n_samples, n_steps)
@@ -230,6 +250,21 @@ def check_sequence_targets(y, n_samples, n_steps, kind, dtype, classes=None):
     return Y.reshape(n_samples, n_steps, -1), classes
 
 
+# rows per block of the exact finiteness check and the NaN/inf count: about 64 K entries
+# (512 KB of float64), so neither allocates an array-sized boolean mask
+_BLOCK_ENTRIES = 1 << 16
+
+
+def _row_blocks(arr):
+    """Views of ``arr`` (any shape) as consecutive blocks of at most ~64 K entries."""
+    if arr.size == 0:
+        return
+    flat = arr.reshape(arr.shape[0], -1) if arr.ndim > 1 else arr.reshape(-1, 1)
+    step = max(1, _BLOCK_ENTRIES // max(1, flat.shape[1]))
+    for i in range(0, flat.shape[0], step):
+        yield flat[i : i + step]
+
+
 def _all_finite(arr):
     """True if no entry is NaN or infinite, without an array-sized temporary.
 
@@ -242,9 +277,16 @@ def _all_finite(arr):
     with np.errstate(over="ignore", invalid="ignore"):
         if np.isfinite(np.sum(arr, dtype=np.float64)):
             return True
-    flat = arr.reshape(arr.shape[0], -1) if arr.ndim > 1 else arr.reshape(-1, 1)
-    step = max(1, (1 << 16) // max(1, flat.shape[1]))
-    return all(np.isfinite(flat[i : i + step]).all() for i in range(0, flat.shape[0], step))
+    return all(np.isfinite(block).all() for block in _row_blocks(arr))
+
+
+def _count_nonfinite(arr):
+    """``(NaN count, infinite count)``, counted a block of rows at a time."""
+    n_nan = n_inf = 0
+    for block in _row_blocks(arr):
+        n_nan += int(np.count_nonzero(np.isnan(block)))
+        n_inf += int(np.count_nonzero(np.isinf(block)))
+    return n_nan, n_inf
 
 
 def check_finite_after(X, history, stop_reason, name="X"):
@@ -272,8 +314,7 @@ def check_finite_after(X, history, stop_reason, name="X"):
 
 def _check_finite(arr, name):
     if not _all_finite(arr):
-        n_nan = int(np.isnan(arr).sum())
-        n_inf = int(np.isinf(arr).sum())
+        n_nan, n_inf = _count_nonfinite(arr)
         raise ValueError(
             f"{name} contains {n_nan} NaN and {n_inf} infinite values; remove or impute them"
         )
@@ -304,7 +345,7 @@ def check_targets(y, n_samples, model_name, dtype, classes=None):
     classes : ndarray or None
         The sorted distinct labels for classifiers (index ``i`` encodes ``classes[i]``).
     """
-    arr = np.asarray(y)
+    arr = as_array(y, "y")
     if arr.ndim == 0 or arr.ndim > 2:
         raise ValueError(
             f"y must be 1-D (or 2-D for several regression targets); got shape {arr.shape}"
@@ -318,7 +359,7 @@ def check_targets(y, n_samples, model_name, dtype, classes=None):
             raise ValueError(f"y must be numeric for a regression model; got dtype {arr.dtype}")
         if arr.ndim == 2 and arr.shape[1] == 0:
             raise ValueError("y has no target columns")
-        Y = np.ascontiguousarray(arr.reshape(n_samples, -1), dtype=dtype)
+        Y = contiguous(arr.reshape(n_samples, -1), dtype)
         _check_finite(Y, "y")
         return Y, None
     if arr.ndim == 2:
@@ -347,9 +388,14 @@ def check_targets(y, n_samples, model_name, dtype, classes=None):
 
 
 def _encode_labels(labels):
-    """Sorted distinct labels and each label's index among them."""
+    """Sorted distinct labels and each label's index among them.
+
+    ``np.unique(..., return_inverse=True)`` holds about four index arrays of n entries at
+    once; the distinct labels and a binary search over them hold two.
+    """
     try:
-        return np.unique(labels, return_inverse=True)
+        classes = np.unique(labels)
+        return classes, np.searchsorted(classes, labels)
     except TypeError as exc:
         raise ValueError(
             f"the labels in y cannot be sorted ({exc}); use labels of one type"
@@ -358,13 +404,27 @@ def _encode_labels(labels):
 
 def _encode_with(labels, classes):
     """Indices of ``labels`` among the given (sorted, distinct) ``classes``."""
-    classes, _ = _encode_labels(np.asarray(classes).ravel())
-    codes = np.searchsorted(classes, labels)
-    found = (codes < len(classes)) & (classes[np.minimum(codes, len(classes) - 1)] == labels)
+    classes = as_array(classes, "classes").ravel()
+    if classes.size == 0:
+        raise ValueError("classes is empty; give every class label the model should predict")
+    classes, _ = _encode_labels(classes)
+    try:
+        codes = np.searchsorted(classes, labels)
+        found = (codes < len(classes)) & (classes[np.minimum(codes, len(classes) - 1)] == labels)
+    except TypeError:  # labels and classes of types that do not compare (str and int)
+        found = np.zeros(len(labels), dtype=bool)
     if not np.all(found):
-        unknown = np.unique(labels[~found]).tolist()
+        unknown = _unique_text(labels[~found])
         raise ValueError(f"y has labels {unknown} that are not in classes {classes.tolist()}")
     return classes, codes
+
+
+def _unique_text(labels):
+    """The distinct labels as a list (as text if they cannot be sorted)."""
+    try:
+        return np.unique(labels).tolist()
+    except TypeError:
+        return sorted({repr(v) for v in labels.tolist()})
 
 
 def check_positive_int(value, name, allow_none=False):
@@ -434,7 +494,7 @@ def check_sample_weight(sample_weight, n_samples, dtype):
     """
     if sample_weight is None:
         return np.empty(0, dtype=dtype)
-    arr = np.asarray(sample_weight)
+    arr = as_array(sample_weight, "sample_weight")
     if arr.dtype.kind not in "biuf":
         raise ValueError(f"sample_weight must be numeric; got an array of dtype {arr.dtype}")
     if arr.ndim != 1 or arr.shape[0] != n_samples:
@@ -449,7 +509,13 @@ def check_sample_weight(sample_weight, n_samples, dtype):
         )
     if not arr.any():
         raise ValueError("sample_weight is zero for every sample; nothing would be learned")
-    return np.array(arr, dtype=dtype, order="C")
+    # Only the ratios of the weights matter (they are rescaled to mean 1 afterwards), so
+    # they are first scaled by a power of two (exact: the ratios, the mean and the result
+    # keep every bit) that brings the largest into [0.5, 1): then no finite weight
+    # overflows float32, and the mean of the weights cannot overflow either.
+    weights = np.asarray(arr, dtype=np.float64)
+    _, exponent = np.frexp(weights.max())
+    return np.ascontiguousarray(np.ldexp(weights, -int(exponent)), dtype=dtype)
 
 
 PENALTIES = (None, "l2", "l1", "elasticnet")

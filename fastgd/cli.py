@@ -9,6 +9,8 @@ import argparse
 import csv
 import os
 import sys
+import zipfile
+import zlib
 
 import numpy as np
 
@@ -111,8 +113,11 @@ def run(args):
 
 def _read_csv(path):
     """Header and columns (lists of strings) of a CSV file."""
-    with open(path, newline="") as file:
-        rows = list(csv.reader(file))
+    try:
+        with open(path, newline="") as file:
+            rows = list(csv.reader(file))
+    except (UnicodeDecodeError, csv.Error) as exc:  # a binary file, a field over csv's limit
+        raise UsageError(f"{path} is not a readable CSV file: {exc}") from None
     if not rows or not rows[0]:
         raise UsageError(f"{path} is empty; a header row naming the columns is needed")
     header, body = [name.strip() for name in rows[0]], rows[1:]
@@ -135,6 +140,13 @@ def _numeric(values, name, path):
         ) from None
 
 
+def _is_int64(text):
+    try:
+        return -(2**63) <= int(text) < 2**63
+    except ValueError:
+        return False
+
+
 def _is_float(text):
     try:
         float(text)
@@ -144,6 +156,8 @@ def _is_float(text):
 
 
 def _features_csv(path, header, columns, names):
+    if not names:
+        raise UsageError(f"{path} has no feature columns (columns: {', '.join(header)})")
     missing = [name for name in names if name not in header]
     if missing:
         raise UsageError(f"{path} has no column {', '.join(map(repr, missing))} (columns: {', '.join(header)})")  # fmt: skip
@@ -186,7 +200,7 @@ def read_training_data(path, target):
 
 def _target_values(values, name, path):
     """Whole numbers as int64 (class labels print as 0, 1, ...), numbers as float, else str."""
-    if all(v.strip().lstrip("+-").isdigit() for v in values):
+    if all(_is_int64(v) for v in values):
         return np.array([int(v) for v in values], dtype=np.int64)
     if all(_is_float(v) for v in values):
         return _numeric(values, name, path)
@@ -204,18 +218,37 @@ def read_features(path, names):
     return _features_csv(path, header, columns, names if names is not None else header)
 
 
+def _np_load(path):
+    """What ``np.load`` reads from ``path`` (no pickle); a file it cannot read is bad input."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise UsageError(f"{path} is not a readable NumPy file: {exc}") from None
+
+
 def _load_npy(path):
-    data = np.load(path, allow_pickle=False)
+    data = _np_load(path)
+    if not isinstance(data, np.ndarray):
+        data.close()
+        raise UsageError(f"{path} is an .npz archive; a .npy file of one array was expected")
     if data.ndim != 2 or data.dtype.kind not in "biuf":
         raise UsageError(f"{path} must hold a 2-D numeric array; got shape {data.shape}, dtype {data.dtype}")  # fmt: skip
     return data
 
 
 def _npz_array(path, name):
-    with np.load(path, allow_pickle=False) as archive:
+    archive = _np_load(path)
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise UsageError(f"{path} holds a single array; an .npz archive was expected")
+    with archive:
         if name not in archive.files:
             raise UsageError(f"{path} has no array {name!r} (arrays: {', '.join(archive.files)})")
-        return archive[name]
+        try:
+            return archive[name]
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+            raise UsageError(f"array {name!r} of {path} cannot be read: {exc}") from None
 
 
 def _train(args):

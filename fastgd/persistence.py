@@ -16,7 +16,9 @@ import hashlib
 import inspect
 import json
 import numbers
+import os
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -208,12 +210,31 @@ def save(model, path):
     text = json.dumps(meta, allow_nan=True)
     arrays["metadata"] = np.array(text)
     arrays["checksum"] = np.array(_checksum(text, {k: v for k, v in arrays.items() if k != "metadata"}))  # fmt: skip
-    with open(path, "wb") as file:
+    with open(_check_path(path), "wb") as file:
         np.savez(file, **arrays)
+
+
+# What reading a damaged or foreign archive can raise: zipfile's errors (a bad CRC, an
+# encrypted member: RuntimeError, an unknown compression method: NotImplementedError),
+# zlib's for a corrupted compressed member, NumPy's for a garbled array header (one that
+# claims an absurd shape: MemoryError, OverflowError)
+_UNREADABLE = (
+    OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error, RuntimeError,
+    NotImplementedError, MemoryError, OverflowError,
+)  # fmt: skip
+
+
+def _check_path(path):
+    """A file name (``str``, ``bytes``, ``os.PathLike``); an integer would be taken by
+    ``open`` as a file descriptor (and closed afterwards)."""
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        raise TypeError(f"path must be a file name (str or os.PathLike); got {type(path).__name__}")  # fmt: skip
+    return path
 
 
 def _read(path):
     """The arrays of the archive and its parsed, verified metadata."""
+    _check_path(path)
     try:
         archive = np.load(path, allow_pickle=False)
         if not isinstance(archive, np.lib.npyio.NpzFile):
@@ -222,13 +243,13 @@ def _read(path):
             arrays = {name: archive[name] for name in archive.files}
     except (FileNotFoundError, IsADirectoryError, PermissionError):
         raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+    except _UNREADABLE as exc:
         raise ValueError(f"{path} is not a readable fastgd model file: {exc}") from None
     try:
         text, checksum = str(arrays.pop("metadata")), str(arrays.pop("checksum"))
         meta = json.loads(text)
         fmt, version = meta["format"], meta["format_version"]
-    except (KeyError, ValueError, TypeError) as exc:
+    except (KeyError, ValueError, TypeError, RecursionError) as exc:
         raise ValueError(f"{path} is not a fastgd model file (no valid metadata: {exc})") from None
     if fmt != FORMAT or not isinstance(version, int):
         raise ValueError(f"{path} is not a fastgd model file (format {fmt!r})")
@@ -275,6 +296,23 @@ def _check_consistent(result):
             raise ValueError(f"a {spec.task} model needs {n_classes} classes")
     if spec.name == "mlp" and (result.running is None or result.running.shape != (spec.layout["n_running"],)):  # fmt: skip
         raise ValueError("the batch-norm running averages do not fit the network")
+    _check_predicts(result)
+
+
+def _check_predicts(result):
+    """Predict one row of zeros: a file whose checksum matches but whose model description
+    is broken (a layer's settings missing, an unknown activation) fails here, not in the
+    user's first ``predict``."""
+    spec = result.model
+    n = spec.n_features
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"the model has {n!r} features")
+    shape = (1, 1, n) if spec.name == "rnn" else (1, n)
+    try:
+        with np.errstate(all="ignore"):
+            result.decision_function(np.zeros(shape, dtype=result.params.dtype))
+    except Exception as exc:  # any failure of a model described by the file
+        raise ValueError(f"its model cannot predict ({type(exc).__name__}: {exc})") from None
 
 
 def _rebuild_estimator(kind, result, meta, arrays):

@@ -167,12 +167,8 @@ def _solvers(args, config, sizes, log):
 def _extras(args, config, sizes, log):
     """The measurements beside the grid, each skipped by its ``--no-...`` option."""
     extra = dict(memory=[], solvers=[], recurrent=[], startup=[])
-    if not args.no_memory and config.models:
-        rows = _csv(args.memory_rows or sizes["memory_rows"], int)
-        log("peak memory (one new process per size) ...")
-        extra["memory"] = measure_memory(config.models[0], rows, config.features,
-                                         config.backends, dtype=config.dtypes[0],
-                                         threads=max(config.threads), log=log)  # fmt: skip
+    if not args.no_memory:
+        extra["memory"] = _memory(args, config, sizes, log)
     if not args.no_solvers:
         log("second-order solvers: time to the optimum ...")
         extra["solvers"] = _solvers(args, config, sizes, log)
@@ -204,6 +200,20 @@ def _recurrent_section(records, limits, threads, out, md):
              f"float32, Adam, {threads} threads; PyTorch runs the same nn.LSTM/nn.GRU + "
              "nn.Linear; check = parameters against the numpy backend's):",
              recurrent_rows(records, peak and peak * 1e9), out, md)  # fmt: skip
+
+
+def _memory(args, config, sizes, log):
+    """Peak memory per model kind: the first model at every size (how the peak grows with
+    the data), the other model kinds at the largest."""
+    rows = _csv(args.memory_rows or sizes["memory_rows"], int)
+    if config.models:
+        log("peak memory per model kind (one new process per size) ...")
+    memory = []
+    for i, model in enumerate(config.models):
+        memory += measure_memory(model, rows if i == 0 else rows[-1:], config.features,
+                                 config.backends, dtype=config.dtypes[0],
+                                 threads=max(config.threads), log=log)  # fmt: skip
+    return memory
 
 
 def _section(title, header_rows, out, md):
@@ -302,7 +312,8 @@ def run(args, out=None):
              f"{max(config.threads)} threads; 'reached' = within 1e-8 of the best objective):",
              solver_rows(solvers), out, md)  # fmt: skip
     _recurrent_section(recurrent, limits, max(config.threads), out, md)
-    _section("Peak memory of a fit (new process per size):", report.memory_rows(memory), out, md)
+    _section("Peak memory of a fit per model kind (new process per size):",
+             report.memory_rows(memory), out, md)  # fmt: skip
     _section("Import and first fit in a new process:", report.startup_rows(startup), out, md)
     failed = _log_notes(records, skipped, log)
     for r in recurrent:

@@ -206,7 +206,7 @@ def measure_startup(backends=None, cold=True, threads=1, rows=1000, features=20,
     return records
 
 
-# Makes the data, loads the kernels with a small fit, then for each batch size resets the
+# Makes the data, loads the kernels with a one-epoch fit, then for each batch size resets the
 # peak-RSS mark and fits: peak RSS during the fit minus RSS before it is the fit's memory.
 MEMORY_SCRIPT = """
 import json, resource, sys
@@ -241,8 +241,8 @@ options = dict(epochs=config["epochs"], lr=case.lr, seed=0, backend=config["back
                n_threads=config["threads"], shuffle=config["shuffle"])
 out = dict(data_bytes=data_nbytes(X) + y.nbytes, data_rss=data_rss - start_rss, fits={})
 with pin_threads(config["threads"]):
-    for batch in config["batch_sizes"]:
-        case.run_fastgd(X[:256], y[:256], batch_size=batch, **dict(options, epochs=1))
+    for batch in config["batch_sizes"]:  # the kernels the full data selects (parallel or not)
+        case.run_fastgd(X, y, batch_size=batch, **dict(options, epochs=1))
     before = rss()[0]
     out["kernels_rss"] = before - data_rss
     for batch in config["batch_sizes"]:
@@ -267,8 +267,10 @@ def measure_memory(model, rows_list, features, backends=None, batch_sizes=(32, N
                    dtype="float64", threads=1, epochs=1, shuffle=False, log=print):  # fmt: skip
     """Peak memory of a fit against the size of the data, one new process per size.
 
-    In each child: make the data, load the kernels with a small fit, then per batch size
-    measure the peak resident memory during ``fit`` above the resident memory before it
+    In each child: make the data, load the kernels with a one-epoch fit on it (the
+    kernels the full data selects, parallel or not, are loaded or compiled outside the
+    measure), then per batch size measure the peak resident memory during ``fit`` above
+    the resident memory before it
     (Linux: the peak mark is reset before each fit, and glibc's mmap threshold is fixed so
     that large temporaries are not served from pages freed earlier; elsewhere the growth of
     the process peak, a lower bound).

@@ -61,8 +61,10 @@ def prepare_problem(X, y, model, arguments):
     n, d = X.shape[0], X.shape[-1]
     weights = v.check_sample_weight(arguments["sample_weight"], n, X.dtype)
     seed = arguments["seed"]
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
-        raise ValueError(f"seed must be None or an integer; got {seed!r}")
+    if seed is not None and (
+        isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0
+    ):  # NumPy's generators take non-negative seeds only
+        raise ValueError(f"seed must be None or a non-negative integer; got {seed!r}")
     data = SequenceData(X, Y, weights, lengths) if isinstance(model, RNN) else Data(X, Y, weights)
     validation, rows = None, None
     if arguments["early_stopping"]:
@@ -87,7 +89,12 @@ def container(data):
         return data
     X, Y, weights = data
     nnz = int(X.indptr[-1])
-    return SparseData(X.data[:nnz], X.indices[:nnz], X.indptr, X.shape[1], Y, weights)
+    # no copy of SciPy's own arrays; a strided array given to the CSR constructor is
+    # copied once (Numba would compile every kernel again for a non-contiguous layout)
+    values, indices, indptr = (
+        v.contiguous(a, a.dtype) for a in (X.data[:nnz], X.indices[:nnz], X.indptr)
+    )
+    return SparseData(values, indices, indptr, X.shape[1], Y, weights)
 
 
 def check_sparse_support(problem, optimizer_code, backend_name):

@@ -44,14 +44,23 @@ def compiled_backend(request):
     return get_backend(request.param)
 
 
-def pytest_collection_modifyitems(config, items):
-    """Run the Dask cluster tests last (a stable sort keeps every other order).
+# tests whose other processes (Dask workers, children of the Ctrl-C and threading-layer
+# tests) compile kernels into the shared on-disk cache: run last (see below)
+LAST = (
+    "test_dask.py::",
+    "test_interrupt.py::test_sigint_stops_a_long_fit",
+    "test_concurrency.py::test_concurrent_fits_on_each_numba_threading_layer",
+)
 
-    Their worker processes compile kernel variants into the shared on-disk Numba cache. A
+
+def pytest_collection_modifyitems(config, items):
+    """Run the tests of :data:`LAST` last (a stable sort keeps every other order).
+
+    Their other processes compile kernel variants into the shared on-disk Numba cache. A
     kernel loaded from that cache can round differently from the same kernel compiled in
     this process (see ``_chunk_gradient`` in ``backends/numba/linear.py``), so a test that
     compares two variants bit for bit (one or two threads) could find one compiled here
     and the other loaded from a worker's compile; measured: test_network's bit-identity
     test failed in a cold-cache run with the Dask tests before it.
     """
-    items.sort(key=lambda item: "test_dask.py::" in item.nodeid)
+    items.sort(key=lambda item: any(name in item.nodeid for name in LAST))

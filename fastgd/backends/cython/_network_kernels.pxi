@@ -334,7 +334,7 @@ cdef void _backward_chunk(
     cdef const floating* params = <const floating*>net.params
     cdef floating* G = <floating*>net.G + chunk * net.ld_g
     cdef floating slope = <floating>net.slope
-    cdef const floating* a_in
+    cdef const floating* a_in = NULL  # set for every layer above 0 (CSR rows: not at 0)
     cdef const floating* a
     cdef const floating* xh
     cdef floating* gb

@@ -1,9 +1,10 @@
-"""Sparse (CSR) logistic regression: fastgd against scikit-learn and a plain SciPy loop.
+"""Sparse (CSR) logistic regression and MLP: fastgd against scikit-learn and plain SciPy loops.
 
 Usage::
 
     python benchmarks/sparse_sgd.py           # README figures
     python benchmarks/sparse_sgd.py --quick   # a smoke test
+    python benchmarks/sparse_sgd.py --only mlp --rows 100000   # the MLP rows only
 
 Data: synthetic binary classification, ``rows x features`` float64 CSR with ``nnz``
 non-zeros per row (uniform random columns, N(0, 1) values, int32 indices), labels from a
@@ -19,6 +20,14 @@ random linear model plus noise.
   against the loop a NumPy/SciPy user writes: ``z = X[a:b] @ w``, ``r = (sigmoid(z) - y) /
   rows``, ``w -= lr * (X[a:b].T @ r)``, with contiguous row slices (no shuffling: the
   cheapest slicing). Same updates, weights compared.
+
+- MLP: one epoch of ``fastgd.MLP(hidden=(64,))`` (ReLU, one sigmoid output, binary
+  cross-entropy) with Adam (lr 1e-3) at ``batch_size=256`` on ``--mlp-rows`` rows, against
+  the loop a NumPy/SciPy user writes from the same initial parameters: ``U = X[a:b] @ W1
+  + b1`` (sparse x dense), ReLU, the output layer, the backward pass with ``X[a:b].T @
+  dU`` for W1's gradient, and Adam on every array (in place where NumPy allows). Adam
+  keeps dense semantics on both sides: all ``d x 64`` first-layer weights and moments
+  move at every update. Samples per second; the weights are compared.
 
 One thread everywhere (BLAS pinned, ``n_threads=1``; fastgd's sparse chunks run serially
 anyway). Compile time is excluded (a first small fit compiles); medians of ``--repeat``
@@ -106,6 +115,49 @@ def scipy_loop(X, y, batch_size, lr):
     return time.perf_counter() - started, w
 
 
+def fastgd_mlp_fit(X, y, backend, hidden, batch_size, lr):
+    model = fastgd.MLP(hidden=(hidden,))
+    result = fastgd.fit(
+        X, y, model, backend=backend, batch_size=batch_size, epochs=1, shuffle=False,
+        optimizer="adam", lr=lr, seed=0, n_threads=1,
+    )  # fmt: skip
+    return result.train_time, result.params
+
+
+def numpy_mlp_loop(X, y, hidden, batch_size, lr):
+    """One epoch of the MLP of :func:`fastgd_mlp_fit` as a NumPy/SciPy user writes it:
+    same initial parameters (fastgd's, seed 0), same batches, Adam with torch's formulas.
+    Returns the seconds and the final flat parameters ``[W1, W2, b1, b2]``."""
+    n, d = X.shape
+    params = fastgd.MLP(hidden=(hidden,)).spec(d, 1, 2).init_params(np.float64, 0)[0]
+    W1 = params[: d * hidden].reshape(d, hidden)  # views: the updates write into params
+    W2 = params[d * hidden : d * hidden + hidden].reshape(hidden, 1)
+    b1, b2 = params[d * hidden + hidden : -1], params[-1:]
+    arrays = (W1, W2, b1, b2)
+    moments = [(np.zeros_like(a), np.zeros_like(a)) for a in arrays]
+    beta1, beta2, eps = 0.9, 0.999, 1e-8
+    labels = y.astype(np.float64)[:, None]
+    started = time.perf_counter()
+    for t, a in enumerate(range(0, n, batch_size), start=1):
+        b = min(a + batch_size, n)
+        rows = X[a:b]
+        U = rows @ W1 + b1  # sparse x dense: a dense (rows, hidden) array
+        H = np.maximum(U, 0.0)
+        z = H @ W2 + b2
+        dz = (0.5 * (1.0 + np.tanh(0.5 * z)) - labels[a:b]) / (b - a)
+        dH = (dz @ W2.T) * (U > 0)
+        grads = (rows.T @ dH, H.T @ dz, dH.sum(axis=0), dz.sum(axis=0))
+        step, correction = lr / (1.0 - beta1**t), np.sqrt(1.0 - beta2**t)
+        for p, g, (m, v) in zip(arrays, grads, moments, strict=True):
+            g = np.asarray(g)
+            m *= beta1
+            m += (1.0 - beta1) * g
+            v *= beta2
+            v += (1.0 - beta2) * (g * g)
+            p -= step * m / (np.sqrt(v) / correction + eps)
+    return time.perf_counter() - started, params
+
+
 def relative_gap(a, b):
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300))
 
@@ -116,25 +168,53 @@ def main(argv=None):
     parser.add_argument("--features", type=int, default=100_000)
     parser.add_argument("--nnz", type=int, default=50)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--mlp-rows", type=int, default=25_600, help="rows of the MLP epoch")
+    parser.add_argument("--hidden", type=int, default=64, help="width of the MLP's layer")
+    parser.add_argument("--only", choices=("linear", "mlp"), help="run one part only")
     parser.add_argument("--quick", action="store_true", help="100,000 rows, 1 repeat")
     parser.add_argument("--json", help="write the figures to this file")
     args = parser.parse_args(argv)
     if args.quick:
-        args.rows, args.repeat = 100_000, 1
-    X, y = make_data(args.rows, args.features, args.nnz)
+        args.rows, args.mlp_rows, args.repeat = 100_000, 2_560, 1
+    X, y = make_data(max(args.rows, args.mlp_rows), args.features, args.nnz)
     backends = [b for b in ("numba", "cython") if b in available_backends()]
-    print(f"{args.rows:,} x {args.features:,} CSR float64, {args.nnz} non-zeros per row; "
+    print(f"{X.shape[0]:,} x {args.features:,} CSR float64, {args.nnz} non-zeros per row; "
           f"1 thread; BLAS {blas_info()}; median of {args.repeat}")  # fmt: skip
     figures = {}
     with pin_threads(1):
-        for backend in backends:  # compile (or load) the kernels outside the timings
-            for batch_size in (1, 256):
-                fastgd_fit(X[:2000], y[:2000], backend, batch_size, 0.01, 1e-4 if batch_size == 1 else 0.0)  # fmt: skip
-        figures["batch 1"] = _per_sample(X, y, backends, args.repeat)
-        figures["batch 256"] = _mini_batch(X, y, backends, args.repeat)
+        if args.only != "mlp":
+            figures.update(_linear(*_head(X, y, args.rows), backends, args.repeat))
+        if args.only != "linear":
+            figures["mlp"] = _mlp(*_head(X, y, args.mlp_rows), backends, args.repeat, args.hidden)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(figures, f, indent=2)
+    return figures
+
+
+def _head(X, y, n):
+    """The first ``n`` rows (``X`` itself, not a copy, when that is all of it)."""
+    return (X, y) if n >= X.shape[0] else (X[:n], y[:n])
+
+
+def _linear(X, y, backends, repeat):
+    for backend in backends:  # compile (or load) the kernels outside the timings
+        for batch_size in (1, 256):
+            fastgd_fit(X[:2000], y[:2000], backend, batch_size, 0.01, 1e-4 if batch_size == 1 else 0.0)  # fmt: skip
+    return {"batch 1": _per_sample(X, y, backends, repeat), "batch 256": _mini_batch(X, y, backends, repeat)}  # fmt: skip
+
+
+def _mlp(X, y, backends, repeat, hidden):
+    lr, batch_size = 1e-3, 256
+    for backend in backends:  # compile (or load) the kernel outside the timings
+        fastgd_mlp_fit(X[:1000], y[:1000], backend, hidden, batch_size, lr)
+    runs = {"SciPy/NumPy loop": lambda: numpy_mlp_loop(X, y, hidden, batch_size, lr)}
+    for backend in backends:
+        runs["fastgd " + backend] = lambda b=backend: fastgd_mlp_fit(X, y, b, hidden, batch_size, lr)  # fmt: skip
+    print(f"\nMLP(hidden=({hidden},)), Adam, batch_size={batch_size}, one epoch of {X.shape[0]:,} rows")  # fmt: skip
+    figures = _table(_interleaved(runs, repeat), None, "the loop's")
+    for name, seconds in figures.items():
+        print(f"  {name:28s} {X.shape[0] / seconds:10,.0f} samples/s")
     return figures
 
 

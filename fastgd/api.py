@@ -70,18 +70,21 @@ def fit(
         in float64, other numeric types are converted once to float64. The array is never
         modified, and not copied if it is already C-contiguous float32/float64.
         A ``scipy.sparse`` CSR matrix or array (``csr_matrix``, ``csr_array``) trains the
-        linear family on every backend without being densified or copied (float32/float64
-        values, int32 or int64 indices; unsorted or repeated column indices are read as
-        the dense matrix they stand for); other sparse formats are converted once to CSR
-        (a copy: O(nnz) time and memory). See :func:`fastgd._validation.check_sparse`.
+        linear family and networks on every backend without being densified or copied
+        (float32/float64 values, int32 or int64 indices; unsorted or repeated column
+        indices are read as the dense matrix they stand for); other sparse formats are
+        converted once to CSR (a copy: O(nnz) time and memory). See
+        :func:`fastgd._validation.check_sparse`.
         Cost with sparse rows: plain SGD at ``batch_size=1`` (with or without an L2
         penalty) costs O(non-zeros of the row) per update, through a scale factor on the
         weights; every other setting keeps the dense semantics (each parameter and
         optimizer-state entry, e.g. Adam's moments, is updated at every step, as on the
         dense matrix), so it touches the ``n_features * n_outputs`` parameters and their
         optimizer state once per mini-batch, plus O(non-zeros) for the batch's rows.
-        Networks take sparse input on the ``"numpy"`` backend (a sparse x dense first
-        layer); Newton's method does not.
+        A network's first layer on sparse rows is a sparse x dense product, O(non-zeros
+        x width) forward, and its weight gradient a scatter over the same entries; its
+        ``n_features x width`` weights and their optimizer state are updated once per
+        mini-batch (dense semantics, as above). Newton's method does not take sparse X.
     y : array-like of shape (n_samples,) or (n_samples, n_targets)
         Regression targets, or class labels of any values for classifiers.
     model : {"linear", "logistic", "softmax"}, fastgd.MLP or fastgd.RNN
@@ -247,7 +250,7 @@ def fit(
     backend = get_backend(backend)
     problem = prepare_problem(X, y, model, arguments)
     options = resolve_options(arguments, problem.data.Y.shape[0], backend)
-    check_sparse_support(problem, options.optimizer.code, backend.name)
+    check_sparse_support(problem, options.optimizer.code)
     if options.batch_size == 1 and any(getattr(problem.spec, "batch_norm", ())):
         raise ValueError(
             "batch normalization needs batches of at least 2 samples; got batch_size=1"

@@ -165,6 +165,10 @@ def test_unsorted_and_repeated_indices_read_as_the_dense_matrix(backend):
         b = fastgd.fit(X.toarray(), y, "logistic", backend="numpy", batch_size=batch_size,
                        epochs=3, seed=0, lr=0.1, penalty="l2", alpha=0.01)  # fmt: skip
         assert_same_fit(a, b, 1e-10)
+    net = dict(model=fastgd.MLP(hidden=(8, 6), activation="tanh"), epochs=3, seed=0, n_threads=1)
+    a = fastgd.fit(X, y, backend=backend, batch_size=32, **net)
+    b = fastgd.fit(X.toarray(), y, backend="numpy", batch_size=32, **net)
+    assert_same_fit(a, b, 1e-10)
     # never modified (nor sorted, nor summed in place)
     for array, saved in zip((X.data, X.indices, X.indptr), before, strict=True):
         np.testing.assert_array_equal(array, saved)
@@ -257,17 +261,75 @@ def test_sparse_shape_and_dtype_errors():
         fastgd.fit(X, targets["logistic"], "logistic", optimizer="newton")
 
 
-def test_network_on_sparse_input():
-    """Networks: a sparse first layer on the NumPy backend, equal to the dense fit; the
-    compiled backends refuse clearly."""
+# Networks: the first layer reads the CSR rows (a sparse x dense product forward, a
+# scatter for its weight gradient); every layer above is the dense code. One data shape,
+# dtype and index type for most cases (each compiles one Numba network kernel), n_threads=1
+# (the serial kernel) except in the thread test.
+NETWORK_CASES = ["sgd", "momentum-elasticnet-clip-weights", "adam-l2-early-stopping"]
+
+
+def _network(batch_norm):
+    """Two hidden layers; with batch norm on the first (its backward phase then ends in
+    the sparse layer), a regression network, else a 3-class one."""
+    if batch_norm:
+        return fastgd.MLP(hidden=(8, 6), batch_norm=(True, False), task="regression"), "linear"
+    return fastgd.MLP(hidden=(8, 6), activation="tanh"), "softmax"
+
+
+@pytest.mark.parametrize("batch_norm", [False, True])
+@pytest.mark.parametrize("batch_size", [1, 32, None])
+@pytest.mark.parametrize("case", NETWORK_CASES)
+def test_sparse_network_equals_dense(backend, case, batch_size, batch_norm):
+    if batch_norm and batch_size == 1:
+        pytest.skip("batch norm needs batches of 2 or more")
     X, targets = sparse_problem()
-    model = fastgd.MLP(hidden=(8,))
-    a = fastgd.fit(X, targets["softmax"], model, backend="numpy", epochs=2, seed=0)
-    b = fastgd.fit(X.toarray(), targets["softmax"], model, backend="numpy", epochs=2, seed=0)
-    np.testing.assert_allclose(a.params, b.params, rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(a.predict_proba(X), b.predict_proba(X.toarray()), rtol=1e-10)
-    with pytest.raises(ValueError, match="numpy"):
-        fastgd.fit(X, targets["softmax"], model, backend="numba", epochs=1)
+    model, kind = _network(batch_norm)
+    y = targets[kind]
+    sparse_fit = _fit(X, y, model, backend, case, batch_size, n_threads=1)
+    dense_fit = _fit(X.toarray(), y, model, backend, case, batch_size, n_threads=1)
+    assert_same_fit(sparse_fit, dense_fit, 1e-10)
+    np.testing.assert_allclose(sparse_fit.gradient_norms, dense_fit.gradient_norms, rtol=1e-10)
+    if backend != "numpy":  # and the dense reference, the oracle of every backend
+        reference = _fit(X.toarray(), y, model, "numpy", case, batch_size, n_threads=1)
+        assert_same_fit(sparse_fit, reference, 1e-10)
+    # prediction on sparse rows (NumPy, every backend)
+    np.testing.assert_allclose(sparse_fit.predict(X), dense_fit.predict(X.toarray()), rtol=1e-9, atol=1e-12)  # fmt: skip
+
+
+def test_sparse_network_float32_int64_indices(backend):
+    X, targets = sparse_problem(dtype=np.float32, index=np.int64)
+    model, kind = _network(False)
+    sparse_fit = _fit(X, targets[kind], model, backend, "adam-l2-early-stopping", 32, n_threads=1)  # fmt: skip
+    assert sparse_fit.params.dtype == np.float32
+    dense_fit = _fit(X.toarray(), targets[kind], model, "numpy", "adam-l2-early-stopping", 32)
+    assert_same_fit(sparse_fit, dense_fit, 1e-4)
+
+
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_sparse_network_parallel_chunks_and_thread_count(compiled_backend, batch_norm):
+    """Full batches of 16 chunks, run in parallel with 2 threads: bit-identical to 1
+    thread (the first layer's gradient is scattered serially in row order), and equal to
+    the dense reference."""
+    X, targets = sparse_problem(n=3000, d=300, density=0.01, seed=3)
+    model = fastgd.MLP(hidden=(32,), batch_norm=batch_norm)
+    kwargs = dict(batch_size=None, epochs=3, optimizer=optim.SGD(lr=0.05, momentum=0.9), seed=0)
+    y = targets["softmax"]
+    one = fastgd.fit(X, y, model, backend=compiled_backend.name, n_threads=1, **kwargs)
+    two = fastgd.fit(X, y, model, backend=compiled_backend.name, n_threads=2, **kwargs)
+    np.testing.assert_array_equal(one.params, two.params)
+    np.testing.assert_array_equal(one.loss_history, two.loss_history)
+    reference = fastgd.fit(X.toarray(), y, model, backend="numpy", **kwargs)
+    assert_same_fit(one, reference, 1e-10)
+
+
+def test_sparse_network_lbfgs_equals_dense(backend):
+    """L-BFGS drives the backend's full-batch loss and gradient of the network."""
+    X, targets = sparse_problem()
+    model, kind = _network(False)
+    kwargs = dict(optimizer="lbfgs", penalty="l2", alpha=1e-2, epochs=20, backend=backend)
+    a = fastgd.fit(X, targets[kind], model, seed=0, **kwargs)
+    b = fastgd.fit(X.toarray(), targets[kind], model, seed=0, **kwargs)
+    np.testing.assert_allclose(a.params, b.params, rtol=1e-7, atol=1e-9)
 
 
 def test_linear_estimators_take_sparse_input():

@@ -97,19 +97,15 @@ def container(data):
     return SparseData(values, indices, indptr, X.shape[1], Y, weights)
 
 
-def check_sparse_support(problem, optimizer_code, backend_name):
-    """Refuse, with a clear message, what sparse (CSR) rows cannot train on yet."""
+def check_sparse_support(problem, optimizer_code):
+    """Refuse, with a clear message, what sparse (CSR) rows cannot train on: Newton's
+    method (the linear family and networks train on them on every backend)."""
     if not isinstance(problem.data, SparseData):
         return
     if optimizer_code == NEWTON:
         raise ValueError(
             "optimizer='newton' does not take sparse X (its Hessian pass reads dense rows); "
             "use optimizer='lbfgs' or a first-order optimizer"
-        )
-    if problem.spec.n_layers and backend_name != "numpy":
-        raise ValueError(
-            f"networks on sparse X run on backend='numpy' only (a sparse x dense first "
-            f"layer in SciPy); backend {backend_name!r} trains the linear family on sparse X"
         )
 
 

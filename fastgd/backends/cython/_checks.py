@@ -17,6 +17,7 @@ _HYPER_POSITIONS = (
     opt.CLIP_NORM, opt.POWER_T, opt.L1, opt.L2, opt.N_HYPER,
 )  # fmt: skip
 _ACTIVATION_CODES = (net.IDENTITY, net.RELU, net.LEAKY_RELU, net.SIGMOID, net.TANH)
+_NO_INDEX = np.empty(0, dtype=np.int32)  # the index arrays of dense rows
 _NET_HYPER_POSITIONS = (net.LEAKY_SLOPE, net.BN_MOMENTUM, net.BN_EPS, net.N_NET_HYPER)
 if (
     _k.LOSS_CODES != _LOSS_CODES

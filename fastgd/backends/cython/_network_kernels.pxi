@@ -32,6 +32,11 @@
 #
 # ``act'`` is computed from the activation's output ``A`` (for ReLU and leaky ReLU with a
 # slope >= 0, ``A > 0`` exactly when ``U > 0``), so ``U`` is never stored.
+#
+# CSR rows (SparseData) differ in the first layer only: its forward product is sparse x
+# dense (_csr_rows_times of _sparse_rows.pxi, per chunk, O(nnz * h)), and its weight
+# gradient a scatter over the batch's entries once per batch, after the chunks, serially
+# in row order (_csr_first_gradient); every layer above is the dense code.
 
 from libc.math cimport tanh, tanhf
 from scipy.linalg.cython_blas cimport dgemm, sgemm
@@ -92,9 +97,14 @@ cdef struct Net:
     const void* Y
     const void* sw  # sample weights by row, NULL if unweighted
     void* params
-    void* G  # (max_chunks, ld_g) per-chunk gradient rows
+    # per-chunk gradient sums: chunk c sums parameter j at G + c * ld_g + j, for j >= first;
+    # G[:n_params] receives the batch's gradient. Dense rows: first = 0, one row per chunk.
+    # CSR rows: first = d * sizes[1], the end of W_1, whose gradient is scattered once per
+    # batch into G[:first] (_csr_first_gradient), so the chunks' rows (ld_g >= n_params -
+    # first) hold the other parameters and overlap in the W_1 part that no chunk writes
+    void* G
     void* S  # (max_chunks, ld_s) per-chunk column sums of the batch-norm statistics
-    Py_ssize_t ld_g, ld_s
+    Py_ssize_t ld_g, ld_s, first
     double* chunk_loss  # (max_chunks, LOSS_STRIDE): the loss sum of each chunk
     Py_ssize_t max_chunks, min_rows_per_chunk, parallel_min_work
     Py_ssize_t work_per_row  # multiply-adds per row of forward and backward
@@ -103,6 +113,11 @@ cdef struct Net:
     Py_ssize_t start, rows, n_chunks
     bint shuffled
     const int64_t* order
+    # CSR rows (_sparse_rows.pxi): X then points at the stored values; the index arrays
+    # (int32 or int64, as the caller's matrix has them) are kept untyped here
+    bint sparse, index64
+    const void* indptr
+    const void* indices
 
 
 cdef inline floating _tanh(floating x) noexcept nogil:
@@ -252,6 +267,41 @@ cdef inline void _normalize_rows(
         _activate_row(a, n, net.activation, net.slope)
 
 
+cdef void _csr_first_forward(
+    const Net* net, Py_ssize_t lo, Py_ssize_t rows, const floating* W, floating* z
+) noexcept nogil:
+    """CSR rows: ``z = X_rows @ W_1`` for rows lo:lo + rows of the batch."""
+    cdef const int64_t* order = net.order if net.shuffled else NULL
+    cdef const floating* values = <const floating*>net.X
+    if net.index64:
+        _csr_rows_times(values, <const int64_t*>net.indices, <const int64_t*>net.indptr,
+                        order, net.start + lo, rows, W, net.sizes[1], z)
+    else:
+        _csr_rows_times(values, <const int32_t*>net.indices, <const int32_t*>net.indptr,
+                        order, net.start + lo, rows, W, net.sizes[1], z)
+
+
+cdef void _csr_first_gradient(const Net* net, floating* buf, floating* G) noexcept nogil:
+    """CSR rows: ``G[W_1] = X_batch^T @ dz_1`` after the chunks' backward passes (which
+    left dz_1 of every row in the first layer's dloss/du rows): zeroed, then scattered row
+    after row, serially, so that the order of every sum is fixed by the data alone.
+    (Per-chunk accumulators would need d x h entries each; the scatter costs O(nnz * h),
+    as the forward product.)"""
+    cdef const int64_t* order = net.order if net.shuffled else NULL
+    cdef const floating* values = <const floating*>net.X
+    cdef const floating* dz = (
+        _delta_rows(net, buf, 0, 0) if net.n_layers > 1 else _z_rows(net, buf, 0, 0)
+    )
+    cdef floating* gw = G + net.offsets[OFF_WEIGHT * net.n_layers]
+    memset(gw, 0, net.first * sizeof(floating))
+    if net.index64:
+        _csr_rows_scatter(values, <const int64_t*>net.indices, <const int64_t*>net.indptr,
+                          order, net.start, net.rows, dz, net.sizes[1], gw)
+    else:
+        _csr_rows_scatter(values, <const int32_t*>net.indices, <const int32_t*>net.indptr,
+                          order, net.start, net.rows, dz, net.sizes[1], gw)
+
+
 cdef inline void _output_loss(
     const Net* net, floating* buf, Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t chunk
 ) noexcept nogil:
@@ -284,7 +334,7 @@ cdef void _backward_chunk(
     cdef const floating* params = <const floating*>net.params
     cdef floating* G = <floating*>net.G + chunk * net.ld_g
     cdef floating slope = <floating>net.slope
-    cdef const floating* a_in
+    cdef const floating* a_in = NULL  # set for every layer above 0 (CSR rows: not at 0)
     cdef const floating* a
     cdef const floating* xh
     cdef floating* gb
@@ -293,10 +343,11 @@ cdef void _backward_chunk(
     l = layer
     while True:
         n_in, n_out = net.sizes[l], net.sizes[l + 1]
-        a_in = _input_rows(net, buf, l, lo, hi, False)
-        # weights: G_W (n_in, n_out) = A_in^T @ dZ
-        _gemm(c'N', c'T', n_out, n_in, rows, dz, n_out, a_in, n_in,
-              G + net.offsets[OFF_WEIGHT * L + l], n_out)
+        if l > 0 or not net.sparse:  # (CSR rows: W_1's gradient is scattered per batch)
+            a_in = _input_rows(net, buf, l, lo, hi, False)
+            # weights: G_W (n_in, n_out) = A_in^T @ dZ
+            _gemm(c'N', c'T', n_out, n_in, rows, dz, n_out, a_in, n_in,
+                  G + net.offsets[OFF_WEIGHT * L + l], n_out)
         if not net.bn[l]:  # a normalized layer has no bias
             gb = G + net.offsets[OFF_BIAS * L + l]
             for j in range(n_out):
@@ -344,7 +395,11 @@ cdef void _forward_chunk(
     cdef floating* z
     if layer > 0 and net.bn[layer - 1]:
         _normalize_rows(net, buf, layer - 1, lo, hi)
-    a_in = _input_rows(net, buf, layer, lo, hi, True)
+    # the input rows (gathered now if shuffled); CSR rows are read by the product itself
+    if net.sparse and layer == 0:
+        a_in = NULL
+    else:
+        a_in = _input_rows(net, buf, layer, lo, hi, True)
     for l in range(layer, L):
         n_in, n_out = net.sizes[l], net.sizes[l + 1]
         if l == L - 1 or net.bn[l]:  # (the wrapper checks that the output's flag is 0)
@@ -352,8 +407,11 @@ cdef void _forward_chunk(
         else:
             z = _a_rows(net, buf, l, lo)
         # Z (rows, n_out) = A_in @ W (+ b, except in normalized layers, which have no bias)
-        _gemm(c'N', c'N', n_out, rows, n_in, params + net.offsets[OFF_WEIGHT * L + l], n_out,
-              a_in, n_in, z, n_out)
+        if l == 0 and net.sparse:
+            _csr_first_forward(net, lo, rows, params + net.offsets[OFF_WEIGHT * L], z)
+        else:
+            _gemm(c'N', c'N', n_out, rows, n_in, params + net.offsets[OFF_WEIGHT * L + l],
+                  n_out, a_in, n_in, z, n_out)
         if net.bn[l]:  # the chunk's column sums of z, for the batch mean
             for j in range(n_out):
                 S[j] = z[j]
@@ -555,8 +613,10 @@ cdef double _network_batch(
             red[2 * n + j] = gamma[j] * red[2 * n + j]
         _run_phase(net, buf, PHASE_BACKWARD, l, parallel)
         l -= 1
-    # the gradient: the chunks' rows added in chunk order
-    _sum_chunks(G, net.ld_g, net.n_chunks, net.n_params, G)
+    # the gradient: the chunks' rows added in chunk order (CSR rows: W_1's scattered)
+    _sum_chunks(G + net.first, net.ld_g, net.n_chunks, net.n_params - net.first, G + net.first)
+    if net.sparse:
+        _csr_first_gradient(net, buf, G)
     loss = 0.0
     for c in range(net.n_chunks):
         loss += net.chunk_loss[c * LOSS_STRIDE]
@@ -572,7 +632,6 @@ cdef Net _net(
     Py_ssize_t parallel_min_work, int n_threads,
 ):
     cdef Net net
-    cdef Py_ssize_t l, size
     net.n_layers = sizes.shape[0] - 1
     net.d, net.m, net.k = X.shape[1], Y.shape[1], sizes[net.n_layers]
     net.n_params = params.shape[0]
@@ -589,19 +648,42 @@ cdef Net _net(
     net.chunk_loss = &chunk_loss[0, 0]
     net.max_chunks, net.min_rows_per_chunk = max_chunks, min_rows_per_chunk
     net.parallel_min_work, net.n_threads = parallel_min_work, n_threads
-    # forward and weight-gradient products of every layer, input gradients above layer 0
-    net.work_per_row = 0
-    for l in range(net.n_layers):
-        size = sizes[l] * sizes[l + 1]
-        net.work_per_row += 3 * size if l > 0 else 2 * size
+    _set_work_per_row(&net, net.d)
     net.start, net.rows, net.n_chunks = 0, 0, 1
     net.shuffled = False
     net.order = NULL
+    net.sparse, net.index64, net.indptr, net.indices, net.first = False, False, NULL, NULL, 0
     return net
+
+
+cdef void _set_work_per_row(Net* net, Py_ssize_t inputs) noexcept nogil:
+    """Multiply-adds per row (the parallel threshold): forward and weight-gradient
+    products of every layer, input gradients above layer 0, whose rows have ``inputs``
+    entries (dense: d; CSR: the stored entries per row)."""
+    cdef Py_ssize_t l
+    net.work_per_row = 2 * inputs * net.sizes[1]
+    for l in range(1, net.n_layers):
+        net.work_per_row += 3 * net.sizes[l] * net.sizes[l + 1]
+
+
+cdef Py_ssize_t _net_csr(
+    Net* net, const index_t[::1] indices, const index_t[::1] indptr, Py_ssize_t n_features
+) noexcept nogil:
+    """Make ``net`` read CSR rows when ``indptr`` is not empty (dense rows: both index
+    arrays empty). Returns the number of rows."""
+    cdef Py_ssize_t n = indptr.shape[0] - 1
+    if indptr.shape[0] == 0:
+        return 0
+    net.sparse, net.index64 = True, index_t is int64_t
+    net.d, net.first = n_features, n_features * net.sizes[1]
+    net.indptr, net.indices = &indptr[0], (&indices[0] if indices.shape[0] > 0 else NULL)
+    _set_work_per_row(net, (indptr[n] + n - 1) // n)  # stored entries per row, rounded up
+    return n
 
 
 def network_loss_and_gradient(
     const floating[:, ::1] X, const floating[:, ::1] Y, const floating[::1] weights,
+    const index_t[::1] indices, const index_t[::1] indptr, Py_ssize_t n_features,
     floating[::1] params, const int64_t[::1] sizes, const int64_t[::1] batch_norm,
     int activation, const double[::1] net_hyper, int loss_code, const int64_t[:, ::1] offsets,
     const int64_t[::1] buffers, floating[::1] scratch, floating[:, ::1] G, floating[:, ::1] S,
@@ -610,13 +692,15 @@ def network_loss_and_gradient(
 ):
     """Mean loss of all rows as one batch (training mode); the gradient into ``grad``.
 
-    Scratch as in :func:`network_train_epochs`, for ``X.shape[0]`` rows.
+    Scratch as in :func:`network_train_epochs`, for all rows; CSR rows as there.
     """
     cdef Net net = _net(X, Y, weights, params, sizes, batch_norm, activation, net_hyper,
                         loss_code, offsets, buffers, G, S, chunk_loss, max_chunks,
                         min_rows_per_chunk, parallel_min_work, n_threads)
-    cdef Py_ssize_t n = X.shape[0]
+    cdef Py_ssize_t n = _net_csr(&net, indices, indptr, n_features)  # CSR rows, or 0
     cdef double loss
+    if n == 0:
+        n = X.shape[0]
     with nogil:
         loss = _network_batch(&net, &scratch[0], 0, n, <floating*>NULL)
         memcpy(&grad[0], &G[0, 0], net.n_params * sizeof(floating))
@@ -698,6 +782,7 @@ cdef Py_ssize_t _network_train_epochs(
 
 def network_train_epochs(
     const floating[:, ::1] X, const floating[:, ::1] Y, const floating[::1] weights,
+    const index_t[::1] indices, const index_t[::1] indptr, Py_ssize_t n_features,
     floating[::1] params, floating[::1] running, const int64_t[:, ::1] orders,
     const double[::1] lr_epochs, Py_ssize_t n_epochs, const int64_t[::1] sizes,
     const int64_t[::1] batch_norm, int activation, const double[::1] net_hyper, int loss_code,
@@ -719,10 +804,17 @@ def network_train_epochs(
     batch-norm sums (NETWORK_SCRATCH_SLOTS); ``G`` (>= max_chunks, >= n_params), ``S``
     (>= max_chunks, >= widest hidden layer), ``chunk_loss`` (>= max_chunks, LOSS_STRIDE),
     and copies for the divergence restore. The wrapper checks shapes and dtypes.
+
+    CSR rows (``indptr`` not empty): ``X`` is the (nnz, 1) column of stored values,
+    ``indices`` and ``indptr`` the index arrays and ``n_features`` the columns; ``G``
+    then holds ``n_features * sizes[1]`` entries for W_1's gradient and, from there,
+    max_chunks rows of ``ld_g = G.shape[1] >= n_params - n_features * sizes[1]`` (see
+    ``Net.G``). Dense rows: both index arrays empty.
     """
     cdef Net net = _net(X, Y, weights, params, sizes, batch_norm, activation, net_hyper,
                         loss_code, offsets, buffers, G, S, chunk_loss, max_chunks,
                         min_rows_per_chunk, parallel_min_work, n_threads)
+    cdef Py_ssize_t n = _net_csr(&net, indices, indptr, n_features)  # CSR rows, or 0
     cdef Optimizer opt = _unpack_optimizer(opt_code, hyper)
     cdef int status = MAX_EPOCHS
     cdef Py_ssize_t n_done
@@ -732,10 +824,12 @@ def network_train_epochs(
     cdef floating* start_run = &start_running[0] if running.shape[0] > 0 else NULL
     cdef floating* state = &opt_state[0, 0] if state_size > 0 else NULL
     cdef floating* saved_state = &start_state[0, 0] if state_size > 0 else NULL
+    if n == 0:
+        n = X.shape[0]
     with nogil:
         n_done = _network_train_epochs(
             &net, &scratch[0], &params[0], run, running.shape[0], orders, lr_epochs,
-            n_epochs, X.shape[0], batch_size, &opt, state, state_size, &step_count[0], tol,
+            n_epochs, n, batch_size, &opt, state, state_size, &step_count[0], tol,
             n_iter_no_change, &stop_state[0], &history[0], &grad_norms[0, 0],
             grad_norms.shape[1], &start_params[0], start_run, saved_state, &status,
         )

@@ -200,3 +200,53 @@ cdef double _per_sample_sparse(
                                        lr, l2, z, done)
     return _per_sample_sparse_rows(pb, X, <const int32_t*>pb.indices, <const int32_t*>pb.indptr,
                                    Y, sw, params, n_trained, lr, l2, z, done)
+
+
+# The first dense layer of a network on CSR rows (_network_kernels.pxi): a sparse x dense
+# product forward and a scatter for the weight gradient, over the rows ``first, ...`` of
+# ``order`` (NULL: the natural order).
+
+cdef void _csr_rows_times(
+    const floating* values, const index_t* indices, const index_t* indptr,
+    const int64_t* order, Py_ssize_t first, Py_ssize_t rows, const floating* W,
+    Py_ssize_t h, floating* out,
+) noexcept nogil:
+    """``out (rows, h) = X_rows @ W (d, h)``: per row, the sum over its entries of
+    ``value * W[column, :]``, O(nnz * h), each term an h-wide multiply-add on a
+    contiguous row of W."""
+    cdef Py_ssize_t r, i, e, c
+    cdef const floating* w
+    cdef floating* o
+    cdef floating x
+    for r in range(rows):
+        i = order[first + r] if order != NULL else first + r
+        o = out + r * h
+        for c in range(h):
+            o[c] = 0
+        for e in range(indptr[i], indptr[i + 1]):
+            x = values[e]
+            w = W + <Py_ssize_t>indices[e] * h
+            for c in range(h):
+                o[c] += x * w[c]
+
+
+cdef void _csr_rows_scatter(
+    const floating* values, const index_t* indices, const index_t* indptr,
+    const int64_t* order, Py_ssize_t first, Py_ssize_t rows, const floating* D,
+    Py_ssize_t h, floating* G,
+) noexcept nogil:
+    """``G (d, h) += X_rows^T @ D (rows, h)``: each entry adds ``value * D[r, :]`` to its
+    column's row of G, row after row in order, so every sum has one fixed order of terms
+    (repeated columns add up, as in the dense row they stand for)."""
+    cdef Py_ssize_t r, i, e, c
+    cdef const floating* dr
+    cdef floating* g
+    cdef floating x
+    for r in range(rows):
+        i = order[first + r] if order != NULL else first + r
+        dr = D + r * h
+        for e in range(indptr[i], indptr[i + 1]):
+            x = values[e]
+            g = G + <Py_ssize_t>indices[e] * h
+            for c in range(h):
+                g[c] += x * dr[c]

@@ -16,9 +16,7 @@ from ..._config import (
 )
 from ..contract import is_sparse
 from . import _kernels as _k
-from ._checks import _STATUS_CODES, _check, _check_call, _check_sparse
-
-_NO_INDEX = np.empty(0, dtype=np.int32)  # the index arrays of dense rows
+from ._checks import _NO_INDEX, _STATUS_CODES, _check, _check_call, _check_sparse
 
 _CACHE_LINE_BYTES = 64
 

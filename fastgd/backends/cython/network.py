@@ -11,14 +11,35 @@ from ..._config import MAX_CHUNKS, MIN_ROWS_PER_CHUNK, PARALLEL_MIN_WORK
 from ...specs import losses
 from ...specs import network as net
 from ..blas import single_threaded_blas
+from ..contract import is_sparse
 from . import _kernels as _k
-from ._checks import _ACTIVATION_CODES, _STATUS_CODES, _check, _check_call
+from ._checks import (
+    _ACTIVATION_CODES,
+    _NO_INDEX,
+    _STATUS_CODES,
+    _check,
+    _check_call,
+    _check_sparse,
+)
 
 _CACHE_LINE_BYTES = 64
 
 
-def _check_network(X, Y, params, running, model):
-    """Cheap checks of the network arguments (the kernels trust every offset and index).
+def _rows(data, params, loss_code):
+    """The kernels' row arguments ``(X, Y, weights, indices, indptr, n_features)`` of
+    dense rows (both index arrays empty) or CSR rows (``X`` the (nnz, 1) column of
+    stored values, a view)."""
+    if is_sparse(data):
+        return _check_sparse(data, params, loss_code)
+    X, Y, weights = _check(data, params, loss_code)
+    if X.ndim != 2:
+        raise ValueError(f"X must be 2-D; got shape {X.shape}")
+    return X, Y, weights, _NO_INDEX, _NO_INDEX, X.shape[1]
+
+
+def _check_network(n, d, Y, params, running, model):
+    """Cheap checks of the network arguments for ``n`` rows of ``d`` features (the
+    kernels trust every offset and index).
 
     Returns ``sizes``, ``batch_norm`` and ``net_hyper`` as contiguous arrays and the
     (5, L) int64 table of parameter offsets (weight, bias, gamma, beta, running).
@@ -33,9 +54,9 @@ def _check_network(X, Y, params, running, model):
             f"sizes must hold L + 1 >= 2 positive widths and batch_norm L flags, the output "
             f"layer's 0; got sizes {sizes.tolist()}, batch_norm {batch_norm.tolist()}"
         )
-    n, k = X.shape[0], int(sizes[-1])
-    if X.ndim != 2 or X.shape[1] != sizes[0]:
-        raise ValueError(f"X must have shape (n, {sizes[0]}); got {X.shape}")
+    k = int(sizes[-1])
+    if d != sizes[0]:
+        raise ValueError(f"X must have shape (n, {sizes[0]}); got ({n}, {d})")
     if Y.ndim != 2 or Y.shape[0] != n or Y.shape[1] < 1:
         raise ValueError(f"Y must have shape ({n}, m); got {Y.shape}")
     if loss_code == losses.MSE and Y.shape[1] != k:
@@ -63,25 +84,28 @@ def _check_network(X, Y, params, running, model):
             continue
         if (
             not isinstance(array, np.ndarray)
-            or array.dtype != X.dtype
+            or array.dtype != Y.dtype
             or array.shape != (size,)
             or not array.flags.c_contiguous
             or not array.flags.writeable
         ):
             raise ValueError(
-                f"{name} must be a writeable contiguous {X.dtype} array of shape ({size},)"
+                f"{name} must be a writeable contiguous {Y.dtype} array of shape ({size},)"
             )
     offsets = np.stack([layout[key] for key in ("weight", "bias", "gamma", "beta", "running")])
     return sizes, batch_norm, net_hyper, np.ascontiguousarray(offsets, dtype=np.int64)
 
 
-def _network_scratch(sizes, batch_norm, rows, dtype, shuffled):
+def _network_scratch(sizes, batch_norm, rows, dtype, gather, csr=False):
     """Scratch of the network kernels for batches of up to ``rows`` rows.
 
     Returns ``buffers`` (offsets into ``scratch``: per layer z, a and the batch statistics,
     -1 where a layer has none, then the slots of ``_k.NETWORK_SCRATCH_SLOTS``), ``scratch``,
     the per-chunk rows ``G`` (gradients) and ``S`` (batch-norm column sums), each row
-    padded by a cache line against false sharing, and the per-chunk losses.
+    padded by a cache line against false sharing, and the per-chunk losses. ``gather``:
+    room for the gathered input rows of shuffled batches (dense rows). ``csr``: the
+    gradient buffer of CSR rows (``Net.G`` in ``_network_kernels.pxi``): W_1's gradient
+    once, then chunk rows of the other parameters only.
     """
     n_layers = len(sizes) - 1
     line = _CACHE_LINE_BYTES // np.dtype(dtype).itemsize
@@ -105,8 +129,8 @@ def _network_scratch(sizes, batch_norm, rows, dtype, shuffled):
                 buffers[2 * n_layers + layer] = take(3 * n_out)  # mean, var, inv_std
     widest = int(max(sizes[1:-1], default=1))
     base = 3 * n_layers
-    gather, delta0, delta1, reduced = _k.NETWORK_SCRATCH_SLOTS
-    buffers[base + gather] = take(rows * int(sizes[0]) if shuffled else 0)
+    gather_slot, delta0, delta1, reduced = _k.NETWORK_SCRATCH_SLOTS
+    buffers[base + gather_slot] = take(rows * int(sizes[0]) if gather else 0)
     buffers[base + delta0] = take(rows * widest)
     buffers[base + delta1] = take(rows * widest)
     buffers[base + reduced] = take(3 * widest)
@@ -115,7 +139,9 @@ def _network_scratch(sizes, batch_norm, rows, dtype, shuffled):
         return -(-(size + line) // line) * line
 
     n_params = net.layout(sizes, batch_norm)["n_params"]
-    G = np.empty((MAX_CHUNKS, padded(n_params)), dtype=dtype)
+    first = int(sizes[0] * sizes[1]) if csr else 0  # W_1, outside the chunk rows
+    ld_g = padded(n_params - first)
+    G = np.empty((-(-first // ld_g) + MAX_CHUNKS, ld_g), dtype=dtype)
     S = np.empty((MAX_CHUNKS, padded(widest)), dtype=dtype)
     chunk_loss = np.empty((MAX_CHUNKS, _CACHE_LINE_BYTES // 8))
     return buffers, np.empty(max(total, 1), dtype=dtype), G, S, chunk_loss
@@ -127,15 +153,16 @@ def loss_and_gradient(model, data, params):
     See :func:`fastgd.backends.numpy.network.loss_and_gradient`. Uses OpenMP's default
     number of threads (the result does not depend on it).
     """
-    X, Y, weights = _check(data, params, model.loss_code)
-    sizes, batch_norm, net_hyper, offsets = _check_network(X, Y, params, None, model)
+    rows = _rows(data, params, model.loss_code)
+    n, d = data.Y.shape[0], rows[-1]
+    sizes, batch_norm, net_hyper, offsets = _check_network(n, d, rows[1], params, None, model)
     buffers, scratch, G, S, chunk_loss = _network_scratch(
-        sizes, batch_norm, X.shape[0], params.dtype, False
+        sizes, batch_norm, n, params.dtype, False, is_sparse(data)
     )
     grad = np.empty_like(params)
     with single_threaded_blas():
         loss = _k.network_loss_and_gradient(
-            X, Y, weights, params, sizes, batch_norm, int(model.activation), net_hyper,
+            *rows, params, sizes, batch_norm, int(model.activation), net_hyper,
             int(model.loss_code), offsets, buffers, scratch, G, S, chunk_loss, grad, MAX_CHUNKS,
             MIN_ROWS_PER_CHUNK, PARALLEL_MIN_WORK, _k.max_threads(),
         )  # fmt: skip
@@ -150,17 +177,18 @@ def train_epochs(model, data, state, update, block, n_threads):
     team size of the parallel chunk loops (the results do not depend on it).
     """
     params, running, opt_state = state.params, state.running, state.opt_state
-    X, Y, weights = _check(data, params, model.loss_code)
-    sizes, batch_norm, net_hyper, offsets = _check_network(X, Y, params, running, model)
-    hyper, lr_epochs, orders = _check_call(X.shape[0], state, update, block)
+    rows = _rows(data, params, model.loss_code)
+    n, d, csr = data.Y.shape[0], rows[-1], is_sparse(data)
+    sizes, batch_norm, net_hyper, offsets = _check_network(n, d, rows[1], params, running, model)
+    hyper, lr_epochs, orders = _check_call(n, state, update, block)
     _check_grad_norms(block, sizes.shape[0] - 1)
     buffers, scratch, G, S, chunk_loss = _network_scratch(
-        sizes, batch_norm, min(int(update.batch_size), X.shape[0]), params.dtype,
-        orders.shape[0] > 0,
+        sizes, batch_norm, min(int(update.batch_size), n), params.dtype,
+        orders.shape[0] > 0 and not csr, csr,
     )  # fmt: skip
     with single_threaded_blas():
         n_done, status = _k.network_train_epochs(
-            X, Y, weights, params, running, orders, lr_epochs, int(block.n_epochs), sizes,
+            *rows, params, running, orders, lr_epochs, int(block.n_epochs), sizes,
             batch_norm, int(model.activation), net_hyper, int(model.loss_code),
             int(update.batch_size), int(update.opt_code), hyper, opt_state, state.step_count,
             float(update.tol), float(update.n_iter_no_change), state.stop_state, block.history,

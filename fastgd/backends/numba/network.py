@@ -19,6 +19,12 @@ the chunks in chunk order, so results are bit-identical for any thread count:
   the phase ends; the next phase, ``BN_BACKWARD``, turns ``dU`` into ``dZ`` with the
   batch sums and goes on down.
 
+The first layer is the only code that reads the data, chosen by its kind when a kernel
+compiles: dense rows (:class:`~fastgd.backends.contract.Data`) through BLAS like every
+other layer; CSR rows (:class:`~fastgd.backends.contract.SparseData`) through the row
+accessor of :mod:`.sparse_rows` (a sparse x dense product forward, O(nnz * h); the weight
+gradient a scatter over the same entries, once per batch, serially in row order).
+
 Matrix products of a chunk go to BLAS (``np.dot`` with an output array), which is pinned
 to one thread (see :mod:`fastgd.backends.blas`). ``act'`` is computed from the
 activation's output ``A`` (for ReLU and leaky ReLU with a slope >= 0, ``A > 0`` exactly
@@ -39,15 +45,17 @@ from typing import NamedTuple
 import numba
 import numpy as np
 from numba import prange
+from numba.extending import overload
 
 from ..._config import MAX_CHUNKS, NUMBA_OPTIONS, PARALLEL_MIN_WORK
 from ...specs import network as net
 from ...specs import optimizers as opt
 from ...specs import stopping
 from ..blas import single_threaded_blas
-from ..contract import EpochBlock, UpdateConfig
+from ..contract import EpochBlock, SparseData, UpdateConfig, is_sparse, n_rows
 from .cache import njit
 from .losses import _loss_block
+from .sparse_rows import _csr_rows_scatter, _csr_rows_times
 from .threads import numba_threads
 from .update import (
     _all_finite,
@@ -57,7 +65,6 @@ from .update import (
     _n_chunks,
     _penalty_value,
     _runaway,
-    _sum_chunks,
     _tolerance_rule,
 )
 
@@ -98,11 +105,18 @@ class Layout(NamedTuple):
         normalized hidden layers: ``z``, then ``x_hat`` or dloss/dz), of a hidden layer's
         activations, and of a normalized layer's ``mean, var, inv_std``; -1 where unused.
     gather, delta0, delta1, reduced : int
-        Offsets of the gathered input rows of a shuffled batch, of the two buffers of
-        dloss/du that alternate between layers in the backward pass, and of a normalized
-        layer's ``inv_std / B, gamma * sum(du), gamma * sum(du * x_hat)``.
+        Offsets of the gathered input rows of a shuffled batch (dense rows), of the two
+        buffers of dloss/du that alternate between layers in the backward pass, and of a
+        normalized layer's ``inv_std / B, gamma * sum(du), gamma * sum(du * x_hat)``.
     work_per_row : int
         Multiply-adds per row of the forward and backward pass (the parallel threshold).
+    chunk_first, chunk_stride : int
+        The chunks' gradient sums in ``Scratch.G``: chunk ``c`` sums parameter ``j`` at
+        ``c * chunk_stride + j``, for ``j >= chunk_first``. Dense rows: 0 and a padded
+        ``n_params``, one row per chunk. CSR rows: ``chunk_first`` is the end of ``W_1``,
+        whose gradient is not summed per chunk but scattered once per batch into
+        ``G[:chunk_first]`` (:func:`_first_layer_batch_gradient`), so the chunks' rows
+        hold only the other parameters and overlap in the ``W_1`` part no chunk writes.
     """
 
     sizes: np.ndarray
@@ -127,6 +141,8 @@ class Layout(NamedTuple):
     delta1: int
     reduced: int
     work_per_row: int
+    chunk_first: int
+    chunk_stride: int
 
 
 class Scratch(NamedTuple):
@@ -136,8 +152,11 @@ class Scratch(NamedTuple):
     ----------
     buf : ndarray of shape (n_buf,)
         Per-row blocks at the offsets of :class:`Layout`, for the largest batch.
-    G : ndarray of shape (MAX_CHUNKS, >= n_params)
-        Each chunk's gradient sums; row 0 receives the batch's mean gradient.
+    G : ndarray of shape (chunk_first + MAX_CHUNKS * chunk_stride,)
+        Each chunk's gradient sums (at the offsets of :class:`Layout`); ``G[:n_params]``
+        receives the batch's mean gradient.
+    grad : ndarray of shape (1, n_params)
+        ``G[:n_params]`` as the one-row matrix the update reads.
     S : ndarray of shape (MAX_CHUNKS, >= widest layer)
         Each chunk's column sums for the batch-norm statistics.
     chunk_loss : ndarray of float64, shape (MAX_CHUNKS, 8)
@@ -148,6 +167,7 @@ class Scratch(NamedTuple):
 
     buf: np.ndarray
     G: np.ndarray
+    grad: np.ndarray
     S: np.ndarray
     chunk_loss: np.ndarray
     saved_params: np.ndarray
@@ -193,11 +213,64 @@ def _delta_rows(layout, buf, layer, lo, hi):
 
 
 @njit(inline="always", **NUMBA_OPTIONS)
-def _input_rows(layout, data, buf, batch, layer, lo, hi):
-    """Rows ``lo:hi`` of the batch's input to ``layer``: X itself in the natural order,
-    the gathered rows of a shuffled batch, or the activations of the layer below."""
-    if layer > 0:
-        return _rows(buf, layout.a[layer - 1], lo, hi, layout.sizes[layer])
+def _hidden_rows(layout, buf, layer, lo, hi):
+    """Rows ``lo:hi`` of the activations of hidden ``layer`` (the input of the next)."""
+    return _rows(buf, layout.a[layer], lo, hi, layout.sizes[layer + 1])
+
+
+# ---------------------------------------------------------------------------------------
+# the first layer: the one place that reads the data, chosen by its kind
+#
+# Dense rows (Data) go through BLAS products; CSR rows (SparseData) through the row
+# accessor of .sparse_rows: the forward product sums ``value * W_1[column, :]`` over each
+# row's entries, O(nnz * h), and the weight gradient ``X^T @ dz`` is a scatter over the
+# same entries. Every layer above is the same code for both. The three functions below
+# are stubs that Numba replaces, when it compiles a kernel for a data type, by the
+# implementation of that kind (``overload``): the branch of the other kind is never typed.
+
+# jit options of the implementations (they are compiled into, and cached with, the kernel)
+_OVERLOAD_OPTIONS = {key: value for key, value in NUMBA_OPTIONS.items() if key != "cache"}
+
+
+def _is_csr(data_type):
+    """True for the Numba type of :class:`~fastgd.backends.contract.SparseData`."""
+    return getattr(data_type, "instance_class", None) is SparseData
+
+
+def _first_layer_forward(layout, data, params, buf, batch, z, lo, hi):
+    """``z = X_rows @ W_1`` for rows ``lo:hi`` of the batch (compiled code only)."""
+    raise NotImplementedError("compiled by Numba only")
+
+
+def _first_layer_gradient(layout, data, buf, batch, dz, G, lo, hi):
+    """The chunk's ``X_rows^T @ dz`` into its sums ``G`` of ``W_1`` (dense rows)."""
+    raise NotImplementedError("compiled by Numba only")
+
+
+def _first_layer_batch_gradient(layout, data, scratch, batch):
+    """The batch's ``X^T @ dz`` into ``G[W_1]`` after the chunk sums (CSR rows)."""
+    raise NotImplementedError("compiled by Numba only")
+
+
+@overload(_first_layer_forward, jit_options=_OVERLOAD_OPTIONS)
+def _first_layer_forward_of(layout, data, params, buf, batch, z, lo, hi):
+    return _csr_forward if _is_csr(data) else _dense_forward
+
+
+@overload(_first_layer_gradient, jit_options=_OVERLOAD_OPTIONS)
+def _first_layer_gradient_of(layout, data, buf, batch, dz, G, lo, hi):
+    return _csr_chunk_gradient if _is_csr(data) else _dense_chunk_gradient
+
+
+@overload(_first_layer_batch_gradient, jit_options=_OVERLOAD_OPTIONS)
+def _first_layer_batch_gradient_of(layout, data, scratch, batch):
+    return _csr_batch_gradient if _is_csr(data) else _dense_batch_gradient
+
+
+@njit(inline="always", **NUMBA_OPTIONS)
+def _dense_input_rows(layout, data, buf, batch, lo, hi):
+    """Rows ``lo:hi`` of the batch's X: X itself in the natural order, else the rows
+    gathered into one block."""
     if batch.shuffled:
         return _rows(buf, layout.gather, lo, hi, layout.sizes[0])
     return data.X[batch.start + lo : batch.start + hi]
@@ -212,6 +285,47 @@ def _gather(layout, data, buf, batch, lo, hi):
         i = batch.order[batch.start + r]
         for j in range(d):
             dst[r - lo, j] = data.X[i, j]
+
+
+def _dense_forward(layout, data, params, buf, batch, z, lo, hi):
+    if batch.shuffled:
+        _gather(layout, data, buf, batch, lo, hi)
+    np.dot(_dense_input_rows(layout, data, buf, batch, lo, hi), _weights(layout, params, 0), z)
+
+
+def _dense_chunk_gradient(layout, data, buf, batch, dz, G, lo, hi):
+    n_in, n_out, w = layout.sizes[0], layout.sizes[1], layout.weight[0]
+    a_in = _dense_input_rows(layout, data, buf, batch, lo, hi)
+    np.dot(a_in.T, dz, G[w : w + n_in * n_out].reshape((n_in, n_out)))
+
+
+def _dense_batch_gradient(layout, data, scratch, batch):
+    pass  # summed per chunk with the other parameters
+
+
+def _csr_forward(layout, data, params, buf, batch, z, lo, hi):
+    W = _weights(layout, params, 0)
+    _csr_rows_times(data, batch.order, batch.shuffled, batch.start + lo, W, z)
+
+
+def _csr_chunk_gradient(layout, data, buf, batch, dz, G, lo, hi):
+    pass  # scattered once per batch, after the chunks: _csr_batch_gradient
+
+
+def _csr_batch_gradient(layout, data, scratch, batch):
+    """``G[W_1] = X_batch^T @ dz_1``, zeroed then scattered row after row, serially:
+    the order of every sum is fixed by the data alone, whatever the chunks and threads.
+    (Per-chunk accumulators would need d x h entries each; the scatter costs
+    O(nnz * h), as the forward product.) ``dz_1`` of every row of the batch is in the
+    first layer's dloss/du rows, written by the chunks' backward passes."""
+    n_in, n_out, w = layout.sizes[0], layout.sizes[1], layout.weight[0]
+    G = scratch.G[w : w + n_in * n_out]
+    for j in range(n_in * n_out):
+        G[j] = 0.0
+    hidden = layout.sizes.shape[0] > 2  # else layer 1 is the output layer: its dz rows
+    offset = layout.delta0 if hidden else layout.z[0]
+    dz = _rows(scratch.buf, offset, 0, batch.rows, n_out)
+    _csr_rows_scatter(data, batch.order, batch.shuffled, batch.start, dz, G.reshape((n_in, n_out)))  # fmt: skip
 
 
 @njit(inline="always", **NUMBA_OPTIONS)
@@ -314,16 +428,17 @@ def _forward_rows(layout, data, params, scratch, batch, layer, lo, hi, chunk):
     buf = scratch.buf
     if layer > 0 and layout.batch_norm[layer - 1]:
         _normalize_rows(layout, params, buf, layer - 1, lo, hi)
-    if layer == 0 and batch.shuffled:
-        _gather(layout, data, buf, batch, lo, hi)
-    a_in = _input_rows(layout, data, buf, batch, layer, lo, hi)
     for current in range(layer, n_layers):
         hidden = current < n_layers - 1
         normalized = layout.batch_norm[current] != 0
         # a plain hidden layer is activated in place: its z rows are its activations
         offset = layout.a[current] if hidden and not normalized else layout.z[current]
         z = _rows(buf, offset, lo, hi, layout.sizes[current + 1])
-        np.dot(a_in, _weights(layout, params, current), z)
+        if current == 0:  # reads the data: dense or CSR rows
+            _first_layer_forward(layout, data, params, buf, batch, z, lo, hi)
+        else:
+            a_in = _hidden_rows(layout, buf, current - 1, lo, hi)
+            np.dot(a_in, _weights(layout, params, current), z)
         if normalized:  # no bias: the chunk's column sums of z, for the batch mean
             _column_sums(z, scratch.S[chunk], 0)
             return -1
@@ -335,7 +450,6 @@ def _forward_rows(layout, data, params, scratch, batch, layer, lo, hi, chunk):
             _output_loss(layout, data, scratch, batch, z, lo, hi, chunk)
             return current
         _activate_rows(z, layout.activation, layout.slope)
-        a_in = z
     return n_layers - 1
 
 
@@ -366,19 +480,23 @@ def _backward_rows(layout, data, params, scratch, batch, layer, dz, lo, hi, chun
     """Backward from ``layer``, whose dloss/dz rows ``lo:hi`` are ``dz``, into the chunk's
     row of G: down to layer 0, or to a normalized hidden layer (then the chunk's sums of
     ``du * x_hat`` and ``du`` go to its gamma and beta entries, and the phase ends)."""
-    buf, G = scratch.buf, scratch.G[chunk]
+    buf, G = scratch.buf, _chunk_sums(layout, scratch.G, chunk)
     current = layer
     while True:
         n_in, n_out = layout.sizes[current], layout.sizes[current + 1]
-        a_in = _input_rows(layout, data, buf, batch, current, lo, hi)
-        w = layout.weight[current]
-        np.dot(a_in.T, dz, G[w : w + n_in * n_out].reshape((n_in, n_out)))
+        if current == 0:  # reads the data: dense or CSR rows
+            _first_layer_gradient(layout, data, buf, batch, dz, G, lo, hi)
+        else:
+            w = layout.weight[current]
+            a_in = _hidden_rows(layout, buf, current - 1, lo, hi)
+            np.dot(a_in.T, dz, G[w : w + n_in * n_out].reshape((n_in, n_out)))
         if not layout.batch_norm[current]:
             _column_sums(dz, G, layout.bias[current])
         if current == 0:
             return
         da = _delta_rows(layout, buf, current - 1, lo, hi)
         np.dot(dz, _weights(layout, params, current).T, da)
+        a_in = _hidden_rows(layout, buf, current - 1, lo, hi)
         _times_slope_rows(da, a_in, layout.activation, layout.slope)
         current -= 1
         dz = da
@@ -452,6 +570,33 @@ def _chunk_sum(A, n_chunks, j):
 
 
 @njit(inline="always", **NUMBA_OPTIONS)
+def _chunk_sums(layout, G, chunk):
+    """The chunk's gradient sums, indexed by parameter (entries from
+    ``layout.chunk_first`` on are the chunk's own; see :class:`Layout`)."""
+    start = chunk * layout.chunk_stride
+    return G[start : start + layout.n_params]
+
+
+@njit(inline="always", **NUMBA_OPTIONS)
+def _gradient_chunk_sum(layout, G, n_chunks, j):
+    """The chunks' sums of parameter ``j`` added in chunk order."""
+    total = G[j]
+    for c in range(1, n_chunks):
+        total += G[c * layout.chunk_stride + j]
+    return total
+
+
+@njit(inline="always", **NUMBA_OPTIONS)
+def _sum_gradient_chunks(layout, G, n_chunks):
+    """Add the chunks' sums into ``G[:n_params]``, in chunk order (the deterministic
+    reduction)."""
+    for c in range(1, n_chunks):
+        start = c * layout.chunk_stride
+        for j in range(layout.chunk_first, layout.n_params):
+            G[j] += G[start + j]
+
+
+@njit(inline="always", **NUMBA_OPTIONS)
 def _batch_statistics(layout, running, scratch, batch, layer, phase):
     """The batch mean (after ``FORWARD``) or variance and ``1 / std`` (after
     ``VARIANCE``) of normalized ``layer``; the variance moves the running averages (if
@@ -491,9 +636,11 @@ def _next_bn_backward(layout, params, scratch, batch, layer):
         layout.stats[below] + 2 * n,
     )
     for j in range(n):
+        du = _gradient_chunk_sum(layout, G, batch.n_chunks, be + j)  # sum(du)
+        du_x_hat = _gradient_chunk_sum(layout, G, batch.n_chunks, g + j)  # sum(du * x_hat)
         buf[c + j] = buf[inv_std + j] / batch.rows
-        buf[c + n + j] = params[g + j] * _chunk_sum(G, batch.n_chunks, be + j)  # sum(du)
-        buf[c + 2 * n + j] = params[g + j] * _chunk_sum(G, batch.n_chunks, g + j)  # du x_hat
+        buf[c + n + j] = params[g + j] * du
+        buf[c + 2 * n + j] = params[g + j] * du_x_hat
     return np.int64(BN_BACKWARD), below
 
 
@@ -532,7 +679,8 @@ def _batch_gradient(layout, data, params, running, scratch, batch, mode):
         else:
             _phase_serial(layout, data, params, scratch, batch, phase, layer)
         phase, layer = _after_phase(layout, params, running, scratch, batch, phase, layer)
-    _sum_chunks(scratch.G, batch.n_chunks, layout.n_params)
+    _sum_gradient_chunks(layout, scratch.G, batch.n_chunks)
+    _first_layer_batch_gradient(layout, data, scratch, batch)
     loss = 0.0
     for c in range(batch.n_chunks):
         loss += scratch.chunk_loss[c, 0]
@@ -608,7 +756,7 @@ def _make_train_epochs(mode):
 
     @njit(**NUMBA_OPTIONS)
     def train_epochs_kernel(layout, data, state, update, block, scratch):
-        n = data.X.shape[0]
+        n = data.Y.shape[0]  # dense or CSR rows
         params, s = state.params, scratch
         natural = np.empty(0, dtype=np.int64)
         shuffled = block.orders.shape[0] > 0
@@ -632,11 +780,11 @@ def _make_train_epochs(mode):
                 loss_sum += _batch_gradient(
                     layout, data, params, state.running, scratch, batch, mode
                 )
-                _add_squared_norms(layout, s.G, norms)
+                _add_squared_norms(layout, s.grad, norms)
                 n_batches += 1
-                # G[0] holds the mean gradient already (dz was divided by the batch size)
+                # grad holds the mean gradient already (dz was divided by the batch size)
                 _apply_update(
-                    params, s.G, 1.0, layout.n_weights, layout.n_params, update.opt_code, hyper,
+                    params, s.grad, 1.0, layout.n_weights, layout.n_params, update.opt_code, hyper,
                     state.opt_state, state.step_count, block.lr_epochs[epoch], finishing,
                 )  # fmt: skip
             end = _end_epoch(layout, state, update, block, s, epoch, loss_sum / n, n_batches)
@@ -652,7 +800,7 @@ def _make_loss_and_gradient(mode):
 
     @njit(**NUMBA_OPTIONS)
     def loss_and_gradient_kernel(layout, data, params, scratch):
-        n = data.X.shape[0]
+        n = data.Y.shape[0]  # dense or CSR rows
         natural = np.empty(0, dtype=np.int64)
         running = np.empty(0, dtype=params.dtype)
         # computed, not literal, field values: the Batch type of the training kernels
@@ -660,7 +808,7 @@ def _make_loss_and_gradient(mode):
         loss = _batch_gradient(layout, data, params, running, scratch, batch, mode)
         grad = np.empty_like(params)
         for j in range(layout.n_params):
-            grad[j] = scratch.G[0, j]
+            grad[j] = scratch.G[j]
         return loss / n, grad
 
     return loss_and_gradient_kernel
@@ -674,9 +822,9 @@ _LOSS_AND_GRADIENT = (_make_loss_and_gradient(SERIAL), _make_loss_and_gradient(P
 # Python side: layout, scratch, the choice of kernel
 
 
-def make_layout(model, rows, shuffled):
-    """The :class:`Layout` of ``model`` for batches of up to ``rows`` rows, and the size
-    of the scratch buffer it needs."""
+def make_layout(model, rows, shuffled, data):
+    """The :class:`Layout` of ``model`` for batches of up to ``rows`` rows of ``data``
+    (dense or CSR rows), and the size of the scratch buffer it needs."""
     sizes = np.ascontiguousarray(model.sizes, dtype=np.int64)
     batch_norm = np.ascontiguousarray(model.batch_norm, dtype=np.int64)
     n_layers = sizes.shape[0] - 1
@@ -704,13 +852,19 @@ def make_layout(model, rows, shuffled):
             if batch_norm[layer]:
                 stats[layer] = take(3 * n_out)
     widest = int(max(sizes[1:-1], default=1))
+    csr = is_sparse(data)  # no gathered rows; W_1's gradient outside the chunk sums
     products = sizes[:-1] * sizes[1:]  # forward and weight gradient; input gradient above 0
+    first = int(products[0])
+    if csr:  # the first layer's products cost the stored entries per row times h
+        products[0] = -(-int(data.indptr[-1]) // max(n_rows(data), 1)) * sizes[1]
+    chunked = int(params["n_params"]) - (first if csr else 0)
     layout = Layout(
         sizes, batch_norm, int(model.activation), int(model.loss_code), slope, momentum, eps,
         params["weight"], params["bias"], params["gamma"], params["beta"], params["running"],
         int(params["n_weights"]), int(params["n_params"]), z, a, stats,
-        take(rows * int(sizes[0]) if shuffled else 0), take(rows * widest),
+        take(rows * int(sizes[0]) if shuffled and not csr else 0), take(rows * widest),
         take(rows * widest), take(3 * widest), int(3 * products.sum() - products[0]),
+        first if csr else 0, -(-(chunked + line) // line) * line,
     )  # fmt: skip
     return layout, max(total, 1)
 
@@ -724,9 +878,11 @@ def make_scratch(layout, n_buf, params, running, opt_state):
         return -(-(size + line) // line) * line
 
     widest = int(max(layout.sizes[1:-1], default=1))
+    G = np.empty(layout.chunk_first + MAX_CHUNKS * layout.chunk_stride, dtype=dtype)
     return Scratch(
         np.empty(n_buf, dtype=dtype),
-        np.empty((MAX_CHUNKS, padded(layout.n_params)), dtype=dtype),
+        G,
+        G[: layout.n_params].reshape(1, layout.n_params),
         np.empty((MAX_CHUNKS, padded(widest)), dtype=dtype),
         np.empty((MAX_CHUNKS, _CACHE_LINE_BYTES // 8)),
         np.empty_like(params),
@@ -749,8 +905,8 @@ def loss_and_gradient(model, data, params):
 
     Uses the threads Numba has (the result does not depend on their number).
     """
-    n = data.X.shape[0]
-    layout, n_buf = make_layout(model, n, False)
+    n = n_rows(data)
+    layout, n_buf = make_layout(model, n, False, data)
     scratch = make_scratch(layout, n_buf, params, params[:0], params[:0].reshape(0, 0))
     mode = _mode(layout, n, numba.config.NUMBA_NUM_THREADS)
     with single_threaded_blas():
@@ -763,8 +919,8 @@ def train_epochs(model, data, state, update, block, n_threads):
     The serial kernel runs unless a batch is large enough for parallel chunks and
     ``n_threads > 1``; the results are the same either way.
     """
-    rows = min(int(update.batch_size), data.X.shape[0])
-    layout, n_buf = make_layout(model, rows, block.orders.shape[0] > 0)
+    rows = min(int(update.batch_size), n_rows(data))
+    layout, n_buf = make_layout(model, rows, block.orders.shape[0] > 0, data)
     scratch = make_scratch(layout, n_buf, state.params, state.running, state.opt_state)
     # plain Python numbers: one compiled signature whatever integer types the caller used
     update = UpdateConfig(int(update.batch_size), int(update.opt_code), update.hyper,

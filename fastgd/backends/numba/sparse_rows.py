@@ -4,7 +4,9 @@ Two operations read a CSR row: its dot product with the weights (the decision va
 and the scatter of its gradient ``x * dloss/dz`` into the gradient sums. The chunk
 function here has the signature of the dense chunk functions of :mod:`.linear`, so the
 epoch loop, the chunk order, the chunk sums and the update are theirs; the per-sample
-epoch replaces the dense one for plain SGD at ``batch_size=1``.
+epoch replaces the dense one for plain SGD at ``batch_size=1``. The same two operations,
+``h`` outputs wide, are the first layer of a network on CSR rows (:func:`_csr_rows_times`,
+:func:`_csr_rows_scatter`, called by :mod:`.network`).
 
 Indices are read as unsigned integers: Numba adds a test and fix-up for negative
 (wrap-around) indices on every signed index loaded from data, which cost about 40% of a
@@ -216,3 +218,45 @@ def _per_sample_sparse_several(data, params, order, shuffled, loss_code, k, n_tr
             params[bias + c] -= lr * Z[0, 0, c]
     _fold_scale(params, bias, scale)
     return loss_sum, done
+
+
+# ---------------------------------------------------------------------------------------
+# the first dense layer of a network on CSR rows (fastgd.backends.numba.network)
+
+
+@njit(inline="always", **NUMBA_OPTIONS)
+def _csr_rows_times(data, order, shuffled, first, W, out):
+    """``out = X_rows @ W``: the rows ``first, first + 1, ...`` of the order (as many as
+    ``out`` has), times the dense ``W`` of shape (d, h).
+
+    Row by row, the sum over its entries of ``value * W[column, :]``: O(nnz * h), each
+    term an h-wide multiply-add on a contiguous row of W (vectorized).
+    """
+    values, indices, indptr = data.values, data.indices, data.indptr
+    rows, h = out.shape
+    for r in range(rows):
+        _, a, b = _row_bounds(indptr, order, shuffled, first + r)
+        for c in range(h):
+            out[r, c] = 0.0
+        for e in range(a, b):
+            x = values[e]
+            j = np.uint64(indices[e])
+            for c in range(h):
+                out[r, c] += x * W[j, c]
+
+
+@njit(inline="always", **NUMBA_OPTIONS)
+def _csr_rows_scatter(data, order, shuffled, first, D, G):
+    """``G += X_rows^T @ D`` for the rows ``first, ...`` of the order (as many as ``D``
+    has; ``G`` of shape (d, h)): each entry adds ``value * D[r, :]`` to its column's row
+    of G, row after row in order, so every sum has one fixed order of terms. Repeated
+    columns add up, as in the dense row they stand for."""
+    values, indices, indptr = data.values, data.indices, data.indptr
+    rows, h = D.shape
+    for r in range(rows):
+        _, a, b = _row_bounds(indptr, order, shuffled, first + r)
+        for e in range(a, b):
+            x = values[e]
+            j = np.uint64(indices[e])
+            for c in range(h):
+                G[j, c] += x * D[r, c]

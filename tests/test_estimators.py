@@ -281,3 +281,22 @@ def test_fit_takes_a_series_as_one_feature():
     result = fastgd.fit(x, 2 * x + 1, backend="numpy", batch_size=None, epochs=500, lr=0.5)
     assert list(result.feature_names_in_) == ["x"]
     np.testing.assert_allclose([result.coef_[0], result.intercept_], [2.0, 1.0], atol=1e-3)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("cls", [MLPClassifier, MLPRegressor])
+def test_network_estimators_take_sparse_X_as_the_dense_one(cls, backend):
+    # a CSR X trains the network (a sparse first layer) to the parameters of the dense X
+    from scipy import sparse
+
+    if backend not in fastgd.available_backends():
+        pytest.skip(f"{backend} not available")
+    rng = np.random.default_rng(0)
+    X = sparse.random(120, 30, density=0.1, format="csr", random_state=0, dtype=np.float64)
+    score = X @ rng.standard_normal(30)
+    y = (score > 0).astype(int) if cls is MLPClassifier else score
+    options = dict(hidden=(8,), backend=backend, batch_size=16, epochs=5, random_state=0)
+    on_sparse = cls(**options).fit(X, y)
+    on_dense = cls(**options).fit(X.toarray(), y)
+    np.testing.assert_allclose(on_sparse.result_.params, on_dense.result_.params, rtol=1e-10, atol=1e-12)  # fmt: skip
+    np.testing.assert_allclose(on_sparse.predict(X), on_dense.predict(X.toarray()), rtol=1e-10)

@@ -34,3 +34,9 @@ ROW_PADDING = 8
 # computed block by block, so a block of X rows (64 x 100 float64 = 51 kB) is still in
 # cache when it is read the second time.
 ROWS_PER_BLOCK = 64
+
+# Multi-output linear models compute a block's decision values and gradient as two BLAS
+# products; a block holds about this many entries of X (32,768: 256 kB of float64, half
+# of the per-core L2 here), so it is still in cache for the second product, and at
+# least ROWS_PER_BLOCK, at most 512 rows.
+SEVERAL_BLOCK_ENTRIES = 1 << 15

@@ -27,6 +27,7 @@ from ..._config import (
     PARALLEL_MIN_WORK,
     ROW_PADDING,
     ROWS_PER_BLOCK,
+    SEVERAL_BLOCK_ENTRIES,
 )
 from ...specs import optimizers as opt
 from ...specs import stopping
@@ -182,29 +183,61 @@ def _one_output_chunk(data, params, order, shuffled, start, stop, n_chunks, chun
 
 
 @njit(inline="always", **NUMBA_OPTIONS)
-def _several_chunk(data, params, order, shuffled, start, stop, n_chunks, chunk, loss_code, k, G, Z):  # fmt: skip
+def _block_of_rows(X, order, shuffled, lo, hi, Xg, chunk):
+    """Rows ``lo:hi`` of the batch as a C-contiguous block: a view of X in order, else
+    gathered into the chunk's buffer ``Xg[chunk]``."""
+    if not shuffled:
+        return X[lo:hi]
+    xb = Xg[chunk, : hi - lo]
+    for r in range(lo, hi):
+        i = order[r]
+        for j in range(X.shape[1]):
+            xb[r - lo, j] = X[i, j]
+    return xb
+
+
+@njit(inline="always", **NUMBA_OPTIONS)
+def _several_chunk(data, params, order, shuffled, start, stop, n_chunks, chunk, loss_code, k, G, Z, Xg):  # fmt: skip
     """Chunk gradient of a ``k``-output model, in blocks of ``Z.shape[1]`` rows.
 
-    Per block: decision values, loss derivatives, then gradient accumulation; a block's
-    rows of X are still in cache for the last step, so X is streamed from memory once.
+    Per block two BLAS products, ``Z = X_b W + b`` and ``T = X_b^T D`` (D: the loss
+    derivatives written over Z), with the block of X in cache for the second: per row,
+    the ``d x k`` multiply-adds run at the matrix-product rate, where a row-by-row loop
+    carried the ``d x k`` gradient through memory. ``T`` is added to the chunk's sums
+    after each block, in block order (the blocks depend on the batch, not the threads).
     """
     X, Y, weights = data.X, data.Y, data.weights
     lo, hi = _chunk_rows(start, stop, n_chunks, chunk)
-    bias = X.shape[1] * k
+    d = X.shape[1]
+    bias = d * k
     for j in range(bias + k):
         G[chunk, j] = 0.0
+    W = params[:bias].reshape((d, k))
+    T = np.empty((d, k), dtype=params.dtype)
     loss = 0.0
     block = Z.shape[1]
     for block_lo in range(lo, hi, block):
         block_hi = min(block_lo + block, hi)
-        _forward_block(X, params, order, shuffled, block_lo, block_hi, k, Z, chunk)
+        m = block_hi - block_lo
+        xb = _block_of_rows(X, order, shuffled, block_lo, block_hi, Xg, chunk)
+        zb = Z[chunk, :m]
+        np.dot(xb, W, zb)
+        for r in range(m):
+            for c in range(k):
+                zb[r, c] += params[bias + c]
         loss += _loss_block(Y, weights, order, shuffled, block_lo, block_hi, loss_code, k, Z, chunk)
-        _backward_block(X, order, shuffled, block_lo, block_hi, k, Z, chunk, G)
+        np.dot(xb.T, zb, T)
+        for j in range(d):
+            for c in range(k):
+                G[chunk, j * k + c] += T[j, c]
+        for r in range(m):
+            for c in range(k):
+                G[chunk, bias + c] += zb[r, c]
     G[chunk, bias + k] = loss
 
 
 @njit(inline="always", **NUMBA_OPTIONS)
-def _chunk_gradient(data, params, order, shuffled, start, stop, n_chunks, chunk, loss_code, k, G, Z):  # fmt: skip
+def _chunk_gradient(data, params, order, shuffled, start, stop, n_chunks, chunk, loss_code, k, G, Z, Xg):  # fmt: skip
     """Any chunk function, chosen at run time: the body of the parallel loop.
 
     Inlined, as before the redesign. A separately compiled body would compile faster, but
@@ -213,7 +246,7 @@ def _chunk_gradient(data, params, order, shuffled, start, stop, n_chunks, chunk,
     bits), so results would not be reproducible.
     """
     if k > 1:
-        _several_chunk(data, params, order, shuffled, start, stop, n_chunks, chunk, loss_code, k, G, Z)  # fmt: skip
+        _several_chunk(data, params, order, shuffled, start, stop, n_chunks, chunk, loss_code, k, G, Z, Xg)  # fmt: skip
     elif data.X.shape[1] == 1:
         _one_feature_chunk(data, params, order, shuffled, start, stop, n_chunks, chunk, loss_code, k, G, Z)  # fmt: skip
     else:
@@ -221,9 +254,9 @@ def _chunk_gradient(data, params, order, shuffled, start, stop, n_chunks, chunk,
 
 
 @njit(parallel=True, **NUMBA_OPTIONS)
-def _batch_parallel(data, params, order, shuffled, start, stop, n_chunks, loss_code, k, G, Z):
+def _batch_parallel(data, params, order, shuffled, start, stop, n_chunks, loss_code, k, G, Z, Xg):  # fmt: skip
     for chunk in prange(n_chunks):
-        _chunk_gradient(data, params, order, shuffled, start, stop, n_chunks, chunk, loss_code, k, G, Z)  # fmt: skip
+        _chunk_gradient(data, params, order, shuffled, start, stop, n_chunks, chunk, loss_code, k, G, Z, Xg)  # fmt: skip
 
 
 @njit(inline="always", **NUMBA_OPTIONS)
@@ -324,6 +357,22 @@ def _halt(state, saved):
     return stopping.INTERRUPTED
 
 
+@njit(inline="always", **NUMBA_OPTIONS)
+def _several_block_rows(d):
+    """Rows per block of a multi-output model: about SEVERAL_BLOCK_ENTRIES entries of X."""
+    return max(ROWS_PER_BLOCK, min(512, SEVERAL_BLOCK_ENTRIES // d))
+
+
+@njit(inline="always", **NUMBA_OPTIONS)
+def _buffers(blas_blocks, shuffled, d, k, dtype):
+    """``Z``: each chunk's decision values of one block of rows; ``Xg``: each chunk's
+    gathered rows of a block (shuffled rows of a multi-output model, read by BLAS)."""
+    rows = _several_block_rows(d) if blas_blocks else ROWS_PER_BLOCK
+    Z = np.empty((MAX_CHUNKS, rows, k), dtype=dtype)
+    Xg = np.empty((MAX_CHUNKS if blas_blocks and shuffled else 0, rows, d), dtype=dtype)
+    return Z, Xg
+
+
 def _make_train_kernel(shape, mode, sparse=False):
     """The compiled epoch loop of one output shape, one mode and one data kind.
 
@@ -354,7 +403,8 @@ def _make_train_kernel(shape, mode, sparse=False):
         # sparse: a chunk accumulator is d * k wide; allocate only the chunks this call uses
         buffers = (1 if mode == SINGLE or mode == PER_SAMPLE else _n_sparse_chunks(min(update.batch_size, n))) if sparse else MAX_CHUNKS  # fmt: skip
         G = np.empty((buffers, p + 1 + ROW_PADDING), dtype=params.dtype)
-        Z = np.empty((MAX_CHUNKS, ROWS_PER_BLOCK, k), dtype=params.dtype)
+        blas_blocks = shape == SEVERAL and not sparse and mode != PER_SAMPLE
+        Z, Xg = _buffers(blas_blocks, shuffled, d, k, params.dtype)
         saved = (np.empty_like(params), np.empty_like(opt_state))
         natural = np.empty(0, dtype=np.int64)
         # mean, L2 term and clipping need a pass over G before the update
@@ -392,7 +442,7 @@ def _make_train_kernel(shape, mode, sparse=False):
                         and n_chunks > 1
                         and (stop - start) * d * k >= PARALLEL_MIN_WORK
                     ):
-                        _batch_parallel(data, params, order, shuffled, start, stop, n_chunks, loss_code, k, G, Z)  # fmt: skip
+                        _batch_parallel(data, params, order, shuffled, start, stop, n_chunks, loss_code, k, G, Z, Xg)  # fmt: skip
                     else:
                         for c in range(n_chunks):
                             if sparse:
@@ -402,7 +452,7 @@ def _make_train_kernel(shape, mode, sparse=False):
                             elif shape == ONE_OUTPUT:
                                 _one_output_chunk(data, params, order, shuffled, start, stop, n_chunks, c, loss_code, k, G, Z)  # fmt: skip
                             else:
-                                _several_chunk(data, params, order, shuffled, start, stop, n_chunks, c, loss_code, k, G, Z)  # fmt: skip
+                                _several_chunk(data, params, order, shuffled, start, stop, n_chunks, c, loss_code, k, G, Z, Xg)  # fmt: skip
                     _sum_chunks(G, n_chunks, p + 1)
                     loss_sum += G[0, p]
                     _apply_update(
@@ -434,7 +484,7 @@ def _make_gradient_kernel(shape, mode, sparse=False):
             buffers = MAX_CHUNKS
         p, k, loss_code = params.shape[0], model.n_outputs, model.loss_code
         G = np.empty((buffers, p + 1 + ROW_PADDING), dtype=params.dtype)
-        Z = np.empty((MAX_CHUNKS, ROWS_PER_BLOCK, k), dtype=params.dtype)
+        Z, Xg = _buffers(shape == SEVERAL and not sparse, False, d, k, params.dtype)
         order = np.empty(0, dtype=np.int64)
         # the chunks are inlined with a constant False (as before the redesign: the same
         # floating-point results); the parallel call takes a run-time False, no literal type
@@ -444,7 +494,7 @@ def _make_gradient_kernel(shape, mode, sparse=False):
         else:
             n_chunks = 1 if mode == SINGLE else _n_chunks(n)
         if not sparse and mode == PARALLEL and n_chunks > 1 and n * d * k >= PARALLEL_MIN_WORK:
-            _batch_parallel(data, params, order, shuffled, 0, n, n_chunks, loss_code, k, G, Z)
+            _batch_parallel(data, params, order, shuffled, 0, n, n_chunks, loss_code, k, G, Z, Xg)
         else:
             for c in range(n_chunks):
                 if sparse:
@@ -454,7 +504,7 @@ def _make_gradient_kernel(shape, mode, sparse=False):
                 elif shape == ONE_OUTPUT:
                     _one_output_chunk(data, params, order, False, 0, n, n_chunks, c, loss_code, k, G, Z)  # fmt: skip
                 else:
-                    _several_chunk(data, params, order, False, 0, n, n_chunks, c, loss_code, k, G, Z)  # fmt: skip
+                    _several_chunk(data, params, order, False, 0, n, n_chunks, c, loss_code, k, G, Z, Xg)  # fmt: skip
         _sum_chunks(G, n_chunks, p + 1)
         grad = np.zeros(p, dtype=params.dtype)
         for j in range(p if model.fit_intercept else d * k):

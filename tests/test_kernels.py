@@ -89,6 +89,34 @@ def test_backend_training_matches_reference_float64(compiled_backend, loss_code,
     assert result[2:] == expected[2:] == (5, stopping.MAX_EPOCHS)
 
 
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_multi_output_blocks_match_reference(compiled_backend, shuffle, weighted):
+    """Multi-output models compute each block of a chunk's rows with two BLAS products;
+    d = 200 makes blocks of 163 rows, so the 250-row chunks of a 4000-row batch hold two
+    blocks (the second one partial), gathered first when the rows are shuffled."""
+    rng = np.random.default_rng(3)
+    X, Y, _ = make_problem(losses.CATEGORICAL_CROSS_ENTROPY, 4, n=4000, d=200)
+    weights = rng.uniform(0.5, 2.0, 4000) if weighted else None
+    options = dict(batch_size=4000, shuffle=shuffle, lr=0.1, epochs=3, weights=weights)
+    expected = run_epochs(numpy_ref, X, Y, losses.CATEGORICAL_CROSS_ENTROPY, 4, **options)
+    results = [
+        run_epochs(
+            compiled_backend,
+            X,
+            Y,
+            losses.CATEGORICAL_CROSS_ENTROPY,
+            4,
+            n_threads=threads,
+            **options,
+        )  # fmt: skip
+        for threads in (1, 2)
+    ]
+    np.testing.assert_allclose(results[0][0], expected[0], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(results[0][1], expected[1], rtol=1e-10)
+    np.testing.assert_array_equal(results[1][0], results[0][0])  # any thread count
+
+
 @pytest.mark.parametrize("loss_code,k", LOSS_CASES, ids=LOSS_IDS)
 def test_backend_training_matches_reference_float32(compiled_backend, loss_code, k):
     X, Y, _ = make_problem(loss_code, k, n=2000, d=40, dtype=np.float32)

@@ -33,6 +33,7 @@ from libc.math cimport (
 from libc.float cimport DBL_MAX, FLT_MAX
 from libc.stdint cimport int32_t, int64_t
 from libc.string cimport memcpy, memset
+from scipy.linalg.cython_blas cimport dgemm, sgemm
 
 # No ``cimport openmp``: a build without OpenMP must still compile (prange then runs serially).
 cdef extern from *:
@@ -378,6 +379,46 @@ cdef inline double _one_feature_least_squares(
     return loss0 + loss1
 
 
+cdef inline void _gemm_add(
+    char transa, char transb, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* a,
+    Py_ssize_t lda, const floating* b, Py_ssize_t ldb, floating* c, Py_ssize_t ldc,
+) noexcept nogil:
+    """Column-major ``C (m, n) += op(A) @ op(B)`` (BLAS gemm, alpha 1, beta 1)."""
+    cdef int im = <int>m, in_ = <int>n, ik = <int>k
+    cdef int ilda = <int>lda, ildb = <int>ldb, ildc = <int>ldc
+    cdef floating one = 1.0
+    if floating is float:
+        sgemm(&transa, &transb, &im, &in_, &ik, &one, <float*>a, &ilda, <float*>b, &ildb,
+              &one, c, &ildc)
+    else:
+        dgemm(&transa, &transb, &im, &in_, &ik, &one, <double*>a, &ilda, <double*>b, &ildb,
+              &one, c, &ildc)
+
+
+cdef inline const floating* _several_forward(
+    const Problem* pb, const floating* X, const floating* params, Py_ssize_t lo,
+    Py_ssize_t hi, floating* Z,
+) noexcept nogil:
+    """Decision values ``Z = X_b W + b`` of rows ``lo:hi`` of a multi-output model, by one
+    BLAS product; returns the block ``X_b`` (rows of X in order, else gathered after the
+    block's Z in the chunk's buffer), which the gradient product reads again."""
+    cdef Py_ssize_t d = pb.d, k = pb.k, rows = hi - lo, r, c
+    cdef floating* gathered = Z + pb.rows_per_block * k
+    cdef const floating* xb = X + lo * d
+    if pb.shuffled:
+        for r in range(lo, hi):
+            if r + PREFETCH_AHEAD < pb.n:
+                _prefetch_row(X + _row(pb, r + PREFETCH_AHEAD) * d, d)
+            memcpy(gathered + (r - lo) * d, X + _row(pb, r) * d, d * sizeof(floating))
+        xb = gathered
+    # Z (rows, k) = X_b @ W, as the column-major Z^T = W^T X_b^T
+    _gemm(c'N', c'N', k, rows, d, params, k, xb, d, Z, k)
+    for r in range(rows):
+        for c in range(k):
+            Z[r * k + c] += params[d * k + c]
+    return xb
+
+
 cdef inline void _chunk_gradient(
     const Problem* pb, Py_ssize_t start, Py_ssize_t stop, Py_ssize_t n_chunks, Py_ssize_t chunk,
     const floating* X, const floating* Y, const floating* sw, const floating* params,
@@ -399,8 +440,9 @@ cdef inline void _chunk_gradient(
     cdef Py_ssize_t hi = start + ((chunk + 1) * size) // n_chunks
     cdef floating* G = Gbuf + chunk * pb.ld_g
     cdef floating* Z = Zbuf + chunk * pb.ld_z
-    cdef Py_ssize_t block_lo = lo, block_hi, r, i
+    cdef Py_ssize_t block_lo = lo, block_hi, r, i, c
     cdef double loss = 0.0, block_loss
+    cdef const floating* xb
     memset(G, 0, pb.n_params * sizeof(floating))
     if pb.sparse:  # the CSR row accessor: X holds the stored values
         G[pb.n_params] = _sparse_chunk(pb, lo, hi, X, Y, sw, params, G, Z)
@@ -423,8 +465,7 @@ cdef inline void _chunk_gradient(
                                                         pb.loss_code, k, sw[i])
                 _backward_row(X + i * d, Z, d, k, G)
         else:
-            for r in range(block_lo, block_hi):
-                _forward_row(pb, X, Y, params, r, Z + (r - block_lo) * k)
+            xb = _several_forward(pb, X, params, block_lo, block_hi, Z)
             if sw == NULL:
                 for r in range(block_lo, block_hi):
                     block_loss = _add_row_loss(block_loss, Z + (r - block_lo) * k,
@@ -434,8 +475,11 @@ cdef inline void _chunk_gradient(
                     i = _row(pb, r)
                     block_loss = _add_weighted_row_loss(block_loss, Z + (r - block_lo) * k,
                                                         Y + i * m, pb.loss_code, k, sw[i])
-            for r in range(block_lo, block_hi):
-                _backward_row(X + _row(pb, r) * d, Z + (r - block_lo) * k, d, k, G)
+            # G_W (d, k) += X_b^T D, as the column-major G^T (k, d) += D^T X_b
+            _gemm_add(c'N', c'T', k, d, block_hi - block_lo, Z, k, xb, d, G, k)
+            for r in range(block_hi - block_lo):
+                for c in range(k):
+                    G[d * k + c] += Z[r * k + c]
         loss += block_loss / k if pb.loss_code == MSE else block_loss
         block_lo = block_hi
     G[pb.n_params] = loss
@@ -973,6 +1017,9 @@ def train_epochs(
     (n_rows, n_params) has the rows the optimizer uses and ``step_count`` one entry.
     CSR rows as in :func:`loss_and_gradient`.
     """
+    if (orders.shape[0] > 0 and n_outputs > 1 and indptr.shape[0] == 0
+            and Z.shape[1] < rows_per_block * (n_outputs + X.shape[1])):
+        raise ValueError("Z must hold a block of decision values and of gathered rows")
     cdef Problem pb = _problem(X, Y, params, n_outputs, loss_code, G, Z, max_chunks,
                                min_rows_per_chunk, parallel_min_work, rows_per_block, n_threads)
     _attach_csr(&pb, indices, indptr, n_features)

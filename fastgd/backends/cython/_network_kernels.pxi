@@ -39,7 +39,6 @@
 # in row order (_csr_first_gradient); every layer above is the dense code.
 
 from libc.math cimport tanh, tanhf
-from scipy.linalg.cython_blas cimport dgemm, sgemm
 
 # Activation codes and net_hyper positions of fastgd.specs.network (checked by the wrapper
 # at import time).

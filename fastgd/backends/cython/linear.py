@@ -12,6 +12,7 @@ from ..._config import (
     MIN_ROWS_PER_CHUNK,
     PARALLEL_MIN_WORK,
     ROWS_PER_BLOCK,
+    SEVERAL_BLOCK_ENTRIES,
     SPARSE_ROWS_PER_CHUNK,
 )
 from ..contract import is_sparse
@@ -21,8 +22,17 @@ from ._checks import _NO_INDEX, _STATUS_CODES, _check, _check_call, _check_spars
 _CACHE_LINE_BYTES = 64
 
 
-def _scratch(params, n_outputs, n_chunks=MAX_CHUNKS):
-    """Per-chunk rows of gradient sums G (n_params, then the loss) and of z values Z.
+def _block_rows(n_outputs, n_features, sparse):
+    """Rows per block of a chunk: multi-output dense rows use two BLAS products per block
+    (as in Numba: about SEVERAL_BLOCK_ENTRIES entries of X, 64 to 512 rows)."""
+    if n_outputs > 1 and not sparse:
+        return max(ROWS_PER_BLOCK, min(512, SEVERAL_BLOCK_ENTRIES // n_features))
+    return ROWS_PER_BLOCK
+
+
+def _scratch(params, n_outputs, n_chunks=MAX_CHUNKS, block_rows=ROWS_PER_BLOCK, gather=0):
+    """Per-chunk rows of gradient sums G (n_params, then the loss) and of z values Z
+    (``block_rows * n_outputs``, then ``gather`` entries for a block of gathered rows).
 
     Each row is followed by at least one unused cache line, so that chunks run by different
     threads never write to the same line (false sharing slows the small z rows a lot).
@@ -33,7 +43,7 @@ def _scratch(params, n_outputs, n_chunks=MAX_CHUNKS):
         return -(-(size + line) // line) * line
 
     buf = np.empty((n_chunks, padded(params.shape[0] + 1)), dtype=params.dtype)
-    zbuf = np.empty((n_chunks, padded(ROWS_PER_BLOCK * n_outputs)), dtype=params.dtype)
+    zbuf = np.empty((n_chunks, padded(block_rows * n_outputs + gather)), dtype=params.dtype)
     return buf, zbuf
 
 
@@ -62,11 +72,12 @@ def loss_and_gradient(model, data, params):
     """
     rows, (chunks, rows_per_chunk) = _rows(data, params, model.loss_code, data.Y.shape[0])
     grad = np.zeros_like(params)
-    buf, zbuf = _scratch(params, model.n_outputs, chunks)
+    block = _block_rows(model.n_outputs, rows[5], is_sparse(data))
+    buf, zbuf = _scratch(params, model.n_outputs, chunks, block)
     loss = _k.loss_and_gradient(
         *rows, params, int(model.loss_code), int(model.n_outputs),
         bool(model.fit_intercept), grad, buf, zbuf, chunks, rows_per_chunk,
-        PARALLEL_MIN_WORK, ROWS_PER_BLOCK, _k.max_threads(),
+        PARALLEL_MIN_WORK, block, _k.max_threads(),
     )  # fmt: skip
     return float(loss), grad
 
@@ -88,13 +99,17 @@ def train_epochs(model, data, state, update, block, n_threads):
     )
     hyper, lr_epochs, orders = _check_call(n, state, update, block)
     params, opt_state = state.params, state.opt_state
-    buf, zbuf = _scratch(params, model.n_outputs, chunks)
+    block_rows = _block_rows(model.n_outputs, rows[5], is_sparse(data))
+    # shuffled multi-output rows are gathered into a block for BLAS
+    several = model.n_outputs > 1 and not is_sparse(data)
+    gather = block_rows * rows[5] if several and orders.shape[0] else 0
+    buf, zbuf = _scratch(params, model.n_outputs, chunks, block_rows, gather)
     n_done, status = _k.train_epochs(
         *rows, params, orders, lr_epochs, int(block.n_epochs), int(model.loss_code),
         int(model.n_outputs), bool(model.fit_intercept), int(update.batch_size),
         int(update.opt_code), hyper, opt_state, state.step_count, float(update.tol),
         float(update.n_iter_no_change), state.stop_state, block.history, buf, zbuf,
         np.empty_like(params), np.empty_like(opt_state), chunks, rows_per_chunk,
-        PARALLEL_MIN_WORK, ROWS_PER_BLOCK, max(1, int(n_threads)),
+        PARALLEL_MIN_WORK, block_rows, max(1, int(n_threads)),
     )  # fmt: skip
     return n_done, _STATUS_CODES[status]

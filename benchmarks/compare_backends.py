@@ -39,12 +39,21 @@ from fastgd.bench.system import blas_info as _blas_info
 from fastgd.bench.system import pin_threads as _blas_threads
 
 
-def make_data(n, d, seed=0):
-    """Dense float64 regression data: y = X w + 1 + noise."""
+def make_data(n, d, seed=0, classes=1):
+    """Dense float64 data: regression ``y = X w + 1 + noise``, or with ``classes`` > 1
+    labels ``argmax(X W + noise)`` for softmax regression."""
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((n, d))
+    if classes > 1:
+        scores = X @ rng.standard_normal((d, classes)) + rng.standard_normal((n, classes))
+        return X, scores.argmax(axis=1)
     y = X @ rng.standard_normal(d) + 1.0 + 0.1 * rng.standard_normal(n)
     return X, y
+
+
+def model_of(y):
+    """``"softmax"`` for integer labels, else ``"linear"`` (the mean squared error)."""
+    return "softmax" if y.dtype.kind in "iu" else "linear"
 
 
 def time_fit(
@@ -52,8 +61,8 @@ def time_fit(
 ):
     """Median wall time of the whole ``fastgd.fit`` call (compile excluded: warmed up
     first), the median kernel time, the last result and the warm-up's compile time."""
-    options = dict(batch_size=batch_size, epochs=epochs, lr=lr, seed=0, optimizer=optimizer,
-                   backend=backend, n_threads=threads, shuffle=shuffle)  # fmt: skip
+    options = dict(model=model_of(y), batch_size=batch_size, epochs=epochs, lr=lr, seed=0,
+                   optimizer=optimizer, backend=backend, n_threads=threads, shuffle=shuffle)  # fmt: skip
     compile_s = fastgd.fit(X, y, **options).compile_time
     walls, kernels = [], []
     for _ in range(repeats):
@@ -68,7 +77,7 @@ def time_numpy_loop(X, y, batch_size, epochs, lr, threads, repeats, shuffle):
     """The tight NumPy loop (plain SGD only): median time and its final parameters."""
     times, outcome = [], None
     for _ in range(repeats):
-        outcome = run_numpy_loop(MODELS["linear"], X, y, batch_size=batch_size, epochs=epochs,
+        outcome = run_numpy_loop(MODELS[model_of(y)], X, y, batch_size=batch_size, epochs=epochs,
                                  lr=lr, seed=0, threads=threads, shuffle=shuffle)  # fmt: skip
         times.append(outcome.seconds)
     return statistics.median(times), outcome.params
@@ -132,7 +141,7 @@ def batch_rows(X, y, args, batch_size, text, backends):
                                 compile_s=compile_s, coef=result.coef_)  # fmt: skip
     _check(results)
     sk_time = None
-    if batch_size == 1 and args.optimizer == "sgd":
+    if batch_size == 1 and args.optimizer == "sgd" and args.classes == 1:
         sk_time, sk_model = time_sklearn_sgd(X, y, args.epochs, args.lr, args.repeats, args.shuffle)
         if sk_model is not None:  # in order: the same updates; shuffled: its own order
             gap = np.abs(sk_model.coef_ - results[backends[0]]["coef"]).max()
@@ -173,6 +182,9 @@ def main(argv=None):
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--features", type=int, default=100)
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument(
+        "--classes", type=int, default=1, help="> 1: softmax regression with this many classes"
+    )
     parser.add_argument("--batch-sizes", default="1,32,256,full")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
@@ -187,10 +199,11 @@ def main(argv=None):
     if args.quick:
         args.rows, args.features, args.repeats = 20_000, 20, 1
 
-    X, y = make_data(args.rows, args.features)
+    X, y = make_data(args.rows, args.features, classes=args.classes)
     backends = available_backends()
     print(
-        f"data: {args.rows} x {args.features} float64, {args.epochs} epochs, {args.optimizer}, lr={args.lr}"
+        f"data: {args.rows} x {args.features} float64, {model_of(y)}, {args.epochs} epochs, "
+        f"{args.optimizer}, lr={args.lr}"
     )
     print(f"threads: {args.threads}; BLAS: {_blas_info()}; backends: {', '.join(backends)}")
     stream = roofline.stream_read(args.threads) if not args.quick else None

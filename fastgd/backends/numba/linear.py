@@ -197,7 +197,7 @@ def _block_of_rows(X, order, shuffled, lo, hi, Xg, chunk):
 
 
 @njit(inline="always", **NUMBA_OPTIONS)
-def _several_chunk(data, params, order, shuffled, start, stop, n_chunks, chunk, loss_code, k, G, Z, Xg):  # fmt: skip
+def _several_chunk(data, params, order, shuffled, start, stop, n_chunks, chunk, loss_code, k, G, work):  # fmt: skip
     """Chunk gradient of a ``k``-output model, in blocks of ``Z.shape[1]`` rows.
 
     Per block two BLAS products, ``Z = X_b W + b`` and ``T = X_b^T D`` (D: the loss
@@ -205,8 +205,10 @@ def _several_chunk(data, params, order, shuffled, start, stop, n_chunks, chunk, 
     the ``d x k`` multiply-adds run at the matrix-product rate, where a row-by-row loop
     carried the ``d x k`` gradient through memory. ``T`` is added to the chunk's sums
     after each block, in block order (the blocks depend on the batch, not the threads).
+    ``work``: the buffers ``(Z, Xg)`` of :func:`_buffers`.
     """
     X, Y, weights = data.X, data.Y, data.weights
+    Z, Xg = work
     lo, hi = _chunk_rows(start, stop, n_chunks, chunk)
     d = X.shape[1]
     bias = d * k
@@ -237,16 +239,17 @@ def _several_chunk(data, params, order, shuffled, start, stop, n_chunks, chunk, 
 
 
 @njit(inline="always", **NUMBA_OPTIONS)
-def _chunk_gradient(data, params, order, shuffled, start, stop, n_chunks, chunk, loss_code, k, G, Z, Xg):  # fmt: skip
+def _chunk_gradient(data, params, order, shuffled, start, stop, n_chunks, chunk, loss_code, k, G, work):  # fmt: skip
     """Any chunk function, chosen at run time: the body of the parallel loop.
 
     Inlined, as before the redesign. A separately compiled body would compile faster, but
     its rounding then depended on whether it was compiled in the process or loaded from
     the disk cache (measured: the loss history of a 3-output model differed in the last
-    bits), so results would not be reproducible.
+    bits), so results would not be reproducible. ``work``: ``(Z, Xg)`` of :func:`_buffers`.
     """
+    Z = work[0]
     if k > 1:
-        _several_chunk(data, params, order, shuffled, start, stop, n_chunks, chunk, loss_code, k, G, Z, Xg)  # fmt: skip
+        _several_chunk(data, params, order, shuffled, start, stop, n_chunks, chunk, loss_code, k, G, work)  # fmt: skip
     elif data.X.shape[1] == 1:
         _one_feature_chunk(data, params, order, shuffled, start, stop, n_chunks, chunk, loss_code, k, G, Z)  # fmt: skip
     else:
@@ -254,9 +257,9 @@ def _chunk_gradient(data, params, order, shuffled, start, stop, n_chunks, chunk,
 
 
 @njit(parallel=True, **NUMBA_OPTIONS)
-def _batch_parallel(data, params, order, shuffled, start, stop, n_chunks, loss_code, k, G, Z, Xg):  # fmt: skip
+def _batch_parallel(data, params, order, shuffled, start, stop, n_chunks, loss_code, k, G, work):  # fmt: skip
     for chunk in prange(n_chunks):
-        _chunk_gradient(data, params, order, shuffled, start, stop, n_chunks, chunk, loss_code, k, G, Z, Xg)  # fmt: skip
+        _chunk_gradient(data, params, order, shuffled, start, stop, n_chunks, chunk, loss_code, k, G, work)  # fmt: skip
 
 
 @njit(inline="always", **NUMBA_OPTIONS)
@@ -442,7 +445,7 @@ def _make_train_kernel(shape, mode, sparse=False):
                         and n_chunks > 1
                         and (stop - start) * d * k >= PARALLEL_MIN_WORK
                     ):
-                        _batch_parallel(data, params, order, shuffled, start, stop, n_chunks, loss_code, k, G, Z, Xg)  # fmt: skip
+                        _batch_parallel(data, params, order, shuffled, start, stop, n_chunks, loss_code, k, G, (Z, Xg))  # fmt: skip
                     else:
                         for c in range(n_chunks):
                             if sparse:
@@ -452,7 +455,7 @@ def _make_train_kernel(shape, mode, sparse=False):
                             elif shape == ONE_OUTPUT:
                                 _one_output_chunk(data, params, order, shuffled, start, stop, n_chunks, c, loss_code, k, G, Z)  # fmt: skip
                             else:
-                                _several_chunk(data, params, order, shuffled, start, stop, n_chunks, c, loss_code, k, G, Z, Xg)  # fmt: skip
+                                _several_chunk(data, params, order, shuffled, start, stop, n_chunks, c, loss_code, k, G, (Z, Xg))  # fmt: skip
                     _sum_chunks(G, n_chunks, p + 1)
                     loss_sum += G[0, p]
                     _apply_update(
@@ -494,7 +497,7 @@ def _make_gradient_kernel(shape, mode, sparse=False):
         else:
             n_chunks = 1 if mode == SINGLE else _n_chunks(n)
         if not sparse and mode == PARALLEL and n_chunks > 1 and n * d * k >= PARALLEL_MIN_WORK:
-            _batch_parallel(data, params, order, shuffled, 0, n, n_chunks, loss_code, k, G, Z, Xg)
+            _batch_parallel(data, params, order, shuffled, 0, n, n_chunks, loss_code, k, G, (Z, Xg))
         else:
             for c in range(n_chunks):
                 if sparse:
@@ -504,7 +507,7 @@ def _make_gradient_kernel(shape, mode, sparse=False):
                 elif shape == ONE_OUTPUT:
                     _one_output_chunk(data, params, order, False, 0, n, n_chunks, c, loss_code, k, G, Z)  # fmt: skip
                 else:
-                    _several_chunk(data, params, order, False, 0, n, n_chunks, c, loss_code, k, G, Z, Xg)  # fmt: skip
+                    _several_chunk(data, params, order, False, 0, n, n_chunks, c, loss_code, k, G, (Z, Xg))  # fmt: skip
         _sum_chunks(G, n_chunks, p + 1)
         grad = np.zeros(p, dtype=params.dtype)
         for j in range(p if model.fit_intercept else d * k):

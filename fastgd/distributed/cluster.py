@@ -89,14 +89,28 @@ class Cluster:
         self.n_rounds = 0
         self._grouped = None  # (workers, chunk indices per worker) of the last round
 
-    def persist(self, delayed_chunks):
+    def persist(self, delayed_chunks, small=()):
         """Prepared chunks kept in memory: futures with lineage (a lost one is recomputed
-        from its graph), or the computed values on the local scheduler."""
-        if self.client is not None:
-            return self.client.compute(list(delayed_chunks))
+        from its graph), or the computed values on the local scheduler; and the values of
+        the ``small`` results (``dask.delayed`` objects or plain values) computed with
+        them: one graph, one wait, which raises the first error of any task.
+
+        Returns
+        -------
+        (list of chunks, list of the small values)
+        """
         import dask
 
-        return list(dask.compute(*delayed_chunks))
+        chunks, small = list(delayed_chunks), list(small)
+        lazy = [i for i, item in enumerate(small) if dask.is_dask_collection(item)]
+        if self.client is None:
+            values = dask.compute(*chunks, *[small[i] for i in lazy])
+        else:
+            futures = self.client.compute([*chunks, *[small[i] for i in lazy]])
+            values = futures[: len(chunks)] + self.client.gather(futures[len(chunks) :])
+        for i, value in zip(lazy, values[len(chunks) :], strict=True):
+            small[i] = value
+        return list(values[: len(chunks)]), small
 
     def gather(self, chunks):
         """The values of small per-chunk results (e.g. chunk statistics), in chunk order."""

@@ -65,8 +65,8 @@ def prepare_dask_problem(X, y, model, arguments, cluster):
     kind = model
     if isinstance(model, MLP):
         kind = "linear" if model.task == "regression" else "softmax"
-    classes = _classes(y, kind, arguments["classes"], isinstance(model, MLP))
-    data = _persist(X, y, weights, kind, dtype, classes, cluster)
+    labels = _classes(y, kind, arguments["classes"], isinstance(model, MLP))
+    data, classes = _persist(X, y, weights, kind, dtype, labels, cluster)
     if data.weight_sums.sum() == 0.0:
         raise ValueError("sample_weight is zero for every sample; nothing would be learned")
     m = 1 if y.ndim == 1 or kind != "linear" else y.shape[1]
@@ -133,14 +133,23 @@ def _aligned(a, name, X, ndim=2):
 
 
 def _classes(y, kind, classes, network):
-    """Classifiers: the given classes, or the union of the chunks' labels (one round)."""
+    """Classifiers: the given classes (checked), or the task that finds the union of the
+    chunks' labels (a ``dask.delayed``, computed with the chunks); None for regression."""
     if kind == "linear":
         return None
     if classes is None:
-        classes = dask_labels(y)
-    else:
-        classes = np.unique(np.asarray(classes).ravel())
-    # the single-machine checks on the label set: one class, logistic with three, NaN
+        import dask
+
+        parts = np.asarray(y.to_delayed(), dtype=object).ravel()
+        labels = [dask.delayed(chunk_labels)(part) for part in parts]
+        return dask.delayed(label_set, pure=True)(kind, network, *labels)
+    return label_set(kind, network, np.asarray(classes).ravel())
+
+
+def label_set(kind, network, *labels):
+    """The sorted distinct labels of all parts, with the single-machine checks on the
+    label set (one class, logistic with three, NaN)."""
+    classes = np.unique(np.concatenate([np.ravel(part) for part in labels]))
     classes = v.check_targets(classes, len(classes), kind, np.float64)[1]
     if network:
         _check_network_labels(classes)
@@ -157,8 +166,10 @@ def dask_labels(y):
 
 
 def _persist(X, y, weights, kind, dtype, classes, cluster):
-    """Prepared chunks in memory, and their rows and weight sums (the first round: it
-    raises any chunk's validation error before training starts)."""
+    """Prepared chunks in memory, their rows and weight sums, and the classes: one graph
+    (labels, then validation and conversion of each chunk, then its statistics) sent at
+    once, whose first error (any chunk's validation) is raised before training starts.
+    ``classes`` may be a ``dask.delayed`` (the label set found in the chunks)."""
     import dask
 
     bounds = np.cumsum([0, *X.chunks[0]])
@@ -170,7 +181,8 @@ def _persist(X, y, weights, kind, dtype, classes, cluster):
                 f"row chunk {i}, rows {bounds[i]} to {bounds[i + 1] - 1}")
         for i in range(len(xs)) if bounds[i + 1] > bounds[i]
     ]  # fmt: skip
-    chunks = cluster.persist(prepared)
-    stats = np.array(cluster.map(chunk_stats, chunks), dtype=np.float64)
+    stats = [dask.delayed(chunk_stats, pure=True)(chunk) for chunk in prepared]
+    chunks, small = cluster.persist(prepared, [*stats, classes])
+    stats, classes = np.array(small[:-1], dtype=np.float64), small[-1]
     meta = Meta((int(X.shape[0]), int(X.shape[1])), np.dtype(dtype))
-    return ChunkedData(meta, chunks, stats[:, 0], stats[:, 1], weights is not None)
+    return ChunkedData(meta, chunks, stats[:, 0], stats[:, 1], weights is not None), classes

@@ -34,3 +34,11 @@ ROW_PADDING = 8
 # computed block by block, so a block of X rows (64 x 100 float64 = 51 kB) is still in
 # cache when it is read the second time.
 ROWS_PER_BLOCK = 64
+
+# Early stopping's validation loss reads the held-out rows where they are, gathering a
+# block of them at a time: about this many values (of X, or of a network's widest layer)
+# per block, 8 MiB of float64, never an n x d copy.
+HELD_OUT_VALUES = 2**20
+# ... and at least this many rows (a one-row product would round differently, see
+# fastgd.backends.shared.held_out_loss)
+HELD_OUT_MIN_ROWS = 64

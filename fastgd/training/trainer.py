@@ -136,5 +136,8 @@ def _orders(rng, count, n, shuffled, train_rows):
     orders = np.empty((count, n), dtype=np.int64)
     for epoch in range(count):
         permutation = rng.permutation(n)
-        orders[epoch] = permutation if train_rows is None else train_rows[permutation]
+        if train_rows is None:
+            orders[epoch] = permutation
+        else:  # no temporary: the indices go straight into the block's row
+            np.take(train_rows, permutation, out=orders[epoch])
     return orders

@@ -40,3 +40,11 @@ ROWS_PER_BLOCK = 64
 # of the per-core L2 here), so it is still in cache for the second product, and at
 # least ROWS_PER_BLOCK, at most 512 rows.
 SEVERAL_BLOCK_ENTRIES = 1 << 15
+
+# Early stopping's validation loss reads the held-out rows where they are, gathering a
+# block of them at a time: about this many values (of X, or of a network's widest layer)
+# per block, 8 MiB of float64, never an n x d copy.
+HELD_OUT_VALUES = 2**20
+# ... and at least this many rows (a one-row product would round differently, see
+# fastgd.backends.shared.held_out_loss)
+HELD_OUT_MIN_ROWS = 64

@@ -39,14 +39,15 @@ def frame_dtype(frame, name="X"):
     numpy.dtype
     """
     pd = sys.modules["pandas"]
-    bad = [
-        str(column)
+    # by position: column names may repeat (frame[name] is then a frame, not a column)
+    refused = [
+        (str(column), str(dtype))
         for column, dtype in frame.dtypes.items()
         if isinstance(dtype, pd.CategoricalDtype) or not pd.api.types.is_numeric_dtype(dtype)
         or pd.api.types.is_complex_dtype(dtype)
     ]  # fmt: skip
-    if bad:
-        kinds = sorted({str(frame[c].dtype) for c in frame.columns if str(c) in bad})
+    if refused:
+        bad, kinds = [column for column, _ in refused], sorted({kind for _, kind in refused})
         raise ValueError(
             f"{name} has non-numeric or categorical columns {bad} (dtype {', '.join(kinds)}); "
             "encode them as numbers (e.g. one-hot) or drop them"

@@ -249,7 +249,7 @@ def fit(
     check_model(model)
     backend = get_backend(backend)
     problem = prepare_problem(X, y, model, arguments)
-    options = resolve_options(arguments, problem.data.Y.shape[0], backend)
+    options = resolve_options(arguments, problem.n_train, backend)
     check_sparse_support(problem, options.optimizer.code)
     if options.batch_size == 1 and any(getattr(problem.spec, "batch_norm", ())):
         raise ValueError(

@@ -4,6 +4,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ._pandas import frames_to_arrays
 from ._validation import check_features, check_lengths, check_sequences
 from .backends.shared import predict
 
@@ -184,6 +185,7 @@ class FitResult:
         else:
             if lengths is not None:
                 raise ValueError("lengths is only for sequence models (fastgd.RNN)")
+            X = frames_to_arrays(X, None)[0]  # a data frame or series: as fit reads it
             X = check_features(X, n_features=self.model.n_features, allow_1d=self.model.n_features == 1)  # fmt: skip
         params = self.params.astype(X.dtype, copy=False)
         running = None if self.running is None else self.running.astype(X.dtype, copy=False)

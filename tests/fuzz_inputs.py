@@ -182,8 +182,11 @@ def _frozen(obj):
     if hasattr(obj, "tocsr") and hasattr(obj, "format"):  # scipy.sparse
         parts = [getattr(obj, name, None) for name in ("data", "indices", "indptr", "row", "col")]
         return ("sparse", obj.format, obj.shape, [_frozen(p) for p in parts if p is not None])
-    if hasattr(obj, "to_numpy") and hasattr(obj, "columns"):  # pandas data frame
-        return ("frame", repr(obj.dtypes.tolist()), _frozen(obj.to_numpy(dtype=object)))
+    if hasattr(obj, "to_numpy") and hasattr(obj, "index"):  # pandas data frame or series
+        labels = [repr(list(obj.columns)) if hasattr(obj, "columns") else repr(obj.name)]
+        dtypes = obj.dtypes.tolist() if hasattr(obj, "columns") else [obj.dtype]
+        return ("pandas", type(obj).__name__, repr(dtypes), labels, repr(obj.index),
+                _frozen(obj.to_numpy(dtype=object)), obj.flags.allows_duplicate_labels)  # fmt: skip
     return ("other", repr(copy.deepcopy(obj)))
 
 
@@ -208,3 +211,122 @@ def moderate(*arrays, bound=1e3):
         if not (np.all(np.isfinite(values)) and np.all(np.abs(values) <= bound)):
             return False
     return True
+
+
+# --- pandas input --------------------------------------------------------------------
+
+# column types of a data frame: NumPy's, pandas' nullable ones (with pd.NA), categorical,
+# object, string and datetime columns
+PANDAS_KINDS = [
+    "float64", "float64", "float32", "int64", "uint8", "bool", "Int64", "Float64", "boolean",
+    "category", "object", "string", "datetime",
+]  # fmt: skip
+NUMERIC_KINDS = PANDAS_KINDS[:9]  # what fit takes (missing values aside)
+# column names: strings, integers, a name used twice, mixed types
+COLUMN_NAMES = {
+    "str": ["a", "b", "c", "d"], "int": [0, 1, 2, 3], "duplicate": ["a", "a", "b", "b"],
+    "mixed": ["a", 1, 2.5, None],
+}  # fmt: skip
+INDEXES = ["range", "range", "shifted", "reversed", "strings", "duplicated", "datetime"]
+
+
+def pandas_column(values, kind, missing):
+    """A column (pandas array or NumPy array) of ``kind`` from float64 ``values``;
+    ``missing`` marks the entries that nullable kinds hold as missing (pd.NA, NaT, None)."""
+    import pandas as pd
+
+    finite = np.nan_to_num(values, nan=0.0, posinf=1e300, neginf=-1e300)
+    if kind in ("Int64", "boolean"):
+        base = np.clip(finite, -1e9, 1e9).astype(np.int64) if kind == "Int64" else finite != 0
+        return pd.array([pd.NA if m else v for v, m in zip(base.tolist(), missing, strict=True)], dtype=kind)  # fmt: skip
+    if kind == "Float64":
+        return pd.array([pd.NA if m else v for v, m in zip(values.tolist(), missing, strict=True)], dtype=kind)  # fmt: skip
+    if kind == "category":
+        return pd.Categorical(np.where(finite > 0, "pos", "neg"))
+    if kind == "object":
+        return np.array([None if m else v for v, m in zip(values.tolist(), missing, strict=True)], dtype=object)  # fmt: skip
+    if kind == "string":
+        return pd.array([pd.NA if m else str(v) for v, m in zip(values.tolist(), missing, strict=True)], dtype="string")  # fmt: skip
+    if kind == "datetime":
+        stamps = pd.to_datetime(np.clip(finite, 0, 1e9).astype(np.int64), unit="s")
+        return stamps.where(~np.asarray(missing, dtype=bool))
+    return cast(values, kind)
+
+
+def pandas_index(kind, n):
+    import pandas as pd
+
+    if kind == "shifted":
+        return pd.RangeIndex(10, 10 + n)
+    if kind == "reversed":
+        return pd.Index(np.arange(n)[::-1])
+    if kind == "strings":
+        return pd.Index([f"r{i}" for i in range(n)])
+    if kind == "duplicated":
+        return pd.Index(np.zeros(n, dtype=np.int64))
+    if kind == "datetime":
+        return pd.date_range("2020-01-01", periods=n, freq="D")
+    return pd.RangeIndex(n)
+
+
+@st.composite
+def pandas_frame(draw, n, kinds=PANDAS_KINDS, max_columns=4):
+    """A ``pandas.DataFrame`` of ``n`` rows: 0 to ``max_columns`` columns of the kinds
+    above (two times in three numeric ones only, which fit takes), odd column names, an
+    index that is not always 0..n-1."""
+    import pandas as pd
+
+    d = draw(st.sampled_from([0] + [1, 2, 3, 4][:max_columns] * 3))
+    names = COLUMN_NAMES[draw(st.sampled_from(sorted(COLUMN_NAMES)))][:d]
+    kinds = kinds if draw(st.integers(0, 2)) == 0 else [k for k in kinds if k in NUMERIC_KINDS]
+    columns = []
+    for _ in range(d):
+        kind = draw(st.sampled_from(kinds))
+        values = draw(float_matrix((n,), special=draw(st.booleans())))
+        missing = [False] * n
+        if draw(st.integers(0, 3)) == 0:
+            missing = draw(st.lists(st.booleans(), min_size=n, max_size=n))
+        columns.append(pandas_column(values, kind, missing))
+    index = pandas_index(draw(st.sampled_from(INDEXES)), n)
+    frame = pd.DataFrame(dict(enumerate(columns)), index=index) if d else pd.DataFrame(index=index)
+    frame.columns = names
+    return frame
+
+
+@st.composite
+def pandas_features(draw, n):
+    """X as a user might pass pandas data: a frame (perhaps without columns or rows), a
+    whole empty frame, or a series (one feature)."""
+    import pandas as pd
+
+    kind = draw(st.sampled_from(["frame"] * 6 + ["series", "series", "empty"]))
+    if kind == "empty":
+        return pd.DataFrame()
+    frame = draw(pandas_frame(n))
+    if kind == "series" and frame.shape[1]:
+        return frame.iloc[:, 0]
+    return frame
+
+
+@st.composite
+def pandas_targets(draw, n, regression):
+    """y as a series (NumPy or nullable dtype, labels, categorical, strings) or a frame of
+    one or two columns; sometimes of another length or index than X."""
+    import pandas as pd
+
+    rows = draw(st.sampled_from([n] * 6 + [max(n - 1, 0), n + 1]))
+    values = draw(float_matrix((rows,), special=draw(st.booleans())))
+    if not regression:
+        values = np.floor(np.abs(np.nan_to_num(values)) % 3)
+    kinds = ["float64", "int64", "Int64", "Float64", "category", "string", "object", "boolean"]
+    missing = [False] * rows
+    if draw(st.integers(0, 3)) == 0:
+        missing = draw(st.lists(st.booleans(), min_size=rows, max_size=rows))
+    index = pandas_index(draw(st.sampled_from(INDEXES)), rows)
+    if draw(st.integers(0, 4)) == 0:
+        second = pandas_column(values[::-1].copy(), draw(st.sampled_from(kinds[:4])), missing)
+        first = pandas_column(values, draw(st.sampled_from(kinds[:4])), missing)
+        width = draw(st.sampled_from([1, 2]))
+        return pd.DataFrame(dict(list({"t": first, "u": second}.items())[:width]), index=index)
+    column = pandas_column(values, draw(st.sampled_from(kinds)), missing)
+    return pd.Series(column, index=index, name=draw(st.sampled_from(["y", 0, None])))

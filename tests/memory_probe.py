@@ -108,6 +108,21 @@ def case_estimator_linear_float64(n):
     return [X, y], lambda: est.fit(X, y).n_iter_
 
 
+def case_fit_linear_float64_early_stopping(n):
+    """Early stopping trains on the training rows where they are and reads the held-out
+    rows a block at a time (it copied both sets apart: one copy of X)."""
+    X = _features(n, np.float64)
+    y = _targets(X)
+    return [X, y], lambda: fastgd.fit(X, y, early_stopping=True, **FIT).stop_reason
+
+
+def case_fit_mlp_float32_early_stopping(n):
+    X = _features(n, np.float32)
+    labels = (X[:, 0] > 0).astype(np.int64)
+    options = dict(FIT, backend="numpy", batch_size=4096, early_stopping=True)
+    return [X, labels], lambda: fastgd.fit(X, labels, fastgd.MLP(hidden=(16,)), **options).stop_reason  # fmt: skip
+
+
 def case_nan_error_float32(n):
     X = _features(n, np.float32)
     X[n // 2, 3] = np.nan  # the message counts them

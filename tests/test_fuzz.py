@@ -34,6 +34,8 @@ from fuzz_inputs import (
     fuzz_settings,
     moderate,
     names_argument,
+    pandas_features,
+    pandas_targets,
     sample_weights,
     snapshot,
     targets,
@@ -412,6 +414,72 @@ def test_estimators(data):
         score = est.score(X, y) if tame else outcome(lambda: est.score(X, y), None)
     assert len(predicted) == _rows(shape)
     assert score is None or isinstance(score, float)
+    assert_unchanged(before, X, y, weights)
+
+
+# --- pandas input ----------------------------------------------------------------------
+
+
+def _pandas_weights(data, n):
+    """Sample weights, sometimes as a series (with its own index)."""
+    weights = data.draw(sample_weights(n), label="sample_weight")
+    if weights is not None and data.draw(st.booleans(), label="weights as series"):
+        import pandas as pd
+
+        weights = pd.Series(weights, index=np.arange(len(weights))[::-1])
+    return weights
+
+
+@fuzz_settings(80)
+@given(data=st.data())
+def test_fit_pandas_input(data):
+    """Data frames and series of every column kind (nullable with pd.NA, categorical,
+    strings, datetimes), odd column names and indexes, through ``fit`` and ``predict``."""
+    pytest.importorskip("pandas")
+    n = data.draw(st.sampled_from([0, 1, 2, 3, 5, 8]), label="n")
+    X = data.draw(pandas_features(n), label="X")
+    model = data.draw(st.sampled_from(["linear", "logistic", "softmax", fastgd.MLP(hidden=(2,)), fastgd.MLP(hidden=(2,), task="regression")]), label="model")  # fmt: skip
+    y = data.draw(pandas_targets(n, _is_regression(model)), label="y")
+    weights = _pandas_weights(data, n)
+    options = data.draw(st.sampled_from([{}, {"early_stopping": True}, {"batch_size": None}]))
+    before = snapshot(X, y, weights)
+    result = outcome(
+        lambda: fastgd.fit(
+            X, y, model, backend="numpy", epochs=2, seed=0, sample_weight=weights, **options
+        ),  # fmt: skip
+        FIT_ARGUMENTS,
+    )
+    assert_unchanged(before, X, y, weights)
+    if result is not None:
+        check_fit_result(result)
+        check_predictions(result, X, len(X))
+        assert_unchanged(before, X, y, weights)
+
+
+@fuzz_settings(60)
+@given(data=st.data())
+def test_estimators_pandas_input(data):
+    """The estimators on the same pandas input: scikit-learn's checks raise its own
+    messages, so only the exception types are checked."""
+    pytest.importorskip("pandas")
+    pytest.importorskip("sklearn")
+    name = data.draw(st.sampled_from(["LinearRegressor", "LinearClassifier", "MLPRegressor", "MLPClassifier"]))  # fmt: skip
+    est = _estimator(name, {})
+    n = data.draw(st.sampled_from([0, 1, 2, 3, 5, 8]), label="n")
+    X = data.draw(pandas_features(n), label="X")
+    y = data.draw(pandas_targets(n, "Regressor" in name), label="y")
+    weights = _pandas_weights(data, n)
+    before = snapshot(X, y, weights)
+    fitted = outcome(lambda: est.fit(X, y, sample_weight=weights), None)
+    assert_unchanged(before, X, y, weights)
+    if fitted is None:
+        return
+    check_fit_result(est.result_)
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        predicted = est.predict(X)
+        outcome(lambda: est.score(X, y), None)
+    assert len(predicted) == len(X)
     assert_unchanged(before, X, y, weights)
 
 

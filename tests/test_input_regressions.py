@@ -234,3 +234,35 @@ def test_model_file_with_a_valid_checksum_but_a_broken_network_is_refused(tmp_pa
     np.savez(path, **arrays)
     with pytest.raises(ValueError, match="holds an invalid fastgd model: its model cannot predict"):
         fastgd.load(path)
+
+
+# --- pandas input (found by tests/test_fuzz.py's pandas strategies) -------------------
+
+
+def test_frame_with_a_repeated_column_name_is_refused_by_name():
+    """A non-numeric column whose name another column shares: the message's lookup
+    ``frame[name]`` gave a frame, and ``.dtype`` an AttributeError."""
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame({"a": X[:, 0], "b": X[:, 1].astype(str)})
+    frame.columns = ["a", "a"]
+    with pytest.raises(ValueError, match=r"^X has non-numeric or categorical columns \['a'\] \(dtype (object|str)"):  # fmt: skip
+        fastgd.fit(frame, y, backend="numpy", epochs=1)
+    pytest.importorskip("sklearn")
+    with pytest.raises(ValueError, match="X has non-numeric or categorical columns"):
+        fastgd.LinearRegressor(backend="numpy", epochs=1).fit(frame, y)
+
+
+def test_predict_reads_a_frame_as_fit_reads_it():
+    """``fit`` converts a frame of float, bool and nullable integer columns to one float
+    array; ``predict`` passed the frame to NumPy, which made an object array from its
+    mixed columns ("X must be numeric ... dtype object")."""
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame({
+        "x": X[:, 0], "flag": X[:, 1] > 0, "count": pd.array(np.arange(24), dtype="Int64"),
+    })  # fmt: skip
+    result = fastgd.fit(frame, labels, "logistic", backend="numpy", epochs=2, seed=0)
+    as_array = frame.to_numpy(dtype=np.float64)
+    np.testing.assert_array_equal(result.predict(frame), result.predict(as_array))
+    np.testing.assert_array_equal(result.predict_proba(frame), result.predict_proba(as_array))
+    single = fastgd.fit(frame["x"], y, backend="numpy", epochs=2, seed=0)  # a series: one feature
+    np.testing.assert_array_equal(single.predict(frame["x"]), single.predict(X[:, :1]))

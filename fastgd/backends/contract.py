@@ -118,6 +118,12 @@ def n_rows(data):
     return data.Y.shape[0] if hasattr(data, "Y") else data.X.shape[0]
 
 
+def epoch_rows(data, block):
+    """Rows one epoch of ``block`` visits: as many as its row orders hold (with early
+    stopping, the training rows of the caller's array), else every row of ``data``."""
+    return block.orders.shape[1] if block.orders.shape[0] else n_rows(data)
+
+
 def n_features(data):
     """Columns of a :class:`Data` or :class:`SparseData`."""
     return int(data.n_features) if is_sparse(data) else data.X.shape[1]
@@ -272,9 +278,12 @@ class EpochBlock(NamedTuple):
 
     Attributes
     ----------
-    orders : ndarray of int64, shape (n_orders, n) or (0, 0)
-        Row order of each epoch (epoch ``e`` visits ``orders[e % n_orders]``); empty for
-        the natural order in every epoch.
+    orders : ndarray of int64, shape (n_orders, n_epoch_rows) or (0, 0)
+        Row order of each epoch (epoch ``e`` visits ``orders[e % n_orders]``, indices of
+        rows of the data); empty for the natural order of all rows in every epoch. An
+        epoch visits ``n_epoch_rows <= n`` rows: fewer with early stopping, whose orders
+        hold only the training rows (:func:`epoch_rows`); the epoch's mean loss is over
+        the rows it visits.
     lr_epochs : ndarray of float64, shape (>= n_epochs,)
         Learning rate of each epoch (update ``t`` uses ``lr / t**hyper[POWER_T]``).
     n_epochs : int

@@ -7,10 +7,11 @@ stopping. The NumPy reference backend builds its training pass on the same funct
 
 import numpy as np
 
+from .._config import HELD_OUT_MIN_ROWS, HELD_OUT_VALUES
 from ..specs import losses
 from ..specs import network as net
 from . import recurrent_forward
-from .contract import LinearModel, RecurrentModel
+from .contract import Data, LinearModel, NetworkModel, RecurrentModel, is_sparse, n_rows
 
 
 def stable_sigmoid(z):
@@ -25,10 +26,21 @@ def output_loss(Z, Y, weights, loss_code):
     ``dZ`` is the derivative of the mean loss, i.e. already divided by ``n``. Shared by
     the linear models and the networks (whose output layer gives ``Z``).
     """
+    n = Z.shape[0]
+    sample_loss, dZ = _sample_losses(Z, Y, loss_code)
+    if weights.size:
+        sample_loss = (weights * sample_loss.T).T
+        dZ = weights[:, None] * dZ
+    return float(np.sum(sample_loss) / n), dZ / n
+
+
+def _sample_losses(Z, Y, loss_code):
+    """Unweighted loss of each sample, (n,) or (n, k) (MSE: summed over the outputs by
+    :func:`output_loss`), and dloss/dZ, not yet divided by ``n``."""
     n, k = Z.shape
     if loss_code == losses.MSE:
         R = Z - Y
-        sample_loss = R * R / k  # summed over outputs below: the mean over outputs
+        sample_loss = R * R / k  # summed over outputs by the caller: the mean over outputs
         dZ = (2.0 / k) * R
     elif loss_code == losses.BINARY_CROSS_ENTROPY:
         z, y = Z[:, 0], Y[:, 0]
@@ -46,10 +58,7 @@ def output_loss(Z, Y, weights, loss_code):
         dZ[rows, labels] -= 1.0
     else:
         raise ValueError(f"unknown loss code {loss_code}")
-    if weights.size:
-        sample_loss = (weights * sample_loss.T).T
-        dZ = weights[:, None] * dZ
-    return float(np.sum(sample_loss) / n), dZ / n
+    return sample_loss, dZ
 
 
 def activate(U, code, slope):
@@ -112,14 +121,21 @@ def sequence_loss(model, Z, data, valid):
     if not model.sequence:
         loss, dZ = output_loss(Z, data.Y, data.weights, model.loss_code)
         return loss, dZ.astype(Z.dtype, copy=False)
+    keep, Z_valid, Y, weights = _valid_steps(Z, data, valid)
+    loss, dZ_valid = output_loss(Z_valid, Y, weights, model.loss_code)
+    dZ = np.zeros_like(Z)
+    dZ[keep] = dZ_valid
+    return loss, dZ
+
+
+def _valid_steps(Z, data, valid):
+    """``output="sequence"``: the mask of the valid (row, step) pairs, and their decision
+    values, targets and weights (rows ``i * T + t``, in that order)."""
     B, T = valid.shape
     keep = valid.reshape(-1)
     Y = data.Y.reshape(B * T, -1)
     weights = np.repeat(data.weights, T)[keep] if data.weights.size else data.weights
-    loss, dZ_valid = output_loss(Z[keep], Y[keep], weights, model.loss_code)
-    dZ = np.zeros_like(Z)
-    dZ[keep] = dZ_valid
-    return loss, dZ
+    return keep, Z[keep], Y[keep], weights
 
 
 def data_loss(model, data, params, running):
@@ -129,6 +145,79 @@ def data_loss(model, data, params, running):
         Z, cache = recurrent_forward.forward(model, data.X, data.lengths, params)
         return sequence_loss(model, Z, data, cache["valid"])[0]
     return output_loss(predict(model, data.X, params, running), data.Y, data.weights, model.loss_code)[0]  # fmt: skip
+
+
+def held_out_loss(model, data, rows, params, running):
+    """:func:`data_loss` of the rows ``rows`` (sorted) of ``data``, read where they are.
+
+    The rows are gathered a block at a time (about ``HELD_OUT_VALUES`` values of X or
+    of the widest layer per block, at least ``HELD_OUT_MIN_ROWS`` rows), never all at
+    once; the loss of each sample is kept (O(rows), like the targets) and they are
+    weighted and summed exactly as :func:`output_loss` sums them for the gathered rows.
+    So the result is :func:`data_loss` of ``rows`` bit for bit: the matrix products of
+    prediction give each row the same value in a block of any number of rows but one
+    (BLAS's matrix-matrix product sums a row's terms in an order that does not depend on
+    the other rows; a single row goes through its matrix-vector product, which rounds
+    differently: hence the minimum).
+    """
+    n = rows.shape[0]
+    per_block = max(HELD_OUT_MIN_ROWS, HELD_OUT_VALUES // _row_width(model, data))
+    n_blocks = max(1, n // per_block)  # blocks of per_block to 2 * per_block rows
+    bounds = [(b * n) // n_blocks for b in range(n_blocks + 1)]
+    parts, weights = [], []
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        Z, Y, w = _outputs(model, _block(data, rows[lo:hi]), params, running)
+        parts.append(_sample_losses(Z, Y, model.loss_code)[0])
+        weights.append(w)
+    sample_loss = parts[0] if n_blocks == 1 else np.concatenate(parts)
+    weights = weights[0] if n_blocks == 1 else np.concatenate(weights)
+    if weights.size:
+        sample_loss = (weights * sample_loss.T).T
+    return float(np.sum(sample_loss) / sample_loss.shape[0])
+
+
+def _outputs(model, data, params, running):
+    """Decision values, targets and weights of the outputs that enter the loss."""
+    if not isinstance(model, RecurrentModel):
+        return predict(model, data.X, params, running), data.Y, data.weights
+    Z, cache = recurrent_forward.forward(model, data.X, data.lengths, params)
+    if not model.sequence:
+        return Z, data.Y, data.weights
+    return _valid_steps(Z, data, cache["valid"])[1:]
+
+
+def _row_width(model, data):
+    """Values one row gathers or produces at most: its features (the stored entries of an
+    average CSR row) or the widest layer of a network over its steps."""
+    if is_sparse(data):
+        width = -(-int(data.indptr[-1]) // max(1, n_rows(data)))
+    else:
+        width = int(np.prod(data.X.shape[1:]))
+    if isinstance(model, NetworkModel):
+        width = max(width, int(np.max(model.sizes)))
+    elif isinstance(model, RecurrentModel):
+        width = max(width, int(data.X.shape[1]) * 4 * int(model.hidden))
+    return max(width, 1)
+
+
+def _block(data, rows):
+    """The rows ``rows`` of ``data`` gathered into a container of their own; CSR rows as
+    a ``scipy.sparse`` matrix of just their entries (O(their non-zeros))."""
+    if not is_sparse(data):
+        return type(data)(*(a[rows] if a.size else a for a in data))
+    from scipy import sparse
+
+    starts, counts = data.indptr[rows], data.indptr[rows + 1] - data.indptr[rows]
+    indptr = np.zeros(rows.shape[0] + 1, dtype=data.indptr.dtype)
+    np.cumsum(counts, out=indptr[1:])
+    # entry e of the block is entry starts[r] + (e - indptr[r]) of the whole matrix
+    positions = np.repeat(starts - indptr[:-1], counts) + np.arange(indptr[-1])
+    X = sparse.csr_matrix(
+        (data.values[positions], data.indices[positions], indptr),
+        shape=(rows.shape[0], int(data.n_features)),
+    )
+    weights = data.weights[rows] if data.weights.size else data.weights
+    return Data(X, data.Y[rows], weights)
 
 
 def predict(model, X, params, running, lengths=None):

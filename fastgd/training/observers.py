@@ -10,7 +10,7 @@ observer, not one more branch of the loop.
 
 import numpy as np
 
-from ..backends.shared import data_loss
+from ..backends.shared import held_out_loss
 from ..specs import stopping
 
 
@@ -71,23 +71,24 @@ class EarlyStopping(Observer):
     ``patience`` epochs; at the end, put back the best epoch's state.
 
     The validation loss is that of prediction (batch norm from the running averages),
-    computed with the NumPy maths every backend shares.
+    computed with the NumPy maths every backend shares, on the held-out ``rows`` of
+    ``validation`` read where they are (a block of rows at a time, no copy of them all).
     """
 
     block_limit = 1
 
-    def __init__(self, spec, validation, tol, patience):
+    def __init__(self, spec, validation, rows, tol, patience):
         self.kernel_model = spec.kernel_model()
-        self.validation = validation
+        self.validation, self.rows = validation, rows
         self.tol, self.patience = tol, patience
         self.history, self.best = [], None
 
     def after_block(self, run):
         if run.status == stopping.DIVERGED:
             return None
-        state, dtype = run.state, self.validation.X.dtype
+        state, dtype = run.state, self.validation.Y.dtype
         params, running = (a.astype(dtype, copy=False) for a in (state.params, state.running))
-        loss = data_loss(self.kernel_model, self.validation, params, running)
+        loss = held_out_loss(self.kernel_model, self.validation, self.rows, params, running)
         self.history.append(loss)
         run.validation_loss = loss
         if self.best is None or loss < self.best["loss"] - self.tol:
@@ -166,7 +167,13 @@ def make_observers(problem, options, rates, snapshot=None):
     if options.early_stopping:
         tol = max(options.tol, 0.0)
         observers.append(
-            EarlyStopping(problem.spec, problem.validation, tol, options.n_iter_no_change)
+            EarlyStopping(
+                problem.spec,
+                problem.validation,
+                problem.validation_rows,
+                tol,
+                options.n_iter_no_change,
+            )  # fmt: skip
         )
     if rates.adaptive:
         observers.append(PlateauSchedule(rates))

@@ -8,7 +8,7 @@ import numpy as np
 
 from .. import _validation as v
 from .._pandas import frames_to_arrays
-from ..backends.contract import Data, SequenceData, SparseData, State
+from ..backends.contract import Data, SequenceData, SparseData, State, n_rows
 from ..network import MLP
 from ..recurrent import RNN
 from ..specs import stopping
@@ -18,17 +18,39 @@ from ..specs.optimizers import NEWTON
 
 @dataclass(frozen=True)
 class Problem:
-    """The model spec, the training rows and, with early stopping, the held-out rows."""
+    """The model spec, the data and, with early stopping, the held-out rows.
+
+    With early stopping nothing is copied: ``data`` holds every row of the caller's
+    array, ``train_rows`` (sorted) are the rows the kernels visit and ``validation_rows``
+    (sorted) the held-out ones, whose loss is computed where they are; the sample weights
+    of ``data`` are rescaled to mean 1 over each of the two sets separately. Without it,
+    ``train_rows`` and ``validation_rows`` are None and every row trains.
+    """
 
     spec: object
     data: Data | SparseData
     classes: np.ndarray | None
+    # early stopping: the container the held-out rows are read from (``data``), else None
     validation: Data | SparseData | None
     validation_rows: np.ndarray | None
     single_target: bool
     feature_names: np.ndarray | None = None
     # dense X whose finiteness is checked after training (check_finite_after), or None
     unchecked: np.ndarray | None = None
+    train_rows: np.ndarray | None = None
+
+    @property
+    def n_train(self):
+        """Rows the kernels train on."""
+        return n_rows(self.data) if self.train_rows is None else self.train_rows.shape[0]
+
+    def training_data(self):
+        """The training rows as a container of their own: ``data``, or with early stopping
+        a gathered copy of the training rows (the full-batch solvers' passes read whole
+        containers; the epoch loop never calls this)."""
+        if self.train_rows is None:
+            return self.data
+        return container(_gather(self.data, self.train_rows))
 
 
 def check_model(model):
@@ -66,12 +88,12 @@ def prepare_problem(X, y, model, arguments):
     ):  # NumPy's generators take non-negative seeds only
         raise ValueError(f"seed must be None or a non-negative integer; got {seed!r}")
     data = SequenceData(X, Y, weights, lengths) if isinstance(model, RNN) else Data(X, Y, weights)
-    validation, rows = None, None
+    train_rows, rows = None, None
     if arguments["early_stopping"]:
         rows = _validation_split(n, arguments["validation_fraction"], seed)
-        data, validation = _split(data, rows)
-        validation = container(validation)
-    if data.weights.size:
+        train_rows = _complement(rows, n)
+        data = data._replace(weights=_split_weights(data.weights, train_rows, rows))
+    elif data.weights.size:
         data = data._replace(weights=_mean_one(data.weights, "the training rows"))
     data = container(data)
     spec = _model_spec(model, d, Y, classes, arguments["fit_intercept"])
@@ -79,7 +101,10 @@ def prepare_problem(X, y, model, arguments):
     single = spec.task != "regression" or np.ndim(y) == (
         2 if getattr(spec, "sequence", False) else 1
     )
-    return Problem(spec, data, classes, validation, rows, single, feature_names, unchecked)
+    validation = None if rows is None else data
+    return Problem(
+        spec, data, classes, validation, rows, single, feature_names, unchecked, train_rows
+    )
 
 
 def container(data):
@@ -224,17 +249,29 @@ def _validation_split(n, validation_fraction, seed):
     return np.sort(rng.permutation(n)[:n_validation])
 
 
-def _split(data, validation_rows):
-    """Training and validation data (validation weights rescaled to mean 1); a CSR ``X``
-    gives CSR row selections (copies of those rows' entries)."""
-    weights = data.weights
-    train_rows = np.setdiff1d(np.arange(data.X.shape[0]), validation_rows)
-    validation = type(data)(*(_take(a, validation_rows) for a in data))
-    training = type(data)(*(_take(a, train_rows) for a in data))
-    if weights.size:
-        held_out = _mean_one(weights[validation_rows], "the held-out validation rows")
-        validation = validation._replace(weights=held_out)
-    return training, validation
+def _complement(rows, n):
+    """The sorted int64 indices of ``0..n-1`` not in ``rows`` (an n-entry mask, O(n))."""
+    kept = np.ones(n, dtype=bool)
+    kept[rows] = False
+    return np.flatnonzero(kept).astype(np.int64, copy=False)
+
+
+def _split_weights(weights, train_rows, validation_rows):
+    """Sample weights rescaled to mean 1 over the training rows and, apart, over the
+    held-out rows (O(n), in place of two gathered copies of the data)."""
+    if not weights.size:
+        return weights
+    rescaled = np.empty_like(weights)
+    rescaled[validation_rows] = _mean_one(weights[validation_rows], "the held-out validation rows")  # fmt: skip
+    rescaled[train_rows] = _mean_one(weights[train_rows], "the training rows")
+    return rescaled
+
+
+def _gather(data, rows):
+    """The container of ``rows`` of ``data`` (copies; a CSR matrix's rows as CSR)."""
+    if isinstance(data, SparseData):
+        data = Data(data.X, data.Y, data.weights)
+    return type(data)(*(_take(a, rows) for a in data))
 
 
 def _take(array, rows):

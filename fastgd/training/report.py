@@ -72,8 +72,10 @@ THROUGH_TIME_ROWS = 256
 def _through_time(problem, params):
     """Mean norms of dloss/dh_t of the first recurrent layer at the offsets of
     :func:`fastgd.diagnostics.time_offsets`, on the first training rows (NumPy reference)."""
-    data = problem.data
-    rows = type(data)(*(a[:THROUGH_TIME_ROWS] if a.size else a for a in data))
+    data, first = problem.data, slice(THROUGH_TIME_ROWS)
+    if problem.train_rows is not None:  # early stopping: the first rows that trained
+        first = problem.train_rows[:THROUGH_TIME_ROWS]
+    rows = type(data)(*(a[first] if a.size else a for a in data))
     return gradients_through_time(problem.spec.kernel_model(), rows, params)
 
 

@@ -60,7 +60,7 @@ def check_solver_options(problem, options):
     if spec.n_layers and np.any(spec.kernel_model().batch_norm):
         raise ValueError(f"{name} trains on one full batch: use networks without batch_norm")
     if options.optimizer.code == opt.NEWTON:
-        _check_hessian_memory(spec, problem.data.X.shape[0])
+        _check_hessian_memory(spec, problem.n_train)
 
 
 def newton_memory(spec, n):
@@ -107,7 +107,8 @@ def solve(backend, problem, options, state, observers, objective=None):
     observers : list of fastgd.training.observers.Observer
     objective : Objective, optional
         What gives ``f``, ``g`` (and ``H``); default: the backend's passes over
-        ``problem.data`` (the Dask driver passes its own, over chunks on workers).
+        the training rows of ``problem`` (the Dask driver passes its own, over chunks on
+        workers).
     """
     check_solver_options(problem, options)
     spec, epochs = problem.spec, options.epochs
@@ -115,7 +116,8 @@ def solve(backend, problem, options, state, observers, objective=None):
     run = SolverRun(state, np.empty(epochs), np.empty(epochs), np.zeros(shape))
     l2 = float(options.hyper[opt.L2])
     if objective is None:
-        objective = Objective(backend, spec, problem.data, l2, options.n_threads)
+        # with early stopping a copy of the training rows: the passes read whole containers
+        objective = Objective(backend, spec, problem.training_data(), l2, options.n_threads)
     solver = options.optimizer
     tol = options.tol if np.isfinite(options.tol) else solver.tol
     x = state.params.astype(np.float64)

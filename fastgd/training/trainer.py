@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..backends.contract import EpochBlock, UpdateConfig, n_rows
+from ..backends.contract import EpochBlock, UpdateConfig
 from ..specs import stopping
 from .interrupt import Interruption
 from .observers import block_size
@@ -71,7 +71,7 @@ def train(backend, problem, options, state, rates, observers):
     run.compile_time = time.perf_counter() - started
     started = time.perf_counter()
     with interruption:
-        _epoch_blocks(run, call, n_rows(data), options, rates, observers, interruption)
+        _epoch_blocks(run, call, problem, options, rates, observers, interruption)
     run.train_time = time.perf_counter() - started
     for observer in observers:
         observer.finish(run)
@@ -95,17 +95,17 @@ def _kernel_call(backend, kernel_model, data, state, update, n_threads):
     return call
 
 
-def _epoch_blocks(run, call, n, options, rates, observers, interruption):
+def _epoch_blocks(run, call, problem, options, rates, observers, interruption):
     """Kernel calls until every epoch ran, the kernel stopped, an observer stopped, or a
     stop was requested (Ctrl-C)."""
+    n, train_rows = problem.n_train, problem.train_rows
     shuffled = options.shuffle and options.batch_size < n
     rng = np.random.default_rng(options.seed)
-    no_orders = np.empty((0, 0), dtype=np.int64)
     default = max(1, ORDER_BUDGET // n) if shuffled else options.epochs
     block = block_size(observers, options.epochs, default)
     while run.done < options.epochs and run.status == stopping.MAX_EPOCHS and not run.stop_reason:
         count = min(block, options.epochs - run.done)
-        orders = np.stack([rng.permutation(n) for _ in range(count)]) if shuffled else no_orders
+        orders = _orders(rng, count, n, shuffled, train_rows)
         run.ran, run.status = call(run, count, orders, rates, interruption)
         run.done += run.ran
         run.validation_loss = None
@@ -119,3 +119,25 @@ def _epoch_blocks(run, call, n, options, rates, observers, interruption):
             run.stop_reason = observer.after_block(run) or run.stop_reason
     if not run.stop_reason:
         run.stop_reason = stopping.REASONS[run.status]
+
+
+def _orders(rng, count, n, shuffled, train_rows):
+    """The :class:`EpochBlock` row orders of ``count`` epochs over ``n`` training rows.
+
+    Shuffled: one permutation per epoch, drawn from ``rng``; in order: none (the kernels
+    then read rows ``0..n-1``). With early stopping the kernels read the caller's array,
+    so the orders hold its row indices: the training rows taken in the order of the same
+    permutations (the epochs of a fit on the gathered training rows), or in increasing
+    order, one row of orders for every epoch.
+    """
+    if not shuffled:
+        no_orders = np.empty((0, 0), dtype=np.int64)
+        return no_orders if train_rows is None else train_rows.reshape(1, -1)
+    orders = np.empty((count, n), dtype=np.int64)
+    for epoch in range(count):
+        permutation = rng.permutation(n)
+        if train_rows is None:
+            orders[epoch] = permutation
+        else:  # no temporary: the indices go straight into the block's row
+            np.take(train_rows, permutation, out=orders[epoch])
+    return orders

@@ -141,8 +141,13 @@ def _check_call(n, state, update, block):
     orders = np.ascontiguousarray(block.orders, dtype=np.int64)
     if update.batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {update.batch_size}")
-    if orders.ndim != 2 or (orders.shape[0] > 0 and orders.shape[1] != n):
-        raise ValueError(f"orders must have shape (n_blocks, {n}) or (0, 0); got {orders.shape}")
+    if orders.ndim != 2 or (orders.shape[0] > 0 and not 0 < orders.shape[1] <= n):
+        raise ValueError(
+            f"orders must have shape (n_blocks, m) with 0 < m <= {n}, or (0, 0); got {orders.shape}"
+        )
+    # fewer rows than n (early stopping's training rows): the kernels trust the indices
+    if 0 < orders.shape[1] < n and (orders.min() < 0 or orders.max() >= n):
+        raise ValueError(f"orders must hold row indices in [0, {n})")
     if state.stop_state.shape[0] < 4 or block.history.shape[0] < n_epochs:
         raise ValueError("stop_state needs 4 entries and history at least n_epochs")
     return hyper, lr_epochs, orders

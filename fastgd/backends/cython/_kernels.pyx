@@ -1030,6 +1030,8 @@ def train_epochs(
     cdef floating* saved_state = &start_state[0, 0] if state_size > 0 else NULL
     cdef const floating* sw = &weights[0] if weights.shape[0] > 0 else NULL
     cdef Optimizer opt = _unpack_optimizer(opt_code, hyper)
+    if orders.shape[0] > 0:  # the orders' rows (early stopping: the training rows only)
+        pb.n = orders.shape[1]
     with nogil:
         n_done = _train_epochs(
             &pb, &X[0, 0], Y, sw, params, orders, lr_epochs, n_epochs, fit_intercept, batch_size,

@@ -825,6 +825,8 @@ def network_train_epochs(
     cdef floating* saved_state = &start_state[0, 0] if state_size > 0 else NULL
     if n == 0:
         n = X.shape[0]
+    if orders.shape[0] > 0:  # the orders' rows (early stopping: the training rows only)
+        n = orders.shape[1]
     with nogil:
         n_done = _network_train_epochs(
             &net, &scratch[0], &params[0], run, running.shape[0], orders, lr_epochs,

@@ -652,9 +652,11 @@ def recurrent_train_epochs(
     cdef floating* state = &opt_state[0, 0] if state_size > 0 else NULL
     cdef floating* saved_state = &start_state[0, 0] if state_size > 0 else NULL
     cdef double* norms = &grad_norms[0, 0] if grad_norms.shape[0] > 0 else NULL
+    # the orders' rows (early stopping: the training rows only)
+    cdef Py_ssize_t n = orders.shape[1] if orders.shape[0] > 0 else X.shape[0]
     with nogil:
         n_done = _rnn_train_epochs(
-            &rn, &params[0], orders, lr_epochs, n_epochs, X.shape[0], batch_size, &opt, state,
+            &rn, &params[0], orders, lr_epochs, n_epochs, n, batch_size, &opt, state,
             state_size, &step_count[0], tol, n_iter_no_change, &stop_state[0], &history[0],
             norms, grad_norms.shape[1], &start_params[0], saved_state, &status,
         )

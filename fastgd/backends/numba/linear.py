@@ -272,6 +272,8 @@ def _per_sample_one_output(data, params, order, shuffled, loss_code, n_trained, 
     """
     X, Y, weights = data.X, data.Y, data.weights
     n, d = X.shape
+    if shuffled:  # the order's rows (early stopping: the training rows only)
+        n = order.shape[0]
     weighted = weights.shape[0] > 0
     loss_sum = 0.0
     done = n
@@ -294,6 +296,8 @@ def _per_sample_several(data, params, order, shuffled, loss_code, k, n_trained, 
     """As :func:`_per_sample_one_output`, for ``k`` outputs (dloss/dz through ``Z[0, 0]``)."""
     X, Y, weights = data.X, data.Y, data.weights
     n, d = X.shape
+    if shuffled:  # the order's rows (early stopping: the training rows only)
+        n = order.shape[0]
     bias = d * k
     loss_sum = 0.0
     done = n
@@ -403,6 +407,8 @@ def _make_train_kernel(shape, mode, sparse=False):
         p, k, loss_code = params.shape[0], model.n_outputs, model.loss_code
         n_trained = p if model.fit_intercept else d * k
         shuffled = block.orders.shape[0] > 0
+        if shuffled:  # the orders' rows (early stopping: the training rows only)
+            n = block.orders.shape[1]
         # sparse: a chunk accumulator is d * k wide; allocate only the chunks this call uses
         buffers = (1 if mode == SINGLE or mode == PER_SAMPLE else _n_sparse_chunks(min(update.batch_size, n))) if sparse else MAX_CHUNKS  # fmt: skip
         G = np.empty((buffers, p + 1 + ROW_PADDING), dtype=params.dtype)

@@ -760,6 +760,8 @@ def _make_train_epochs(mode):
         params, s = state.params, scratch
         natural = np.empty(0, dtype=np.int64)
         shuffled = block.orders.shape[0] > 0
+        if shuffled:  # the orders' rows (early stopping: the training rows only)
+            n = block.orders.shape[1]
         hyper = update.hyper
         # the mean, L2 term and clipping need a pass over G before the update
         finishing = hyper[opt.CLIP_VALUE] > 0.0 or hyper[opt.CLIP_NORM] > 0.0 or hyper[opt.L2] > 0.0  # fmt: skip

@@ -661,6 +661,8 @@ def _make_train_epochs(mode):
         params, s, hyper = state.params, scratch, update.hyper
         natural = np.empty(0, dtype=np.int64)
         shuffled = block.orders.shape[0] > 0
+        if shuffled:  # the orders' rows (early stopping: the training rows only)
+            n = block.orders.shape[1]
         finishing = hyper[opt.CLIP_VALUE] > 0.0 or hyper[opt.CLIP_NORM] > 0.0 or hyper[opt.L2] > 0.0  # fmt: skip
         for epoch in range(block.n_epochs):
             _copy_state(params, state.running, state.opt_state, state.step_count,

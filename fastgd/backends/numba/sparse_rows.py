@@ -166,7 +166,7 @@ def _per_sample_sparse(data, params, order, shuffled, loss_code, n_trained, lr, 
     decay = 1.0 - lr * l2
     scale = 1.0
     loss_sum = 0.0
-    n = indptr.shape[0] - 1
+    n = order.shape[0] if shuffled else indptr.shape[0] - 1  # early stopping: fewer rows
     done = n
     for r in range(n):
         if _interrupted(stop_state):
@@ -198,7 +198,7 @@ def _per_sample_sparse_several(data, params, order, shuffled, loss_code, k, n_tr
     decay = 1.0 - lr * l2
     scale = 1.0
     loss_sum = 0.0
-    n = indptr.shape[0] - 1
+    n = order.shape[0] if shuffled else indptr.shape[0] - 1  # early stopping: fewer rows
     done = n
     for r in range(n):
         if _interrupted(stop_state):

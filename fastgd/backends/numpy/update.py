@@ -151,6 +151,8 @@ def interrupted(state, saved):
 
 def _train_loop(n, batch_step, state, update, block, n_weights, n_trained, epoch_done):
     params, hyper, orders = state.params, update.hyper, block.orders
+    if orders.shape[0]:  # the rows of the orders (early stopping: the training rows only)
+        n = orders.shape[1]
     for epoch in range(block.n_epochs):
         saved = snapshot(state)
         loss_sum, n_batches = 0.0, 0

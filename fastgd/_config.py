@@ -34,3 +34,13 @@ ROW_PADDING = 8
 # computed block by block, so a block of X rows (64 x 100 float64 = 51 kB) is still in
 # cache when it is read the second time.
 ROWS_PER_BLOCK = 64
+
+# Software prefetch (Numba kernels of the linear family, fastgd.backends.numba.prefetch):
+# while a row is computed, the row PREFETCH_AHEAD places later in the epoch's order is
+# requested from memory, one request per CACHE_LINE_BYTES. This matters for shuffled
+# epochs, whose rows are scattered (the hardware prefetchers follow sequential streams
+# only); PREFETCH_IN_ORDER says whether rows read in order are prefetched too, and 0 rows
+# ahead turns prefetching off. No effect on any result.
+CACHE_LINE_BYTES = 64
+PREFETCH_AHEAD = 4
+PREFETCH_IN_ORDER = True

@@ -43,4 +43,4 @@ ROWS_PER_BLOCK = 64
 # ahead turns prefetching off. No effect on any result.
 CACHE_LINE_BYTES = 64
 PREFETCH_AHEAD = 4
-PREFETCH_IN_ORDER = True
+PREFETCH_IN_ORDER = False

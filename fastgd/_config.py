@@ -48,3 +48,13 @@ HELD_OUT_VALUES = 2**20
 # ... and at least this many rows (a one-row product would round differently, see
 # fastgd.backends.shared.held_out_loss)
 HELD_OUT_MIN_ROWS = 64
+
+# Software prefetch (Numba kernels of the linear family, fastgd.backends.numba.prefetch):
+# while a row is computed, the row PREFETCH_AHEAD places later in the epoch's order is
+# requested from memory, one request per CACHE_LINE_BYTES. This matters for shuffled
+# epochs, whose rows are scattered (the hardware prefetchers follow sequential streams
+# only); PREFETCH_IN_ORDER says whether rows read in order are prefetched too, and 0 rows
+# ahead turns prefetching off. No effect on any result.
+CACHE_LINE_BYTES = 64
+PREFETCH_AHEAD = 4
+PREFETCH_IN_ORDER = False

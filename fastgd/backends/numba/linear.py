@@ -34,6 +34,7 @@ from ...specs import stopping
 from ..contract import EpochBlock, LinearModel, UpdateConfig, is_sparse, n_rows
 from .cache import njit
 from .losses import MSE, _loss_block, _single_output_loss
+from .prefetch import prefetch_ahead
 from .sparse_rows import _per_sample_sparse, _per_sample_sparse_several, _sparse_chunk
 from .threads import numba_threads
 from .update import (
@@ -61,11 +62,14 @@ SEVERAL = 2
 
 
 @njit(inline="always", **NUMBA_OPTIONS)
-def _forward_block(X, params, order, shuffled, lo, hi, k, Z, chunk):
-    """Decision values ``z = x @ W + b`` of rows ``lo:hi`` into ``Z[chunk, :hi - lo]``."""
+def _forward_block(data, params, order, shuffled, lo, hi, k, Z, chunk):
+    """Decision values ``z = x @ W + b`` of rows ``lo:hi`` into ``Z[chunk, :hi - lo]``
+    (the first read of each row: the row a few places ahead is prefetched)."""
+    X = data.X
     d = X.shape[1]
     bias = d * k
     for r in range(lo, hi):
+        prefetch_ahead(X, data.Y, data.weights, order, shuffled, r)
         i = order[r] if shuffled else r
         for c in range(k):
             Z[chunk, r - lo, c] = params[bias + c]
@@ -95,6 +99,8 @@ def _one_feature_rows(X, Y, weights, params, order, lo, hi, loss_code, shuffled,
     w, b = params[0], params[1]
     loss, grad_w, grad_b = 0.0, 0.0, 0.0
     for r in range(lo, hi):
+        if shuffled:  # (in order the loop of least squares is vectorized: no prefetch)
+            prefetch_ahead(X, Y, weights, order, shuffled, r)
         # an unsigned index: no test for a negative (wrap-around) index, which kept the
         # loop from vectorizing
         i = np.uint64(order[r] if shuffled else r)
@@ -107,21 +113,6 @@ def _one_feature_rows(X, Y, weights, params, order, lo, hi, loss_code, shuffled,
         grad_w += dz * x
         grad_b += dz
     return loss, grad_w, grad_b
-
-
-@njit(inline="always", **NUMBA_OPTIONS)
-def _backward_block(X, order, shuffled, lo, hi, k, Z, chunk, G):
-    """Add ``x * dloss/dz`` (weights) and ``dloss/dz`` (intercepts) of rows ``lo:hi`` to G."""
-    d = X.shape[1]
-    bias = d * k
-    for r in range(lo, hi):
-        i = order[r] if shuffled else r
-        for j in range(d):
-            xj = X[i, j]
-            for c in range(k):
-                G[chunk, j * k + c] += xj * Z[chunk, r - lo, c]
-        for c in range(k):
-            G[chunk, bias + c] += Z[chunk, r - lo, c]
 
 
 @njit(inline="always", **NUMBA_OPTIONS)
@@ -173,6 +164,7 @@ def _one_output_chunk(data, params, order, shuffled, start, stop, n_chunks, chun
     for j in range(d + 1):
         G[chunk, j] = 0.0
     for r in range(lo, hi):
+        prefetch_ahead(X, Y, weights, order, shuffled, r)
         i = order[r] if shuffled else r
         row_loss, dz = _single_output_row(X, Y, weights, params, i, loss_code, weighted)
         loss += row_loss
@@ -183,13 +175,15 @@ def _one_output_chunk(data, params, order, shuffled, start, stop, n_chunks, chun
 
 
 @njit(inline="always", **NUMBA_OPTIONS)
-def _block_of_rows(X, order, shuffled, lo, hi, Xg, chunk):
+def _block_of_rows(data, order, shuffled, lo, hi, Xg, chunk):
     """Rows ``lo:hi`` of the batch as a C-contiguous block: a view of X in order, else
-    gathered into the chunk's buffer ``Xg[chunk]``."""
+    gathered into the chunk's buffer ``Xg[chunk]`` (the rows ahead prefetched)."""
+    X = data.X
     if not shuffled:
         return X[lo:hi]
     xb = Xg[chunk, : hi - lo]
     for r in range(lo, hi):
+        prefetch_ahead(X, data.Y, data.weights, order, shuffled, r)
         i = order[r]
         for j in range(X.shape[1]):
             xb[r - lo, j] = X[i, j]
@@ -221,7 +215,7 @@ def _several_chunk(data, params, order, shuffled, start, stop, n_chunks, chunk, 
     for block_lo in range(lo, hi, block):
         block_hi = min(block_lo + block, hi)
         m = block_hi - block_lo
-        xb = _block_of_rows(X, order, shuffled, block_lo, block_hi, Xg, chunk)
+        xb = _block_of_rows(data, order, shuffled, block_lo, block_hi, Xg, chunk)
         zb = Z[chunk, :m]
         np.dot(xb, W, zb)
         for r in range(m):
@@ -281,6 +275,7 @@ def _per_sample_one_output(data, params, order, shuffled, loss_code, n_trained, 
         if _interrupted(stop_state):
             done = r
             break
+        prefetch_ahead(X, Y, weights, order, shuffled, r)
         i = order[r] if shuffled else r
         row_loss, g = _single_output_row(X, Y, weights, params, i, loss_code, weighted)
         loss_sum += row_loss
@@ -306,7 +301,7 @@ def _per_sample_several(data, params, order, shuffled, loss_code, k, n_trained, 
             done = r
             break
         i = order[r] if shuffled else r
-        _forward_block(X, params, order, shuffled, r, r + 1, k, Z, 0)
+        _forward_block(data, params, order, shuffled, r, r + 1, k, Z, 0)
         loss_sum += _loss_block(Y, weights, order, shuffled, r, r + 1, loss_code, k, Z, 0)
         for j in range(d):
             xj = X[i, j]

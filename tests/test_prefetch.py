@@ -1,0 +1,68 @@
+"""Software prefetch of the Numba kernels (fastgd.backends.numba.prefetch): the intrinsic
+compiles to a prefetch instruction for float32 and float64 rows and changes no value.
+
+Its effect on training results is covered by every shuffled test of the kernels against
+the reference (and of one against two threads); its effect on speed is measured in
+``benchmarks/compare_backends.py --shuffle``, not asserted here."""
+
+import platform
+
+import numpy as np
+import pytest
+
+pytest.importorskip("numba")
+
+
+def _row_sums():
+    """Row sums in a given order, prefetching every row ahead of its use (a fresh, not
+    cached, function: its machine code can be inspected)."""
+    import numba
+
+    from fastgd.backends.numba.prefetch import _prefetch_item, prefetch_ahead
+
+    @numba.njit
+    def row_sums(X, Y, weights, order, out):
+        for r in range(order.shape[0]):
+            prefetch_ahead(X, Y, weights, order, True, r)
+            _prefetch_item(weights, order[r])
+            i = order[r]
+            total = 0.0
+            for j in range(X.shape[1]):
+                total += X[i, j]
+            out[r] = total
+
+    return row_sums
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_prefetch_emits_an_instruction_and_changes_nothing(dtype):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((50, 37)).astype(dtype)  # rows not aligned to cache lines
+    X.setflags(write=False)  # read-only input works too
+    Y = rng.standard_normal((50, 1)).astype(dtype)
+    weights = rng.uniform(size=50).astype(dtype)
+    order = rng.permutation(50)
+    before = (X.copy(), Y.copy(), weights.copy(), order.copy())
+    out = np.empty(50)
+    kernel = _row_sums()
+    kernel(X, Y, weights, order, out)
+    np.testing.assert_allclose(out, X[order].astype(np.float64).sum(axis=1), rtol=1e-6)
+    for array, saved in zip((X, Y, weights, order), before, strict=True):
+        assert np.array_equal(array, saved)
+    if platform.machine() in ("x86_64", "AMD64"):
+        (asm,) = kernel.inspect_asm().values()
+        assert "prefetcht0" in asm
+
+
+def test_prefetch_rejects_an_index_of_the_wrong_rank():
+    import numba
+    from numba.core.errors import TypingError
+
+    from fastgd.backends.numba.prefetch import _prefetch_item
+
+    @numba.njit
+    def wrong(X):
+        _prefetch_item(X, 0)
+
+    with pytest.raises(TypingError):
+        wrong(np.zeros((2, 2)))

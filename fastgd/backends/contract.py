@@ -289,9 +289,9 @@ class EpochBlock(NamedTuple):
     n_epochs : int
         Maximum number of epochs of the call (0 only compiles or loads the kernels).
     history : ndarray of float64, shape (>= n_epochs,)
-        Receives each epoch's loss: the mean over all rows of the (weighted) loss each saw
-        in its mini-batch before that batch's update, plus the penalty of the parameters
-        at the end of the epoch.
+        Receives each epoch's loss: the mean over the rows it visits of the (weighted)
+        loss each saw in its mini-batch before that batch's update, plus the penalty of
+        the parameters at the end of the epoch.
     grad_norms : ndarray of float64, shape (>= n_epochs, L) or (0, 0)
         Networks: per epoch and layer, the root mean square over the epoch's batches of
         the norm of the layer's weight gradient (before penalty and clipping).

@@ -78,3 +78,33 @@ def test_concurrent_fits_on_each_numba_threading_layer(layer):
     assert run.returncode == 0, run.stderr[-3000:]  # workqueue unguarded: SIGABRT
     report = json.loads(run.stdout.strip().splitlines()[-1])
     assert report == dict(layer=layer, same=True, blas_pins=0)
+
+
+def test_kernels_pin_blas_when_another_thread_holds_a_threadpoolctl_limit(compiled_backend):
+    """threadpoolctl gives OpenBLAS limits to the thread that holds a ``threadpool_limits``
+    context and ignores other threads' limits: a fit in another thread must still run its
+    kernels with single-threaded BLAS (else it oversubscribes the cores and its result
+    depends on the thread count)."""
+    from threadpoolctl import ThreadpoolController, threadpool_limits
+
+    from fastgd.backends.blas import single_threaded_blas
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((600, 12)).astype(np.float32)
+    y = rng.integers(0, 3, 600)
+    model = fastgd.MLP(hidden=(96, 96), init="xavier_uniform")
+    options = dict(model=model, optimizer="adam", batch_size=300, epochs=2, seed=0,
+                   backend=compiled_backend.name, n_threads=2)  # fmt: skip
+    expected = fastgd.fit(X, y, **options)
+    seen = []
+
+    def probe():
+        with single_threaded_blas():
+            libs = ThreadpoolController().lib_controllers
+            seen.extend(lib.get_num_threads() for lib in libs if lib.user_api == "blas")
+
+    with threadpool_limits(2, user_api="blas"), ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(probe).result()
+        result = pool.submit(lambda: fastgd.fit(X, y, **options)).result()
+    assert seen and all(n == 1 for n in seen)
+    np.testing.assert_array_equal(result.params, expected.params)

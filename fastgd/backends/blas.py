@@ -51,19 +51,50 @@ def blas_threads(n):
 # sets it, the last to leave restores the original counts. (Nested threadpoolctl limits
 # from several threads would restore out of order: a thread could run its kernel with
 # multi-threaded BLAS, or leave the process pinned to one thread after every fit ended.)
-_PINNED = {"count": 0, "limiter": None}
+_PINNED = {"count": 0, "restore": None}
 _PIN_LOCK = threading.Lock()
+
+
+def _set_process_wide(lib, n):
+    """Set a BLAS library's thread count for the whole process.
+
+    threadpoolctl (3.8) lets one Python thread "control" a pthreads OpenBLAS and silently
+    ignores the limits other threads set while that thread holds a ``threadpool_limits``
+    context. A fit running in another thread (Ctrl-C support trains in a worker thread;
+    joblib threading, Dask threaded workers) then ran its kernels with multi-threaded
+    BLAS inside its own parallel chunks: 80x slower from oversubscription, and results
+    that depended on the thread count. The process-wide setter is called directly.
+    """
+    setter = getattr(lib, "_real_set_num_threads", None) or lib.set_num_threads
+    setter(n)
+
+
+def _pin_one_thread():
+    """Every loaded BLAS to one thread; returns the function that restores them."""
+    try:
+        libs = [lib for lib in _controller().lib_controllers if lib.user_api == "blas"]
+    except ImportError:  # pragma: no cover - threadpoolctl is a dependency
+        return lambda: None
+    original = [(lib, lib.get_num_threads()) for lib in libs]
+    for lib, _ in original:
+        _set_process_wide(lib, 1)
+
+    def restore():
+        for lib, n in original:
+            if n is not None:
+                _set_process_wide(lib, n)
+
+    return restore
 
 
 @contextlib.contextmanager
 def single_threaded_blas():
-    """Context manager: BLAS libraries use one thread inside it (thread-safe: concurrent
-    holders share one limit, restored when the last leaves)."""
+    """Context manager: BLAS libraries use one thread inside it, whichever Python thread
+    enters it (thread-safe: concurrent holders share one limit, restored when the last
+    leaves)."""
     with _PIN_LOCK:
         if _PINNED["count"] == 0:
-            limiter = blas_threads(1)
-            limiter.__enter__()
-            _PINNED["limiter"] = limiter
+            _PINNED["restore"] = _pin_one_thread()
         _PINNED["count"] += 1
     try:
         yield
@@ -71,5 +102,5 @@ def single_threaded_blas():
         with _PIN_LOCK:
             _PINNED["count"] -= 1
             if _PINNED["count"] == 0:
-                _PINNED["limiter"].__exit__(None, None, None)
-                _PINNED["limiter"] = None
+                _PINNED["restore"]()
+                _PINNED["restore"] = None

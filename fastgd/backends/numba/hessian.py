@@ -19,7 +19,7 @@ import scipy.linalg  # noqa: F401 - loads SciPy's BLAS (Numba's np.dot) before i
 from llvmlite import binding as llvm
 from numba import prange, types
 from numba.core import cgutils
-from numba.extending import get_cython_function_address, intrinsic
+from numba.extending import get_cython_function_address, intrinsic, overload
 
 from ..._config import NUMBA_OPTIONS
 from ...specs import losses
@@ -51,14 +51,36 @@ def _address(typingctx, array):
 
 @njit(**NUMBA_OPTIONS)
 def _add_gram(S, T):
-    """``T += S^T S`` on the upper triangle of the row-major ``T`` (Fortran's lower), by
-    dsyrk; ``S`` is a C-contiguous (m, n) block, read as the (n, m) Fortran matrix S^T."""
+    """``T[:n, :n] += S^T S`` on the upper triangle of the row-major ``T`` (Fortran's
+    lower), by dsyrk; ``S`` is a C-contiguous (m, n) block, read as the (n, m) Fortran
+    matrix S^T; ``T`` is (n + 1, n + 1), its last row and column are not touched."""
     chars = np.array([76, 78], dtype=np.uint8)  # "L", "N"
-    sizes = np.array([S.shape[1], S.shape[0]], dtype=np.int32)  # n, m (the leading dims: n)
+    sizes = np.array([S.shape[1], S.shape[0], T.shape[1]], dtype=np.int32)  # n, m, ldc
     one = np.ones(1)
-    _dsyrk(_address(chars[:1]), _address(chars[1:]), _address(sizes[:1]), _address(sizes[1:]),
+    _dsyrk(_address(chars[:1]), _address(chars[1:]), _address(sizes[:1]), _address(sizes[1:2]),
            _address(one), _address(S), _address(sizes[:1]), _address(one), _address(T),
-           _address(sizes[:1]))  # fmt: skip
+           _address(sizes[2:]))  # fmt: skip
+
+
+def _rows64(X, start, m, Xb):
+    """Rows ``start:start + m`` of ``X`` in float64: a view of float64 ``X``, a copy into
+    the buffer ``Xb`` otherwise (compiled code only)."""
+    raise NotImplementedError("compiled by Numba only")
+
+
+@overload(_rows64, jit_options={k: v for k, v in NUMBA_OPTIONS.items() if k != "cache"})
+def _rows64_of(X, start, m, Xb):
+    if X.dtype == types.float64:
+        return lambda X, start, m, Xb: X[start : start + m]
+
+    def copy(X, start, m, Xb):
+        xb = Xb[:m]
+        for r in range(m):
+            for j in range(X.shape[1]):
+                xb[r, j] = X[start + r, j]
+        return xb
+
+    return copy
 
 
 @njit(**NUMBA_OPTIONS)
@@ -129,25 +151,29 @@ def _times(A, B):
 
 
 @njit(**NUMBA_OPTIONS)
-def _chunk(X, Y, weights, P, loss_code, want_h, lo, hi, rows, G, T):
-    """Loss sum of rows ``lo:hi``; adds their gradient and Hessian sums to ``G`` and ``T``."""
+def _chunk(X, Y, weights, P, loss_code, want_h, lo, hi, work, G, T):
+    """Loss sum of rows ``lo:hi``; adds their gradient and Hessian sums to ``G`` and ``T``.
+    ``work``: the thread's buffers ``(Xb, S, D, Hw)`` of one row block. The products run
+    on the rows of ``X`` (float64: in place) and the intercept's row of ``X~ = [X, 1]`` is
+    summed apart: BLAS is fastest on ``d`` columns, and float64 rows need no copy."""
     d = X.shape[1]
     k = P.shape[1]
-    rows = min(rows, hi - lo)
-    Xb = np.empty((rows, d + 1))
-    S = np.empty((rows, d + 1))
-    D = np.empty((rows, k))
-    Hw = np.empty((rows, T.shape[0]))
+    Xb, S, D, Hw = work
+    W = np.ascontiguousarray(P[:d])
+    rows = min(S.shape[0], hi - lo)
     loss = 0.0
     for start in range(lo, hi, rows):
         m = min(rows, hi - start)
-        xb = Xb[:m]
+        xb = _rows64(X, start, m, Xb)
+        Z = _times(xb, W)
         for r in range(m):
-            for j in range(d):
-                xb[r, j] = X[start + r, j]
-            xb[r, d] = 1.0
-        loss += _block_terms(_times(xb, P), Y, weights, start, loss_code, D, Hw, want_h)
-        G += _times(xb.T, D[:m])
+            for c in range(k):
+                Z[r, c] += P[d, c]
+        loss += _block_terms(Z, Y, weights, start, loss_code, D, Hw, want_h)
+        G[:d] += _times(xb.T, D[:m])
+        for r in range(m):
+            for c in range(k):
+                G[d, c] += D[r, c]
         if want_h:
             _add_curvature(xb, Hw, S[:m], k, T)
     return loss
@@ -155,34 +181,52 @@ def _chunk(X, Y, weights, P, loss_code, want_h, lo, hi, rows, G, T):
 
 @njit(**NUMBA_OPTIONS)
 def _add_curvature(xb, Hw, s, k, T):
-    """``T[p] += xb^T diag(Hw[:, p]) xb`` for every pair ``p``. A pair with weights >= 0
-    (one output; softmax's ``c == c'`` blocks, ``p (1 - p)``) is the Gram matrix of the rows
-    scaled by ``sqrt(h)``: dsyrk, one triangle. The others (softmax ``-p_c p_c'``, either
-    sign) are full products."""
-    m, d1 = xb.shape
+    """``T[p] += X~^T diag(Hw[:, p]) X~`` for every pair ``p`` (upper triangles), with
+    ``X~ = [xb, 1]``. A pair with weights >= 0 (one output; softmax's ``c == c'`` blocks,
+    ``p (1 - p)``) is the Gram matrix of the rows scaled by ``sqrt(h)``: dsyrk, one
+    triangle. The others (softmax ``-p_c p_c'``, either sign) are full products. The
+    intercept's column is ``sum_r h_r x_r`` and its corner ``sum_r h_r``."""
+    m, d = xb.shape
     p = 0
     classes = k if T.shape[0] > 1 else 1  # one pair for MSE, whatever its outputs
     for c in range(classes):
         for c2 in range(c, classes):
-            if c == c2:
-                for r in range(m):
-                    h = math.sqrt(Hw[r, p]) if Hw[r, p] > 0.0 else 0.0
-                    for j in range(d1):
-                        s[r, j] = h * xb[r, j]
+            gram = c == c2
+            for r in range(m):
+                h = Hw[r, p]
+                if gram:
+                    h = math.sqrt(h) if h > 0.0 else 0.0
+                for j in range(d):
+                    s[r, j] = h * xb[r, j]
+            if gram:
                 _add_gram(s, T[p])
             else:
-                for r in range(m):
-                    for j in range(d1):
-                        s[r, j] = Hw[r, p] * xb[r, j]
-                T[p] += np.dot(xb.T, s)
+                T[p, :d, :d] += np.dot(xb.T, s)
+            # the intercept: h x_j = sqrt(h) s_j for the Gram pairs, s_j otherwise
+            w = np.empty(m)
+            for r in range(m):
+                h = Hw[r, p]
+                w[r] = (math.sqrt(h) if h > 0.0 else 0.0) if gram else 1.0
+                T[p, d, d] += w[r] * w[r] if gram else h
+            T[p, :d, d] += np.dot(s.T, w)
             p += 1
 
 
 @njit(parallel=True, **NUMBA_OPTIONS)
-def _chunks(X, Y, weights, P, loss_code, want_h, bounds, rows, F, G, T):
-    for c in prange(bounds.shape[0] - 1):
-        F[c] = _chunk(X, Y, weights, P, loss_code, want_h, bounds[c], bounds[c + 1], rows,
-                      G[c], T[c])  # fmt: skip
+def _chunks(X, Y, weights, P, loss_code, want_h, bounds, rows, F, G, T, n_slots):
+    """The chunks in ``n_slots`` contiguous runs, one per thread, each with its own block
+    buffers allocated once (allocating them per chunk costs up to a quarter of the pass
+    where ``malloc`` returns freed memory to the system at once, as in Dask's workers).
+    Each chunk's sums are its own, so the result does not depend on ``n_slots``."""
+    n_chunks = bounds.shape[0] - 1
+    d1, k = X.shape[1] + 1, P.shape[1]
+    rows = min(rows, bounds[1] - bounds[0] + 1)
+    for s in prange(n_slots):
+        work = (np.empty((rows, d1 - 1)), np.empty((rows, d1 - 1)), np.empty((rows, k)),
+                np.empty((rows, T.shape[1])))  # fmt: skip
+        for c in range(s * n_chunks // n_slots, (s + 1) * n_chunks // n_slots):
+            F[c] = _chunk(X, Y, weights, P, loss_code, want_h, bounds[c], bounds[c + 1],
+                          work, G[c], T[c])  # fmt: skip
 
 
 def loss_gradient_hessian(model, data, params, n_threads=1, hessian=True):
@@ -202,5 +246,5 @@ def loss_gradient_hessian(model, data, params, n_threads=1, hessian=True):
     T = np.zeros((n_chunks, *shape))
     with numba_threads(n_threads), single_threaded_blas():
         _chunks(X, Y, weights, P, int(model.loss_code), bool(hessian), bounds,
-                block_rows(d + 1), F, G, T)  # fmt: skip
+                block_rows(d + 1), F, G, T, min(n_threads, n_chunks))  # fmt: skip
     return assemble(model, n, F, G, T if hessian else None)

@@ -93,11 +93,14 @@ def test_rational_tanh_of_float32_kernels_is_accurate():
 
 
 @pytest.mark.parametrize("cell", CELLS)
-def test_float32_kernels_match_the_reference(compiled_backend, cell):
-    """float32 kernels use a rational tanh (error < 4e-7): close to the float64 reference."""
+@pytest.mark.parametrize("hidden, B", [(8, 40), (5, 37)])
+def test_float32_kernels_match_the_reference(compiled_backend, cell, hidden, B):
+    """float32 kernels use a rational tanh (error < 4e-7) and their own per-step products
+    (blocks of 4 rows and 16 columns; hidden 5 and chunks of 18 and 19 rows leave partial
+    blocks of both): close to the float64 reference."""
     rng = np.random.default_rng(9)
-    spec = _model(cell, "last", "multiclass", 3, f=3, hidden=8)
-    data = _data(spec, B=40, T=6, lengths=True, rng=rng)
+    spec = _model(cell, "last", "multiclass", 3, f=3, hidden=hidden)
+    data = _data(spec, B=B, T=6, lengths=True, rng=rng)
     params, _ = spec.init_params(np.float64, 3)
     model = spec.kernel_model()
     loss, grad = ref.loss_and_gradient(model, data, params)
@@ -106,6 +109,24 @@ def test_float32_kernels_match_the_reference(compiled_backend, cell):
     assert grad32.dtype == np.float32
     assert loss32 == pytest.approx(loss, rel=1e-5)
     np.testing.assert_allclose(grad32, grad, rtol=1e-3, atol=1e-5 * np.abs(grad).max())
+
+
+@pytest.mark.parametrize("M, K, N", [(4, 8, 16), (7, 9, 35), (18, 20, 5), (1, 3, 2)])
+def test_numba_step_product_of_float32_matches_numpy(M, K, N):
+    """The float32 per-step product of the Numba kernels (no BLAS) on full and partial
+    blocks of rows and columns, against the float64 product."""
+    pytest.importorskip("numba")
+    from fastgd.backends.numba.recurrent import _small_matmul
+
+    rng = np.random.default_rng(M * 100 + N)
+    A = rng.standard_normal((M, K)).astype(np.float32)
+    B = rng.standard_normal((K, N)).astype(np.float32)
+    C = np.full((M, N), np.nan, dtype=np.float32)
+    _small_matmul(A, B, C)
+    expected = A.astype(np.float64) @ B.astype(np.float64)
+    np.testing.assert_allclose(
+        C, expected, rtol=0, atol=1e-5 * np.sqrt(K) * np.abs(A).max() * np.abs(B).max()
+    )
 
 
 def _train(backend, cell, output, n_threads, X, y, lengths, **kw):

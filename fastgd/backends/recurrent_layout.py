@@ -41,11 +41,12 @@ def workspace(model, rows, n_steps, itemsize):
     -------
     dict with ints ``xs`` (gathered inputs, (T, R, f)), ``d_in0``, ``d_in1`` (gradients
     between layers, (T, R, h)), ``tmp`` (a recurrent product, (R, G h)), ``dh``, ``dc``,
-    ``tmp_h`` ((R, h)), ``head_d0``, ``head_d1`` (head gradients); lists with one entry
-    per layer ``H`` (states, (T + 1, R, h)), ``gates`` ((T, R, G h): activated gates, then
-    their gradients), ``dah`` (GRU: the hidden-side gate gradients; others: ``gates``),
-    ``C`` (LSTM cell states, (T + 1, R, h); else 0), ``aux`` (LSTM ``tanh(c_t)``, GRU
-    ``hn``, (T, R, h); else 0); ``head_a`` (each head layer's output); ``size``, ``R``.
+    ``tmp_h`` ((R, h)), ``w_t`` (a layer's ``W_hh`` transposed, (h, G h)), ``head_d0``,
+    ``head_d1`` (head gradients); lists with one entry per layer ``H`` (states,
+    (T + 1, R, h)), ``gates`` ((T, R, G h): activated gates, then their gradients),
+    ``dah`` (GRU: the hidden-side gate gradients; others: ``gates``), ``C`` (LSTM cell
+    states, (T + 1, R, h); else 0), ``aux`` (LSTM ``tanh(c_t)``, GRU ``hn``, (T, R, h);
+    else 0); ``head_a`` (each head layer's output); ``size``, ``R``.
     Every block starts on a cache line.
     """
     cell, f, n, L = int(model.cell), int(model.n_features), int(model.hidden), int(model.n_layers)
@@ -68,7 +69,7 @@ def workspace(model, rows, n_steps, itemsize):
         out["C"].append(take((T + 1) * R * n) if cell == rec.LSTM else 0)
         out["aux"].append(take(T * R * n) if cell != rec.TANH else 0)
     out.update(d_in0=take(T * R * n), d_in1=take(T * R * n), tmp=take(R * G * n))
-    out.update(dh=take(R * n), dc=take(R * n), tmp_h=take(R * n))
+    out.update(dh=take(R * n), dc=take(R * n), tmp_h=take(R * n), w_t=take(G * n * n))
     N = T * R if model.sequence else R
     head = [int(w) for w in model.head_sizes]
     out["head_a"] = [take(N * w) for w in head[1:]]

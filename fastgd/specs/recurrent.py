@@ -102,6 +102,12 @@ TANH_P = (
 )  # fmt: skip
 TANH_Q = (1.0, 0.46419355066248247, 0.024504089558936484, 0.00025492788649432354)
 
+# float32 kernels compute a step's recurrent products (h_{t-1} W_hh^T, dA_h W_hh) with
+# their own loops, not BLAS, while W_hh has at most this many entries (32 KiB: it stays in
+# L1 while blocks of 4 rows pass over it; OpenBLAS spends about as long packing such small
+# operands as multiplying them). Larger products go to BLAS, faster there.
+SMALL_PRODUCT = 8192
+
 
 def tanh_rational(x):
     """The rational tanh of the float32 kernels, in NumPy (elementwise; for tests)."""

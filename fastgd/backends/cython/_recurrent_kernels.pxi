@@ -30,7 +30,8 @@ cdef enum:
     WS_TMP_H = 6
     WS_HEAD_D0 = 7
     WS_HEAD_D1 = 8
-    WS_FIXED = 9
+    WS_W_T = 9
+    WS_FIXED = 10
 
 cdef enum:
     WS_H = 0
@@ -42,7 +43,7 @@ cdef enum:
 
 RECURRENT_CELL_CODES = (CELL_LSTM, CELL_GRU, CELL_TANH)
 RECURRENT_WS_SLOTS = (WS_XS, WS_D_IN0, WS_D_IN1, WS_TMP, WS_DH, WS_DC, WS_TMP_H, WS_HEAD_D0,
-                      WS_HEAD_D1, WS_FIXED)
+                      WS_HEAD_D1, WS_W_T, WS_FIXED)
 
 
 cdef struct Rnn:
@@ -121,6 +122,16 @@ cdef inline void _mm(
     _gemm(tb, ta, N, M, K, B, ldb, A, lda, C, ldc)
 
 
+# the per-step products of float32 kernels skip BLAS while W_hh has at most this many
+# entries (32 KiB: it stays in L1 while 4 rows of C at a time pass over it; measured
+# 1.2-1.6x faster than OpenBLAS at hidden 32, slower at 128): the value of
+# fastgd.specs.recurrent.SMALL_PRODUCT (checked by the wrapper), as in the Numba kernels
+cdef enum:
+    SMALL_PRODUCT = 8192
+
+RECURRENT_SMALL_PRODUCT = SMALL_PRODUCT
+
+
 # the rational tanh of float32 kernels (fastgd.specs.recurrent.TANH_P, checked by the wrapper)
 RECURRENT_TANH = (9.0, (0.9999999975404305, 0.1308602606724582, 0.0031061615795704126, 1.117604580804453e-05, -2.0305364695052594e-08, 5.312259544516103e-11, -8.566427456752759e-14), (1.0, 0.46419355066248247, 0.024504089558936484, 0.00025492788649432354))
 
@@ -160,6 +171,74 @@ cdef void _col_sums(const floating* block, Py_ssize_t rows, Py_ssize_t n, floati
     for q in range(rows):
         for j in range(n):
             out[j] += block[q * n + j]
+
+
+# ---------------------------------------------------------------------------------------
+# the per-step recurrent products
+
+
+# Row-major C (M, N) = A (M, K) @ B (K, N) for the small products of a step, in C: the
+# ``restrict`` pointers let the compiler vectorize the loop over columns without overlap
+# checks (Cython cannot declare them). Blocks of 4 rows of C (they stay in L1) take two
+# values of k per pass; each entry sums over k in order, two terms at a time.
+cdef extern from *:
+    """
+    static void fastgd_small_matmul(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
+                                    const float *restrict A, const float *restrict B,
+                                    float *restrict C) {
+        Py_ssize_t i = 0, k, q;
+        for (; i + 4 <= M; i += 4) {
+            float *restrict c0 = C + i * N, *restrict c1 = c0 + N;
+            float *restrict c2 = c1 + N, *restrict c3 = c2 + N;
+            const float *a = A + i * K;
+            for (q = 0; q < 4 * N; q++) c0[q] = 0.0f;
+            for (k = 0; k + 2 <= K; k += 2) {
+                const float a00 = a[k], a01 = a[k + 1], a10 = a[K + k], a11 = a[K + k + 1];
+                const float a20 = a[2 * K + k], a21 = a[2 * K + k + 1];
+                const float a30 = a[3 * K + k], a31 = a[3 * K + k + 1];
+                const float *restrict b0 = B + k * N, *restrict b1 = b0 + N;
+                for (q = 0; q < N; q++) {
+                    c0[q] += a00 * b0[q] + a01 * b1[q];
+                    c1[q] += a10 * b0[q] + a11 * b1[q];
+                    c2[q] += a20 * b0[q] + a21 * b1[q];
+                    c3[q] += a30 * b0[q] + a31 * b1[q];
+                }
+            }
+            if (k < K) {
+                const float a0 = a[k], a1 = a[K + k], a2 = a[2 * K + k], a3 = a[3 * K + k];
+                const float *restrict b0 = B + k * N;
+                for (q = 0; q < N; q++) {
+                    c0[q] += a0 * b0[q];
+                    c1[q] += a1 * b0[q];
+                    c2[q] += a2 * b0[q];
+                    c3[q] += a3 * b0[q];
+                }
+            }
+        }
+        for (; i < M; i++) {  /* the last rows one by one */
+            float *restrict c0 = C + i * N;
+            for (q = 0; q < N; q++) c0[q] = 0.0f;
+            for (k = 0; k < K; k++) {
+                const float a0 = A[i * K + k];
+                const float *restrict b0 = B + k * N;
+                for (q = 0; q < N; q++) c0[q] += a0 * b0[q];
+            }
+        }
+    }
+    """
+    void fastgd_small_matmul(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A,
+                             const float* B, float* C) noexcept nogil
+
+
+cdef inline void _step_product(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* A,
+                               const floating* B, floating* C) noexcept nogil:
+    """A step's recurrent product ``C = A @ B`` (row-major, contiguous): float32 with a
+    small ``B`` (``W_hh`` fits in L1: SMALL_PRODUCT entries) by
+    ``fastgd_small_matmul``, else BLAS."""
+    if floating is float and K * N <= SMALL_PRODUCT:
+        fastgd_small_matmul(M, N, K, A, B, C)
+    else:
+        _mm(c'N', c'N', M, N, K, A, K, B, N, C, N)
 
 
 # ---------------------------------------------------------------------------------------
@@ -248,19 +327,23 @@ cdef floating* _rnn_input(const Rnn* rn, floating* buf, Py_ssize_t l, Py_ssize_t
 
 cdef void _rnn_layer_forward(const Rnn* rn, const floating* params, floating* buf, Py_ssize_t l,
                              Py_ssize_t r, const int64_t* lens, Py_ssize_t longest) noexcept nogil:
-    cdef Py_ssize_t n = rn.h, gh = rn.ng * rn.h, t, q
+    cdef Py_ssize_t n = rn.h, gh = rn.ng * rn.h, t, q, u
     cdef Py_ssize_t n_in = rn.f if l == 0 else n
     cdef floating* H = buf + _ws_layer(rn, WS_H, l)
     cdef floating* tmp = buf + rn.ws[WS_TMP]
     cdef const floating* W_hh = params + _w_hh(rn, l)
+    cdef floating* W_t = buf + rn.ws[WS_W_T]  # W_hh^T row-major: the product's B operand
     _mm(c'N', c'T', longest * r, gh, n_in, _rnn_input(rn, buf, l, r), n_in,
         params + _w_ih(rn, l), n_in, buf + _ws_layer(rn, WS_GATES, l), gh)
     for q in range(r * n):
         H[q] = 0.0
         if rn.cell == CELL_LSTM:
             buf[_ws_layer(rn, WS_C, l) + q] = 0.0
+    for q in range(gh):
+        for u in range(n):
+            W_t[u * gh + q] = W_hh[q * n + u]
     for t in range(longest):
-        _mm(c'N', c'T', r, gh, n, H + t * r * n, n, W_hh, n, tmp, gh)
+        _step_product(r, gh, n, H + t * r * n, W_t, tmp)
         _rnn_step(rn, params, buf, l, t, r, lens)
 
 
@@ -446,7 +529,7 @@ cdef void _rnn_layer_backward(const Rnn* rn, const floating* params, floating* G
             for q in range(r * n):
                 dh[q] += d_top[t * r * n + q]
         _rnn_grad_step(rn, buf, l, t, r, lens, dh, dc)
-        _mm(c'N', c'N', r, n, gh, dAh + t * r * gh, gh, W_hh, n, tmp_h, n)
+        _step_product(r, n, gh, dAh + t * r * gh, W_hh, tmp_h)
         for q in range(r * n):
             dh[q] += tmp_h[q]
     # every step's weight gradients in one product each, the bias sums, the layer below

@@ -16,11 +16,12 @@ from . import _kernels as _k
 from ._checks import _STATUS_CODES, _check_call, _check_weights
 
 _CACHE_LINE_BYTES = 64
-_WS_FIXED = ("xs", "d_in0", "d_in1", "tmp", "dh", "dc", "tmp_h", "head_d0", "head_d1")
+_WS_FIXED = ("xs", "d_in0", "d_in1", "tmp", "dh", "dc", "tmp_h", "head_d0", "head_d1", "w_t")
 if (
     _k.RECURRENT_CELL_CODES != (rec.LSTM, rec.GRU, rec.TANH)
     or _k.RECURRENT_WS_SLOTS != tuple(range(len(_WS_FIXED) + 1))
     or _k.RECURRENT_TANH != (rec.TANH_CLAMP, rec.TANH_P, rec.TANH_Q)
+    or _k.RECURRENT_SMALL_PRODUCT != rec.SMALL_PRODUCT
 ):  # pragma: no cover - stale
     raise ImportError("fastgd.backends.cython._kernels is out of date; rebuild it")
 

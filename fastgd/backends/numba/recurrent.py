@@ -66,7 +66,7 @@ class Layout(NamedTuple):
     gradients), ``dah`` (GRU: hidden-side gate gradients; others: same as ``gates``),
     ``C`` (LSTM cell states, ``T + 1`` steps), ``aux`` (LSTM ``tanh(c_t)``, GRU ``hn``),
     then ``d_in0, d_in1`` (gradients between layers), ``tmp`` (a recurrent product),
-    ``dh, dc, tmp_h`` and per head layer ``head_a`` (its output), ``head_d0, head_d1``.
+    ``dh, dc, tmp_h``, ``w_t`` (a layer's ``W_hh`` transposed) and per head layer ``head_a`` (its output), ``head_d0, head_d1``.
     """
 
     cell: int
@@ -99,6 +99,7 @@ class Layout(NamedTuple):
     dh: int
     dc: int
     tmp_h: int
+    w_t: int
     head_a: np.ndarray
     head_d0: int
     head_d1: int
@@ -156,6 +157,7 @@ def _param_mat(params, offset, rows, cols):
 P0, P1, P2, P3, P4, P5, P6 = rec.TANH_P
 Q0, Q1, Q2, Q3 = rec.TANH_Q
 CLAMP = rec.TANH_CLAMP
+SMALL_PRODUCT = rec.SMALL_PRODUCT
 
 
 @njit(**NUMBA_OPTIONS)
@@ -217,6 +219,79 @@ def _column_sums(block, out, offset):
     for r in range(rows):
         for j in range(n):
             out[offset + j] += block[r, j]
+
+
+# ---------------------------------------------------------------------------------------
+# the per-step recurrent products
+
+
+@njit(**NUMBA_OPTIONS)
+def _matmul_rows4(A, B, C, i):
+    """Rows ``i .. i + 3`` of ``C = A @ B``: two values of k per pass over the 4 rows of C
+    (they stay in L1), the loop over columns vectorized. Each entry sums over k in order,
+    two terms at a time."""
+    K, N = B.shape
+    for q in range(N):
+        C[i, q] = 0.0
+        C[i + 1, q] = 0.0
+        C[i + 2, q] = 0.0
+        C[i + 3, q] = 0.0
+    for k in range(0, K - 1, 2):
+        a00, a01, a10, a11 = A[i, k], A[i, k + 1], A[i + 1, k], A[i + 1, k + 1]
+        a20, a21, a30, a31 = A[i + 2, k], A[i + 2, k + 1], A[i + 3, k], A[i + 3, k + 1]
+        for q in range(N):
+            b0, b1 = B[k, q], B[k + 1, q]
+            C[i, q] += a00 * b0 + a01 * b1
+            C[i + 1, q] += a10 * b0 + a11 * b1
+            C[i + 2, q] += a20 * b0 + a21 * b1
+            C[i + 3, q] += a30 * b0 + a31 * b1
+    if K % 2 == 1:
+        k = K - 1
+        a0, a1, a2, a3 = A[i, k], A[i + 1, k], A[i + 2, k], A[i + 3, k]
+        for q in range(N):
+            b0 = B[k, q]
+            C[i, q] += a0 * b0
+            C[i + 1, q] += a1 * b0
+            C[i + 2, q] += a2 * b0
+            C[i + 3, q] += a3 * b0
+
+
+@njit(**NUMBA_OPTIONS)
+def _small_matmul(A, B, C):
+    """``C = A @ B`` for the small C-contiguous matrices of a step (``r`` rows of states
+    or gate gradients times ``W_hh^T`` or ``W_hh``), without BLAS: for them OpenBLAS
+    spends about as long packing its operands and dispatching as multiplying. Blocks of
+    4 rows (:func:`_matmul_rows4`), then the last rows one by one."""
+    M, K = A.shape
+    N = B.shape[1]
+    for i in range(0, M - 3, 4):
+        _matmul_rows4(A, B, C, i)
+    for i in range(M - M % 4, M):
+        for q in range(N):
+            C[i, q] = 0.0
+        for k in range(K):
+            a = A[i, k]
+            for q in range(N):
+                C[i, q] += a * B[k, q]
+
+
+def _recurrent_product(A, B, C):
+    """``C = A @ B`` (C-contiguous): a step's recurrent product; see the overload."""
+    raise NotImplementedError("compiled only")
+
+
+@overload(_recurrent_product, jit_options=_INLINE_OPTIONS)
+def _overload_recurrent_product(A, B, C):
+    if not _is_single(C):
+        return lambda A, B, C: np.dot(A, B, C)
+
+    def product(A, B, C):  # float32: no BLAS for a W_hh that fits in L1
+        if B.size <= SMALL_PRODUCT:
+            _small_matmul(A, B, C)
+        else:
+            np.dot(A, B, C)
+
+    return product
 
 
 @njit(**NUMBA_OPTIONS)
@@ -344,8 +419,12 @@ def _layer_forward(lay, params, buf, layer, r, lens, longest):
             if lay.cell == LSTM:
                 C[0, j, u] = 0.0
     tmp = _mat(buf, lay.tmp, r, gh)
+    W_t = _mat(buf, lay.w_t, n, gh)  # W_hh^T row-major: the product's B operand
+    for q in range(gh):
+        for u in range(n):
+            W_t[u, q] = W_hh[q, u]
     for t in range(longest):
-        np.dot(H[t], W_hh.T, tmp)
+        _recurrent_product(H[t], W_t, tmp)
         if lay.cell == LSTM:
             _lstm_step(lay, params, buf, layer, t, r, lens, longest)
         elif lay.cell == GRU:
@@ -548,7 +627,7 @@ def _layer_backward(lay, params, G, buf, layer, r, lens, longest, d_top):
             _gru_grad_step(lay, buf, layer, t, r, lens, longest, dh)
         else:
             _tanh_grad_step(lay, buf, layer, t, r, lens, longest, dh)
-        np.dot(dAh[t], W_hh, tmp_h)
+        _recurrent_product(dAh[t], W_hh, tmp_h)
         for j in range(r):
             for u in range(n):
                 dh[j, u] += tmp_h[j, u]
@@ -733,8 +812,8 @@ def make_layout(model, rows, n_steps, itemsize):
         int(off["n_weights"]), int(off["n_params"]), chunk_rows(n),
         off["w_ih"], off["w_hh"], off["b_ih"], off["b_hh"], off["head_w"], off["head_b"],
         ws["xs"], ints("H"), ints("gates"), ints("dah"), ints("C"), ints("aux"), ws["d_in0"],
-        ws["d_in1"], ws["tmp"], ws["dh"], ws["dc"], ws["tmp_h"], ints("head_a"), ws["head_d0"],
-        ws["head_d1"],
+        ws["d_in1"], ws["tmp"], ws["dh"], ws["dc"], ws["tmp_h"], ws["w_t"], ints("head_a"),
+        ws["head_d0"], ws["head_d1"],
     )  # fmt: skip
     return lay, ws["size"], ws["R"]
 

@@ -407,8 +407,7 @@ def _make_train_kernel(shape, mode, sparse=False):
         # sparse: a chunk accumulator is d * k wide; allocate only the chunks this call uses
         buffers = (1 if mode == SINGLE or mode == PER_SAMPLE else _n_sparse_chunks(min(update.batch_size, n))) if sparse else MAX_CHUNKS  # fmt: skip
         G = np.empty((buffers, p + 1 + ROW_PADDING), dtype=params.dtype)
-        blas_blocks = shape == SEVERAL and not sparse and mode != PER_SAMPLE
-        Z, Xg = _buffers(blas_blocks, shuffled, d, k, params.dtype)
+        Z, Xg = _buffers(shape == SEVERAL and not sparse and mode != PER_SAMPLE, shuffled, d, k, params.dtype)  # fmt: skip
         saved = (np.empty_like(params), np.empty_like(opt_state))
         natural = np.empty(0, dtype=np.int64)
         # mean, L2 term and clipping need a pass over G before the update

@@ -1,9 +1,10 @@
 """Ctrl-C latency of the full-batch solvers: SIGINT in the middle of a long pass.
 
 A child process fits softmax with Newton's method (or L-BFGS) on ``n`` x 100 float64 rows,
-10 classes, on the numba backend, printing when each pass over the data starts; the
-parent sends SIGINT ``--delay`` seconds into pass ``--pass`` and prints how long the fit
-took to return after it, and each pass's duration.
+10 classes, on the numba backend, printing when each kernel call starts (a pass over the
+data runs in row blocks of about a second, one call each); the parent sends SIGINT
+``--delay`` seconds into call ``--pass`` and prints how long the fit took to return
+after it, and each call's duration.
 
     flock /tmp/fastgd-bench.lock python benchmarks/interrupt_solver_latency.py [--optimizer newton] [--rows 300000]
 """

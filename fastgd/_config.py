@@ -58,3 +58,10 @@ HELD_OUT_MIN_ROWS = 64
 CACHE_LINE_BYTES = 64
 PREFETCH_AHEAD = 4
 PREFETCH_IN_ORDER = False
+
+# The full-batch passes of Newton and L-BFGS over dense rows of a linear model run in row
+# blocks of about this much work (rows x (d + 1)^2 x Hessian blocks, or rows x (d + 1) x
+# outputs without a Hessian: about a second here), so that Ctrl-C stops a long pass at
+# the end of a block. Passes smaller than one block (1,000,000 x 100 with its Hessian)
+# are one call, as before.
+PASS_BLOCK_WORK = 2 * 10**10

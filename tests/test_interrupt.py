@@ -233,3 +233,33 @@ def test_a_request_before_the_call_leaves_the_state_untouched(backend):
         assert (n_done, status) == (0, stopping.INTERRUPTED)
         np.testing.assert_array_equal(state.params, params)
         assert state.step_count[0] == 0
+
+
+@needs_default_handler
+@pytest.mark.parametrize("optimizer", ["newton", "lbfgs"])
+def test_sigint_during_a_solver_pass_stops_at_the_end_of_a_row_block(monkeypatch, optimizer):
+    """A full-batch pass over many rows runs in row blocks; a SIGINT during the first pass
+    stops it after the block under way: no further block, no iteration, the start kept."""
+    import fastgd.training.objective as objective
+
+    # blocks of 2267 rows: a row costs (d + 1)^2 = 441 with a Hessian, d + 1 = 21 without
+    monkeypatch.setattr(objective, "PASS_BLOCK_WORK", 2267 * (441 if optimizer == "newton" else 21))
+    rng = np.random.default_rng(7)
+    X = rng.standard_normal((8192, 20))
+    y = (X @ rng.standard_normal(20) > 0).astype(int)
+    calls = []
+    real = objective._data_terms
+
+    def counted(*args):
+        calls.append(len(args[2].X))
+        if len(calls) == 2:  # the SIGINT arrives during the second block
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)  # the handler runs at the next bytecode
+        return real(*args)
+
+    monkeypatch.setattr(objective, "_data_terms", counted)
+    with pytest.warns(fastgd.InterruptedWarning):
+        result = fastgd.fit(X, y, "logistic", optimizer=optimizer, epochs=20, backend="numpy")
+    assert result.stop_reason == "interrupted" and result.n_epochs == 0
+    assert calls == [2267, 2267]
+    np.testing.assert_array_equal(result.params, np.zeros_like(result.params))

@@ -237,3 +237,21 @@ def test_newton_refuses_a_hessian_too_big_for_memory(monkeypatch):
         fastgd.fit(X, y, "logistic", optimizer="newton")
     monkeypatch.setattr(solvers, "physical_memory", lambda: 2 * need)
     assert fastgd.fit(X, y, "logistic", optimizer="newton").stop_reason == "converged"
+
+
+@pytest.mark.parametrize("solver", ["newton", "lbfgs"])
+def test_passes_in_row_blocks_equal_one_pass(backend, solver, monkeypatch):
+    """Long passes run in row blocks (for Ctrl-C): the same fit to rounding, weighted."""
+    import fastgd.training.objective as objective
+
+    rng = np.random.default_rng(11)
+    X = rng.standard_normal((5000, 12))
+    y = (X @ rng.standard_normal(12) + rng.standard_normal(5000) > 0).astype(int)
+    w = rng.uniform(0.2, 3.0, 5000)
+    options = dict(optimizer=solver, penalty="l2", alpha=1e-3, backend=backend, sample_weight=w)
+    whole = fastgd.fit(X, y, "logistic", **options)
+    # blocks of 1100 rows: a row costs (d + 1)^2 = 169 with a Hessian, d + 1 = 13 without
+    monkeypatch.setattr(objective, "PASS_BLOCK_WORK", 1100 * (169 if solver == "newton" else 13))
+    blocks = fastgd.fit(X, y, "logistic", **options)
+    np.testing.assert_allclose(blocks.params, whole.params, rtol=1e-9, atol=1e-12)
+    assert blocks.n_epochs == whole.n_epochs

@@ -15,8 +15,14 @@ solver re-centres the classes at the end.
 
 import numpy as np
 
-from ..backends.contract import LinearModel, is_sparse
-from ..specs import losses
+from .._config import PASS_BLOCK_WORK
+from ..backends.contract import Data, LinearModel, is_sparse
+from ..backends.hessian_layout import n_pairs
+from ..specs import losses, stopping
+
+
+class PassInterrupted(Exception):
+    """Ctrl-C arrived during a full-batch pass: it stopped at the end of a row block."""
 
 
 class Objective:
@@ -38,6 +44,7 @@ class Objective:
         self.n_weights = spec.n_weights
         self.linear = spec.n_layers == 0
         self.evaluations = 0
+        self.stop_state = None  # the run's, polled between the row blocks of a pass
 
     def _penalise(self, x, loss, grad):
         w = x[: self.n_weights]
@@ -47,7 +54,8 @@ class Objective:
 
     def _terms(self, x, hessian):
         """The data part ``(loss, grad, H)`` at ``x`` (see :func:`data_terms`)."""
-        return data_terms(self.backend, self.model, self.data, x, self.n_threads, hessian)
+        return data_terms(self.backend, self.model, self.data, x, self.n_threads, hessian,
+                          self.stop_state)  # fmt: skip
 
     def value_grad(self, x):
         """``(f, g)`` at ``x`` (see :func:`data_terms` for the precision)."""
@@ -68,7 +76,7 @@ class Objective:
         return f, g, H
 
 
-def data_terms(backend, model, data, x, n_threads, hessian):
+def data_terms(backend, model, data, x, n_threads, hessian, stop_state=None):
     """Mean (weighted) data loss over the rows of ``data``, its gradient and Hessian at ``x``.
 
     ``hessian=None`` asks for ``(loss, grad, None)``: float32 linear models are summed in
@@ -76,11 +84,53 @@ def data_terms(backend, model, data, x, n_threads, hessian):
     and gradient in the data's precision. ``hessian`` True/False is the Newton pass of the
     linear family, in float64, with or without ``H``. The Dask driver runs this very
     function on each chunk of rows.
+
+    Dense rows of a linear model are passed in row blocks of about
+    :data:`fastgd._config.PASS_BLOCK_WORK` (their means weighted by their rows; the
+    blocks depend on the data only); with ``stop_state``, a Ctrl-C request
+    (``stop_state[INTERRUPT]``) raises :class:`PassInterrupted` after the current block.
     """
     # a non-finite value (divergence, or NaN in X: its check comes after training) ends the
     # run with its own report; NumPy's RuntimeWarnings along the way would only add noise
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        return _data_terms(backend, model, data, x, n_threads, hessian)
+        blocks = _row_blocks(model, data, hessian)
+        if len(blocks) == 1:
+            return _data_terms(backend, model, data, x, n_threads, hessian)
+        return _blockwise(backend, model, data, x, n_threads, hessian, blocks, stop_state)
+
+
+def _row_blocks(model, data, hessian):
+    """Row bounds of the blocks of a pass (one block: sparse rows, networks, sequences)."""
+    if not isinstance(model, LinearModel) or not isinstance(data, Data):
+        return [(0, None)]
+    n, d1 = data.X.shape[0], data.X.shape[1] + 1
+    k = model.n_outputs
+    per_row = d1 * d1 * n_pairs(model.loss_code, k) if hessian else d1 * k
+    rows = max(1024, PASS_BLOCK_WORK // per_row)
+    if n <= rows:
+        return [(0, None)]
+    return [(a, min(a + rows, n)) for a in range(0, n, rows)]
+
+
+def _blockwise(backend, model, data, x, n_threads, hessian, blocks, stop_state):
+    """:func:`_data_terms` summed over row blocks, each weighted by its share of rows."""
+    X, Y, weights = data
+    n = X.shape[0]
+    total = None
+    for a, b in blocks:
+        part = Data(X[a:b], Y[a:b], weights[a:b] if weights.size else weights)
+        terms = _data_terms(backend, model, part, x, n_threads, hessian)
+        share = (b - a) / n
+        if total is None:
+            total = [terms[0] * share, np.asarray(terms[1]) * share, None]
+        else:
+            total[0] += terms[0] * share
+            total[1] = total[1] + np.asarray(terms[1]) * share
+        if terms[2] is not None:
+            total[2] = terms[2] * share if total[2] is None else total[2] + terms[2] * share
+        if stop_state is not None and stop_state[stopping.INTERRUPT] and b < n:
+            raise PassInterrupted
+    return total[0], total[1], total[2]
 
 
 def _data_terms(backend, model, data, x, n_threads, hessian):

@@ -26,7 +26,7 @@ from ..specs import stopping
 from ..specs.network import layout
 from .interrupt import Interruption
 from .line_search import armijo, strong_wolfe
-from .objective import NewtonSystem, Objective, centre_classes
+from .objective import NewtonSystem, Objective, PassInterrupted, centre_classes
 from .trainer import Run
 
 
@@ -122,20 +122,35 @@ def solve(backend, problem, options, state, observers, objective=None):
     tol = options.tol if np.isfinite(options.tol) else solver.tol
     x = state.params.astype(np.float64)
     started = time.perf_counter()
-    # Ctrl-C: the handler flags the request, checked after every iteration (_record); the
-    # passes run in this thread, so a pass under way finishes first
+    # Ctrl-C: the handler flags the request, checked after every iteration (_record) and
+    # between the row blocks of a pass (the passes run in this thread, a block at a time)
+    objective.stop_state = state.stop_state
     with Interruption(state.stop_state):
-        if solver.code == opt.NEWTON:
-            x = _newton(objective, x, run, solver, tol, observers)
-            centre_classes(spec, x, l2)
-        else:
-            x = _lbfgs(objective, x, run, solver, tol, observers)
+        x = _iterate(objective, x, run, solver, tol, observers, l2)
     state.params[:] = x
     run.train_time = time.perf_counter() - started
     run.evaluations = objective.evaluations
     for observer in observers:
         observer.finish(run)
     return run
+
+
+def _iterate(objective, x, run, solver, tol, observers, l2):
+    """Newton or L-BFGS from ``x``; returns the final ``x``. A pass stopped by Ctrl-C
+    ends the run with the last recorded iterate (``run.state.params``)."""
+    try:
+        if solver.code == opt.NEWTON:
+            x = _newton(objective, x, run, solver, tol, observers)
+        else:
+            return _lbfgs(objective, x, run, solver, tol, observers)
+    except PassInterrupted:
+        run.status = stopping.INTERRUPTED
+        run.stop_reason = stopping.REASONS[stopping.INTERRUPTED]
+        x = run.state.params.astype(np.float64)
+        if solver.code != opt.NEWTON:
+            return x
+    centre_classes(objective.spec, x, l2)
+    return x
 
 
 def _record(run, x, f, g, t, observers):

@@ -116,6 +116,14 @@ def case_fit_linear_float64_early_stopping(n):
     return [X, y], lambda: fastgd.fit(X, y, early_stopping=True, **FIT).stop_reason
 
 
+def case_fit_newton_float64_early_stopping(n):
+    """Newton's passes read the training rows a block at a time (they gathered a copy)."""
+    X = _features(n, np.float64)
+    labels = (X[:, 0] > 0).astype(np.int64)
+    options = dict(model="logistic", optimizer="newton", epochs=2, early_stopping=True)
+    return [X, labels], lambda: fastgd.fit(X, labels, **options).stop_reason
+
+
 def case_fit_mlp_float32_early_stopping(n):
     X = _features(n, np.float32)
     labels = (X[:, 0] > 0).astype(np.int64)

@@ -45,7 +45,7 @@ def measured():
     "case",
     ["fit_linear_float64", "fit_logistic_float32_weights", "fit_mlp_float32",
      "estimator_linear_float64", "nan_error_float32", "fit_linear_float64_early_stopping",
-     "fit_mlp_float32_early_stopping"],
+     "fit_mlp_float32_early_stopping", "fit_newton_float64_early_stopping"],
 )  # fmt: skip
 def test_peak_memory_beyond_the_data_is_bounded(measured, case):
     result = measured[case]

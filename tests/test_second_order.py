@@ -255,3 +255,23 @@ def test_passes_in_row_blocks_equal_one_pass(backend, solver, monkeypatch):
     blocks = fastgd.fit(X, y, "logistic", **options)
     np.testing.assert_allclose(blocks.params, whole.params, rtol=1e-9, atol=1e-12)
     assert blocks.n_epochs == whole.n_epochs
+
+
+@pytest.mark.parametrize("solver", ["newton", "lbfgs"])
+def test_early_stopping_passes_gather_blocks_of_training_rows(backend, solver, monkeypatch):
+    """With early stopping the passes read the training rows a block at a time (no copy
+    of them all): the fit equals the one on a gathered copy, to rounding."""
+    import fastgd.training.objective as objective
+    import fastgd.training.solvers as solvers
+
+    monkeypatch.setattr(objective, "HELD_OUT_VALUES", 9 * 5000)  # blocks of 5000 rows
+    rng = np.random.default_rng(12)
+    X = rng.standard_normal((30000, 8))
+    y = (X @ rng.standard_normal(8) + rng.standard_normal(30000) > 0).astype(int)
+    options = dict(optimizer=solver, early_stopping=True, backend=backend, seed=3, epochs=6)
+    blocks = fastgd.fit(X, y, "logistic", **options)
+    monkeypatch.setattr(solvers, "is_dense_linear", lambda model, data: False)  # the copy
+    copied = fastgd.fit(X, y, "logistic", **options)
+    np.testing.assert_allclose(blocks.params, copied.params, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(blocks.loss_history, copied.loss_history, rtol=1e-12)
+    assert blocks.n_epochs == copied.n_epochs

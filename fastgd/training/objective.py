@@ -15,7 +15,7 @@ solver re-centres the classes at the end.
 
 import numpy as np
 
-from .._config import PASS_BLOCK_WORK
+from .._config import HELD_OUT_VALUES, PASS_BLOCK_WORK
 from ..backends.contract import Data, LinearModel, is_sparse
 from ..backends.hessian_layout import n_pairs
 from ..specs import losses, stopping
@@ -36,10 +36,12 @@ class Objective:
     l2 : float
         Strength of the L2 penalty ``l2 / 2 * ||W||^2``.
     n_threads : int
+    rows : ndarray of int64, optional
+        Train on these rows of ``data`` only (early stopping), gathered a block at a time.
     """
 
-    def __init__(self, backend, spec, data, l2, n_threads):
-        self.backend, self.spec, self.data = backend, spec, data
+    def __init__(self, backend, spec, data, l2, n_threads, rows=None):
+        self.backend, self.spec, self.data, self.rows = backend, spec, data, rows
         self.model, self.l2, self.n_threads = spec.kernel_model(), l2, n_threads
         self.n_weights = spec.n_weights
         self.linear = spec.n_layers == 0
@@ -55,7 +57,7 @@ class Objective:
     def _terms(self, x, hessian):
         """The data part ``(loss, grad, H)`` at ``x`` (see :func:`data_terms`)."""
         return data_terms(self.backend, self.model, self.data, x, self.n_threads, hessian,
-                          self.stop_state)  # fmt: skip
+                          self.stop_state, self.rows)  # fmt: skip
 
     def value_grad(self, x):
         """``(f, g)`` at ``x`` (see :func:`data_terms` for the precision)."""
@@ -76,7 +78,7 @@ class Objective:
         return f, g, H
 
 
-def data_terms(backend, model, data, x, n_threads, hessian, stop_state=None):
+def data_terms(backend, model, data, x, n_threads, hessian, stop_state=None, rows=None):  # noqa: PLR0913
     """Mean (weighted) data loss over the rows of ``data``, its gradient and Hessian at ``x``.
 
     ``hessian=None`` asks for ``(loss, grad, None)``: float32 linear models are summed in
@@ -89,36 +91,49 @@ def data_terms(backend, model, data, x, n_threads, hessian, stop_state=None):
     :data:`fastgd._config.PASS_BLOCK_WORK` (their means weighted by their rows; the
     blocks depend on the data only); with ``stop_state``, a Ctrl-C request
     (``stop_state[INTERRUPT]``) raises :class:`PassInterrupted` after the current block.
+    With ``rows`` (dense rows of a linear model only), the pass is over those rows, each
+    block gathered apart (at most about HELD_OUT_VALUES values: no copy of them all).
     """
     # a non-finite value (divergence, or NaN in X: its check comes after training) ends the
     # run with its own report; NumPy's RuntimeWarnings along the way would only add noise
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        blocks = _row_blocks(model, data, hessian)
-        if len(blocks) == 1:
+        blocks = _row_blocks(model, data, hessian, rows)
+        if len(blocks) == 1 and rows is None:
             return _data_terms(backend, model, data, x, n_threads, hessian)
-        return _blockwise(backend, model, data, x, n_threads, hessian, blocks, stop_state)
+        return _blockwise(backend, model, data, x, n_threads, hessian, blocks, (stop_state, rows))
 
 
-def _row_blocks(model, data, hessian):
-    """Row bounds of the blocks of a pass (one block: sparse rows, networks, sequences)."""
-    if not isinstance(model, LinearModel) or not isinstance(data, Data):
+def _row_blocks(model, data, hessian, rows=None):
+    """Row bounds of the blocks of a pass (one block: sparse rows, networks, sequences),
+    in positions of ``rows`` when given."""
+    if not is_dense_linear(model, data):
         return [(0, None)]
     n, d1 = data.X.shape[0], data.X.shape[1] + 1
     k = model.n_outputs
     per_row = d1 * d1 * n_pairs(model.loss_code, k) if hessian else d1 * k
-    rows = max(1024, PASS_BLOCK_WORK // per_row)
-    if n <= rows:
-        return [(0, None)]
-    return [(a, min(a + rows, n)) for a in range(0, n, rows)]
+    size = max(1024, PASS_BLOCK_WORK // per_row)
+    if rows is not None:  # gathered blocks: bounded memory too
+        n, size = rows.shape[0], max(64, min(size, HELD_OUT_VALUES // d1))
+    if n <= size:
+        return [(0, n)]
+    return [(a, min(a + size, n)) for a in range(0, n, size)]
 
 
-def _blockwise(backend, model, data, x, n_threads, hessian, blocks, stop_state):
-    """:func:`_data_terms` summed over row blocks, each weighted by its share of rows."""
+def is_dense_linear(model, data):
+    """True for a linear model on dense rows (the passes :func:`data_terms` splits)."""
+    return isinstance(model, LinearModel) and isinstance(data, Data)
+
+
+def _blockwise(backend, model, data, x, n_threads, hessian, blocks, where):
+    """:func:`_data_terms` summed over row blocks, each weighted by its share of rows;
+    ``where``: ``(stop_state, rows)``."""
+    stop_state, rows = where
     X, Y, weights = data
-    n = X.shape[0]
+    n = X.shape[0] if rows is None else rows.shape[0]
     total = None
     for a, b in blocks:
-        part = Data(X[a:b], Y[a:b], weights[a:b] if weights.size else weights)
+        at = slice(a, b) if rows is None else rows[a:b]
+        part = Data(X[at], Y[at], weights[at] if weights.size else weights)
         terms = _data_terms(backend, model, part, x, n_threads, hessian)
         share = (b - a) / n
         if total is None:

@@ -26,7 +26,7 @@ from ..specs import stopping
 from ..specs.network import layout
 from .interrupt import Interruption
 from .line_search import armijo, strong_wolfe
-from .objective import NewtonSystem, Objective, PassInterrupted, centre_classes
+from .objective import NewtonSystem, Objective, PassInterrupted, centre_classes, is_dense_linear
 from .trainer import Run
 
 
@@ -116,8 +116,7 @@ def solve(backend, problem, options, state, observers, objective=None):
     run = SolverRun(state, np.empty(epochs), np.empty(epochs), np.zeros(shape))
     l2 = float(options.hyper[opt.L2])
     if objective is None:
-        # with early stopping a copy of the training rows: the passes read whole containers
-        objective = Objective(backend, spec, problem.training_data(), l2, options.n_threads)
+        objective = _objective(backend, problem, l2, options.n_threads)
     solver = options.optimizer
     tol = options.tol if np.isfinite(options.tol) else solver.tol
     x = state.params.astype(np.float64)
@@ -133,6 +132,15 @@ def solve(backend, problem, options, state, observers, objective=None):
     for observer in observers:
         observer.finish(run)
     return run
+
+
+def _objective(backend, problem, l2, n_threads):
+    """The backend's passes over the training rows: with early stopping, dense rows of a
+    linear model are gathered a block at a time; other data kinds as a copy of them."""
+    spec, data, rows = problem.spec, problem.data, problem.train_rows
+    if rows is not None and is_dense_linear(spec.kernel_model(), data):
+        return Objective(backend, spec, data, l2, n_threads, rows)
+    return Objective(backend, spec, problem.training_data(), l2, n_threads)
 
 
 def _iterate(objective, x, run, solver, tol, observers, l2):

@@ -275,3 +275,21 @@ def test_early_stopping_passes_gather_blocks_of_training_rows(backend, solver, m
     np.testing.assert_allclose(blocks.params, copied.params, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(blocks.loss_history, copied.loss_history, rtol=1e-12)
     assert blocks.n_epochs == copied.n_epochs
+
+
+def test_mlp_lbfgs_early_stopping_passes_gather_blocks_of_training_rows(backend, monkeypatch):
+    """The same for a network without batch norm (its loss is a sum over rows)."""
+    import fastgd.training.objective as objective
+    import fastgd.training.solvers as solvers
+
+    monkeypatch.setattr(objective, "HELD_OUT_VALUES", 9 * 5000)  # blocks of 5000 rows
+    rng = np.random.default_rng(13)
+    X = rng.standard_normal((20000, 8))
+    y = (X[:, 0] * X[:, 1] > 0).astype(int)
+    options = dict(optimizer="lbfgs", early_stopping=True, backend=backend, seed=3, epochs=5)
+    model = fastgd.MLP(hidden=(6,))
+    blocks = fastgd.fit(X, y, model, **options)
+    monkeypatch.setattr(solvers, "is_dense_linear", lambda model, data: False)  # the copy
+    copied = fastgd.fit(X, y, model, **options)
+    np.testing.assert_allclose(blocks.params, copied.params, rtol=1e-8, atol=1e-10)
+    assert blocks.n_epochs == copied.n_epochs

@@ -16,7 +16,7 @@ solver re-centres the classes at the end.
 import numpy as np
 
 from .._config import HELD_OUT_VALUES, PASS_BLOCK_WORK
-from ..backends.contract import Data, LinearModel, is_sparse
+from ..backends.contract import Data, LinearModel, NetworkModel, is_sparse
 from ..backends.hessian_layout import n_pairs
 from ..specs import losses, stopping
 
@@ -87,11 +87,12 @@ def data_terms(backend, model, data, x, n_threads, hessian, stop_state=None, row
     linear family, in float64, with or without ``H``. The Dask driver runs this very
     function on each chunk of rows.
 
-    Dense rows of a linear model are passed in row blocks of about
+    Dense rows of a linear model (or a network without batch norm) are passed in row
+    blocks of about
     :data:`fastgd._config.PASS_BLOCK_WORK` (their means weighted by their rows; the
     blocks depend on the data only); with ``stop_state``, a Ctrl-C request
     (``stop_state[INTERRUPT]``) raises :class:`PassInterrupted` after the current block.
-    With ``rows`` (dense rows of a linear model only), the pass is over those rows, each
+    With ``rows`` (dense rows of a linear model or a network without batch norm), the pass is over those rows, each
     block gathered apart (at most about HELD_OUT_VALUES values: no copy of them all).
     """
     # a non-finite value (divergence, or NaN in X: its check comes after training) ends the
@@ -109,8 +110,12 @@ def _row_blocks(model, data, hessian, rows=None):
     if not is_dense_linear(model, data):
         return [(0, None)]
     n, d1 = data.X.shape[0], data.X.shape[1] + 1
-    k = model.n_outputs
-    per_row = d1 * d1 * n_pairs(model.loss_code, k) if hessian else d1 * k
+    if isinstance(model, NetworkModel):  # forward and backward multiply-adds
+        sizes = np.asarray(model.sizes)
+        per_row = 3 * int(np.sum(sizes[:-1] * sizes[1:]))
+    else:
+        k = model.n_outputs
+        per_row = d1 * d1 * n_pairs(model.loss_code, k) if hessian else d1 * k
     size = max(1024, PASS_BLOCK_WORK // per_row)
     if rows is not None:  # gathered blocks: bounded memory too
         n, size = rows.shape[0], max(64, min(size, HELD_OUT_VALUES // d1))
@@ -120,8 +125,13 @@ def _row_blocks(model, data, hessian, rows=None):
 
 
 def is_dense_linear(model, data):
-    """True for a linear model on dense rows (the passes :func:`data_terms` splits)."""
-    return isinstance(model, LinearModel) and isinstance(data, Data)
+    """True for dense rows of a linear model or of a network without batch norm (whose
+    loss is a sum over rows): the passes :func:`data_terms` splits."""
+    if not isinstance(data, Data) or not isinstance(data.X, np.ndarray) or data.X.ndim != 2:
+        return False
+    if isinstance(model, NetworkModel):
+        return not np.any(model.batch_norm)
+    return isinstance(model, LinearModel)
 
 
 def _blockwise(backend, model, data, x, n_threads, hessian, blocks, where):

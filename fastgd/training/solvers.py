@@ -136,7 +136,8 @@ def solve(backend, problem, options, state, observers, objective=None):
 
 def _objective(backend, problem, l2, n_threads):
     """The backend's passes over the training rows: with early stopping, dense rows of a
-    linear model are gathered a block at a time; other data kinds as a copy of them."""
+    linear model (or a network without batch norm) are gathered a block at a time; other
+    data kinds as a copy of them."""
     spec, data, rows = problem.spec, problem.data, problem.train_rows
     if rows is not None and is_dense_linear(spec.kernel_model(), data):
         return Objective(backend, spec, data, l2, n_threads, rows)

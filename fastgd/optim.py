@@ -209,6 +209,8 @@ class Newton(SecondOrder):
     ``H step = -g`` by Cholesky (retrying with ``H + tau I``, ``tau`` growing tenfold from
     ``1e-10 max diag H``, when ``H`` is not positive definite), and backtracks from
     ``lr`` by halving until ``f(t) - f(0) <= 2**-11 t g.step`` (at most 21 trials).
+    The point that quadratic convergence predicts to be the last gets no Hessian: its
+    decrement uses the previous point's (``max|g|`` is tested exactly).
 
     Parameters
     ----------

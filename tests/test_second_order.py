@@ -293,3 +293,53 @@ def test_mlp_lbfgs_early_stopping_passes_gather_blocks_of_training_rows(backend,
     copied = fastgd.fit(X, y, model, **options)
     np.testing.assert_allclose(blocks.params, copied.params, rtol=1e-8, atol=1e-10)
     assert blocks.n_epochs == copied.n_epochs
+
+
+def _count_hessians(monkeypatch):
+    """Record the ``hessian`` flag of every Newton pass."""
+    from fastgd.training.objective import Objective
+
+    flags, original = [], Objective.value_grad_hess
+
+    def counted(self, x, hessian=True):
+        flags.append(hessian)
+        return original(self, x, hessian)
+
+    monkeypatch.setattr(Objective, "value_grad_hess", counted)
+    return flags
+
+
+@pytest.mark.parametrize("tol", [1e-4, 1e-8, 1e-12])
+def test_newton_skips_the_hessian_of_its_last_point(monkeypatch, tol):
+    """Quadratic convergence predicts the last point: its pass computes no Hessian, and
+    the fit ends where the fit with every Hessian ends."""
+    from fastgd.training import solvers
+
+    X, y = _synthetic_binary(4000, 10)
+    options = dict(optimizer="newton", tol=tol, backend="numpy", epochs=30)
+    flags = _count_hessians(monkeypatch)
+    lazy = fastgd.fit(X, y, "logistic", **options)
+    assert lazy.stop_reason == "converged"
+    assert flags == [True] * lazy.n_epochs + [False]  # start + every point but the last
+    monkeypatch.setattr(solvers._Trend, "needs_hessian", lambda self, g, d, tol: True)
+    flags.clear()
+    eager = fastgd.fit(X, y, "logistic", **options)
+    assert flags == [True] * (eager.n_epochs + 1) and eager.n_epochs == lazy.n_epochs
+    np.testing.assert_array_equal(lazy.params, eager.params)
+    assert abs(lazy.gradient_norm) <= tol
+
+
+def test_newton_with_stale_hessians_still_converges(monkeypatch):
+    """Were every prediction wrong, the steps with an old Hessian (chord steps) are
+    still descent steps: the fit reaches the optimum of the fit with fresh Hessians."""
+    from fastgd.training import solvers
+
+    X, y = _synthetic_binary(4000, 10)
+    options = dict(optimizer="newton", tol=1e-9, backend="numpy", epochs=300)
+    fresh = fastgd.fit(X, y, "logistic", **options)
+    monkeypatch.setattr(solvers._Trend, "needs_hessian", lambda self, g, d, tol: False)
+    flags = _count_hessians(monkeypatch)
+    stale = fastgd.fit(X, y, "logistic", **options)
+    assert stale.stop_reason == "converged" and flags.count(False) > flags.count(True)
+    assert stale.n_epochs > fresh.n_epochs
+    np.testing.assert_allclose(stale.params, fresh.params, rtol=1e-7, atol=1e-8)

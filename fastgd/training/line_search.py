@@ -3,8 +3,8 @@
 - :func:`armijo` (Newton): backtracking by halving from ``t0``, at most 21 trials,
   accepting ``f(t) - f(0) <= 2**-11 t g.p``, or, when the change is within round-off
   (``|f(t) - f(0)| <= 16 eps |f(0)|``), a smaller gradient 1-norm. Its first trial also
-  computes the Hessian there: a Newton step is usually accepted at once, and the next
-  iteration then needs no other pass over the data.
+  computes the Hessian there (unless told not to): a Newton step is usually accepted at
+  once, and the next iteration then needs no other pass over the data.
 - :func:`strong_wolfe` (L-BFGS): a point with ``f(t) <= f(0) + c1 t g.p`` and
   ``|g(t).p| <= c2 |g.p|``; it widens the step until the minimum is bracketed, then
   narrows the bracket with safeguarded cubic interpolation (Nocedal and Wright,
@@ -16,14 +16,15 @@ import numpy as np
 EPS = np.finfo(float).eps
 
 
-def armijo(objective, x, f0, g0, p, t0, max_trials=21):
-    """``(t, x + t p, f, g, H or None)`` of the accepted trial, or None."""
+def armijo(objective, x, f0, g0, p, t0, hessian=True, max_trials=21):  # noqa: PLR0913
+    """``(t, x + t p, f, g, H or None)`` of the accepted trial, or None; ``H`` only when
+    ``hessian`` and the first trial is accepted."""
     slope = float(g0 @ p)
     g0_norm = np.sum(np.abs(g0))
     t = t0
     for trial in range(max_trials):
         xt = x + t * p
-        ft, gt, Ht = objective.value_grad_hess(xt, hessian=trial == 0)
+        ft, gt, Ht = objective.value_grad_hess(xt, hessian=hessian and trial == 0)
         if np.isfinite(ft):
             if ft - f0 <= 2.0**-11 * t * slope:
                 return t, xt, ft, gt, Ht

@@ -210,17 +210,21 @@ def _newton(objective, x, run, solver, tol, observers):
         return x
     f, g, H = values
     step, decrement = system.step(H, g)
+    trend = _Trend()
     for _ in range(run.history.size):
         if np.max(np.abs(g)) <= tol and 0.5 * decrement <= tol:
             run.stop_reason = "converged"
             return x
-        found = armijo(objective, x, f, g, step, solver.lr)
+        fresh = trend.needs_hessian(g, decrement, tol)
+        found = armijo(objective, x, f, g, step, solver.lr, hessian=fresh)
         if found is None:
             run.stop_reason = "line_search_failed"
             return x
-        t, x, f, g, H = found
-        if H is None:  # backtracked: the Hessian at the accepted point
-            H = objective.value_grad_hess(x)[2]
+        t, x, f, g, H_new = found
+        if H_new is None and (fresh or t != solver.lr):  # backtracked: H at the new point
+            H_new = objective.value_grad_hess(x)[2]
+        trend.full_step = H_new is not None and t == solver.lr
+        H = H if H_new is None else H_new
         reason = _record(run, x, f, g, t, observers)
         step, decrement = system.step(H, g)
         if reason:
@@ -229,6 +233,34 @@ def _newton(objective, x, run, solver, tol, observers):
     converged = np.max(np.abs(g)) <= tol and 0.5 * decrement <= tol
     run.stop_reason = "converged" if converged else "max_epochs"
     return x
+
+
+class _Trend:
+    """When to skip the Hessian at Newton's next point: it is the last one.
+
+    After full steps, Newton converges quadratically: ``D = step.H.step / 2`` (about
+    ``f - f*``) follows ``D_next ~ D^2 (D / D_prev^2)``, and ``max|g|`` shrinks as
+    ``sqrt(D)``. When both predictions are below ``tol / 2``, the next point is expected
+    to stop the fit and its Hessian would never be used: that point gets its loss and
+    gradient only, and its decrement is measured with the current Hessian, a step old
+    (the gradient test stays exact). Should it not converge after all, that step is a
+    chord step, still a descent direction, and the point after it gets a Hessian again.
+    """
+
+    def __init__(self):
+        self.previous, self.full_step, self.stale = None, False, False
+
+    def needs_hessian(self, g, decrement, tol):
+        """True unless the point after a full step from here is predicted converged."""
+        D, D_prev = 0.5 * decrement, self.previous
+        self.previous = None if self.stale else D
+        predicted = False
+        if self.full_step and not self.stale and D_prev and 0 <= D < D_prev:
+            D_next = D * D * (D / (D_prev * D_prev))
+            g_next = np.max(np.abs(g)) * np.sqrt(D_next / D) if D > 0 else 0.0
+            predicted = max(D_next, g_next) <= 0.5 * tol
+        self.stale = predicted
+        return not predicted
 
 
 def _two_loop(g, pairs):

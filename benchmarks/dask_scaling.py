@@ -108,10 +108,20 @@ def time_dask_glm(X, y, solver, alpha, tol, target):
             beta = algorithms.lbfgs(X, y, regularizer="l2", lamduh=alpha * n, tol=tol, max_iter=500, normalize=False)  # fmt: skip
         finally:
             algorithms.fmin_l_bfgs_b = scipy_lbfgs
-    else:
-        beta = algorithms.newton(X, y, tol=tol, max_iter=50, normalize=False)
+    else:  # its iterations: one least-squares solve each
+        lstsq = np.linalg.lstsq
+
+        def counted(*args, **kw):
+            trace.append(None)
+            return lstsq(*args, **kw)
+
+        np.linalg.lstsq = counted
+        try:
+            beta = algorithms.newton(X, y, tol=tol, max_iter=50, normalize=False)
+        finally:
+            np.linalg.lstsq = lstsq
     seconds = time.perf_counter() - started
-    for at, xk in trace:  # the first iterate at the target
+    for at, xk in trace if solver == "lbfgs" else ():  # the first iterate at the target
         if objective(X, y, xk, alpha) <= target:
             return at, xk, len(trace), None
     return seconds, np.asarray(beta), len(trace) or None, None

@@ -26,6 +26,15 @@ SPARSE_ROWS_PER_CHUNK = 4096
 # paths walk the same chunks in the same order, so the choice never changes a result.
 PARALLEL_MIN_WORK = 65536
 
+# Mini-batches of several chunks on several threads run on a team of threads (Cython): one
+# parallel region for many batches, two barriers per batch, no fork/join per batch. Barriers
+# stall when the machine has more runnable threads than cores, so an epoch runs in segments
+# of about this many multiply-adds (rows x features x outputs: about a millisecond), each on
+# the team or on one thread, whichever measured faster (the other re-measured now and
+# then). 0: the team for every batch, no pacing; negative: never (the per-batch fork/join
+# of large batches, serial small ones). The choice never changes a result.
+TEAM_SEGMENT_WORK = 1 << 22
+
 # Extra entries at the end of each per-chunk buffer row (64 bytes of float64), so that
 # chunks running on different threads never write to the same cache line.
 ROW_PADDING = 8

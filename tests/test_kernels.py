@@ -13,6 +13,7 @@ from helpers import (
     run_epochs,
 )
 
+from fastgd import optim
 from fastgd.specs import losses, stopping
 
 
@@ -160,6 +161,114 @@ def test_results_bit_identical_for_one_and_two_threads(compiled_backend, dtype, 
     two = run_epochs(compiled_backend, X, Y, losses.CATEGORICAL_CROSS_ENTROPY, 3, epochs=3, batch_size=batch_size, n_threads=2)  # fmt: skip
     assert np.array_equal(one[0], two[0])
     assert np.array_equal(one[1], two[1])
+
+
+# Batches of 256 rows are 4 chunks: on 2 threads the Cython kernel runs batches on a team
+# of threads (one parallel region, two barriers per batch). 2000 rows end with a batch of
+# 208 rows (3 chunks, split unevenly between the threads). TEAM_SEGMENT_WORK = 0 puts
+# every batch on the team; 1 makes segments of one batch, alternating between the team
+# and one thread as their measured pace decides.
+TEAM_WORK = pytest.mark.parametrize("team_work", [0, 1], ids=["team", "paced"])
+
+
+def _team_work(monkeypatch, value):
+    import fastgd.backends.cython.linear as cython_linear
+
+    monkeypatch.setattr(cython_linear, "TEAM_SEGMENT_WORK", value)
+
+
+TEAM_CASES = {
+    "in-order-sgd": dict(loss=(losses.MSE, 1), shuffle=False, weighted=False, optimizer=None),
+    "shuffled-weighted-adam": dict(
+        loss=(losses.BINARY_CROSS_ENTROPY, 1),
+        shuffle=True,
+        weighted=True,
+        optimizer=optim.Adam(lr=0.01),
+    ),
+    "softmax-shuffled": dict(
+        loss=(losses.CATEGORICAL_CROSS_ENTROPY, 4), shuffle=True, weighted=False, optimizer=None
+    ),
+}
+
+
+@TEAM_WORK
+@pytest.mark.parametrize("case", list(TEAM_CASES))
+def test_team_batches_match_reference_and_one_thread(compiled_backend, case, team_work, monkeypatch):  # fmt: skip
+    _team_work(monkeypatch, team_work)
+    c = TEAM_CASES[case]
+    (loss_code, k), n = c["loss"], 2000
+    X, Y, _ = make_problem(loss_code, k, n=n, d=20)
+    weights = np.random.default_rng(6).uniform(0.0, 2.0, n) if c["weighted"] else None
+    options = dict(batch_size=256, shuffle=c["shuffle"], lr=0.05, epochs=3, weights=weights,
+                   optimizer=c["optimizer"])  # fmt: skip
+    expected = run_epochs(numpy_ref, X, Y, loss_code, k, **options)
+    one = run_epochs(compiled_backend, X, Y, loss_code, k, n_threads=1, **options)
+    two = run_epochs(compiled_backend, X, Y, loss_code, k, n_threads=2, **options)
+    assert expected[2:] == (3, stopping.MAX_EPOCHS)
+    np.testing.assert_allclose(two[0], expected[0], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(two[1], expected[1], rtol=1e-10)
+    assert two[2:] == expected[2:]
+    np.testing.assert_array_equal(two[0], one[0])  # bit-identical for any thread count
+    np.testing.assert_array_equal(two[1], one[1])
+
+
+@TEAM_WORK
+def test_team_batches_diverge_together(compiled_backend, team_work, monkeypatch):
+    """A run that blows up inside an epoch of team batches: every thread count reports the
+    same divergence and restores the same start-of-epoch parameters."""
+    _team_work(monkeypatch, team_work)
+    X, Y, _ = make_problem(losses.MSE, 1, n=2000, d=20)
+    options = dict(batch_size=256, shuffle=False, lr=5.0, epochs=20)
+    one = run_epochs(compiled_backend, X, Y, losses.MSE, 1, n_threads=1, **options)
+    two = run_epochs(compiled_backend, X, Y, losses.MSE, 1, n_threads=2, **options)
+    assert two[3] == one[3] == stopping.DIVERGED and two[2] == one[2]
+    assert np.all(np.isfinite(two[0]))
+    np.testing.assert_array_equal(two[0], one[0])
+    np.testing.assert_array_equal(two[1], one[1])
+
+
+@TEAM_WORK
+def test_team_batches_stop_together_on_interrupt(compiled_backend, team_work, monkeypatch):
+    """Ctrl-C requested from another thread in the middle of a long run of team batches:
+    the run stops before a batch, and its parameters are those of the updates done."""
+    _team_work(monkeypatch, team_work)
+    import threading
+
+    from fastgd.backends.contract import Data, EpochBlock, LinearModel, State, UpdateConfig
+    from fastgd.specs import optimizers as opt_codes
+    from fastgd.specs.stopping import new_stop_state
+
+    n, batch, epochs = 100_000, 256, 10_000
+    X, Y, _ = make_problem(losses.MSE, 1, n=n, d=20)
+    params = np.zeros(21)
+    sgd = optim.SGD(lr=0.01)
+    opt_state = sgd.new_state(21, np.float64)
+    state = State(params, np.zeros(0), opt_state, np.zeros(1, np.int64), new_stop_state())
+    hyper = sgd.hyperparameters()
+    block = EpochBlock(np.empty((0, 0), np.int64), np.full(epochs, 0.01), epochs,
+                       np.full(epochs, np.nan), np.zeros((0, 0)))  # fmt: skip
+    call = lambda: done.append(compiled_backend.train_epochs(  # noqa: E731
+        LinearModel(losses.MSE, 1, True), Data(X, Y, np.empty(0)), state,
+        UpdateConfig(batch, opt_codes.SGD, hyper, -np.inf, 5), block, 2))  # fmt: skip
+    done = []
+    worker = threading.Thread(target=call)
+    worker.start()
+    worker.join(0.2)
+    state.stop_state[stopping.INTERRUPT] = 1.0
+    worker.join()
+    n_done, status = done[0]
+    assert status == stopping.INTERRUPTED and n_done < epochs
+    per_epoch = -(-n // batch)
+    rows = (int(state.step_count[0]) - n_done * per_epoch) * batch  # of the cut epoch
+    assert 0 <= rows < n
+    expected = np.zeros(21)
+    if n_done:  # the whole epochs, then the rows of the cut one, on 1 thread
+        expected = run_epochs(compiled_backend, X, Y, losses.MSE, 1, epochs=n_done,
+                              batch_size=batch, shuffle=False, lr=0.01)[0]  # fmt: skip
+    if rows:
+        run_epochs(compiled_backend, X[:rows], Y[:rows], losses.MSE, 1, epochs=1,
+                   batch_size=batch, shuffle=False, lr=0.01, params=expected)  # fmt: skip
+    np.testing.assert_array_equal(params, expected)
 
 
 def test_read_only_inputs_work(backend):

@@ -26,12 +26,14 @@ both use the one implementation.
 """
 
 from cython cimport floating
-from cython.parallel cimport prange
+from cython.parallel cimport prange, threadid
+from cython.parallel cimport parallel as team_region  # ("parallel" names a flag in .pxi)
 from libc.math cimport (
     copysign, exp, expf, fabs, fabsf, isfinite, log, log1p, log1pf, pow, sqrt
 )
 from libc.float cimport DBL_MAX, FLT_MAX
 from libc.stdint cimport int32_t, int64_t
+from cpython.pyport cimport PY_SSIZE_T_MAX
 from libc.string cimport memcpy, memset
 from scipy.linalg.cython_blas cimport dgemm, sgemm
 
@@ -42,10 +44,22 @@ cdef extern from *:
     #include <omp.h>
     #define FASTGD_OPENMP_ENABLED 1
     #define fastgd_max_threads() omp_get_max_threads()
+    #define fastgd_team_size() omp_get_num_threads()
+    #define fastgd_seconds() omp_get_wtime()
     #else
     #define FASTGD_OPENMP_ENABLED 0
     #define fastgd_max_threads() 1
+    #define fastgd_team_size() 1
+    #define fastgd_seconds() 0.0
     #endif
+    /* An orphaned barrier: valid OpenMP in a function called from a parallel region
+       (Cython has no barrier statement); it also flushes memory, so the stores of every
+       member before it are seen by every member after it. */
+    static inline void fastgd_barrier(void) {
+    #ifdef _OPENMP
+        #pragma omp barrier
+    #endif
+    }
     #if defined(__GNUC__) || defined(__clang__)
     #define fastgd_prefetch(p) __builtin_prefetch((p), 0, 3)
     #else
@@ -54,6 +68,9 @@ cdef extern from *:
     """
     const int FASTGD_OPENMP_ENABLED
     int fastgd_max_threads() noexcept nogil
+    int fastgd_team_size() noexcept nogil
+    double fastgd_seconds() noexcept nogil
+    void fastgd_barrier() noexcept nogil
     void fastgd_prefetch(const void* p) noexcept nogil
 
 # Ctrl-C (fastgd.training.interrupt): ``stop_state[FASTGD_INTERRUPT]`` is set to 1 by
@@ -154,6 +171,9 @@ cdef struct Problem:
     # fastgd._config
     Py_ssize_t max_chunks, min_rows_per_chunk, parallel_min_work, rows_per_block
     int n_threads
+    # mini-batches on a team of threads: paced segments of this many multiply-adds; 0: the
+    # team for every batch (no pacing); < 0: never (fastgd._config.TEAM_SEGMENT_WORK)
+    Py_ssize_t team_segment_work
     # stop_state of a training call (polled for Ctrl-C by the per-sample paths), or NULL
     const double* stop_state
 
@@ -497,10 +517,9 @@ cdef Py_ssize_t _batch_gradient(
     Each chunk fills its own row of G (in parallel if the batch is large enough), then the
     rows are added into row 0 in chunk order, in the data precision (loss slot included).
     """
-    cdef Py_ssize_t chunk, c, j
+    cdef Py_ssize_t chunk
     cdef Py_ssize_t size = stop - start
-    cdef Py_ssize_t n_chunks = min(pb.max_chunks, max(1, size // pb.min_rows_per_chunk))
-    cdef floating* row
+    cdef Py_ssize_t n_chunks = _n_chunks(pb, size)
     # CSR chunks run serially: a parallel split of sparse rows was measured slower (the
     # randomly touched cache lines of w and G move between cores); same chunks, same sums
     if n_chunks > 1 and not pb.sparse and size * pb.d * pb.k >= pb.parallel_min_work:
@@ -509,11 +528,24 @@ cdef Py_ssize_t _batch_gradient(
     else:
         for chunk in range(n_chunks):
             _chunk_gradient(pb, start, stop, n_chunks, chunk, X, Y, sw, params, G, Z)
+    _add_chunk_rows(pb, G, n_chunks)
+    return n_chunks
+
+
+cdef inline Py_ssize_t _n_chunks(const Problem* pb, Py_ssize_t size) noexcept nogil:
+    """Chunks of a batch of ``size`` rows: a function of the batch size only."""
+    return min(pb.max_chunks, max(1, size // pb.min_rows_per_chunk))
+
+
+cdef inline void _add_chunk_rows(const Problem* pb, floating* G, Py_ssize_t n_chunks) noexcept nogil:
+    """Add rows 1..n_chunks-1 of G into row 0 in chunk order, in the data precision (loss
+    slot included): the same sums whichever threads filled the rows."""
+    cdef Py_ssize_t c, j
+    cdef floating* row
     for c in range(1, n_chunks):
         row = G + c * pb.ld_g
         for j in range(pb.n_params + 1):
             G[j] += row[j]
-    return n_chunks
 
 
 cdef double _per_sample_epoch(
@@ -872,6 +904,7 @@ cdef Problem _problem(
     pb.parallel_min_work, pb.rows_per_block = parallel_min_work, rows_per_block
     pb.n_threads = n_threads
     pb.stop_state = NULL
+    pb.team_segment_work = -1
     return pb
 
 
@@ -906,6 +939,181 @@ def loss_and_gradient(
     return loss
 
 
+# A team of threads (mini-batches of several chunks on several threads): one parallel
+# region for many batches, with two barriers per batch, instead of a fork and a join per
+# batch, which cost more than a batch of a few hundred rows takes. Barriers need every
+# thread of the team running: on a machine busier than its cores, a preempted member
+# stalls the others for a scheduler time slice at every barrier (measured here at load
+# 3-4 on 2 cores: fork/join per batch and unpaced team epochs both 5-100x slower than
+# one thread). So an epoch runs in segments of about ``pb.team_segment_work``
+# multiply-adds (fastgd._config.TEAM_SEGMENT_WORK), each on the team or on one thread,
+# whichever measured more rows per second. A team segment ends early once it has taken
+# as long as one thread would take for the whole segment; the slower way is measured
+# again after ``probe_every`` segments, an interval that doubles (up to PROBE_MAX) each
+# time it loses. Both ways compute the same operations in the same order: the choice
+# never changes a result.
+
+cdef enum:
+    PROBE_EVERY = 16
+    PROBE_MAX = 1024
+    SERIAL_SEGMENT = 0
+    TEAM_SEGMENT = 1
+
+
+cdef struct Team:
+    # The settings of one epoch's updates, what member 0 publishes to the other members
+    # between the two barriers of a batch, and the measured pace of both ways to run.
+    const Optimizer* opt
+    Py_ssize_t batch_size, n_weights, n_trained
+    int64_t* step_count
+    double lr_epoch
+    double loss_sum  # the batches' summed losses, added in batch order
+    Py_ssize_t done  # rows of the epoch whose update has been applied
+    bint stop  # Ctrl-C seen before the next batch: every member leaves the batch loop
+    bint leave  # the team segment is over (its end, Ctrl-C or its deadline)
+    double deadline  # fastgd_seconds() at which a team segment gives up
+    double rate[2]  # rows per second of the last one-thread and team segments (0: unknown)
+    Py_ssize_t segments, probe_every  # segments run in this call; probing interval
+
+
+cdef inline bint _use_team(const Problem* pb, Py_ssize_t batch_size, Py_ssize_t n_trained) noexcept nogil:
+    """Whether an epoch of dense mini-batches may run on a team (:func:`_paced_epoch`).
+
+    Only batches of several chunks (one chunk has nothing to share), more than one batch per
+    epoch (one batch is one fork/join anyway) and an update small enough to run serially
+    (member 0 applies it; larger ones are split over threads by :func:`_apply_update`).
+    """
+    return (FASTGD_OPENMP_ENABLED and pb.team_segment_work >= 0 and pb.n_threads > 1
+            and not pb.sparse and batch_size < pb.n
+            and _n_chunks(pb, batch_size) > 1
+            and n_trained * UPDATE_WORK_PER_PARAM < pb.parallel_min_work)
+
+
+cdef void _serial_batches(
+    const Problem* pb, Team* team, const floating* X, const floating* Y, const floating* sw,
+    floating* w, floating* state, floating* G, floating* Z, Py_ssize_t end,
+) noexcept nogil:
+    """The batches from row ``team.done`` to row ``end``, one after the other (the chunks of
+    a large batch in parallel, see :func:`_batch_gradient`, unless ``pb.n_threads`` is 1);
+    Ctrl-C polled before each."""
+    cdef Py_ssize_t start = team.done, stop
+    cdef Py_ssize_t p = pb.n_params
+    while start < end:
+        if fastgd_interrupted(pb.stop_state):
+            team.stop = True
+            return
+        stop = min(start + team.batch_size, pb.n)
+        _batch_gradient(pb, start, stop, X, Y, sw, w, G, Z)
+        team.loss_sum += G[p]
+        # G holds gradient sums: the step is computed in double from G[j] / rows
+        _apply_update(team.opt, w, G, 1.0 / (stop - start), state, p, team.n_weights,
+                      team.n_trained, team.step_count, team.lr_epoch, pb.n_threads,
+                      pb.parallel_min_work)
+        team.done = start = stop
+
+
+cdef void _team_member(
+    const Problem* pb, Team* team, const floating* X, const floating* Y, const floating* sw,
+    floating* w, floating* state, floating* G, floating* Z, Py_ssize_t end, Py_ssize_t member,
+) noexcept nogil:
+    """The batch loop of member ``member`` of a team of ``fastgd_team_size()`` threads.
+
+    Every member walks the same batches, from ``team.done`` to row ``end``. In each, it
+    computes its share of the batch's chunks (a contiguous range; which thread fills a
+    chunk row changes no value) and waits at a barrier; member 0 then adds the rows in
+    chunk order and applies the update, the operations of :func:`_serial_batches` in its
+    order, and polls Ctrl-C; a second barrier makes the new parameters and the decision
+    to leave visible to every member. All members read ``team.leave`` at the same point, so
+    they leave together and none skips a barrier.
+    """
+    cdef Py_ssize_t size = fastgd_team_size()
+    cdef Py_ssize_t start = team.done, stop, n_chunks, chunk
+    cdef Py_ssize_t p = pb.n_params
+    while not team.leave:
+        stop = min(start + team.batch_size, pb.n)
+        n_chunks = _n_chunks(pb, stop - start)
+        for chunk in range(member * n_chunks // size, (member + 1) * n_chunks // size):
+            _chunk_gradient(pb, start, stop, n_chunks, chunk, X, Y, sw, w, G, Z)
+        fastgd_barrier()
+        if member == 0:
+            _add_chunk_rows(pb, G, n_chunks)
+            team.loss_sum += G[p]
+            _apply_update(team.opt, w, G, 1.0 / (stop - start), state, p, team.n_weights,
+                          team.n_trained, team.step_count, team.lr_epoch, 1,
+                          pb.parallel_min_work)
+            team.done = stop
+            team.stop = stop < end and fastgd_interrupted(pb.stop_state)
+            team.leave = stop >= end or team.stop or fastgd_seconds() > team.deadline
+        fastgd_barrier()
+        start = stop
+
+
+cdef void _team_batches(
+    const Problem* pb, Team* team, const floating* X, const floating* Y, const floating* sw,
+    floating* w, floating* state, floating* G, floating* Z, Py_ssize_t end,
+) noexcept nogil:
+    """The batches from row ``team.done`` to row ``end`` in one parallel region (see
+    :func:`_team_member`); Ctrl-C polled before each."""
+    cdef Py_ssize_t member = 0  # (assigned in the region; firstprivate there)
+    team.stop = fastgd_interrupted(pb.stop_state)
+    team.leave = team.stop or team.done >= end
+    if team.leave:
+        return
+    with team_region(num_threads=pb.n_threads):
+        member = threadid()
+        _team_member(pb, team, X, Y, sw, w, state, G, Z, end, member)
+
+
+cdef inline int _next_segment_kind(Team* team) noexcept nogil:
+    """One thread first, then the team; then the faster of the two, the other one after
+    ``team.probe_every`` segments (the load of the machine changes)."""
+    cdef int best
+    team.segments += 1
+    if team.rate[SERIAL_SEGMENT] == 0.0:
+        return SERIAL_SEGMENT
+    if team.rate[TEAM_SEGMENT] == 0.0:
+        return TEAM_SEGMENT
+    best = TEAM_SEGMENT if team.rate[TEAM_SEGMENT] >= team.rate[SERIAL_SEGMENT] else SERIAL_SEGMENT
+    return 1 - best if team.segments % team.probe_every == 0 else best
+
+
+cdef void _paced_epoch(
+    const Problem* pb, Team* team, const floating* X, const floating* Y, const floating* sw,
+    floating* w, floating* state, floating* G, floating* Z,
+) noexcept nogil:
+    """All the mini-batches of an epoch, in segments run on the team or on one thread (see
+    above); ``team.rate`` carries the measured pace from epoch to epoch."""
+    cdef Py_ssize_t batches = max(1, pb.team_segment_work // (team.batch_size * pb.d * pb.k))
+    cdef Py_ssize_t first, end
+    cdef int kind
+    cdef bint lost
+    cdef double started, seconds
+    cdef Problem solo = pb[0]  # one thread, no parallel region at all
+    solo.n_threads, solo.parallel_min_work = 1, PY_SSIZE_T_MAX
+    while team.done < pb.n and not team.stop:
+        first = team.done
+        end = min(pb.n, first + batches * team.batch_size)
+        kind = _next_segment_kind(team) if pb.team_segment_work > 0 else TEAM_SEGMENT
+        if pb.team_segment_work == 0:
+            end = pb.n
+        started = fastgd_seconds()
+        if kind == TEAM_SEGMENT:
+            # give up once slower than one thread would be for the whole segment
+            team.deadline = (started + (end - first) / team.rate[SERIAL_SEGMENT]
+                             if team.rate[SERIAL_SEGMENT] > 0.0 and pb.team_segment_work > 0
+                             else DBL_MAX)
+            _team_batches(pb, team, X, Y, sw, w, state, G, Z, end)
+        else:
+            _serial_batches(&solo, team, X, Y, sw, w, state, G, Z, end)
+        seconds = fastgd_seconds() - started
+        if team.done > first:
+            team.rate[kind] = (team.done - first) / max(seconds, 1e-9)
+            if pb.team_segment_work > 0 and team.segments % team.probe_every == 0:
+                # a probe: back off while it loses
+                lost = team.rate[kind] < team.rate[1 - kind]
+                team.probe_every = min(2 * team.probe_every, PROBE_MAX) if lost else PROBE_EVERY
+
+
 cdef Py_ssize_t _train_epochs(
     Problem* pb, const floating* X, const floating[:, ::1] Y, const floating* sw,
     floating[::1] params, const int64_t[:, ::1] orders, const double[::1] lr_epochs,
@@ -925,7 +1133,7 @@ cdef Py_ssize_t _train_epochs(
     cdef Py_ssize_t n = pb.n, p = pb.n_params
     cdef Py_ssize_t n_weights = pb.d * pb.k
     cdef Py_ssize_t n_trained = p if fit_intercept else n_weights
-    cdef Py_ssize_t epoch, start, stop, batched_rows, done
+    cdef Py_ssize_t epoch, batched_rows, done
     cdef floating* w = &params[0]
     cdef floating* G = &Gbuf[0, 0]
     cdef double loss_sum, lr_epoch
@@ -940,6 +1148,11 @@ cdef Py_ssize_t _train_epochs(
         and opt.clip_value == 0.0 and opt.clip_norm == 0.0 and opt.l1 == 0.0
         and (opt.l2 == 0.0 or pb.sparse) and opt.power_t == 0.0
     )
+    cdef Team team
+    team.opt, team.batch_size, team.step_count = opt, batch_size, step_count
+    team.n_weights, team.n_trained = n_weights, n_trained
+    team.rate[0], team.rate[1], team.segments, team.probe_every = 0.0, 0.0, 0, PROBE_EVERY
+    cdef bint team_ok = _use_team(pb, batch_size, n_trained)
     pb.shuffled = orders.shape[0] > 0
     pb.stop_state = &stop_state[0]
     for epoch in range(n_epochs):
@@ -964,18 +1177,15 @@ cdef Py_ssize_t _train_epochs(
             batched_rows = 0
             if done < n:
                 end = INTERRUPTED
-        start = 0
-        while start < batched_rows:
-            if fastgd_interrupted(&stop_state[0]):  # Ctrl-C: polled before each batch
+        if batched_rows > 0:  # Ctrl-C is polled before each batch
+            team.lr_epoch, team.loss_sum, team.done, team.stop = lr_epoch, 0.0, 0, False
+            if team_ok:
+                _paced_epoch(pb, &team, X, &Y[0, 0], sw, w, state, G, &Zbuf[0, 0])
+            else:
+                _serial_batches(pb, &team, X, &Y[0, 0], sw, w, state, G, &Zbuf[0, 0], n)
+            loss_sum = team.loss_sum
+            if team.stop:
                 end = INTERRUPTED
-                break
-            stop = min(start + batch_size, n)
-            _batch_gradient(pb, start, stop, X, &Y[0, 0], sw, w, G, &Zbuf[0, 0])
-            loss_sum += G[p]
-            # G holds gradient sums: the step is computed in double from G[j] / rows
-            _apply_update(opt, w, G, 1.0 / (stop - start), state, p, n_weights, n_trained,
-                          step_count, lr_epoch, pb.n_threads, pb.parallel_min_work)
-            start = stop
         if end != INTERRUPTED:
             end = _end_epoch(opt, w, p, n_weights, loss_sum / n, &history[epoch],
                              &stop_state[0], tol, n_iter_no_change)
@@ -1005,7 +1215,7 @@ def train_epochs(
     double[::1] stop_state, double[::1] history, floating[:, ::1] G, floating[:, ::1] Z,
     floating[::1] start_params, floating[:, ::1] start_state, Py_ssize_t max_chunks,
     Py_ssize_t min_rows_per_chunk, Py_ssize_t parallel_min_work, Py_ssize_t rows_per_block,
-    int n_threads,
+    int n_threads, Py_ssize_t team_segment_work=-1,
 ):
     """Run the epochs with the GIL released; returns ``(n_done, status)``.
 
@@ -1023,6 +1233,7 @@ def train_epochs(
     cdef Problem pb = _problem(X, Y, params, n_outputs, loss_code, G, Z, max_chunks,
                                min_rows_per_chunk, parallel_min_work, rows_per_block, n_threads)
     _attach_csr(&pb, indices, indptr, n_features)
+    pb.team_segment_work = team_segment_work
     cdef int status = MAX_EPOCHS
     cdef Py_ssize_t n_done
     cdef Py_ssize_t state_size = opt_state.shape[0] * opt_state.shape[1]

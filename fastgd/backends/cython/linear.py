@@ -14,6 +14,7 @@ from ..._config import (
     ROWS_PER_BLOCK,
     SEVERAL_BLOCK_ENTRIES,
     SPARSE_ROWS_PER_CHUNK,
+    TEAM_SEGMENT_WORK,
 )
 from ..contract import is_sparse
 from . import _kernels as _k
@@ -110,6 +111,6 @@ def train_epochs(model, data, state, update, block, n_threads):
         int(update.opt_code), hyper, opt_state, state.step_count, float(update.tol),
         float(update.n_iter_no_change), state.stop_state, block.history, buf, zbuf,
         np.empty_like(params), np.empty_like(opt_state), chunks, rows_per_chunk,
-        PARALLEL_MIN_WORK, block_rows, max(1, int(n_threads)),
+        PARALLEL_MIN_WORK, block_rows, max(1, int(n_threads)), TEAM_SEGMENT_WORK,
     )  # fmt: skip
     return n_done, _STATUS_CODES[status]

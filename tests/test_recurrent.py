@@ -113,20 +113,22 @@ def test_float32_kernels_match_the_reference(compiled_backend, cell, hidden, B):
 
 @pytest.mark.parametrize("M, K, N", [(4, 8, 16), (7, 9, 35), (18, 20, 5), (1, 3, 2)])
 def test_numba_step_product_of_float32_matches_numpy(M, K, N):
-    """The float32 per-step product of the Numba kernels (no BLAS) on full and partial
-    blocks of rows and columns, against the float64 product."""
+    """The float32 per-step products of the Numba kernels (no BLAS): forward (blocks of 4
+    rows) and backward (dot products of rows, blocks of 4 rows and 2 columns), on full and
+    partial blocks of rows and columns, against the float64 product."""
     pytest.importorskip("numba")
-    from fastgd.backends.numba.recurrent import _small_matmul
+    from fastgd.backends.numba.recurrent import _small_matmul, _small_matmul_t
 
     rng = np.random.default_rng(M * 100 + N)
     A = rng.standard_normal((M, K)).astype(np.float32)
     B = rng.standard_normal((K, N)).astype(np.float32)
-    C = np.full((M, N), np.nan, dtype=np.float32)
-    _small_matmul(A, B, C)
     expected = A.astype(np.float64) @ B.astype(np.float64)
-    np.testing.assert_allclose(
-        C, expected, rtol=0, atol=1e-5 * np.sqrt(K) * np.abs(A).max() * np.abs(B).max()
-    )
+    for product, right in ((_small_matmul, B), (_small_matmul_t, np.ascontiguousarray(B.T))):
+        C = np.full((M, N), np.nan, dtype=np.float32)
+        product(A, right, C)
+        np.testing.assert_allclose(
+            C, expected, rtol=0, atol=1e-5 * np.sqrt(K) * np.abs(A).max() * np.abs(B).max()
+        )
 
 
 def _train(backend, cell, output, n_threads, X, y, lengths, **kw):

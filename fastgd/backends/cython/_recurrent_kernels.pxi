@@ -122,42 +122,55 @@ cdef inline void _mm(
     _gemm(tb, ta, N, M, K, B, ldb, A, lda, C, ldc)
 
 
-# the per-step products of float32 kernels skip BLAS while W_hh has at most this many
-# entries (32 KiB: it stays in L1 while 4 rows of C at a time pass over it; measured
-# 1.2-1.6x faster than OpenBLAS at hidden 32, slower at 128): the value of
-# fastgd.specs.recurrent.SMALL_PRODUCT (checked by the wrapper), as in the Numba kernels
+# the per-step products of float32 kernels skip BLAS while W_hh is small (OpenBLAS packs
+# W_hh again at every step): forward while it has at most SMALL_PRODUCT entries (32 KiB:
+# it stays in L1 while 4 rows of C at a time pass over it), backward, as dot products of
+# rows, while it has at most SMALL_BACKWARD_PRODUCT (256 KiB, half a core's L2): the values
+# of fastgd.specs.recurrent (checked by the wrapper), as in the Numba kernels
 cdef enum:
     SMALL_PRODUCT = 8192
+    SMALL_BACKWARD_PRODUCT = 65536
 
-RECURRENT_SMALL_PRODUCT = SMALL_PRODUCT
+RECURRENT_SMALL_PRODUCT = (SMALL_PRODUCT, SMALL_BACKWARD_PRODUCT)
 
 
 # the rational tanh of float32 kernels (fastgd.specs.recurrent.TANH_P, checked by the wrapper)
 RECURRENT_TANH = (9.0, (0.9999999975404305, 0.1308602606724582, 0.0031061615795704126, 1.117604580804453e-05, -2.0305364695052594e-08, 5.312259544516103e-11, -8.566427456752759e-14), (1.0, 0.46419355066248247, 0.024504089558936484, 0.00025492788649432354))
 
 
-cdef inline double _tanh_rational(double x) noexcept nogil:
-    """tanh as x P(x^2) / Q(x^2) (multiply-adds, a division, clamps: loops vectorize)."""
-    cdef double x2, p, q
-    x = min(max(x, -9.0), 9.0)
-    x2 = x * x
-    p = ((((((-8.566427456752759e-14 * x2 + 5.312259544516103e-11) * x2 + -2.0305364695052594e-08) * x2 + 1.117604580804453e-05) * x2
-          + 0.0031061615795704126) * x2 + 0.1308602606724582) * x2 + 0.9999999975404305) * x
-    q = ((0.00025492788649432354 * x2 + 0.024504089558936484) * x2 + 0.46419355066248247) * x2 + 1.0
-    return min(max(p / q, -1.0), 1.0)
+# tanh as x P(x^2) / Q(x^2) in float arithmetic (float constants: a double one would
+# promote the whole evaluation to double, half as many lanes per vector instruction):
+# multiply-adds, a division and clamps, so that the loops calling it vectorize
+cdef extern from *:
+    """
+    static inline float fastgd_tanh_rational(float x) {
+        float x2, p, q, y;
+        x = x < -9.0f ? -9.0f : (x > 9.0f ? 9.0f : x);
+        x2 = x * x;
+        p = ((((((-8.566427456752759e-14f * x2 + 5.312259544516103e-11f) * x2
+                 + -2.0305364695052594e-08f) * x2 + 1.117604580804453e-05f) * x2
+               + 0.0031061615795704126f) * x2 + 0.1308602606724582f) * x2
+             + 0.9999999975404305f) * x;
+        q = ((0.00025492788649432354f * x2 + 0.024504089558936484f) * x2
+             + 0.46419355066248247f) * x2 + 1.0f;
+        y = p / q;
+        return y < -1.0f ? -1.0f : (y > 1.0f ? 1.0f : y);
+    }
+    """
+    float fastgd_tanh_rational(float x) noexcept nogil
 
 
 cdef inline floating _th(floating x) noexcept nogil:
     """tanh: the rational function in float32, libm's in float64 (as the reference)."""
     if floating is float:
-        return <float>_tanh_rational(x)
+        return fastgd_tanh_rational(x)
     else:
         return tanh(x)
 
 
 cdef inline floating _sig(floating a) noexcept nogil:
     if floating is float:
-        return <float>(0.5 + 0.5 * _tanh_rational(0.5 * a))
+        return <float>0.5 + <float>0.5 * fastgd_tanh_rational(<float>0.5 * a)
     else:
         # 1 / (1 + exp(-a)): exp overflows to inf for a << 0, giving exactly 0, never NaN
         return 1.0 / (1.0 + _exp(-a))
@@ -230,15 +243,122 @@ cdef extern from *:
                              const float* B, float* C) noexcept nogil
 
 
+# Row-major C (M, N) = A (M, K) @ Bt (N, K)^T for the backward product of a step,
+# dA_h W_hh with Bt = W_hh^T (K = G h): dot products of rows, 4 rows of A x 2 rows of Bt at
+# a time, so that every loaded value serves 2 or 4 products. Each dot product keeps 8
+# partial sums (lane l adds the terms k = l mod 8, in order; a GCC/Clang vector of 8
+# floats, one register; plain arrays elsewhere), then adds them pairwise, then the last
+# K mod 8 terms: a fixed order, whatever the compiler.
+cdef extern from *:
+    """
+    #if defined(__GNUC__)
+    typedef float fastgd_v8 __attribute__((vector_size(32), aligned(4)));
+    #define FASTGD_V8_ZERO {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f}
+    #define FASTGD_V8(p) (*(const fastgd_v8 *)(p))
+    static inline float fastgd_v8_sum(fastgd_v8 v) {
+        return ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7]));
+    }
+    #endif
+
+    static float fastgd_dot_tail(const float *a, const float *b, Py_ssize_t k0, Py_ssize_t K,
+                                 float s) {
+        for (Py_ssize_t k = k0; k < K; k++) s += a[k] * b[k];
+        return s;
+    }
+
+    static float fastgd_dot(const float *a, const float *b, Py_ssize_t K) {
+        Py_ssize_t k = 0, K8 = K - K % 8;
+    #if defined(__GNUC__)
+        fastgd_v8 s = FASTGD_V8_ZERO;
+        for (; k < K8; k += 8) s += FASTGD_V8(a + k) * FASTGD_V8(b + k);
+        return fastgd_dot_tail(a, b, K8, K, fastgd_v8_sum(s));
+    #else
+        float s[8] = {0.0f}, t;
+        for (; k < K8; k += 8)
+            for (int l = 0; l < 8; l++) s[l] += a[k + l] * b[k + l];
+        t = ((s[0] + s[4]) + (s[2] + s[6])) + ((s[1] + s[5]) + (s[3] + s[7]));
+        return fastgd_dot_tail(a, b, K8, K, t);
+    #endif
+    }
+
+    #if defined(__GNUC__)
+    __attribute__((noinline))  /* its own registers: inlined into the chunk pass, it spilled */
+    #endif
+    static void fastgd_small_matmul_t(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
+                                      const float *restrict A, const float *restrict Bt,
+                                      float *restrict C) {
+        Py_ssize_t i, q, M4 = M - M % 4, N2 = N - N % 2;
+    #if defined(__GNUC__)
+        Py_ssize_t k, K8 = K - K % 8;
+        for (i = 0; i < M4; i += 4) {
+            const float *a0 = A + i * K, *a1 = a0 + K, *a2 = a1 + K, *a3 = a2 + K;
+            for (q = 0; q < N2; q += 2) {
+                const float *b0 = Bt + q * K, *b1 = b0 + K;
+                fastgd_v8 s00 = FASTGD_V8_ZERO, s01 = FASTGD_V8_ZERO, s10 = FASTGD_V8_ZERO,
+                          s11 = FASTGD_V8_ZERO, s20 = FASTGD_V8_ZERO, s21 = FASTGD_V8_ZERO,
+                          s30 = FASTGD_V8_ZERO, s31 = FASTGD_V8_ZERO;
+                for (k = 0; k < K8; k += 8) {
+                    const fastgd_v8 y0 = FASTGD_V8(b0 + k), y1 = FASTGD_V8(b1 + k);
+                    fastgd_v8 x = FASTGD_V8(a0 + k);
+                    s00 += x * y0; s01 += x * y1;
+                    x = FASTGD_V8(a1 + k);
+                    s10 += x * y0; s11 += x * y1;
+                    x = FASTGD_V8(a2 + k);
+                    s20 += x * y0; s21 += x * y1;
+                    x = FASTGD_V8(a3 + k);
+                    s30 += x * y0; s31 += x * y1;
+                }
+                C[i * N + q] = fastgd_dot_tail(a0, b0, K8, K, fastgd_v8_sum(s00));
+                C[i * N + q + 1] = fastgd_dot_tail(a0, b1, K8, K, fastgd_v8_sum(s01));
+                C[(i + 1) * N + q] = fastgd_dot_tail(a1, b0, K8, K, fastgd_v8_sum(s10));
+                C[(i + 1) * N + q + 1] = fastgd_dot_tail(a1, b1, K8, K, fastgd_v8_sum(s11));
+                C[(i + 2) * N + q] = fastgd_dot_tail(a2, b0, K8, K, fastgd_v8_sum(s20));
+                C[(i + 2) * N + q + 1] = fastgd_dot_tail(a2, b1, K8, K, fastgd_v8_sum(s21));
+                C[(i + 3) * N + q] = fastgd_dot_tail(a3, b0, K8, K, fastgd_v8_sum(s30));
+                C[(i + 3) * N + q + 1] = fastgd_dot_tail(a3, b1, K8, K, fastgd_v8_sum(s31));
+            }
+        }
+    #else
+        M4 = 0, N2 = 0;  /* every entry as one dot product */
+    #endif
+        for (i = 0; i < M; i++)  /* the last rows and columns */
+            for (q = (i < M4 ? N2 : 0); q < N; q++)
+                C[i * N + q] = fastgd_dot(A + i * K, Bt + q * K, K);
+    }
+    """
+    void fastgd_small_matmul_t(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A,
+                               const float* Bt, float* C) noexcept nogil
+
+
 cdef inline void _step_product(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* A,
                                const floating* B, floating* C) noexcept nogil:
-    """A step's recurrent product ``C = A @ B`` (row-major, contiguous): float32 with a
-    small ``B`` (``W_hh`` fits in L1: SMALL_PRODUCT entries) by
-    ``fastgd_small_matmul``, else BLAS."""
+    """A step's forward product ``C = A @ B`` (row-major, contiguous; ``B = W_hh^T``):
+    float32 with a small ``B`` (SMALL_PRODUCT entries) by ``fastgd_small_matmul``, else
+    BLAS."""
     if floating is float and K * N <= SMALL_PRODUCT:
         fastgd_small_matmul(M, N, K, A, B, C)
     else:
         _mm(c'N', c'N', M, N, K, A, K, B, N, C, N)
+
+
+cdef inline void _step_product_t(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* A,
+                                 const floating* Bt, floating* C) noexcept nogil:
+    """A step's backward product ``C = A @ Bt^T`` (row-major, contiguous; ``Bt = W_hh^T``,
+    (N, K)): float32 with ``K N <= SMALL_BACKWARD_PRODUCT`` by ``fastgd_small_matmul_t``,
+    else BLAS."""
+    if floating is float and K * N <= SMALL_BACKWARD_PRODUCT:
+        fastgd_small_matmul_t(M, N, K, A, Bt, C)
+    else:
+        _mm(c'N', c'T', M, N, K, A, K, Bt, K, C, N)
+
+
+cdef void _transpose_into(const floating* W, Py_ssize_t rows, Py_ssize_t cols,
+                          floating* W_t) noexcept nogil:
+    """``W_t`` (cols, rows) = ``W`` (rows, cols) transposed, row-major."""
+    cdef Py_ssize_t q, u
+    for q in range(rows):
+        for u in range(cols):
+            W_t[u * rows + q] = W[q * cols + u]
 
 
 # ---------------------------------------------------------------------------------------
@@ -279,6 +399,7 @@ cdef void _rnn_step(const Rnn* rn, const floating* params, floating* buf, Py_ssi
     cdef floating* h_prev
     cdef floating* h_new
     cdef floating c, a, rg, zg, hn, cand
+    cdef floating one = 1.0  # not the double 1.0: float32 kernels stay in float
     for j in range(r):
         g, p = gates + j * gh, tmp + j * gh
         h_prev, h_new = H + (t * r + j) * n, H + ((t + 1) * r + j) * n
@@ -311,7 +432,7 @@ cdef void _rnn_step(const Rnn* rn, const floating* params, floating* buf, Py_ssi
                 cand = _th(g[2 * n + u] + bi[2 * n + u] + rg * hn)
                 g[u], g[n + u], g[2 * n + u] = rg, zg, cand
                 aux[j * n + u] = hn
-                h_new[u] = (1.0 - zg) * cand + zg * h_prev[u]
+                h_new[u] = (one - zg) * cand + zg * h_prev[u]
         else:
             for u in range(n):
                 h_new[u] = _th(g[u] + bi[u] + p[u] + bh[u])
@@ -339,9 +460,7 @@ cdef void _rnn_layer_forward(const Rnn* rn, const floating* params, floating* bu
         H[q] = 0.0
         if rn.cell == CELL_LSTM:
             buf[_ws_layer(rn, WS_C, l) + q] = 0.0
-    for q in range(gh):
-        for u in range(n):
-            W_t[u * gh + q] = W_hh[q * n + u]
+    _transpose_into(W_hh, gh, n, W_t)
     for t in range(longest):
         _step_product(r, gh, n, H + t * r * n, W_t, tmp)
         _rnn_step(rn, params, buf, l, t, r, lens)
@@ -471,6 +590,7 @@ cdef void _rnn_grad_step(const Rnn* rn, floating* buf, Py_ssize_t l, Py_ssize_t 
     cdef const floating* C = buf + _ws_layer(rn, WS_C, l)
     cdef const floating* aux = buf + _ws_layer(rn, WS_AUX, l) + t * r * n
     cdef floating i_, f_, g_, o_, tc, d, rg, zg, cand, da_n, da_r, da_z, h
+    cdef floating one = 1.0  # not the double 1.0: float32 kernels stay in float
     for j in range(r):
         g = buf + _ws_layer(rn, WS_GATES, l) + (t * r + j) * gh
         gd = buf + _ws_layer(rn, WS_DAH, l) + (t * r + j) * gh
@@ -480,30 +600,35 @@ cdef void _rnn_grad_step(const Rnn* rn, floating* buf, Py_ssize_t l, Py_ssize_t 
                 gd[q] = 0.0
             continue
         if rn.cell == CELL_LSTM:
+            # three loops of few arrays each, so that each vectorizes; dc holds
+            # dloss/dc_t between the first and the last
             for u in range(n):
-                i_, f_, g_, o_ = g[u], g[n + u], g[2 * n + u], g[3 * n + u]
-                tc = aux[j * n + u]
-                d = dc[j * n + u] + dh[j * n + u] * o_ * (1.0 - tc * tc)
-                g[u] = d * g_ * i_ * (1.0 - i_)
-                g[n + u] = d * C[(t * r + j) * n + u] * f_ * (1.0 - f_)
-                g[2 * n + u] = d * i_ * (1.0 - g_ * g_)
-                g[3 * n + u] = dh[j * n + u] * tc * o_ * (1.0 - o_)
-                dc[j * n + u] = d * f_
+                o_, tc = g[3 * n + u], aux[j * n + u]
+                dc[j * n + u] = dc[j * n + u] + dh[j * n + u] * o_ * (one - tc * tc)
+            for u in range(n):
+                o_, tc = g[3 * n + u], aux[j * n + u]
+                g[3 * n + u] = dh[j * n + u] * tc * o_ * (one - o_)
                 dh[j * n + u] = 0.0
+            for u in range(n):
+                i_, f_, g_, d = g[u], g[n + u], g[2 * n + u], dc[j * n + u]
+                g[u] = d * g_ * i_ * (one - i_)
+                g[n + u] = d * C[(t * r + j) * n + u] * f_ * (one - f_)
+                g[2 * n + u] = d * i_ * (one - g_ * g_)
+                dc[j * n + u] = d * f_
         elif rn.cell == CELL_GRU:
             for u in range(n):
                 rg, zg, cand = g[u], g[n + u], g[2 * n + u]
                 d = dh[j * n + u]
-                da_n = d * (1.0 - zg) * (1.0 - cand * cand)
-                da_r = da_n * aux[j * n + u] * rg * (1.0 - rg)
-                da_z = d * (H[(t * r + j) * n + u] - cand) * zg * (1.0 - zg)
+                da_n = d * (one - zg) * (one - cand * cand)
+                da_r = da_n * aux[j * n + u] * rg * (one - rg)
+                da_z = d * (H[(t * r + j) * n + u] - cand) * zg * (one - zg)
                 g[u], g[n + u], g[2 * n + u] = da_r, da_z, da_n
                 gd[u], gd[n + u], gd[2 * n + u] = da_r, da_z, da_n * rg
                 dh[j * n + u] = d * zg
         else:
             for u in range(n):
                 h = H[((t + 1) * r + j) * n + u]
-                g[u] = dh[j * n + u] * (1.0 - h * h)
+                g[u] = dh[j * n + u] * (one - h * h)
                 dh[j * n + u] = 0.0
 
 
@@ -518,9 +643,10 @@ cdef void _rnn_layer_backward(const Rnn* rn, const floating* params, floating* G
     cdef floating* dh = buf + rn.ws[WS_DH]
     cdef floating* dc = buf + rn.ws[WS_DC]
     cdef floating* tmp_h = buf + rn.ws[WS_TMP_H]
-    cdef const floating* W_hh = params + _w_hh(rn, l)
+    cdef floating* W_t = buf + rn.ws[WS_W_T]
     cdef floating* dAh = buf + _ws_layer(rn, WS_DAH, l)
     cdef floating* dA = buf + _ws_layer(rn, WS_GATES, l)
+    _transpose_into(params + _w_hh(rn, l), gh, n, W_t)  # again: the layers share w_t
     for q in range(r * n):
         dh[q] = 0.0 if per_step else d_top[q]
         dc[q] = 0.0
@@ -529,7 +655,7 @@ cdef void _rnn_layer_backward(const Rnn* rn, const floating* params, floating* G
             for q in range(r * n):
                 dh[q] += d_top[t * r * n + q]
         _rnn_grad_step(rn, buf, l, t, r, lens, dh, dc)
-        _step_product(r, n, gh, dAh + t * r * gh, W_hh, tmp_h)
+        _step_product_t(r, n, gh, dAh + t * r * gh, W_t, tmp_h)  # dA_h W_hh
         for q in range(r * n):
             dh[q] += tmp_h[q]
     # every step's weight gradients in one product each, the bias sums, the layer below
@@ -538,7 +664,10 @@ cdef void _rnn_layer_backward(const Rnn* rn, const floating* params, floating* G
     _mm(c'T', c'N', gh, n, longest * r, dAh, gh, buf + _ws_layer(rn, WS_H, l), n,
         G + _w_hh(rn, l), n)
     _col_sums(dA, longest * r, gh, G + _b_ih(rn, l))
-    _col_sums(dAh, longest * r, gh, G + _b_hh(rn, l))
+    if rn.cell == CELL_GRU:
+        _col_sums(dAh, longest * r, gh, G + _b_hh(rn, l))
+    else:  # LSTM, tanh: dA_h is dA, the two bias gradients are equal
+        memcpy(G + _b_hh(rn, l), G + _b_ih(rn, l), gh * sizeof(floating))
     if l > 0:
         _mm(c'N', c'N', longest * r, n, gh, dA, gh, params + _w_ih(rn, l), n,
             buf + rn.ws[WS_D_IN0 if l % 2 == 0 else WS_D_IN1], n)

@@ -23,7 +23,10 @@ sequences through the whole pass with no barrier between steps:
 The chunks' gradient rows are then added in chunk order (results are bit-identical for any
 thread count) and the update of every model kind applies (:mod:`.update`). Workspaces are
 laid out ``[t][row][unit]`` so that every per-step block is a contiguous matrix; the matrix
-products go to BLAS (``np.dot`` with an output array, BLAS pinned to one thread).
+products go to BLAS (``np.dot`` with an output array, BLAS pinned to one thread), except,
+in float32, the two products of every step while ``W_hh`` is small (own loops, see
+:data:`fastgd.specs.recurrent.SMALL_PRODUCT`). The elementwise gate loops index a gate
+block as ``[t, j, k, u]`` (:func:`_gate_view`) so that they vectorize.
 """
 
 import contextlib
@@ -154,21 +157,28 @@ def _param_mat(params, offset, rows, cols):
     return params[offset : offset + rows * cols].reshape((rows, cols))
 
 
-P0, P1, P2, P3, P4, P5, P6 = rec.TANH_P
-Q0, Q1, Q2, Q3 = rec.TANH_Q
-CLAMP = rec.TANH_CLAMP
-SMALL_PRODUCT = rec.SMALL_PRODUCT
+# the coefficients of :data:`fastgd.specs.recurrent.TANH_P` as float32 constants: float32
+# kernels evaluate the rational tanh in float32 (a float64 constant would promote every
+# operation to float64, with half as many lanes per vector instruction)
+_F32 = np.float32
+P0, P1, P2, P3, P4, P5, P6 = (_F32(p) for p in rec.TANH_P)
+Q0, Q1, Q2, Q3 = (_F32(q) for q in rec.TANH_Q)
+# ONE replaces the literal 1.0 in the gate loops: 1.0 is a float64, which made float32
+# kernels compute them in float64 (in float64 kernels ONE is exactly 1.0)
+CLAMP, ONE, HALF = _F32(rec.TANH_CLAMP), _F32(1.0), _F32(0.5)
+SMALL_PRODUCT, SMALL_BACKWARD_PRODUCT = rec.SMALL_PRODUCT, rec.SMALL_BACKWARD_PRODUCT
 
 
 @njit(**NUMBA_OPTIONS)
 def _tanh_rational(x):
-    """tanh as the rational function of :data:`fastgd.specs.recurrent.TANH_P`: only
-    multiply-adds, a division and clamps, so that the loops calling it vectorize."""
+    """tanh of a float32 ``x`` as the rational function of
+    :data:`fastgd.specs.recurrent.TANH_P`, in float32: only multiply-adds, a division and
+    clamps, so that the loops calling it vectorize."""
     x = min(max(x, -CLAMP), CLAMP)
     x2 = x * x
     p = ((((((P6 * x2 + P5) * x2 + P4) * x2 + P3) * x2 + P2) * x2 + P1) * x2 + P0) * x
     q = ((Q3 * x2 + Q2) * x2 + Q1) * x2 + Q0
-    return min(max(p / q, -1.0), 1.0)
+    return min(max(p / q, -ONE), ONE)
 
 
 def _th(x, like):
@@ -205,24 +215,102 @@ def _overload_th(x, like):
 @overload(_sigmoid, jit_options=_INLINE_OPTIONS)
 def _overload_sigmoid(a, like):
     if _is_single(like):
-        return lambda a, like: 0.5 + 0.5 * _tanh_rational(0.5 * a)
+        return lambda a, like: HALF + HALF * _tanh_rational(HALF * a)
     # 1 / (1 + exp(-a)): exp overflows to inf for a << 0, giving exactly 0, never NaN
     return lambda a, like: 1.0 / (1.0 + math.exp(-a))
+
+
+def _zero(like):
+    """0 of the dtype of ``like`` (a float32 accumulator stays float32)."""
+    raise NotImplementedError("compiled only")
+
+
+@overload(_zero, jit_options=_INLINE_OPTIONS)
+def _overload_zero(like):
+    if _is_single(like):
+        return lambda like: np.float32(0.0)
+    return lambda like: 0.0
 
 
 @njit(**NUMBA_OPTIONS)
 def _column_sums(block, out, offset):
     """``out[offset + j] = sum of block[:, j]``, rows added in order."""
     rows, n = block.shape
+    sums = out[offset : offset + n]  # a view: its index j is never negative (see _gate_view)
     for j in range(n):
-        out[offset + j] = 0.0
+        sums[j] = 0.0
     for r in range(rows):
         for j in range(n):
-            out[offset + j] += block[r, j]
+            sums[j] += block[r, j]
+
+
+@njit(**NUMBA_OPTIONS)
+def _gate_view(buf, offset, steps, rows, gates, n):
+    """The gate blocks at ``offset`` as (steps, rows, gates, n): gate ``k`` of unit ``u``
+    is ``[t, j, k, u]``. Inner loops index it with ``u`` alone, never with ``k * n + u``:
+    Numba wraps negative indices, and it cannot tell that such a sum is non-negative, so
+    the select it adds for the wrap kept those loops from vectorizing (3-4x slower)."""
+    return buf[offset : offset + steps * rows * gates * n].reshape((steps, rows, gates, n))
+
+
+@njit(**NUMBA_OPTIONS)
+def _bias_view(params, offset, gates, n):
+    """A bias vector as (gates, n), see :func:`_gate_view`."""
+    return params[offset : offset + gates * n].reshape((gates, n))
 
 
 # ---------------------------------------------------------------------------------------
 # the per-step recurrent products
+
+
+@njit(**NUMBA_OPTIONS)
+def _dots_4x2(A, Bt, C, i, q):
+    """``C[i:i + 4, q:q + 2]`` of ``C = A @ Bt.T``: eight dot products over k at once,
+    each into a scalar accumulator (a register, never memory that could overlap A or Bt),
+    which LLVM vectorizes as reductions: rows of A and Bt are read contiguously and every
+    loaded value serves two or four products."""
+    a0, a1, a2, a3 = A[i], A[i + 1], A[i + 2], A[i + 3]
+    b0, b1 = Bt[q], Bt[q + 1]
+    s00 = s01 = s10 = s11 = s20 = s21 = s30 = s31 = _zero(C)
+    for k in range(A.shape[1]):
+        y0, y1 = b0[k], b1[k]
+        s00 += a0[k] * y0
+        s01 += a0[k] * y1
+        s10 += a1[k] * y0
+        s11 += a1[k] * y1
+        s20 += a2[k] * y0
+        s21 += a2[k] * y1
+        s30 += a3[k] * y0
+        s31 += a3[k] * y1
+    C[i, q], C[i, q + 1], C[i + 1, q], C[i + 1, q + 1] = s00, s01, s10, s11
+    C[i + 2, q], C[i + 2, q + 1], C[i + 3, q], C[i + 3, q + 1] = s20, s21, s30, s31
+
+
+@njit(**NUMBA_OPTIONS)
+def _dot_one(A, Bt, C, i, q):
+    """``C[i, q]`` of ``C = A @ Bt.T`` alone (the last rows and columns)."""
+    a, b = A[i], Bt[q]
+    total = _zero(C)
+    for k in range(A.shape[1]):
+        total += a[k] * b[k]
+    C[i, q] = total
+
+
+@njit(**NUMBA_OPTIONS)
+def _small_matmul_t(A, Bt, C):
+    """``C = A @ Bt.T`` for a step's backward product ``dA_h W_hh`` (``r`` rows of gate
+    gradients, ``Bt = W_hh^T`` row-major), without BLAS, as dot products of rows of
+    length ``G h`` (:func:`_dots_4x2`): 1.5-2x faster than OpenBLAS, which packs ``W_hh``
+    again at every call, and than :func:`_small_matmul`, whose rows of ``C`` (only ``h``
+    wide here) go through memory at every pair of k."""
+    M, N = C.shape
+    M4, N2 = M - M % 4, N - N % 2
+    for i in range(0, M4, 4):
+        for q in range(0, N2, 2):
+            _dots_4x2(A, Bt, C, i, q)
+    for i in range(M):
+        for q in range(N2 if i < M4 else 0, N):
+            _dot_one(A, Bt, C, i, q)
 
 
 @njit(**NUMBA_OPTIONS)
@@ -275,13 +363,13 @@ def _small_matmul(A, B, C):
                 C[i, q] += a * B[k, q]
 
 
-def _recurrent_product(A, B, C):
-    """``C = A @ B`` (C-contiguous): a step's recurrent product; see the overload."""
+def _forward_product(A, B, C):
+    """``C = A @ B`` (C-contiguous): a step's ``h_{t-1} W_hh^T``; see the overload."""
     raise NotImplementedError("compiled only")
 
 
-@overload(_recurrent_product, jit_options=_INLINE_OPTIONS)
-def _overload_recurrent_product(A, B, C):
+@overload(_forward_product, jit_options=_INLINE_OPTIONS)
+def _overload_forward_product(A, B, C):
     if not _is_single(C):
         return lambda A, B, C: np.dot(A, B, C)
 
@@ -292,6 +380,33 @@ def _overload_recurrent_product(A, B, C):
             np.dot(A, B, C)
 
     return product
+
+
+def _backward_product(A, Bt, C):
+    """``C = A @ Bt.T`` (C-contiguous): a step's ``dA_h W_hh``; see the overload."""
+    raise NotImplementedError("compiled only")
+
+
+@overload(_backward_product, jit_options=_INLINE_OPTIONS)
+def _overload_backward_product(A, Bt, C):
+    if not _is_single(C):
+        return lambda A, Bt, C: np.dot(A, Bt.T, C)
+
+    def product(A, Bt, C):  # float32: no BLAS while W_hh fits in half of L2
+        if Bt.size <= SMALL_BACKWARD_PRODUCT:
+            _small_matmul_t(A, Bt, C)
+        else:
+            np.dot(A, Bt.T, C)
+
+    return product
+
+
+@njit(**NUMBA_OPTIONS)
+def _transpose(W, W_t):
+    """``W_t = W.T``, row-major."""
+    for q in range(W.shape[0]):
+        for u in range(W.shape[1]):
+            W_t[u, q] = W[q, u]
 
 
 @njit(**NUMBA_OPTIONS)
@@ -324,58 +439,61 @@ def _gather(lay, data, buf, lens, batch, lo, r):
 @njit(**NUMBA_OPTIONS)
 def _lstm_step(lay, params, buf, layer, t, r, lens, longest):
     """Gates and state of step ``t`` of every row, from the projections and ``tmp``."""
-    n, g4 = lay.hidden, 4 * lay.hidden
-    gates = _cube(buf, lay.gates[layer], longest, r, g4)[t]
+    n = lay.hidden
+    gates = _gate_view(buf, lay.gates[layer], longest, r, 4, n)[t]
     H = _cube(buf, lay.H[layer], longest + 1, r, n)
     C = _cube(buf, lay.C[layer], longest + 1, r, n)
     tanh_c = _cube(buf, lay.aux[layer], longest, r, n)[t]
-    tmp = _mat(buf, lay.tmp, r, g4)
-    bi, bh = lay.b_ih[layer], lay.b_hh[layer]
+    tmp = _gate_view(buf, lay.tmp, 1, r, 4, n)[0]
+    bi, bh = _bias_view(params, lay.b_ih[layer], 4, n), _bias_view(params, lay.b_hh[layer], 4, n)
     for j in range(r):
         if t >= lens[j]:  # padding: carry the state
             for u in range(n):
                 H[t + 1, j, u] = H[t, j, u]
                 C[t + 1, j, u] = C[t, j, u]
             continue
-        for q in range(g4):
-            gates[j, q] = gates[j, q] + tmp[j, q] + (params[bi + q] + params[bh + q])
-        # one simple loop per activation (no branch per unit): they vectorize
-        for q in range(2 * n):
-            gates[j, q] = _sigmoid(gates[j, q], buf)
-        for q in range(2 * n, 3 * n):
-            gates[j, q] = _th(gates[j, q], buf)
-        for q in range(3 * n, g4):
-            gates[j, q] = _sigmoid(gates[j, q], buf)
+        # simple loops of few arrays each, so that every one vectorizes (one fused loop
+        # over all of them did not: too many possible overlaps for LLVM to check)
+        for k in range(4):
+            for u in range(n):
+                gates[j, k, u] = gates[j, k, u] + tmp[j, k, u] + (bi[k, u] + bh[k, u])
+        for k in (0, 1, 3):
+            for u in range(n):
+                gates[j, k, u] = _sigmoid(gates[j, k, u], buf)
         for u in range(n):
-            c = gates[j, n + u] * C[t, j, u] + gates[j, u] * gates[j, 2 * n + u]
-            C[t + 1, j, u] = c
-            tc = _th(c, buf)
-            tanh_c[j, u] = tc
-            H[t + 1, j, u] = gates[j, 3 * n + u] * tc
+            gates[j, 2, u] = _th(gates[j, 2, u], buf)
+        for u in range(n):
+            C[t + 1, j, u] = gates[j, 1, u] * C[t, j, u] + gates[j, 0, u] * gates[j, 2, u]
+        for u in range(n):
+            tanh_c[j, u] = _th(C[t + 1, j, u], buf)
+        for u in range(n):
+            H[t + 1, j, u] = gates[j, 3, u] * tanh_c[j, u]
 
 
 @njit(**NUMBA_OPTIONS)
 def _gru_step(lay, params, buf, layer, t, r, lens, longest):
     """GRU gates (r, z, n stored), ``hn`` and the state of step ``t``."""
     n = lay.hidden
-    gates = _cube(buf, lay.gates[layer], longest, r, 3 * n)[t]
+    gates = _gate_view(buf, lay.gates[layer], longest, r, 3, n)[t]
     H = _cube(buf, lay.H[layer], longest + 1, r, n)
     hn_t = _cube(buf, lay.aux[layer], longest, r, n)[t]
-    tmp = _mat(buf, lay.tmp, r, 3 * n)
-    bi, bh = lay.b_ih[layer], lay.b_hh[layer]
+    tmp = _gate_view(buf, lay.tmp, 1, r, 3, n)[0]
+    bi, bh = _bias_view(params, lay.b_ih[layer], 3, n), _bias_view(params, lay.b_hh[layer], 3, n)
     for j in range(r):
         if t >= lens[j]:
             for u in range(n):
                 H[t + 1, j, u] = H[t, j, u]
             continue
+        for k in range(2):
+            for u in range(n):
+                gates[j, k, u] = _sigmoid(gates[j, k, u] + bi[k, u] + tmp[j, k, u] + bh[k, u], buf)  # fmt: skip
         for u in range(n):
-            rg = _sigmoid(gates[j, u] + params[bi + u] + tmp[j, u] + params[bh + u], buf)
-            zg = _sigmoid(gates[j, n + u] + params[bi + n + u] + tmp[j, n + u] + params[bh + n + u], buf)  # fmt: skip
-            hn = tmp[j, 2 * n + u] + params[bh + 2 * n + u]
-            cand = _th(gates[j, 2 * n + u] + params[bi + 2 * n + u] + rg * hn, buf)
-            gates[j, u], gates[j, n + u], gates[j, 2 * n + u] = rg, zg, cand
-            hn_t[j, u] = hn
-            H[t + 1, j, u] = (1.0 - zg) * cand + zg * H[t, j, u]
+            hn_t[j, u] = tmp[j, 2, u] + bh[2, u]
+        for u in range(n):
+            gates[j, 2, u] = _th(gates[j, 2, u] + bi[2, u] + gates[j, 0, u] * hn_t[j, u], buf)
+        for u in range(n):
+            zg = gates[j, 1, u]
+            H[t + 1, j, u] = (ONE - zg) * gates[j, 2, u] + zg * H[t, j, u]
 
 
 @njit(**NUMBA_OPTIONS)
@@ -384,14 +502,14 @@ def _tanh_step(lay, params, buf, layer, t, r, lens, longest):
     gates = _cube(buf, lay.gates[layer], longest, r, n)[t]
     H = _cube(buf, lay.H[layer], longest + 1, r, n)
     tmp = _mat(buf, lay.tmp, r, n)
-    bi, bh = lay.b_ih[layer], lay.b_hh[layer]
+    bi, bh = params[lay.b_ih[layer] : lay.b_ih[layer] + n], params[lay.b_hh[layer] : lay.b_hh[layer] + n]  # fmt: skip
     for j in range(r):
         if t >= lens[j]:
             for u in range(n):
                 H[t + 1, j, u] = H[t, j, u]
             continue
         for u in range(n):
-            H[t + 1, j, u] = _th(gates[j, u] + params[bi + u] + tmp[j, u] + params[bh + u], buf)
+            H[t + 1, j, u] = _th(gates[j, u] + bi[u] + tmp[j, u] + bh[u], buf)
 
 
 @njit(**NUMBA_OPTIONS)
@@ -420,11 +538,9 @@ def _layer_forward(lay, params, buf, layer, r, lens, longest):
                 C[0, j, u] = 0.0
     tmp = _mat(buf, lay.tmp, r, gh)
     W_t = _mat(buf, lay.w_t, n, gh)  # W_hh^T row-major: the product's B operand
-    for q in range(gh):
-        for u in range(n):
-            W_t[u, q] = W_hh[q, u]
+    _transpose(W_hh, W_t)
     for t in range(longest):
-        _recurrent_product(H[t], W_t, tmp)
+        _forward_product(H[t], W_t, tmp)
         if lay.cell == LSTM:
             _lstm_step(lay, params, buf, layer, t, r, lens, longest)
         elif lay.cell == GRU:
@@ -540,24 +656,30 @@ def _lstm_grad_step(lay, buf, layer, t, r, lens, longest, dh, dc):
     """Gate gradients of step ``t`` (over the stored gates); ``dh`` keeps only the part
     that does not go through ``W_hh`` (0, or all of it at a padded step)."""
     n = lay.hidden
-    gates = _cube(buf, lay.gates[layer], longest, r, 4 * n)[t]
+    gates = _gate_view(buf, lay.gates[layer], longest, r, 4, n)[t]
     C = _cube(buf, lay.C[layer], longest + 1, r, n)
     tanh_c = _cube(buf, lay.aux[layer], longest, r, n)[t]
     for j in range(r):
         if t >= lens[j]:
-            for q in range(4 * n):
-                gates[j, q] = 0.0
+            for k in range(4):
+                for u in range(n):
+                    gates[j, k, u] = 0.0
             continue
+        # three loops of few arrays each, so that each vectorizes (see _lstm_step);
+        # dc holds dloss/dc_t between the first and the last
         for u in range(n):
-            i, f, g, o = gates[j, u], gates[j, n + u], gates[j, 2 * n + u], gates[j, 3 * n + u]
-            tc = tanh_c[j, u]
-            d = dc[j, u] + dh[j, u] * o * (1.0 - tc * tc)
-            gates[j, u] = d * g * i * (1.0 - i)
-            gates[j, n + u] = d * C[t, j, u] * f * (1.0 - f)
-            gates[j, 2 * n + u] = d * i * (1.0 - g * g)
-            gates[j, 3 * n + u] = dh[j, u] * tc * o * (1.0 - o)
-            dc[j, u] = d * f
+            o, tc = gates[j, 3, u], tanh_c[j, u]
+            dc[j, u] = dc[j, u] + dh[j, u] * o * (ONE - tc * tc)
+        for u in range(n):
+            o, tc = gates[j, 3, u], tanh_c[j, u]
+            gates[j, 3, u] = dh[j, u] * tc * o * (ONE - o)
             dh[j, u] = 0.0
+        for u in range(n):
+            i, f, g, d = gates[j, 0, u], gates[j, 1, u], gates[j, 2, u], dc[j, u]
+            gates[j, 0, u] = d * g * i * (ONE - i)
+            gates[j, 1, u] = d * C[t, j, u] * f * (ONE - f)
+            gates[j, 2, u] = d * i * (ONE - g * g)
+            dc[j, u] = d * f
 
 
 @njit(**NUMBA_OPTIONS)
@@ -565,24 +687,25 @@ def _gru_grad_step(lay, buf, layer, t, r, lens, longest, dh):
     """GRU gate gradients: input side over the gates, hidden side in ``dah``; ``dh``
     keeps the direct term ``dh * z``."""
     n = lay.hidden
-    gates = _cube(buf, lay.gates[layer], longest, r, 3 * n)[t]
-    dah = _cube(buf, lay.dah[layer], longest, r, 3 * n)[t]
+    gates = _gate_view(buf, lay.gates[layer], longest, r, 3, n)[t]
+    dah = _gate_view(buf, lay.dah[layer], longest, r, 3, n)[t]
     H = _cube(buf, lay.H[layer], longest + 1, r, n)
     hn_t = _cube(buf, lay.aux[layer], longest, r, n)[t]
     for j in range(r):
         if t >= lens[j]:
-            for q in range(3 * n):
-                gates[j, q] = 0.0
-                dah[j, q] = 0.0
+            for k in range(3):
+                for u in range(n):
+                    gates[j, k, u] = 0.0
+                    dah[j, k, u] = 0.0
             continue
         for u in range(n):
-            rg, zg, cand = gates[j, u], gates[j, n + u], gates[j, 2 * n + u]
+            rg, zg, cand = gates[j, 0, u], gates[j, 1, u], gates[j, 2, u]
             d = dh[j, u]
-            da_n = d * (1.0 - zg) * (1.0 - cand * cand)
-            da_r = da_n * hn_t[j, u] * rg * (1.0 - rg)
-            da_z = d * (H[t, j, u] - cand) * zg * (1.0 - zg)
-            gates[j, u], gates[j, n + u], gates[j, 2 * n + u] = da_r, da_z, da_n
-            dah[j, u], dah[j, n + u], dah[j, 2 * n + u] = da_r, da_z, da_n * rg
+            da_n = d * (ONE - zg) * (ONE - cand * cand)
+            da_r = da_n * hn_t[j, u] * rg * (ONE - rg)
+            da_z = d * (H[t, j, u] - cand) * zg * (ONE - zg)
+            gates[j, 0, u], gates[j, 1, u], gates[j, 2, u] = da_r, da_z, da_n
+            dah[j, 0, u], dah[j, 1, u], dah[j, 2, u] = da_r, da_z, da_n * rg
             dh[j, u] = d * zg
 
 
@@ -598,7 +721,7 @@ def _tanh_grad_step(lay, buf, layer, t, r, lens, longest, dh):
             continue
         for u in range(n):
             h = H[t + 1, j, u]
-            gates[j, u] = dh[j, u] * (1.0 - h * h)
+            gates[j, u] = dh[j, u] * (ONE - h * h)
             dh[j, u] = 0.0
 
 
@@ -615,6 +738,8 @@ def _layer_backward(lay, params, G, buf, layer, r, lens, longest, d_top):
             dh[j, u] = 0.0 if per_step else d_top[j, u]
             dc[j, u] = 0.0
     W_hh = _param_mat(params, lay.w_hh[layer], gh, n)
+    W_t = _mat(buf, lay.w_t, n, gh)  # W_hh^T row-major again (the layers share w_t)
+    _transpose(W_hh, W_t)
     dAh = _cube(buf, lay.dah[layer], longest, r, gh)
     for t in range(longest - 1, -1, -1):
         if per_step:
@@ -627,7 +752,7 @@ def _layer_backward(lay, params, G, buf, layer, r, lens, longest, d_top):
             _gru_grad_step(lay, buf, layer, t, r, lens, longest, dh)
         else:
             _tanh_grad_step(lay, buf, layer, t, r, lens, longest, dh)
-        _recurrent_product(dAh[t], W_hh, tmp_h)
+        _backward_product(dAh[t], W_t, tmp_h)  # dA_h W_hh
         for j in range(r):
             for u in range(n):
                 dh[j, u] += tmp_h[j, u]
@@ -646,7 +771,11 @@ def _weight_gradients(lay, params, G, buf, layer, r, longest, n_in):
     h_prev = _mat(buf, lay.H[layer], longest * r, n)  # h_{t-1}: states 0 .. T_c - 1
     np.dot(dAh.T, h_prev, _param_mat(G, lay.w_hh[layer], gh, n))
     _column_sums(dA, G, lay.b_ih[layer])
-    _column_sums(dAh, G, lay.b_hh[layer])
+    if lay.cell == GRU:
+        _column_sums(dAh, G, lay.b_hh[layer])
+    else:  # LSTM, tanh: dA_h is dA, the two bias gradients are equal
+        for q in range(gh):
+            G[lay.b_hh[layer] + q] = G[lay.b_ih[layer] + q]
     if layer > 0:
         d_below = _mat(buf, lay.d_in0 if layer % 2 == 0 else lay.d_in1, longest * r, n)
         np.dot(dA, _param_mat(params, lay.w_ih[layer], gh, n_in), d_below)

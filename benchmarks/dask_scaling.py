@@ -47,7 +47,7 @@ from distributed import Client, LocalCluster, wait
 import fastgd
 
 TARGET = 1e-6
-NEWTON_TOLS = (1e-3, 1e-4, 1e-5, 1e-6, 1e-8)
+NEWTON_TOLS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-8)
 
 
 def make_data(client, n, d, chunks, seed=0):

@@ -6,6 +6,8 @@ import os
 import sys
 import time
 
+import numpy as np
+
 from . import report, roofline
 from .models import MODELS
 from .recurrent import recurrent_case, recurrent_rows
@@ -151,7 +153,11 @@ def _add_shares(records, limits):
     for r in records:
         case = MODELS[r["model"]]
         sizes = None if case.linear else [r["features"], *case.hidden, case.n_outputs()]
-        r["limit_share"] = roofline.share(r, limits, sizes)
+        row_bytes = None
+        if case.nnz_per_row:  # CSR rows: values and int32 column indices
+            nnz = min(case.nnz_per_row, r["features"])
+            row_bytes = nnz * (np.dtype(r["dtype"]).itemsize + 4)
+        r["limit_share"] = roofline.share(r, limits, sizes, row_bytes)
 
 
 def _solvers(args, config, sizes, log):

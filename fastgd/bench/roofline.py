@@ -140,7 +140,7 @@ def network_flops_per_sample(sizes):
     return 2 * sum(products) + 4 * sum(products) - 2 * products[0]
 
 
-def share(record, limits, sizes=None):
+def share(record, limits, sizes=None, row_bytes=None):
     """A grid record's share of the limit that bounds it, or None.
 
     Parameters
@@ -153,6 +153,9 @@ def share(record, limits, sizes=None):
         A network's layer widths, input to output: the share is of the matmul peak.
         Without it (the linear family) the share is of the streaming read bandwidth,
         counting the bytes of X read per second.
+    row_bytes : int, optional
+        Bytes of one row of X as stored (CSR: its values and column indices); default
+        ``features * itemsize`` (dense rows).
 
     Returns
     -------
@@ -162,8 +165,9 @@ def share(record, limits, sizes=None):
     if not rate or not limits:
         return None
     if sizes is None:
-        itemsize = np.dtype(record["dtype"]).itemsize
+        if row_bytes is None:
+            row_bytes = record["features"] * np.dtype(record["dtype"]).itemsize
         limit = limits["stream_gbs"].get(threads)
-        return None if not limit else rate * record["features"] * itemsize / (limit * 1e9)
+        return None if not limit else rate * row_bytes / (limit * 1e9)
     limit = limits["matmul_gflops"].get(record["dtype"], {}).get(threads)
     return None if not limit else rate * network_flops_per_sample(sizes) / (limit * 1e9)

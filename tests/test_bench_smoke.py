@@ -8,7 +8,7 @@ import pytest
 
 import fastgd
 from fastgd.__main__ import main
-from fastgd.bench import MODELS, make_data, report
+from fastgd.bench import MODELS, make_data, report, roofline
 from fastgd.bench.competitors import COMPETITORS, row_orders
 from fastgd.bench.suite import check_against
 from fastgd.bench.system import measure_memory, measure_startup
@@ -63,6 +63,11 @@ def test_quick_suite_table_json_and_checks(quick_run, capsys):
     assert set(limits["stream_gbs"]) == {str(t) for t in payload["settings"]["threads"]}
     assert all(v > 0 for v in limits["stream_gbs"].values())
     assert all(r["limit_share"] > 0 for r in grid if r["kind"] == "fastgd")
+    # tiny data sets: read rate measured at the smallest working set, every thread count
+    assert list(limits["working_set_gbs"]) == [str(roofline.WORKING_SET_MIN)]
+    assert set(limits["working_set_gbs"][str(roofline.WORKING_SET_MIN)]) == set(
+        limits["stream_gbs"]
+    )
     assert "Share of the machine's limit" in printed
     # the second-order table: every fastgd Newton / L-BFGS run reaches the optimum
     assert "Second-order solvers" in printed
@@ -167,3 +172,20 @@ def test_chart(tmp_path):
     ]  # fmt: skip
     path = report.plot(records, tmp_path / "chart.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_share_of_a_cached_data_set_is_of_its_own_read_rate():
+    """A data set that fits in a cache is bounded by the read rate measured at its size
+    (the smallest measured size not below it); larger ones by the streaming rate, and a
+    working-set rate never lowers the limit below the streaming one."""
+    limits = {"stream_gbs": {"1": 10.0}, "matmul_gflops": {},
+              "working_set_gbs": {"1048576": {"1": 80.0}, "8000000": {"1": 40.0},
+                                  "16000000": {"1": 5.0}}}  # fmt: skip
+    assert roofline.read_limit(limits, 1, 1000) == 80.0
+    assert roofline.read_limit(limits, 1, 2_000_000) == 40.0
+    assert roofline.read_limit(limits, 1, 9_000_000) == 10.0  # noisy 5 GB/s: not below
+    assert roofline.read_limit(limits, 1, 10**9) == 10.0
+    assert roofline.read_limit(limits, 1) == 10.0
+    record = {"samples_per_s": 1e6, "features": 10, "dtype": "float64", "threads": 1}
+    assert roofline.share(record, limits) == pytest.approx(80e6 / 10e9)  # rows unknown
+    assert roofline.share({**record, "rows": 20_000}, limits) == pytest.approx(80e6 / 40e9)

@@ -148,15 +148,31 @@ def config_from_args(args):
     )  # fmt: skip
 
 
+def _row_bytes(case, features, dtype):
+    """Bytes of one row of X as stored: dense, or CSR (values and int32 column indices)."""
+    if case.nnz_per_row:
+        return min(case.nnz_per_row, features) * (np.dtype(dtype).itemsize + 4)
+    return features * np.dtype(dtype).itemsize
+
+
+def _working_sets(config):
+    """Bytes of X of every linear-family data set of the grid (their read limits)."""
+    sets = set()
+    for name in config.models:
+        case = MODELS[name]
+        if case.linear:
+            features = case.features or config.features
+            for dtype in config.dtypes:
+                sets.add(case.n_rows(config.rows) * _row_bytes(case, features, dtype))
+    return sorted(sets)
+
+
 def _add_shares(records, limits):
     """Each grid record's share of the limit that bounds it (``limit_share``, or None)."""
     for r in records:
         case = MODELS[r["model"]]
         sizes = None if case.linear else [r["features"], *case.hidden, case.n_outputs()]
-        row_bytes = None
-        if case.nnz_per_row:  # CSR rows: values and int32 column indices
-            nnz = min(case.nnz_per_row, r["features"])
-            row_bytes = nnz * (np.dtype(r["dtype"]).itemsize + 4)
+        row_bytes = _row_bytes(case, r["features"], r["dtype"])
         r["limit_share"] = roofline.share(r, limits, sizes, row_bytes)
 
 
@@ -289,7 +305,8 @@ def run(args, out=None):
     limits = {}
     if not args.no_roofline:
         log("the machine's limits (compiled streaming read, BLAS matmul) ...")
-        limits = roofline.measure(config.threads, config.dtypes, quick=args.quick, log=log)
+        limits = roofline.measure(config.threads, config.dtypes, quick=args.quick, log=log,
+                                  working_sets=_working_sets(config))  # fmt: skip
     log("grid (median wall time of a fit):")
     records, skipped = run_grid(config, log=log)
     _add_shares(records, limits)
@@ -307,8 +324,9 @@ def run(args, out=None):
     md = []
     _section("Throughput in samples/s (speed-up over the tight NumPy loop, numpy-loop; numpy = fastgd's reference backend):",
              report.grid_rows(records), out, md)  # fmt: skip
-    _section("Share of the machine's limit (linear: bytes of X read per second / streaming read "
-             "bandwidth; networks: FLOP/s / BLAS matmul peak; same threads):",
+    _section("Share of the machine's limit (linear: bytes of X read per second / the read rate "
+             "of an array of X's size, from memory or, when X fits, from a cache; networks: "
+             "FLOP/s / BLAS matmul peak; same threads):",
              report.share_rows(records), out, md)  # fmt: skip
     _section("Scaling with threads (time at fewer threads / time at more):",
              report.scaling_rows(scale), out, md)  # fmt: skip

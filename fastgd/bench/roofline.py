@@ -2,7 +2,9 @@
 
 - **Streaming read bandwidth**: a compiled, parallel sum of every row of a large float64
   array. A BLAS mat-vec over the same array reaches only about 60% of it,
-  so it is not the reference. Data sets that fit in the last-level cache can exceed it.
+  so it is not the reference. A data set that fits in a cache is read faster than
+  memory allows, every epoch: the same read of an array of its size (``working_sets``)
+  is then its limit, so no share exceeds what that size can be read at.
 - **Matmul peak**: a square BLAS matrix product per dtype, ``2 n^3`` floating-point
   operations per call.
 
@@ -20,6 +22,7 @@ from ..backends.blas import blas_threads
 
 STREAM_BYTES = 800 * 2**20  # far larger than any last-level cache here
 STREAM_BYTES_QUICK = 64 * 2**20
+WORKING_SET_MIN = 2**20  # smaller data sets are bounded by this size's read rate
 MATMUL_N = 2048
 MATMUL_N_QUICK = 512
 REPEATS = 5
@@ -59,7 +62,9 @@ def stream_read(threads, nbytes=STREAM_BYTES):
     ----------
     threads : int
     nbytes : int, default 800 MiB
-        Size of the array read (rows of 1,000 float64 values).
+        Size of the array read (rows of 1,000 float64 values). Smaller than a cache, it
+        is read from that cache (again and again within one timing, so a timing lasts
+        about as long as one read of the default size).
 
     Returns
     -------
@@ -70,13 +75,19 @@ def stream_read(threads, nbytes=STREAM_BYTES):
     kernel = _row_sums_kernel()
     X = np.ones((max(1, nbytes // 8000), 1000))
     out = np.empty(X.shape[0])
+    reads = max(1, STREAM_BYTES // (8 * X.nbytes))
+
+    def read():
+        for _ in range(reads):
+            kernel(X, out)
+
     previous = numba.get_num_threads()
     numba.set_num_threads(threads)
     try:
-        seconds = _median_seconds(lambda: kernel(X, out))
+        seconds = _median_seconds(read)
     finally:
         numba.set_num_threads(previous)
-    return X.nbytes / seconds
+    return reads * X.nbytes / seconds
 
 
 def matmul_rate(dtype, threads, n=MATMUL_N):
@@ -101,7 +112,7 @@ def matmul_rate(dtype, threads, n=MATMUL_N):
     return 2.0 * n**3 / seconds
 
 
-def measure(threads, dtypes, quick=False, log=print):
+def measure(threads, dtypes, quick=False, log=print, working_sets=()):
     """The limits of this machine at each thread count.
 
     Parameters
@@ -111,24 +122,45 @@ def measure(threads, dtypes, quick=False, log=print):
     quick : bool, default False
         Smaller arrays (a rough figure: 64 MiB may partly sit in cache).
     log : callable
+    working_sets : sequence of int, default ()
+        Bytes of the data sets of the run smaller than the streaming array: each one's
+        read rate is measured too (they may fit in a cache); sizes below
+        :data:`WORKING_SET_MIN` are measured at that size.
 
     Returns
     -------
     dict
         ``{"stream_gbs": {threads: GB/s}, "matmul_gflops": {dtype: {threads: GFLOP/s}},
-        "stream_bytes": int, "matmul_n": int}`` (thread counts as strings, for JSON).
+        "stream_bytes": int, "matmul_n": int, "working_set_gbs": {bytes: {threads:
+        GB/s}}}`` (thread counts and byte counts as strings, for JSON).
     """
     nbytes = STREAM_BYTES_QUICK if quick else STREAM_BYTES
     n = MATMUL_N_QUICK if quick else MATMUL_N
+    sets = sorted({max(int(b), WORKING_SET_MIN) for b in working_sets if 0 < b < nbytes} - {nbytes})
     limits = dict(stream_gbs={}, matmul_gflops={d: {} for d in dtypes}, stream_bytes=nbytes,
-                  matmul_n=n)  # fmt: skip
+                  matmul_n=n, working_set_gbs={str(b): {} for b in sets})  # fmt: skip
     for t in sorted(set(threads)):
         limits["stream_gbs"][str(t)] = stream_read(t, nbytes) / 1e9
         for dtype in dtypes:
             limits["matmul_gflops"][dtype][str(t)] = matmul_rate(dtype, t, n) / 1e9
+        for b in sets:
+            limits["working_set_gbs"][str(b)][str(t)] = stream_read(t, b) / 1e9
         log(f"  {t} thread(s): read {limits['stream_gbs'][str(t)]:.1f} GB/s, matmul "
-            + ", ".join(f"{d} {limits['matmul_gflops'][d][str(t)]:.0f} GFLOP/s" for d in dtypes))  # fmt: skip
+            + ", ".join(f"{d} {limits['matmul_gflops'][d][str(t)]:.0f} GFLOP/s" for d in dtypes)
+            + "".join(f"; {b / 2**20:.1f} MiB read at {limits['working_set_gbs'][str(b)][str(t)]:.0f} GB/s" for b in sets))  # fmt: skip
     return limits
+
+
+def read_limit(limits, threads, working_set=None):
+    """The read rate (GB/s) that bounds a data set of ``working_set`` bytes: the rate
+    measured at the largest working set not smaller than it, or the streaming rate."""
+    rate = limits["stream_gbs"].get(str(threads))
+    measured = limits.get("working_set_gbs", {})
+    if working_set is not None and rate:
+        fits = [int(b) for b in measured if int(b) >= working_set]
+        if fits:
+            rate = max(rate, measured[str(min(fits))].get(str(threads), rate))
+    return rate
 
 
 def network_flops_per_sample(sizes):
@@ -146,13 +178,14 @@ def share(record, limits, sizes=None, row_bytes=None):
     Parameters
     ----------
     record : dict
-        A grid record (``samples_per_s``, ``features``, ``dtype``, ``threads``).
+        A grid record (``samples_per_s``, ``features``, ``dtype``, ``threads``; with
+        ``rows``, its data set's read rate bounds it, see :func:`read_limit`).
     limits : dict
         From :func:`measure`.
     sizes : sequence of int, optional
         A network's layer widths, input to output: the share is of the matmul peak.
-        Without it (the linear family) the share is of the streaming read bandwidth,
-        counting the bytes of X read per second.
+        Without it (the linear family) the share is of the read bandwidth, counting the
+        bytes of X read per second.
     row_bytes : int, optional
         Bytes of one row of X as stored (CSR: its values and column indices); default
         ``features * itemsize`` (dense rows).
@@ -167,7 +200,8 @@ def share(record, limits, sizes=None, row_bytes=None):
     if sizes is None:
         if row_bytes is None:
             row_bytes = record["features"] * np.dtype(record["dtype"]).itemsize
-        limit = limits["stream_gbs"].get(threads)
+        rows = record.get("rows")
+        limit = read_limit(limits, threads, None if rows is None else rows * row_bytes)
         return None if not limit else rate * row_bytes / (limit * 1e9)
     limit = limits["matmul_gflops"].get(record["dtype"], {}).get(threads)
     return None if not limit else rate * network_flops_per_sample(sizes) / (limit * 1e9)

@@ -12,7 +12,9 @@ classes) and a synthetic 5-class problem (``make_classification``, 50,000 x 20);
 quarter of the rows is held out (a stratified split, the same for every run), the
 training rows are then stored either in random order or sorted by label. Each cell is the
 mean (and spread: standard deviation) over seeds of the final training loss (the mean
-cross-entropy of the final parameters over the training rows) and the held-out accuracy.
+cross-entropy of the final parameters over the training rows) and the held-out accuracy,
+and ``var``: the mean squared distance of a batch's gradient from the full gradient (at
+the start, over one epoch's batches), relative to row shuffling's.
 """
 
 import argparse
@@ -23,6 +25,7 @@ import numpy as np
 
 import fastgd
 from fastgd import _config
+from fastgd.bench.competitors import row_orders
 
 MODES = {"rows": True, "blocks": "blocks", "none": False}
 
@@ -32,11 +35,12 @@ def datasets(quick):
     from sklearn.datasets import load_digits, make_classification
 
     X, y = load_digits(return_X_y=True)
-    found = [("digits", X, y, 10, 0.05)]
+    found = [("digits", X, y, 10, 0.2)]
     if not quick:
         X, y = make_classification(n_samples=50_000, n_features=20, n_informative=10,
-                                   n_classes=5, n_clusters_per_class=2, random_state=0)  # fmt: skip
-        found.append(("synthetic", X, y, 5, 0.05))
+                                   n_classes=5, n_clusters_per_class=1, class_sep=1.5,
+                                   random_state=0)  # fmt: skip
+        found.append(("synthetic", X, y, 3, 0.2))
     return [(name, (X - X.mean(0)) / (X.std(0) + 1e-8), y, e, lr) for name, X, y, e, lr in found]
 
 
@@ -68,6 +72,27 @@ def cell(X, y, X_test, y_test, shuffle, batch_size, epochs, lr, seeds):
     return (statistics.mean(losses), spread(losses)), (statistics.mean(accuracies), spread(accuracies))  # fmt: skip
 
 
+def gradient_spread(X, y, shuffle, batch_size, seeds):
+    """Mean over batches of one epoch (and over seeds) of ``|g_batch - g|^2``, the squared
+    distance of a mini-batch's gradient from the full gradient, at the start (all
+    parameters 0: every class has probability 1/k), for the batches ``fit`` draws."""
+    k = int(y.max()) + 1
+    residual = np.full((len(y), k), 1.0 / k)
+    residual[np.arange(len(y)), y] -= 1.0  # dloss/dz of each row at z = 0
+    rows = np.hstack([X, np.ones((len(y), 1))])  # the intercept's input
+    per_row = (rows[:, :, None] * residual[:, None, :]).reshape(len(y), -1)
+    full = per_row.mean(axis=0)
+    starts = np.arange(0, len(y), batch_size)
+    sizes = np.diff(np.append(starts, len(y)))[:, None]
+    spreads = []
+    for seed in seeds:
+        (order,) = row_orders(len(y), 1, batch_size, shuffle, seed)
+        ordered = per_row if order is None else per_row[order]
+        batches = np.add.reduceat(ordered, starts, axis=0) / sizes
+        spreads.append(np.mean(np.sum((batches - full) ** 2, axis=1)))
+    return statistics.mean(spreads)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="digits only, two seeds")
@@ -80,16 +105,18 @@ def main(argv=None):
     seeds = range(2 if args.quick else args.seeds)
     print(f"softmax, plain SGD, blocks of {_config.SHUFFLE_BLOCK_ROWS} rows; mean (sd) over "
           f"{len(seeds)} seeds of the final training loss and the held-out accuracy")  # fmt: skip
-    print(f"{'data':<10} {'stored':<7} {'batch':>5} " + "".join(f"{m + ' loss':>17}{m + ' acc':>16}" for m in MODES))  # fmt: skip
+    print(f"{'data':<10} {'stored':<7} {'batch':>5} " + "".join(f"{m + ' loss':>17}{m + ' acc':>16}{m + ' var':>11}" for m in MODES))  # fmt: skip
     for name, X, y, epochs, lr in datasets(args.quick):
         X_train, X_test, y_train, y_test = split(X, y)
         for how in ("random", "sorted"):
             Xs, ys = stored(X_train, y_train, how)
             for text in args.batch_sizes.split(","):
                 line = f"{name:<10} {how:<7} {text:>5} "
+                base = gradient_spread(Xs, ys, True, int(text), seeds)
                 for shuffle in MODES.values():
                     (loss, sd), (acc, acc_sd) = cell(Xs, ys, X_test, y_test, shuffle, int(text), epochs, lr, seeds)  # fmt: skip
-                    line += f"{loss:>9.4f} ({sd:.4f}){acc:>9.3f} ({acc_sd:.3f})"
+                    spread = gradient_spread(Xs, ys, shuffle, int(text), seeds) / base
+                    line += f"{loss:>9.4f} ({sd:.4f}){acc:>9.3f} ({acc_sd:.3f}){spread:>10.2f}x"
                 print(line, flush=True)
     return 0
 

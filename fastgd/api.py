@@ -132,16 +132,17 @@ def fit(
         block is shorter when 32 does not divide the rows), the rows of each block visited
         in order; mini-batches are then cut from that order as usual. ``False``: rows in
         their stored order.
-        ``"blocks"`` reads the rows of X in runs, so large arrays train about as fast as
-        in order instead of waiting on memory for every row (see the README, section
-        "Performance"). Its statistical effect depends on how the rows are stored: stored
-        in random order (e.g. shuffled once beforehand), every batch is still a random
-        sample of the rows and training behaves as with ``"rows"``; stored sorted (by
-        label, by time, by source), a batch of B rows holds about B / 32 runs of
-        neighbours, so its gradient varies more from batch to batch and may converge
-        slower or to a worse point than with ``"rows"`` (with B <= 32 a batch is a slice
-        of one or two runs of the stored order, close to ``shuffle=False`` within an
-        epoch). Not available for Dask input.
+        ``"blocks"`` reads the rows of X in runs, so arrays larger than the caches train
+        about 3x faster than with ``"rows"``, nearly as fast as in order (README,
+        "Performance"). Its statistical effect depends on how the rows are stored:
+        stored in random order (e.g. shuffled once beforehand), a block is a random
+        sample of the rows, so batches are as random as with ``"rows"`` and training
+        behaves the same (measured: same loss and accuracy within the seeds' spread).
+        Stored sorted (by label, time or source), a batch of B rows holds about B / 32
+        runs of neighbours, so its gradient varies more from batch to batch (measured
+        7-9x the squared spread of row shuffling on data sorted by label) and results
+        vary more between seeds, though each epoch still sees the runs in a new random
+        order (unlike ``False``). Not available for Dask input.
     seed : int or None
         Seed of the shuffling; the same seed gives the same batches on every backend.
     tol : float or None, default None

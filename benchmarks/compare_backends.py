@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 import fastgd
+from fastgd import _config
 from fastgd.backends import available_backends
 from fastgd.bench import roofline
 from fastgd.bench.models import MODELS
@@ -142,7 +143,9 @@ def batch_rows(X, y, args, batch_size, text, backends):
     _check(results)
     sk_time = None
     if batch_size == 1 and args.optimizer == "sgd" and args.classes == 1:
-        sk_time, sk_model = time_sklearn_sgd(X, y, args.epochs, args.lr, args.repeats, args.shuffle)
+        sk_time, sk_model = time_sklearn_sgd(
+            X, y, args.epochs, args.lr, args.repeats, bool(args.shuffle)
+        )
         if sk_model is not None:  # in order: the same updates; shuffled: its own order
             gap = np.abs(sk_model.coef_ - results[backends[0]]["coef"]).max()
             assert gap < (0.05 if args.shuffle else 1e-8), (
@@ -157,10 +160,12 @@ def batch_rows(X, y, args, batch_size, text, backends):
 
 
 def _check(results):
-    """Every implementation's parameters against the NumPy reference backend's."""
-    if "numpy" not in results:
+    """Every implementation's parameters against the NumPy reference backend's (without
+    it, against the NumPy loop's, which makes the same updates)."""
+    reference = results.get("numpy", results.get("numpy-loop"))
+    if reference is None:
         return
-    reference = results["numpy"]["params"]
+    reference = reference["params"]
     for impl, r in results.items():
         np.testing.assert_allclose(r["params"], reference, rtol=1e-8, atol=1e-10,
                                    err_msg=f"{impl} differs from numpy")  # fmt: skip
@@ -192,19 +197,30 @@ def main(argv=None):
     parser.add_argument("--optimizer", default="sgd", help="sgd, adagrad, rmsprop, adam, adamw")
     parser.add_argument("--quick", action="store_true", help="20,000 x 20, one repeat")
     parser.add_argument(
-        "--shuffle", action="store_true", help="shuffle rows each epoch (default: in order)"
-    )
+        "--shuffle", nargs="?", const="rows", default=False, choices=("rows", "blocks"),
+        help="shuffle rows each epoch (default: in order); --shuffle blocks: blocks of rows",
+    )  # fmt: skip
+    parser.add_argument(
+        "--block-rows", type=int, default=None,
+        help="rows per block of --shuffle blocks (default: fastgd._config.SHUFFLE_BLOCK_ROWS)",
+    )  # fmt: skip
+    parser.add_argument("--backends", default=None, help="comma-separated (default: all available)")
     parser.add_argument("--json", default="benchmarks/results/compare_backends.json")
     args = parser.parse_args(argv)
     if args.quick:
         args.rows, args.features, args.repeats = 20_000, 20, 1
+    if args.block_rows:  # read by fastgd.training.orders at every epoch
+        _config.SHUFFLE_BLOCK_ROWS = args.block_rows
 
     X, y = make_data(args.rows, args.features, classes=args.classes)
-    backends = available_backends()
+    backends = args.backends.split(",") if args.backends else available_backends()
     print(
         f"data: {args.rows} x {args.features} float64, {model_of(y)}, {args.epochs} epochs, "
         f"{args.optimizer}, lr={args.lr}"
     )
+    if args.shuffle:
+        blocks = f" of {_config.SHUFFLE_BLOCK_ROWS} rows" if args.shuffle == "blocks" else ""
+        print(f"shuffle: {args.shuffle}{blocks}")
     print(f"threads: {args.threads}; BLAS: {_blas_info()}; backends: {', '.join(backends)}")
     stream = roofline.stream_read(args.threads) if not args.quick else None
     if stream:

@@ -68,6 +68,11 @@ CACHE_LINE_BYTES = 64
 PREFETCH_AHEAD = 4
 PREFETCH_IN_ORDER = False
 
+# shuffle="blocks" (fastgd.training.orders): each epoch permutes blocks of this many
+# consecutive rows and visits the rows of each block in order. Long runs of neighbouring
+# rows are read at nearly streaming speed; short ones let batches mix more of the data.
+SHUFFLE_BLOCK_ROWS = 32
+
 # The full-batch passes of Newton and L-BFGS over dense rows of a linear model run in row
 # blocks of about this much work (rows x (d + 1)^2 x Hessian blocks, or rows x (d + 1) x
 # outputs without a Hessian: about a second here), so that Ctrl-C stops a long pass at

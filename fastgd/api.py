@@ -14,6 +14,7 @@ from .recurrent import RNN
 from .specs.optimizers import SECOND_ORDER
 from .training import observers as obs
 from .training.options import resolve_options
+from .training.orders import check_shuffle
 from .training.problem import check_model, check_sparse_support, initial_state, prepare_problem
 from .training.report import (
     DivergenceError,
@@ -124,8 +125,24 @@ def fit(
         iterations, ``batch_size``, ``shuffle`` and schedules do not apply, the penalty
         may only be L2, and ``result.gradient_norm`` is the final ``max|gradient|``
         (see :mod:`fastgd.training.solvers`).
-    shuffle : bool, default True
-        Visit the rows in a new random order each epoch (ignored for full batches).
+    shuffle : bool or {"rows", "blocks"}, default True
+        The row order of each epoch (ignored for full batches). ``True`` or ``"rows"``:
+        a new random permutation of the rows. ``"blocks"``: a new random permutation of
+        blocks of 32 consecutive rows (``fastgd._config.SHUFFLE_BLOCK_ROWS``; the last
+        block is shorter when 32 does not divide the rows), the rows of each block visited
+        in order; mini-batches are then cut from that order as usual. ``False``: rows in
+        their stored order.
+        ``"blocks"`` reads the rows of X in runs, so arrays larger than the caches train
+        about 3x faster than with ``"rows"``, nearly as fast as in order (README,
+        "Performance"). Its statistical effect depends on how the rows are stored:
+        stored in random order (e.g. shuffled once beforehand), a block is a random
+        sample of the rows, so batches are as random as with ``"rows"`` and training
+        behaves the same (measured: same loss and accuracy within the seeds' spread).
+        Stored sorted (by label, time or source), a batch of B rows holds about B / 32
+        runs of neighbours, so its gradient varies more from batch to batch (measured
+        7-9x the squared spread of row shuffling on data sorted by label) and results
+        vary more between seeds, though each epoch still sees the runs in a new random
+        order (unlike ``False``). Not available for Dask input.
     seed : int or None
         Seed of the shuffling; the same seed gives the same batches on every backend.
     tol : float or None, default None
@@ -241,6 +258,8 @@ def fit(
     """
     arguments = dict(locals())  # fit's arguments by name, read by the steps below
     if any(map(is_dask_collection, (X, y, sample_weight))):
+        if check_shuffle(shuffle) == "blocks":  # local SGD draws its own orders per chunk
+            raise ValueError("shuffle='blocks' is not supported for Dask input; use shuffle=True")
         from .distributed.fit import fit_dask  # imports Dask: only for Dask input
 
         return fit_dask(arguments)

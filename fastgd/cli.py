@@ -17,6 +17,8 @@ import numpy as np
 MODELS = ("linear", "logistic", "softmax", "mlp")
 OPTIMIZERS = ("sgd", "adagrad", "rmsprop", "adam", "adamw")
 BACKENDS = ("auto", "numba", "cython", "numpy")
+# --shuffle: the value of fit's shuffle for each choice
+SHUFFLE = {"rows": True, "blocks": "blocks", "none": False}
 
 
 class UsageError(ValueError):
@@ -73,6 +75,7 @@ def add_commands(commands):
     train.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd")
     train.add_argument("--batch-size", type=_batch_size, default=32, help="samples per update, or 'full' (default 32)")  # fmt: skip
     train.add_argument("--backend", choices=BACKENDS, default="auto")
+    train.add_argument("--shuffle", choices=tuple(SHUFFLE), default="rows", help="row order of each epoch: rows (a permutation, the default), blocks (of consecutive rows, faster on large data) or none")  # fmt: skip
     train.add_argument("--seed", type=int, default=None, help="seed of the shuffling and initial weights")  # fmt: skip
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--out", required=True, help="where to save the model (fastgd.save)")
@@ -259,7 +262,7 @@ def _train(args):
     progress = not args.no_progress and _has_tqdm()
     result = fastgd.fit(X, y, model=model, epochs=args.epochs, lr=args.lr, optimizer=args.optimizer,
                         batch_size=args.batch_size, backend=args.backend, seed=args.seed,
-                        progress=progress)  # fmt: skip
+                        shuffle=SHUFFLE[args.shuffle], progress=progress)  # fmt: skip
     if names is not None:
         result.feature_names_in_ = np.array(names, dtype=object)
     fastgd.save(result, args.out)

@@ -91,11 +91,15 @@ def test_train_npy_mlp_regression_and_npz_softmax(data_dir):
     np.testing.assert_array_equal(np.array(rows, dtype=float)[:, 0], net.predict(X))
 
     done = _run(tmp, "train", "cls.npz", "--target", "y", "--model", "softmax", "--epochs",
-                "3", "--batch-size", "16", "--backend", "numpy", "--out", "soft.npz")  # fmt: skip
+                "3", "--batch-size", "16", "--backend", "numpy", "--shuffle", "blocks",
+                "--seed", "0", "--out", "soft.npz")  # fmt: skip
     assert done.returncode == 0, done.stderr
     soft = fastgd.load(tmp / "soft.npz")
     assert soft.model.name == "softmax" and list(soft.classes_) == [0, 1, 2]
     assert soft.n_updates == 3 * 8
+    y = np.load(tmp / "cls.npz")["y"]
+    blocks = fastgd.fit(X, y, "softmax", epochs=3, batch_size=16, backend="numpy", seed=0, shuffle="blocks")  # fmt: skip
+    np.testing.assert_array_equal(soft.params, blocks.params)
 
 
 BAD_INPUT = [

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..training.orders import check_shuffle, epoch_order
 from .models import label_indices
 
 
@@ -70,13 +71,14 @@ def row_orders(n, epochs, batch_size, shuffle, seed):
     """The row order of each epoch, as ``fastgd.fit`` draws it (``None``: natural order).
 
     ``fastgd.fit`` shuffles only when ``shuffle`` and the batch is smaller than the data,
-    with one ``numpy.random.default_rng(seed).permutation(n)`` per epoch in turn, so a
-    competitor fed these orders makes exactly fastgd's updates.
+    with one :func:`fastgd.training.orders.epoch_order` per epoch in turn from
+    ``numpy.random.default_rng(seed)``, so a competitor fed these orders makes exactly
+    fastgd's updates.
 
     Parameters
     ----------
     n, epochs, batch_size : int
-    shuffle : bool
+    shuffle : bool or {"rows", "blocks"}
     seed : int or None
 
     Yields
@@ -84,9 +86,10 @@ def row_orders(n, epochs, batch_size, shuffle, seed):
     ndarray of shape (n,) or None
         The order of each epoch in turn.
     """
-    rng = np.random.default_rng(seed) if shuffle and batch_size < n else None
+    mode = check_shuffle(shuffle) if batch_size < n else None
+    rng = np.random.default_rng(seed)
     for _ in range(epochs):
-        yield None if rng is None else rng.permutation(n)
+        yield None if mode is None else epoch_order(rng, n, mode)
 
 
 def flat_params(weights, biases):

@@ -3,7 +3,8 @@
 Not fastgd's NumPy *reference backend* (general: any optimizer, penalty, schedule; about
 twice as slow), but the loop one writes for plain SGD on one model: contiguous slices
 ``X[start:stop]`` when rows are in order, one gather ``X[order[start:stop]]`` per batch
-when shuffled, and every product in BLAS (pinned to the run's threads by the suite). It
+when shuffled (``shuffle="blocks"``: a slice when the batch is one run of consecutive
+rows, else the gather), and every product in BLAS (pinned to the run's threads by the suite). It
 makes exactly fastgd's updates (same start, same batches, same mean-loss gradients), so
 its parameters are checked against the reference like a backend's.
 """
@@ -12,6 +13,7 @@ import time
 
 import numpy as np
 
+from ..training.orders import check_shuffle
 from .competitors import NotApplicable, Outcome, flat_params, network_start, row_orders
 from .models import label_indices
 
@@ -64,6 +66,26 @@ def _step(case, weights, biases, xb, yb, lr):
     return weights, biases
 
 
+def _batches(X, Y, order, size, blocks):
+    """The epoch's mini-batches ``(xb, yb)``: slices in order, gathers when shuffled;
+    with ``blocks`` a batch that is one run of consecutive rows is a slice (a view)."""
+    n = X.shape[0]
+    if order is None:
+        for start in range(0, n, size):
+            yield X[start : start + size], Y[start : start + size]
+        return
+    if blocks:  # runs_before[r]: how many runs of consecutive rows start at or before r
+        runs_before = np.cumsum(np.diff(order, prepend=-2) != 1)
+    for start in range(0, n, size):
+        stop = min(start + size, n)
+        if blocks and runs_before[stop - 1] == runs_before[start]:
+            first = order[start]
+            yield X[first : first + stop - start], Y[first : first + stop - start]
+        else:
+            rows = order[start:stop]
+            yield X[rows], Y[rows]
+
+
 def run_numpy_loop(case, X, y, *, batch_size, epochs, lr, seed, threads, shuffle, evaluate=True):
     """Plain SGD in a tight NumPy loop, with fastgd's start and batches.
 
@@ -84,14 +106,10 @@ def run_numpy_loop(case, X, y, *, batch_size, epochs, lr, seed, threads, shuffle
             raise NotApplicable("a custom model without a fastgd spec")
     Y = _targets(case, X, y)
     size = n if batch_size is None else min(batch_size, n)
+    blocks = check_shuffle(shuffle) == "blocks"
     started = time.perf_counter()
     for order in row_orders(n, epochs, size, shuffle, seed):
-        for start in range(0, n, size):
-            if order is None:
-                xb, yb = X[start : start + size], Y[start : start + size]
-            else:
-                rows = order[start : start + size]
-                xb, yb = X[rows], Y[rows]
+        for xb, yb in _batches(X, Y, order, size, blocks):
             weights, biases = _step(case, weights, biases, xb, yb, lr)
     seconds = time.perf_counter() - started
     if not evaluate:

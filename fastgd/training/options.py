@@ -9,6 +9,7 @@ from .. import _validation as v
 from ..optim import make_optimizer
 from ..schedules import make_schedule
 from ..specs.optimizers import CLIP_NORM, CLIP_VALUE, L1, L2, POWER_T
+from .orders import check_shuffle
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,7 @@ class Options:
     schedule: object
     optimizer: object
     hyper: np.ndarray
-    shuffle: bool
+    shuffle: str | None  # "rows", "blocks" or None (fastgd.training.orders)
     seed: int | None
     tol: float
     n_iter_no_change: int
@@ -75,7 +76,7 @@ def resolve_options(arguments, n_rows, backend):
     hyper[L1], hyper[L2], hyper[POWER_T] = l1, l2, schedule.power_t
     return Options(
         epochs=epochs, batch_size=n_rows if batch_size is None else min(batch_size, n_rows),
-        schedule=schedule, optimizer=optimizer, hyper=hyper, shuffle=bool(a["shuffle"]),
+        schedule=schedule, optimizer=optimizer, hyper=hyper, shuffle=check_shuffle(a["shuffle"]),
         seed=a["seed"], tol=tol, n_iter_no_change=n_iter_no_change, n_threads=n_threads,
         print_every=int(verbose), on_divergence=a["on_divergence"], callback=callback,
         early_stopping=bool(a["early_stopping"]), progress=bool(a["progress"]),

@@ -15,6 +15,7 @@ from ..backends.contract import EpochBlock, UpdateConfig
 from ..specs import stopping
 from .interrupt import Interruption
 from .observers import block_size
+from .orders import epoch_order
 
 # Shuffled row orders are drawn in Python and handed to the kernel for a block of epochs
 # at a time; this bounds the int64 entries held at once (32 MB).
@@ -99,13 +100,13 @@ def _epoch_blocks(run, call, problem, options, rates, observers, interruption):
     """Kernel calls until every epoch ran, the kernel stopped, an observer stopped, or a
     stop was requested (Ctrl-C)."""
     n, train_rows = problem.n_train, problem.train_rows
-    shuffled = options.shuffle and options.batch_size < n
+    shuffle = options.shuffle if options.batch_size < n else None  # "rows", "blocks", None
     rng = np.random.default_rng(options.seed)
-    default = max(1, ORDER_BUDGET // n) if shuffled else options.epochs
+    default = max(1, ORDER_BUDGET // n) if shuffle else options.epochs
     block = block_size(observers, options.epochs, default)
     while run.done < options.epochs and run.status == stopping.MAX_EPOCHS and not run.stop_reason:
         count = min(block, options.epochs - run.done)
-        orders = _orders(rng, count, n, shuffled, train_rows)
+        orders = _orders(rng, count, n, shuffle, train_rows)
         run.ran, run.status = call(run, count, orders, rates, interruption)
         run.done += run.ran
         run.validation_loss = None
@@ -121,21 +122,22 @@ def _epoch_blocks(run, call, problem, options, rates, observers, interruption):
         run.stop_reason = stopping.REASONS[run.status]
 
 
-def _orders(rng, count, n, shuffled, train_rows):
+def _orders(rng, count, n, shuffle, train_rows):
     """The :class:`EpochBlock` row orders of ``count`` epochs over ``n`` training rows.
 
-    Shuffled: one permutation per epoch, drawn from ``rng``; in order: none (the kernels
+    Shuffled (``shuffle`` "rows" or "blocks"): one permutation per epoch, drawn from
+    ``rng`` (:func:`fastgd.training.orders.epoch_order`); in order: none (the kernels
     then read rows ``0..n-1``). With early stopping the kernels read the caller's array,
     so the orders hold its row indices: the training rows taken in the order of the same
     permutations (the epochs of a fit on the gathered training rows), or in increasing
     order, one row of orders for every epoch.
     """
-    if not shuffled:
+    if not shuffle:
         no_orders = np.empty((0, 0), dtype=np.int64)
         return no_orders if train_rows is None else train_rows.reshape(1, -1)
     orders = np.empty((count, n), dtype=np.int64)
     for epoch in range(count):
-        permutation = rng.permutation(n)
+        permutation = epoch_order(rng, n, shuffle)
         if train_rows is None:
             orders[epoch] = permutation
         else:  # no temporary: the indices go straight into the block's row

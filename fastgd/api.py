@@ -14,7 +14,6 @@ from .recurrent import RNN
 from .specs.optimizers import SECOND_ORDER
 from .training import observers as obs
 from .training.options import resolve_options
-from .training.orders import check_shuffle
 from .training.problem import check_model, check_sparse_support, initial_state, prepare_problem
 from .training.report import (
     DivergenceError,
@@ -142,7 +141,7 @@ def fit(
         runs of neighbours, so its gradient varies more from batch to batch (measured
         7-9x the squared spread of row shuffling on data sorted by label) and results
         vary more between seeds, though each epoch still sees the runs in a new random
-        order (unlike ``False``). Not available for Dask input.
+        order (unlike ``False``). On Dask input (local SGD) each chunk draws its order so.
     seed : int or None
         Seed of the shuffling; the same seed gives the same batches on every backend.
     tol : float or None, default None
@@ -258,8 +257,6 @@ def fit(
     """
     arguments = dict(locals())  # fit's arguments by name, read by the steps below
     if any(map(is_dask_collection, (X, y, sample_weight))):
-        if check_shuffle(shuffle) == "blocks":  # local SGD draws its own orders per chunk
-            raise ValueError("shuffle='blocks' is not supported for Dask input; use shuffle=True")
         from .distributed.fit import fit_dask  # imports Dask: only for Dask input
 
         return fit_dask(arguments)

@@ -159,8 +159,25 @@ def test_estimators_take_blocks_through_clone_set_params_and_save(tmp_path):
     assert np.array_equal(fresh.coef_, one.coef_)
 
 
-def test_dask_input_rejects_blocks():
+def test_dask_local_sgd_draws_block_orders_per_chunk(monkeypatch):
+    """Local SGD on Dask input: each chunk's epoch order is a permutation of its own
+    blocks when ``shuffle="blocks"`` (drawn in the task, here on the local scheduler)."""
+    dask = pytest.importorskip("dask")
     da = pytest.importorskip("dask.array")
-    X = da.zeros((40, 2), chunks=(20, 2))
-    with pytest.raises(ValueError, match="shuffle='blocks'.*Dask"):
-        fastgd.fit(X, np.zeros(40), shuffle="blocks", backend="numpy")
+    from fastgd.distributed import fit as dask_fit
+    from fastgd.distributed import tasks
+
+    monkeypatch.setattr(dask_fit, "current_client", lambda: None)
+    drawn, original = [], tasks.epoch_order
+    monkeypatch.setattr(tasks, "epoch_order", lambda *a: drawn.append((a[1:], original(*a))) or drawn[-1][1])  # fmt: skip
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((200, 3)), rng.standard_normal(200)
+    with dask.config.set(scheduler="sync"):
+        r = fastgd.fit(da.from_array(X, chunks=(100, 3)), da.from_array(y, chunks=100),
+                       epochs=2, batch_size=10, shuffle="blocks", seed=1, backend="numpy")  # fmt: skip
+    assert np.all(np.isfinite(r.params))
+    assert [args for args, _ in drawn] == [(100, "blocks")] * 4  # 2 chunks x 2 epochs
+    for _, order in drawn:
+        assert np.array_equal(np.sort(order), np.arange(100))
+        assert all(first % _config.SHUFFLE_BLOCK_ROWS == 0 for first, _ in _runs(order))
+    assert not np.array_equal(drawn[0][1], drawn[1][1])  # each chunk its own order

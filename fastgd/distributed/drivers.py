@@ -93,7 +93,8 @@ class LocalSGDDriver:
     backend_name : str
     spec : LinearModelSpec or NetworkSpec
     data : fastgd.distributed.data.ChunkedData
-    shuffle : bool
+    shuffle : {"rows", "blocks"} or None
+        ``fit``'s ``shuffle`` mode (None: rows in order).
     seed : int or None
     sync_every : int or None
         Average after this many batches of every chunk; None: after every epoch.
@@ -143,7 +144,8 @@ class LocalSGDDriver:
         loss_sum, norm_sq, batches = 0.0, np.zeros(n_layers), 0
         for segment in self._segments(int(update.batch_size)):
             start = RoundStart(state, self.spec.n_weights, n_layers)
-            args = (self.name, model, start, update, float(lr), segment, self.data.weight_scale)
+            args = (self.name, model, start, update, float(lr), segment, self.data.weight_scale,
+                    self.shuffle or "rows")  # fmt: skip
             results = [r for r in self.cluster.map(local_sgd, self.data.chunks, args, seeds) if r]
             if not all(np.isfinite(r["loss_sum"]) and np.all(np.isfinite(r["params"])) for r in results):  # fmt: skip
                 return np.nan

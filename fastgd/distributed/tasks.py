@@ -23,6 +23,7 @@ from ..backends.contract import Data, EpochBlock, State, UpdateConfig
 from ..backends.numpy.update import penalty_value
 from ..specs import stopping
 from ..training.objective import data_terms
+from ..training.orders import epoch_order
 
 _KERNEL_LOCK = threading.Lock()
 
@@ -174,9 +175,10 @@ def _segment(data, order, segment, weight_scale):
     return sub, np.empty((0, 0), dtype=np.int64)
 
 
-def local_sgd(data, seed, backend_name, model, start, update, lr, segment, weight_scale):
+def local_sgd(data, seed, backend_name, model, start, update, lr, segment, weight_scale, shuffle):
     """One round of local SGD on a chunk: the batches at positions ``segment`` of this
-    epoch's row order (drawn from ``seed``, None: natural order), from ``start``.
+    epoch's row order (drawn from ``seed`` as ``fit``'s ``shuffle`` mode ``"rows"`` or
+    ``"blocks"`` draws it; ``seed`` None: natural order), from ``start``.
 
     Returns a dict with the chunk's parameters, running averages, optimizer state, the
     batches run, ``loss_sum`` (sum of the rows' weighted losses before their batch's
@@ -186,7 +188,7 @@ def local_sgd(data, seed, backend_name, model, start, update, lr, segment, weigh
     n = data.X.shape[0]
     if segment[0] >= n:
         return None
-    order = None if seed is None else np.random.default_rng(seed).permutation(n)
+    order = None if seed is None else epoch_order(np.random.default_rng(seed), n, shuffle)
     sub, orders = _segment(data, order, segment, weight_scale)
     rows = sub.X.shape[0] if orders.shape[0] == 0 else orders.shape[1]
     block = EpochBlock(orders, np.array([lr]), 1, np.zeros(1), np.zeros((1, start.n_layers)))

@@ -110,7 +110,7 @@ def fit_options(draw):
         "clip_value": [None, 5e-324, 1.0, 1e300, 0.0, -1.0, np.nan, np.inf],
         "clip_norm": [None, 5e-324, 1.0, 1e300, 0.0, np.nan],
         "n_threads": [None, 1, 2, 0, -1, 10**6, 1.0],
-        "shuffle": [True, False],
+        "shuffle": [True, False, "rows", "blocks", "block", None],
         "seed": [None, 0, 1, 2**64, -1, 1.5, "a"],
         "fit_intercept": [True, False],
         "early_stopping": [False, False, True],

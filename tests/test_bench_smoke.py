@@ -163,6 +163,21 @@ def test_memory_and_startup_children():
     assert startup["import_s"] > 0 and startup["first_fit_s"] > 0
 
 
+def test_shuffled_blocks_grid_checks_every_implementation(tmp_path):
+    """``--shuffle blocks``: fastgd's backends, the NumPy loop and PyTorch train on fit's
+    block orders and agree with the reference; scikit-learn draws its own."""
+    path = tmp_path / "bench.json"
+    argv = ["bench", "--quick", "--rows", "300", "--features", "4", "--repeats", "1",
+            "--models", "linear", "--batch-sizes", "32", "--threads", "1", "--shuffle", "blocks",
+            "--no-memory", "--no-startup", "--no-plot", "--no-roofline", "--no-solvers",
+            "--no-recurrent", "--json", str(path)]  # fmt: skip
+    assert main(argv) == 0
+    payload = json.loads(path.read_text())
+    assert payload["ok"] and payload["settings"]["shuffle"] == "blocks"
+    checked = {r["impl"] for r in payload["grid"] if r["check"] and r["check"]["ok"]}
+    assert {"numpy-loop", *fastgd.available_backends()} - {"numpy"} <= checked
+
+
 def test_chart(tmp_path):
     pytest.importorskip("matplotlib")
     records = [

@@ -74,8 +74,9 @@ def add_arguments(parser):
     )
     add("--repeats", type=int, help="timed runs per implementation, at most (median reported)")
     add("--max-time", type=float, help="stop repeating after this many seconds per implementation")
-    add("--shuffle", action="store_true",
-        help="shuffle rows each epoch (scikit-learn then draws its own order: loss checked)")  # fmt: skip
+    add("--shuffle", nargs="?", const="rows", default=False, choices=("rows", "blocks"),
+        help="shuffle each epoch: rows (the default of the flag) or blocks of consecutive rows "
+             "(fit's shuffle='blocks'); scikit-learn then draws its own order: loss checked")  # fmt: skip
     add("--no-compare", action="store_true", help="skip scikit-learn and PyTorch")
     add(
         "--memory-rows",
@@ -272,7 +273,7 @@ def _log_setup(args, config, machine, log):
             log(f"note: {name}={os.environ[name]} is set and may slow NumPy's BLAS; for a fair "
                 f"baseline run: env -u {' -u '.join(BLAS_VARIABLES)} fastgd bench ...")  # fmt: skip
     log(f"data: {config.rows} x {config.features}, plain SGD, {config.epochs} epochs "
-        f"(full batch: {config.full_epochs}), {'shuffled' if config.shuffle else 'rows in order'}; "
+        f"(full batch: {config.full_epochs}), {'shuffled (' + config.shuffle + ')' if config.shuffle else 'rows in order'}; "
         f"threads {', '.join(map(str, config.threads))}")  # fmt: skip
     capped = [f"{m} {MODELS[m].n_rows(config.rows)}" for m in config.models
               if MODELS[m].n_rows(config.rows) < config.rows]  # fmt: skip

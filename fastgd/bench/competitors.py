@@ -209,7 +209,8 @@ def run_sklearn_sgd(case, X, y, *, batch_size, epochs, lr, seed, threads, shuffl
     lr : float
     seed : int
     threads : int
-    shuffle : bool
+    shuffle : bool or {"rows", "blocks"}
+        Any shuffling: scikit-learn draws its own per-row order.
     evaluate : bool, default True
         Also compute what the check needs (parameters, predictions).
 
@@ -223,7 +224,7 @@ def run_sklearn_sgd(case, X, y, *, batch_size, epochs, lr, seed, threads, shuffl
         raise NotApplicable("scikit-learn's SGD estimators do batch size 1 only")
     linear_model = _sklearn("linear_model")
     common = dict(penalty=None, learning_rate="constant", max_iter=epochs, tol=None,
-                  shuffle=shuffle, random_state=seed)  # fmt: skip
+                  shuffle=bool(shuffle), random_state=seed)  # fmt: skip
     if case.task == "regression":
         model = linear_model.SGDRegressor(loss="squared_error", eta0=2 * lr, **common)
     else:
@@ -235,7 +236,7 @@ def run_sklearn_sgd(case, X, y, *, batch_size, epochs, lr, seed, threads, shuffl
         return Outcome(seconds, "accuracy", predicted=model.predict(X),
                        note="one-vs-rest: a different model")  # fmt: skip
     params = flat_params([np.atleast_2d(model.coef_).T], [model.intercept_])
-    return _outcome(seconds, params, _outputs(case, model, X), own_order=shuffle)
+    return _outcome(seconds, params, _outputs(case, model, X), own_order=bool(shuffle))
 
 
 # fastgd's activation names in scikit-learn's MLP estimators
@@ -263,7 +264,8 @@ def run_sklearn_mlp(case, X, y, *, batch_size, epochs, lr, seed, threads, shuffl
     lr : float
     seed : int
     threads : int
-    shuffle : bool
+    shuffle : bool or {"rows", "blocks"}
+        Any shuffling: scikit-learn draws its own per-row order.
     evaluate : bool, default True
         Also compute what the check needs (parameters, predictions).
 
@@ -288,14 +290,14 @@ def run_sklearn_mlp(case, X, y, *, batch_size, epochs, lr, seed, threads, shuffl
         learning_rate="constant",
         # its squared loss is (p - y)**2 / 2: twice the rate makes fastgd's MSE updates
         learning_rate_init=2 * lr if regression else lr, momentum=0.0, nesterovs_momentum=False,
-        max_iter=epochs, shuffle=shuffle, random_state=seed, tol=0.0,
+        max_iter=epochs, shuffle=bool(shuffle), random_state=seed, tol=0.0,
         n_iter_no_change=epochs + 1, early_stopping=False,
     )  # fmt: skip
     seconds = _timed_fit(model, X, y)
     if not evaluate:
         return Outcome(seconds, "none")
     params = None if weights is None else flat_params(model.coefs_, model.intercepts_)
-    return _outcome(seconds, params, _outputs(case, model, X), own_order=shuffle)
+    return _outcome(seconds, params, _outputs(case, model, X), own_order=bool(shuffle))
 
 
 def _started_at(estimator, weights, biases):
@@ -363,7 +365,8 @@ def run_torch(case, X, y, *, batch_size, epochs, lr, seed, threads, shuffle, eva
     lr : float
     seed : int
     threads : int
-    shuffle : bool
+    shuffle : bool or {"rows", "blocks"}
+        fastgd's row orders (:func:`row_orders`), blocks included.
     evaluate : bool, default True
         Also compute what the check needs (parameters, predictions).
 

@@ -91,8 +91,8 @@ class BenchConfig:
         At most this many timed runs per implementation; the median is reported.
     max_time : float
         Stop repeating once the timed runs of one implementation took this long (s).
-    shuffle : bool
-        Shuffle the rows each epoch. Off by default, so that every library makes the same
+    shuffle : bool or {"rows", "blocks"}
+        Shuffle the rows (or blocks of rows, as ``fit``'s ``shuffle``) each epoch. Off by default, so that every library makes the same
         updates in the same order and can be checked exactly (fastgd and PyTorch see the
         same shuffled batches either way).
     competitors : bool
@@ -111,7 +111,7 @@ class BenchConfig:
     full_epochs: int = 50
     repeats: int = 5
     max_time: float = 0.5
-    shuffle: bool = False
+    shuffle: bool | str = False
     competitors: bool = True
     seed: int = 0
 

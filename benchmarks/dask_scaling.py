@@ -216,8 +216,25 @@ def run_all(client, args):
             tol = loosest_tol(lambda t, a=a: time_dask_glm(X, y, "newton", a, t, None), X, y, a, target)  # fmt: skip
             glm = measure(f"dask-glm newton (tol={tol:g})", lambda a=a, t=tol: time_dask_glm(X, y, "newton", a, t, None), X, y, a, f_star, args.repeat)  # fmt: skip
         rows.append((pair, fast, glm))
+        if solver == "newton":
+            hessian_rate(fast["info"], n // args.workers, d)
     overhead = None if args.no_overhead else per_iteration(X, y, alpha, args.repeat)
     report(rows, overhead)
+
+
+def hessian_rate(info, rows_per_worker, d):
+    """How close Newton's rounds run to the machine: the Gram products of the Hessian
+    rounds (every round but the last, whose Hessian is skipped; ``rows x d^2`` FLOPs each
+    as dsyrk counts them) per second of the busiest worker's compute, against one core's
+    float64 BLAS matmul rate measured now in this process (workers idle)."""
+    from fastgd.bench.roofline import matmul_rate
+
+    peak = matmul_rate("float64", 1) / 1e9
+    rounds = info["n_rounds"] - 1
+    rate = rounds * rows_per_worker * d * d / info["compute_time"] / 1e9
+    print(f"Newton: {rounds} Hessian rounds of {rows_per_worker} rows x {d} per worker: "
+          f"{rate:.1f} GFLOP/s of Gram products per worker ({100 * rate / peak:.0f}% of one "
+          f"core's float64 matmul, {peak:.1f} GFLOP/s), counting all compute time", flush=True)  # fmt: skip
 
 
 def report(rows, overhead):

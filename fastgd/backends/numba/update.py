@@ -70,22 +70,24 @@ def _finish_gradient(G, inv_rows, params, n_weights, n_trained, hyper):
 
 
 @njit(inline="always", **NUMBA_OPTIONS)
-def _optimizer_step(params, G, inv_rows, n_trained, opt_code, hyper, state, t, lr):
-    """Update ``t`` (1-based) of the optimizer, with gradient ``G[0, j] * inv_rows``.
+def _optimizer_step(params, G, inv_rows, lo, hi, opt_code, hyper, state, t, lr):
+    """Update ``t`` (1-based) of the optimizer, with gradient ``G[0, j] * inv_rows``, on
+    the parameters ``lo:hi``.
 
-    Elementwise over the flat parameters, in the order of operations of
+    Elementwise over the flat parameters (so any split into ranges gives the same
+    results), in the order of operations of
     :func:`fastgd.backends.numpy_ref.optimizer_step` (formulas: :mod:`fastgd.specs.optimizers`),
     with ``lr`` the scheduled learning rate of this update.
     """
     if opt_code == opt.SGD:
         mu = hyper[opt.MOMENTUM]
         if mu == 0.0:
-            for j in range(n_trained):
+            for j in range(lo, hi):
                 params[j] -= lr * (G[0, j] * inv_rows)
             return
         damp = 1.0 - hyper[opt.DAMPENING]
         nesterov = hyper[opt.NESTEROV] != 0.0
-        for j in range(n_trained):
+        for j in range(lo, hi):
             g = G[0, j] * inv_rows
             b = g if t == 1 else mu * state[0, j] + damp * g
             state[0, j] = b
@@ -93,7 +95,7 @@ def _optimizer_step(params, G, inv_rows, n_trained, opt_code, hyper, state, t, l
     elif opt_code == opt.ADAGRAD:
         clr = lr / (1.0 + (t - 1) * hyper[opt.LR_DECAY])
         eps = hyper[opt.EPS]
-        for j in range(n_trained):
+        for j in range(lo, hi):
             g = G[0, j] * inv_rows
             total = state[0, j] + g * g
             state[0, j] = total
@@ -101,7 +103,7 @@ def _optimizer_step(params, G, inv_rows, n_trained, opt_code, hyper, state, t, l
     elif opt_code == opt.RMSPROP:
         alpha, eps, mu = hyper[opt.ALPHA], hyper[opt.EPS], hyper[opt.MOMENTUM]
         centered = hyper[opt.CENTERED] != 0.0
-        for j in range(n_trained):
+        for j in range(lo, hi):
             g = G[0, j] * inv_rows
             v = alpha * state[0, j] + (1.0 - alpha) * g * g
             state[0, j] = v
@@ -132,7 +134,7 @@ def _optimizer_step(params, G, inv_rows, n_trained, opt_code, hyper, state, t, l
             # plain Adam: the same operations, in a loop without branches, which LLVM
             # vectorizes (square roots and divisions 4 at a time: measured 3x faster on
             # 6.4 million parameters; the branchy loop below stays scalar)
-            for j in range(n_trained):
+            for j in range(lo, hi):
                 g = G[0, j] * inv_rows
                 m = b1 * state[0, j] + (1.0 - b1) * g
                 v = b2 * state[1, j] + (1.0 - b2) * g * g
@@ -140,7 +142,7 @@ def _optimizer_step(params, G, inv_rows, n_trained, opt_code, hyper, state, t, l
                 state[1, j] = v
                 params[j] -= step * m / (math.sqrt(v) / correction2 + eps)
             return
-        for j in range(n_trained):
+        for j in range(lo, hi):
             g = G[0, j] * inv_rows
             if decoupled:
                 params[j] *= 1.0 - lr * wd
@@ -188,16 +190,25 @@ def _apply_update(params, G, inv_rows, n_weights, n_trained, opt_code, hyper, st
     and clipping (when ``finishing``), the scheduled rate of update ``t``, the optimizer
     step, the L1 proximal step on ``params[:n_weights]``. Increments ``step_count[0]``.
     """
+    t, lr, inv_rows = _start_update(params, G, inv_rows, n_weights, n_trained, hyper, step_count, lr_epoch, finishing)  # fmt: skip
+    _optimizer_step(params, G, inv_rows, 0, n_trained, opt_code, hyper, state, t, lr)
+    if hyper[opt.L1] > 0.0:
+        _soft_threshold(params, n_weights, lr * hyper[opt.L1])
+
+
+@njit(inline="always", **NUMBA_OPTIONS)
+def _start_update(params, G, inv_rows, n_weights, n_trained, hyper, step_count, lr_epoch, finishing):  # fmt: skip
+    """The steps of :func:`_apply_update` before the optimizer's: increments
+    ``step_count[0]`` to ``t``, finishes ``G[0]`` (when ``finishing``); returns ``t``, the
+    scheduled rate of update ``t`` and the factor of ``G[0]`` in the optimizer step."""
     step_count[0] += 1
     t = step_count[0]
     if finishing:
         _finish_gradient(G, inv_rows, params, n_weights, n_trained, hyper)
         inv_rows = 1.0  # G[0] now holds the finished mean gradient
-    power_t, l1 = hyper[opt.POWER_T], hyper[opt.L1]
+    power_t = hyper[opt.POWER_T]
     lr = lr_epoch / t**power_t if power_t != 0.0 else lr_epoch
-    _optimizer_step(params, G, inv_rows, n_trained, opt_code, hyper, state, t, lr)
-    if l1 > 0.0:
-        _soft_threshold(params, n_weights, lr * l1)
+    return t, lr, inv_rows
 
 
 # the rule of :mod:`fastgd.specs.stopping`, compiled as it is (one rule for every backend)

@@ -129,43 +129,50 @@ def _optimizer_step(params, G, inv_rows, lo, hi, opt_code, hyper, state, t, lr):
             else:
                 p[j] -= lr * g / denom
     else:  # ADAM, ADAMW
-        b1, b2, eps, wd = (
-            hyper[opt.BETA1],
-            hyper[opt.BETA2],
-            hyper[opt.EPS],
-            hyper[opt.WEIGHT_DECAY],
-        )
-        decoupled = opt_code == opt.ADAMW
-        amsgrad = hyper[opt.AMSGRAD] != 0.0
-        step = lr / (1.0 - b1**t)
-        correction2 = math.sqrt(1.0 - b2**t)
         s0, s1, s2 = state[0, lo:hi], state[1, lo:hi], state[2, lo:hi]
-        if not decoupled and wd == 0.0 and not amsgrad:
-            # plain Adam: the same operations, in a loop without branches, which LLVM
-            # vectorizes (square roots and divisions 4 at a time: measured 3x faster on
-            # 6.4 million parameters; the branchy loop below stays scalar)
-            for j in range(n):
-                g = g_row[j] * inv_rows
-                m = b1 * s0[j] + (1.0 - b1) * g
-                v = b2 * s1[j] + (1.0 - b2) * g * g
-                s0[j] = m
-                s1[j] = v
-                p[j] -= step * m / (math.sqrt(v) / correction2 + eps)
-            return
+        _adam_step(p, g_row, inv_rows, n, opt_code, hyper, s0, s1, s2, t, lr)
+
+
+@njit(inline="always", **NUMBA_OPTIONS)
+def _adam_step(p, g_row, inv_rows, n, opt_code, hyper, s0, s1, s2, t, lr):
+    """Adam and AdamW (:func:`_optimizer_step`) on the views ``p``, ``g_row`` and the
+    state rows ``s0, s1, s2`` of ``n`` entries."""
+    b1, b2, eps, wd = (
+        hyper[opt.BETA1],
+        hyper[opt.BETA2],
+        hyper[opt.EPS],
+        hyper[opt.WEIGHT_DECAY],
+    )
+    decoupled = opt_code == opt.ADAMW
+    amsgrad = hyper[opt.AMSGRAD] != 0.0
+    step = lr / (1.0 - b1**t)
+    correction2 = math.sqrt(1.0 - b2**t)
+    if not decoupled and wd == 0.0 and not amsgrad:
+        # plain Adam: the same operations, in a loop without branches, which LLVM
+        # vectorizes (square roots and divisions 4 at a time: measured 3x faster on
+        # 6.4 million parameters; the branchy loop below stays scalar)
         for j in range(n):
             g = g_row[j] * inv_rows
-            if decoupled:
-                p[j] *= 1.0 - lr * wd
-            elif wd != 0.0:
-                g = g + wd * p[j]
             m = b1 * s0[j] + (1.0 - b1) * g
             v = b2 * s1[j] + (1.0 - b2) * g * g
             s0[j] = m
             s1[j] = v
-            if amsgrad:
-                v = max(s2[j], v)
-                s2[j] = v
             p[j] -= step * m / (math.sqrt(v) / correction2 + eps)
+        return
+    for j in range(n):
+        g = g_row[j] * inv_rows
+        if decoupled:
+            p[j] *= 1.0 - lr * wd
+        elif wd != 0.0:
+            g = g + wd * p[j]
+        m = b1 * s0[j] + (1.0 - b1) * g
+        v = b2 * s1[j] + (1.0 - b2) * g * g
+        s0[j] = m
+        s1[j] = v
+        if amsgrad:
+            v = max(s2[j], v)
+            s2[j] = v
+        p[j] -= step * m / (math.sqrt(v) / correction2 + eps)
 
 
 @njit(inline="always", **NUMBA_OPTIONS)

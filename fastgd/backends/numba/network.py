@@ -92,8 +92,11 @@ _CACHE_LINE_BYTES = 64
 # PARALLEL_MIN_WORK (as the Cython kernels' UPDATE_WORK_PER_PARAM). Elementwise, so the
 # blocks never change a result.
 _UPDATE_WORK_PER_PARAM = 8
-# the blocks start on multiples of this many entries (a cache line of float32)
-_UPDATE_ALIGN = 16
+# The blocks start on multiples of this many entries: a cache line of float64, and a
+# multiple of the step of the vectorized loop (at most 32 entries), so that every entry
+# is computed by the same (vector or scalar remainder) code whatever the number of
+# blocks: FMA contraction may round the two differently.
+_UPDATE_ALIGN = 64
 
 
 class Layout(NamedTuple):

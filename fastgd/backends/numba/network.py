@@ -64,11 +64,8 @@ from .update import (
     _interrupted,
     _largest,
     _n_chunks,
-    _optimizer_step,
     _penalty_value,
     _runaway,
-    _soft_threshold,
-    _start_update,
     _tolerance_rule,
 )
 
@@ -85,18 +82,6 @@ SERIAL = 0
 PARALLEL = 1
 
 _CACHE_LINE_BYTES = 64
-
-# The optimizer step costs about this many multiply-adds per parameter (Adam: a square
-# root and a division in double precision, about ten operations): with a parallel kernel
-# it runs in blocks on the threads when the parameters times this reach
-# PARALLEL_MIN_WORK (as the Cython kernels' UPDATE_WORK_PER_PARAM). Elementwise, so the
-# blocks never change a result.
-_UPDATE_WORK_PER_PARAM = 8
-# The blocks start on multiples of this many entries: a cache line of float64, and a
-# multiple of the step of the vectorized loop (at most 32 entries), so that every entry
-# is computed by the same (vector or scalar remainder) code whatever the number of
-# blocks: FMA contraction may round the two differently.
-_UPDATE_ALIGN = 64
 
 
 class Layout(NamedTuple):
@@ -126,9 +111,6 @@ class Layout(NamedTuple):
         normalized layer's ``inv_std / B, gamma * sum(du), gamma * sum(du * x_hat)``.
     work_per_row : int
         Multiply-adds per row of the forward and backward pass (the parallel threshold).
-    update_blocks : int
-        Blocks of the parameters the optimizer step of a parallel kernel runs on (the
-        thread count: the step is elementwise, so it never changes a result).
     chunk_first, chunk_stride : int
         The chunks' gradient sums in ``Scratch.G``: chunk ``c`` sums parameter ``j`` at
         ``c * chunk_stride + j``, for ``j >= chunk_first``. Dense rows: 0 and a padded
@@ -162,7 +144,6 @@ class Layout(NamedTuple):
     work_per_row: int
     chunk_first: int
     chunk_stride: int
-    update_blocks: int
 
 
 class Scratch(NamedTuple):
@@ -796,36 +777,6 @@ def _halt(state, scratch):
     return stopping.INTERRUPTED
 
 
-@njit(parallel=True, **NUMBA_OPTIONS)
-def _optimizer_step_parallel(params, G, n_trained, opt_code, hyper, state, t, lr, n_blocks):
-    """The optimizer step on blocks of the parameters, one block per thread."""
-    for block in prange(n_blocks):
-        lo = (block * n_trained // n_blocks) // _UPDATE_ALIGN * _UPDATE_ALIGN
-        hi = n_trained if block == n_blocks - 1 else ((block + 1) * n_trained // n_blocks) // _UPDATE_ALIGN * _UPDATE_ALIGN  # fmt: skip
-        _optimizer_step(params, G, 1.0, lo, hi, opt_code, hyper, state, t, lr)
-
-
-@njit(inline="always", **NUMBA_OPTIONS)
-def _update(layout, state, update, scratch, lr_epoch, finishing, mode):
-    """The update after a batch (:func:`~.update._apply_update`); ``scratch.grad`` holds
-    the mean gradient already (dz was divided by the batch size). A ``PARALLEL`` kernel
-    runs the optimizer step on the threads when there are enough parameters."""
-    params, G, n, hyper = state.params, scratch.grad, layout.n_params, update.hyper
-    serial = n * _UPDATE_WORK_PER_PARAM < PARALLEL_MIN_WORK
-    if mode == SERIAL:  # (a constant: the parallel step is not compiled in this kernel)
-        _apply_update(params, G, 1.0, layout.n_weights, n, update.opt_code, hyper,
-                      state.opt_state, state.step_count, lr_epoch, finishing)  # fmt: skip
-        return
-    if serial:
-        _apply_update(params, G, 1.0, layout.n_weights, n, update.opt_code, hyper,
-                      state.opt_state, state.step_count, lr_epoch, finishing)  # fmt: skip
-        return
-    t, lr, _ = _start_update(params, G, 1.0, layout.n_weights, n, hyper, state.step_count, lr_epoch, finishing)  # fmt: skip
-    _optimizer_step_parallel(params, G, n, update.opt_code, hyper, state.opt_state, t, lr, layout.update_blocks)  # fmt: skip
-    if hyper[opt.L1] > 0.0:
-        _soft_threshold(params, layout.n_weights, lr * hyper[opt.L1])
-
-
 def _make_train_epochs(mode):
     """The epoch kernel of ``mode`` (``SERIAL`` or ``PARALLEL``, a closure constant: the
     branches of the other mode are removed before compilation)."""
@@ -860,7 +811,11 @@ def _make_train_epochs(mode):
                 )
                 _add_squared_norms(layout, s.grad, norms)
                 n_batches += 1
-                _update(layout, state, update, s, block.lr_epochs[epoch], finishing, mode)
+                # grad holds the mean gradient already (dz was divided by the batch size)
+                _apply_update(
+                    params, s.grad, 1.0, layout.n_weights, layout.n_params, update.opt_code, hyper,
+                    state.opt_state, state.step_count, block.lr_epochs[epoch], finishing,
+                )  # fmt: skip
             end = _end_epoch(layout, state, update, block, s, epoch, loss_sum / n, n_batches)
             if end >= 0:
                 return epoch + 1, end
@@ -896,10 +851,9 @@ _LOSS_AND_GRADIENT = (_make_loss_and_gradient(SERIAL), _make_loss_and_gradient(P
 # Python side: layout, scratch, the choice of kernel
 
 
-def make_layout(model, rows, shuffled, data, n_threads=1):
+def make_layout(model, rows, shuffled, data):
     """The :class:`Layout` of ``model`` for batches of up to ``rows`` rows of ``data``
-    (dense or CSR rows) on ``n_threads`` threads, and the size of the scratch buffer it
-    needs."""
+    (dense or CSR rows), and the size of the scratch buffer it needs."""
     sizes = np.ascontiguousarray(model.sizes, dtype=np.int64)
     batch_norm = np.ascontiguousarray(model.batch_norm, dtype=np.int64)
     n_layers = sizes.shape[0] - 1
@@ -939,7 +893,7 @@ def make_layout(model, rows, shuffled, data, n_threads=1):
         int(params["n_weights"]), int(params["n_params"]), z, a, stats,
         take(rows * int(sizes[0]) if shuffled and not csr else 0), take(rows * widest),
         take(rows * widest), take(3 * widest), int(3 * products.sum() - products[0]),
-        first if csr else 0, -(-(chunked + line) // line) * line, max(1, int(n_threads)),
+        first if csr else 0, -(-(chunked + line) // line) * line,
     )  # fmt: skip
     return layout, max(total, 1)
 
@@ -995,7 +949,7 @@ def train_epochs(model, data, state, update, block, n_threads):
     ``n_threads > 1``; the results are the same either way.
     """
     rows = min(int(update.batch_size), n_rows(data))
-    layout, n_buf = make_layout(model, rows, block.orders.shape[0] > 0, data, n_threads)
+    layout, n_buf = make_layout(model, rows, block.orders.shape[0] > 0, data)
     scratch = make_scratch(layout, n_buf, state.params, state.running, state.opt_state)
     # plain Python numbers: one compiled signature whatever integer types the caller used
     update = UpdateConfig(int(update.batch_size), int(update.opt_code), update.hyper,

@@ -4,12 +4,21 @@ Usage::
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/mlp_vs_sklearn.py
     python benchmarks/mlp_vs_sklearn.py --rows 5000 --epochs 1     # a quick look
+    python benchmarks/mlp_vs_sklearn.py --batch-sizes 32,64,128,256,512 --impls numba,cython,sklearn
 
 The setting of the issue: a 64-128-128-10 ReLU network with a softmax output, Adam
-(lr 1e-3), batch size 128, 100,000 x 64 float32 samples, 3 epochs, 2 threads. Each
+(lr 1e-3), batch size 128 (``--batch-sizes``: each in turn, 128 first by default, then the
+ends of the range 32-512), 100,000 x 64 float32 samples, 3 epochs, 2 threads. Each
 implementation runs in its own process (idle threads of one runtime slow the others),
 fits once untimed on a slice (compile / cache load), then the whole fit is timed; the
 median of ``--repeats`` is reported.
+
+Each row also shows its share of the float32 matmul peak, measured at the start of the
+run by :func:`fastgd.bench.roofline.matmul_rate` (a 2048 x 2048 BLAS product at the same
+thread count): the FLOPs of one sample's forward and backward products
+(:func:`fastgd.bench.roofline.network_flops_per_sample`: 2 per multiply-add forward, 4
+backward, the first layer's input gradient left out) times the samples trained per
+second, over the peak.
 
 Checks before any time is reported: the compiled backends start from the same
 initialization and see the same batches as the NumPy reference, so their final training
@@ -111,7 +120,8 @@ def main(argv=None):
     parser.add_argument("--features", type=int, default=64)
     parser.add_argument("--hidden", type=int, nargs="+", default=[128, 128])
     parser.add_argument("--classes", type=int, default=10)
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batch-sizes", default="128,32,512", help="comma-separated")
+    parser.add_argument("--batch-size", type=int, default=128, help=argparse.SUPPRESS)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--threads", type=int, default=2)
@@ -122,25 +132,46 @@ def main(argv=None):
     if args.one:
         print(json.dumps(run_one(args.one, args)))
         return 0
-    forwarded = [a for a in (argv if argv is not None else sys.argv[1:])]
-    results = {}
-    for impl in args.impls.split(","):
-        proc = subprocess.run(
-            [sys.executable, __file__, *forwarded, "--one", impl], capture_output=True, text=True
-        )
-        if proc.returncode != 0:
-            reason = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"
-            print(f"{impl:8s} skipped: {reason}")
-            continue
-        results[impl] = json.loads(proc.stdout.strip().splitlines()[-1])
+    forwarded = list(argv if argv is not None else sys.argv[1:])
+    peak = _matmul_peak(args.threads)
+    failed = False
+    for batch_size in (int(b) for b in args.batch_sizes.split(",")):
+        results = {}
+        for impl in args.impls.split(","):
+            command = [sys.executable, __file__, *forwarded, "--one", impl, "--batch-size", str(batch_size)]  # fmt: skip
+            proc = subprocess.run(command, capture_output=True, text=True)
+            if proc.returncode != 0:
+                reason = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"
+                print(f"{impl:8s} skipped: {reason}")
+                continue
+            results[impl] = json.loads(proc.stdout.strip().splitlines()[-1])
+        failed |= _report(args, batch_size, results, peak)
+    return 1 if failed else 0
+
+
+def _matmul_peak(threads):
+    """float32 GFLOP/s of a large BLAS product at ``threads`` threads (this run's peak)."""
+    from fastgd.bench.roofline import matmul_rate
+
+    return matmul_rate("float32", threads) / 1e9
+
+
+def _report(args, batch_size, results, peak):
+    """Print one batch size's table; returns True if a loss check failed."""
+    from fastgd.bench.roofline import network_flops_per_sample
+
+    sizes = [args.features, *args.hidden, args.classes]
+    flops = network_flops_per_sample(sizes)
     reference = results.get("numpy")
     print(
-        f"\nMLP {args.features}-{'-'.join(map(str, args.hidden))}-{args.classes} ReLU, Adam, "
-        f"batch {args.batch_size}, {args.rows:,} x {args.features} float32, {args.epochs} "
-        f"epochs, {args.threads} threads, median of {args.repeats}"
+        f"\nMLP {'-'.join(map(str, sizes))} ReLU, Adam, batch {batch_size}, "
+        f"{args.rows:,} x {args.features} float32, {args.epochs} epochs, {args.threads} "
+        f"threads, median of {args.repeats}; float32 matmul peak {peak:.0f} GFLOP/s, "
+        f"{flops:,} FLOPs per sample"
     )
     print(
-        f"{'impl':8s} {'time':>9s} {'vs numpy':>9s} {'vs sklearn':>11s} {'final loss':>11s}  check"
+        f"{'impl':8s} {'time':>9s} {'vs numpy':>9s} {'vs sklearn':>11s} {'% peak':>7s} "
+        f"{'final loss':>11s}  check"
     )
     failed = False
     for impl, r in results.items():
@@ -153,8 +184,9 @@ def main(argv=None):
         vs_numpy = reference["median_s"] / r["median_s"] if reference else float("nan")
         vs_sklearn = results["sklearn"]["median_s"] / r["median_s"] if "sklearn" in results else float("nan")  # fmt: skip
         time_text = "(failed)" if check.startswith("FAILED") else f"{r['median_s']:.3f} s"
-        print(f"{impl:8s} {time_text:>9s} {vs_numpy:8.2f}x {vs_sklearn:10.2f}x {r['loss']:11.5f}  {check}")  # fmt: skip
-    return 1 if failed else 0
+        share = args.rows * args.epochs / r["median_s"] * flops / (peak * 1e9)
+        print(f"{impl:8s} {time_text:>9s} {vs_numpy:8.2f}x {vs_sklearn:10.2f}x {share:6.1%} {r['loss']:11.5f}  {check}")  # fmt: skip
+    return failed
 
 
 if __name__ == "__main__":

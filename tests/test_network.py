@@ -139,6 +139,23 @@ def test_network_bit_identical_for_one_and_two_threads(compiled_backend, batch_s
         assert np.array_equal(a, b)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_network_parallel_optimizer_step(compiled_backend, dtype):
+    # 11,392 parameters: Cython's optimizer step (Adam) runs on blocks of them on the
+    # threads (parameters x 8 >= PARALLEL_MIN_WORK); the same results as one thread, and
+    # (float64) as the NumPy reference
+    X, Y = _problem("multiclass-4", n=1000, d=20, dtype=dtype)
+    spec = _spec("multiclass-4", d=20, hidden=(128, 64), batch_norm=(True, False))
+    one = _train(compiled_backend, X, Y, spec, epochs=2, batch_size=128, n_threads=1)
+    two = _train(compiled_backend, X, Y, spec, epochs=2, batch_size=128, n_threads=2)
+    for a, b in zip(one[:4], two[:4], strict=True):
+        assert np.array_equal(a, b)
+    if dtype == np.float64:
+        expected = _train(numpy_ref, X, Y, spec, epochs=2, batch_size=128)
+        for got, want in zip(two[:3], expected[:3], strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
+
+
 def test_backend_network_float32(compiled_backend):
     X, Y = _problem("binary", n=500, d=8, dtype=np.float32)
     spec = _spec("binary", d=8, batch_norm=True)

@@ -47,7 +47,7 @@ import numpy as np
 from numba import prange
 from numba.extending import overload
 
-from ..._config import MAX_CHUNKS, NUMBA_OPTIONS, PARALLEL_MIN_WORK
+from ..._config import MAX_CHUNKS, NUMBA_OPTIONS, PARALLEL_MIN_WORK, PREFETCH_AHEAD
 from ...specs import network as net
 from ...specs import optimizers as opt
 from ...specs import stopping
@@ -55,6 +55,7 @@ from ..blas import single_threaded_blas
 from ..contract import EpochBlock, SparseData, UpdateConfig, is_sparse, n_rows
 from .cache import njit
 from .losses import _loss_block
+from .prefetch import prefetch_row
 from .sparse_rows import _csr_rows_scatter, _csr_rows_times
 from .threads import numba_threads
 from .update import (
@@ -278,10 +279,16 @@ def _dense_input_rows(layout, data, buf, batch, lo, hi):
 
 @njit(inline="always", **NUMBA_OPTIONS)
 def _gather(layout, data, buf, batch, lo, hi):
-    """Copy the X rows of a shuffled chunk, in the epoch's order, into one block."""
+    """Copy the X rows of a shuffled chunk, in the epoch's order, into one block.
+
+    The rows are scattered over X: each is requested from memory (software prefetch)
+    ``PREFETCH_AHEAD`` rows before it is copied, so that several loads are in flight
+    (measured: the gather took about a tenth of the non-BLAS time of a batch without)."""
     d = layout.sizes[0]
     dst = _rows(buf, layout.gather, lo, hi, d)
     for r in range(lo, hi):
+        if r + PREFETCH_AHEAD < hi:
+            prefetch_row(data.X, batch.order[batch.start + r + PREFETCH_AHEAD])
         i = batch.order[batch.start + r]
         for j in range(d):
             dst[r - lo, j] = data.X[i, j]
@@ -330,13 +337,17 @@ def _csr_batch_gradient(layout, data, scratch, batch):
 
 @njit(inline="always", **NUMBA_OPTIONS)
 def _column_sums(block, out, offset):
-    """``out[offset + j] = sum of block[:, j]``, rows added in order."""
+    """``out[offset + j] = sum of block[:, j]``, rows added in order.
+
+    Through a view of ``out`` from index 0 (indices from a runtime offset keep Numba's
+    wraparound of negative indices in the loop, which then stays scalar)."""
     rows, n = block.shape
+    sums = out[offset : offset + n]
     for j in range(n):
-        out[offset + j] = 0.0
+        sums[j] = 0.0
     for r in range(rows):
         for j in range(n):
-            out[offset + j] += block[r, j]
+            sums[j] += block[r, j]
 
 
 @njit(**NUMBA_OPTIONS)  # not inlined (compile time); one call per block of rows
@@ -443,9 +454,16 @@ def _forward_rows(layout, data, params, scratch, batch, layer, lo, hi, chunk):
             _column_sums(z, scratch.S[chunk], 0)
             return -1
         b = layout.bias[current]
+        bias = params[b : b + z.shape[1]]  # a view from 0: see _column_sums
+        if hidden and layout.activation == RELU:  # bias and activation in one pass
+            for r in range(hi - lo):
+                for j in range(z.shape[1]):
+                    u = z[r, j] + bias[j]
+                    z[r, j] = 0.0 if u < 0 else u  # as _activate_rows
+            continue
         for r in range(hi - lo):
             for j in range(z.shape[1]):
-                z[r, j] += params[b + j]
+                z[r, j] += bias[j]
         if not hidden:
             _output_loss(layout, data, scratch, batch, z, lo, hi, chunk)
             return current
@@ -589,11 +607,15 @@ def _gradient_chunk_sum(layout, G, n_chunks, j):
 @njit(inline="always", **NUMBA_OPTIONS)
 def _sum_gradient_chunks(layout, G, n_chunks):
     """Add the chunks' sums into ``G[:n_params]``, in chunk order (the deterministic
-    reduction)."""
+    reduction). Through two views: ``G[j] += G[start + j]`` on one array stays scalar
+    (LLVM cannot rule out the overlap); on views it vectorizes (measured 6x faster)."""
+    first, n = layout.chunk_first, layout.n_params
+    total = G[first:n]
     for c in range(1, n_chunks):
         start = c * layout.chunk_stride
-        for j in range(layout.chunk_first, layout.n_params):
-            G[j] += G[start + j]
+        row = G[start + first : start + n]
+        for j in range(n - first):
+            total[j] += row[j]
 
 
 @njit(inline="always", **NUMBA_OPTIONS)
@@ -706,12 +728,17 @@ def _copy_state(params, running, opt_state, step_count, to_params, to_running, t
 
 @njit(inline="always", **NUMBA_OPTIONS)
 def _add_squared_norms(layout, G, norms):
-    """``norms[i] += |gradient of W_i|**2`` from the batch's mean gradient (G[0])."""
+    """``norms[i] += |gradient of W_i|**2`` from the batch's mean gradient (G[0]).
+
+    Over a view from index 0: ``G[0, j]`` for ``j`` from a runtime offset keeps Numba's
+    wraparound of negative indices, which makes LLVM gather the entries one by one
+    (measured 4x slower)."""
     for i in range(norms.shape[0]):
         w = layout.weight[i]
+        g = G[0, w : w + layout.sizes[i] * layout.sizes[i + 1]]
         total = 0.0
-        for j in range(w, w + layout.sizes[i] * layout.sizes[i + 1]):
-            total += float(G[0, j]) ** 2
+        for j in range(g.shape[0]):
+            total += float(g[j]) ** 2
         norms[i] += total
 
 

@@ -153,7 +153,7 @@ def measure(threads, dtypes, quick=False, log=print, working_sets=()):
 
 def read_limit(limits, threads, working_set=None):
     """The read rate (GB/s) that bounds a data set of ``working_set`` bytes: the rate
-    measured at the largest working set not smaller than it, or the streaming rate."""
+    measured at the smallest working set not smaller than it, or the streaming rate."""
     rate = limits["stream_gbs"].get(str(threads))
     measured = limits.get("working_set_gbs", {})
     if working_set is not None and rate:

@@ -1,6 +1,8 @@
 """Newton and L-BFGS: the Hessian pass of every backend, and the optima of the solvers
 against numpy.linalg.lstsq, scikit-learn and SciPy."""
 
+import ctypes
+
 import numpy as np
 import pytest
 from helpers import LOSS_CASES, LOSS_IDS, make_problem, numpy_ref
@@ -57,6 +59,51 @@ def test_hessian_bit_identical_for_1_and_2_threads(compiled_backend, loss_code, 
     assert one[0] == two[0]
     assert np.array_equal(one[1], two[1]) and np.array_equal(one[2], two[2])
     assert not one[1][9 * k :].any()  # intercepts not trained: zero gradient
+
+
+def _ilp64_dsyrk(address, S, C):
+    """``C += S^T S`` (row-major upper triangle) by the ILP64 dsyrk at ``address``."""
+    m, n = S.shape
+    f = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 10)(address)
+    sizes = np.array([n, m, C.shape[1]], dtype=np.int64)
+    one, chars = np.ones(1), np.frombuffer(b"LN", dtype=np.uint8).copy()
+    pointers = [a.ctypes.data for a in (chars[:1], chars[1:], sizes[:1], sizes[1:2], one, S,
+                                        sizes[:1], one, C, sizes[2:])]  # fmt: skip
+    f(*pointers)
+
+
+def test_gram_product_by_numpys_blas_and_by_the_scipy_shim():
+    """Both ways the Newton kernels reach dsyrk: NumPy's ILP64 OpenBLAS (where it has
+    one) and the shim that calls SciPy's 32-bit one (used where NumPy's has none)."""
+    from fastgd.backends.blas import numpy_dsyrk_address
+    from fastgd.backends.numba.hessian import _lp64_shim
+
+    S = np.random.default_rng(3).standard_normal((300, 7))
+    addresses = [_lp64_shim().address, numpy_dsyrk_address()]
+    for address in [a for a in addresses if a]:
+        C = np.ones((8, 8))
+        _ilp64_dsyrk(address, S, C)
+        upper = np.triu_indices(7)
+        np.testing.assert_allclose(C[:7, :7][upper], (S.T @ S + 1.0)[upper], rtol=1e-13)
+        assert np.array_equal(np.tril(C[:7, :7], -1), np.ones((7, 7)) - np.triu(np.ones((7, 7))))  # fmt: skip
+        assert np.array_equal(C[7], np.ones(8)) and np.array_equal(C[:, 7], np.ones(8))
+
+
+def test_cython_hessian_with_scipys_dsyrk_equals_numpys():
+    pytest.importorskip("fastgd.backends.cython._hessian")
+    from fastgd.backends.blas import numpy_dsyrk_address
+    from fastgd.backends.cython import _hessian
+
+    X, Y, params = make_problem(losses.BINARY_CROSS_ENTROPY, 1, n=3000, d=8)
+    model, data = LinearModel(losses.BINARY_CROSS_ENTROPY, 1, True), Data(X, Y, _weights(3000))
+    backend = get_backend("cython")
+    try:
+        _hessian.use_dsyrk64(0)
+        scipy_H = backend.loss_gradient_hessian(model, data, params, 2)[2]
+    finally:
+        _hessian.use_dsyrk64(numpy_dsyrk_address())
+    numpy_H = backend.loss_gradient_hessian(model, data, params, 2)[2]
+    np.testing.assert_allclose(numpy_H, scipy_H, rtol=1e-12, atol=1e-15)
 
 
 def test_hessian_of_float32_data_is_summed_in_float64(backend):

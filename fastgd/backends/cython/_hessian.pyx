@@ -23,6 +23,18 @@ from libc.math cimport exp, fabs, log, log1p, sqrt
 from libc.stdint cimport int64_t
 from scipy.linalg.cython_blas cimport dgemm, dsyrk
 
+# An ILP64 (64-bit integer sizes) dsyrk, set by the wrapper to NumPy's bundled OpenBLAS's
+# where it has one (faster on these Gram products, see fastgd.backends.blas); NULL: SciPy's.
+ctypedef void (*dsyrk64_t)(char*, char*, int64_t*, int64_t*, double*, double*, int64_t*,
+                           double*, double*, int64_t*) noexcept nogil
+cdef dsyrk64_t _dsyrk64 = NULL
+
+
+def use_dsyrk64(size_t address):
+    """Use the ILP64 dsyrk at ``address`` for the Gram products (0: SciPy's dsyrk)."""
+    global _dsyrk64
+    _dsyrk64 = <dsyrk64_t>address
+
 # Loss codes of fastgd.specs.losses (the wrapper checks them at import time).
 cdef enum:
     MSE = 0
@@ -97,10 +109,21 @@ cdef double _block_terms(const floating[:, ::1] Y, const floating[::1] weights,
     return loss
 
 
+cdef void _gram(int m, int d1, double* S, double* Tp) noexcept nogil:
+    """Tp += S^T S (row-major upper triangle; S is m x d1 row-major, Tp d1 x d1)."""
+    cdef char tn = b'N', lower = b'L'
+    cdef double one = 1.0
+    cdef int64_t n64 = d1, m64 = m
+    if _dsyrk64 != NULL:
+        _dsyrk64(&lower, &tn, &n64, &m64, &one, S, &n64, &one, Tp, &n64)
+    else:
+        dsyrk(&lower, &tn, &d1, &m, &one, S, &d1, &one, Tp, &d1)
+
+
 cdef void _hessian_block(const double* Xb, const double* Hw, int m, int d1, int k,
                          int n_pairs, double* S, double* T) noexcept nogil:
     """Adds X~^T diag(h_p) X~ of one block (m rows) to each class-pair block of T."""
-    cdef char tn = b'N', tt = b'T', lower = b'L'
+    cdef char tn = b'N', tt = b'T'
     cdef double one = 1.0
     cdef int c, c2, p = 0, r, j
     cdef double h
@@ -114,7 +137,7 @@ cdef void _hessian_block(const double* Xb, const double* Hw, int m, int d1, int 
                     for j in range(d1):
                         S[r * d1 + j] = h * Xb[r * d1 + j]
                 # column-major lower of S^c S^c^T = row-major upper of S^T S
-                dsyrk(&lower, &tn, &d1, &m, &one, S, &d1, &one, Tp, &d1)
+                _gram(m, d1, S, Tp)
             else:
                 for r in range(m):
                     h = Hw[r * n_pairs + p]

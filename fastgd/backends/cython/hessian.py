@@ -8,12 +8,13 @@ symmetric rank-k update for the diagonal blocks).
 import numpy as np
 
 from ...specs import losses
-from ..blas import single_threaded_blas
+from ..blas import numpy_dsyrk_address, single_threaded_blas
 from ..hessian_layout import assemble, block_rows, chunk_bounds, n_pairs
 from . import _hessian as _h
 
 if _h.LOSS_CODES != (losses.MSE, losses.BINARY_CROSS_ENTROPY, losses.CATEGORICAL_CROSS_ENTROPY):
     raise ImportError("fastgd.backends.cython._hessian was built with other loss codes: rebuild")
+_h.use_dsyrk64(numpy_dsyrk_address())
 
 
 def loss_gradient_hessian(model, data, params, n_threads=1, hessian=True):

@@ -17,13 +17,13 @@ import math
 import numpy as np
 import scipy.linalg  # noqa: F401 - loads SciPy's BLAS (Numba's np.dot) before it is limited
 from llvmlite import binding as llvm
-from numba import prange, types
+from numba import cfunc, prange, types
 from numba.core import cgutils
 from numba.extending import get_cython_function_address, intrinsic, overload
 
 from ..._config import NUMBA_OPTIONS
 from ...specs import losses
-from ..blas import single_threaded_blas
+from ..blas import numpy_dsyrk_address, single_threaded_blas
 from ..hessian_layout import assemble, block_rows, chunk_bounds, n_pairs
 from .cache import njit
 from .threads import numba_threads
@@ -31,11 +31,31 @@ from .threads import numba_threads
 MSE = losses.MSE
 BCE = losses.BINARY_CROSS_ENTROPY
 
-# SciPy's dsyrk (C = S^T S + C, one triangle: half the flops of np.dot(S.T, S)), called by
-# symbol name: the symbol is registered here, at import, before any kernel (compiled or
-# loaded from the disk cache) is linked, so the cached machine code stays valid.
-llvm.add_symbol("fastgd_dsyrk", get_cython_function_address("scipy.linalg.cython_blas", "dsyrk"))
-_dsyrk = types.ExternalFunction("fastgd_dsyrk", types.void(*[types.voidptr] * 10))
+# dsyrk (C = S^T S + C, one triangle: half the flops of np.dot(S.T, S)) with 64-bit integer
+# sizes, called by symbol name: the symbol is registered here, at import, before any kernel
+# (compiled or loaded from the disk cache) is linked, so the cached machine code stays
+# valid whichever library serves it: NumPy's bundled OpenBLAS where it has an ILP64 dsyrk
+# (faster on these products, see fastgd.backends.blas), else SciPy's through a shim.
+_DSYRK_ARGS = [types.voidptr] * 10
+
+
+def _lp64_shim():
+    """A C function with the ILP64 dsyrk signature that calls SciPy's (32-bit integer)
+    dsyrk; compiled only where NumPy's BLAS offers no ILP64 dsyrk."""
+    llvm.add_symbol("fastgd_dsyrk32", get_cython_function_address("scipy.linalg.cython_blas", "dsyrk"))  # fmt: skip
+    dsyrk32 = types.ExternalFunction("fastgd_dsyrk32", types.void(*_DSYRK_ARGS))
+    i64 = types.CPointer(types.int64)
+    signature = types.void(types.voidptr, types.voidptr, i64, i64, types.voidptr,
+                           types.voidptr, i64, types.voidptr, types.voidptr, i64)  # fmt: skip
+
+    @cfunc(signature)
+    def shim(uplo, trans, n, k, alpha, a, lda, beta, c, ldc):
+        sizes = np.empty(4, dtype=np.int32)
+        sizes[0], sizes[1], sizes[2], sizes[3] = n[0], k[0], lda[0], ldc[0]
+        dsyrk32(uplo, trans, _address(sizes[:1]), _address(sizes[1:2]), alpha, a,
+                _address(sizes[2:3]), beta, c, _address(sizes[3:]))  # fmt: skip
+
+    return shim
 
 
 @intrinsic
@@ -49,13 +69,27 @@ def _address(typingctx, array):
     return types.voidptr(array), codegen
 
 
+def _register_dsyrk():
+    """Registers ``fastgd_dsyrk64``; returns the shim (kept alive) or None."""
+    address, shim = numpy_dsyrk_address(), None
+    if not address:
+        shim = _lp64_shim()
+        address = shim.address
+    llvm.add_symbol("fastgd_dsyrk64", address)
+    return shim
+
+
+_SHIM = _register_dsyrk()
+_dsyrk = types.ExternalFunction("fastgd_dsyrk64", types.void(*_DSYRK_ARGS))
+
+
 @njit(**NUMBA_OPTIONS)
 def _add_gram(S, T):
     """``T[:n, :n] += S^T S`` on the upper triangle of the row-major ``T`` (Fortran's
     lower), by dsyrk; ``S`` is a C-contiguous (m, n) block, read as the (n, m) Fortran
     matrix S^T; ``T`` is (n + 1, n + 1), its last row and column are not touched."""
     chars = np.array([76, 78], dtype=np.uint8)  # "L", "N"
-    sizes = np.array([S.shape[1], S.shape[0], T.shape[1]], dtype=np.int32)  # n, m, ldc
+    sizes = np.array([S.shape[1], S.shape[0], T.shape[1]], dtype=np.int64)  # n, m, ldc
     one = np.ones(1)
     _dsyrk(_address(chars[:1]), _address(chars[1:]), _address(sizes[:1]), _address(sizes[1:2]),
            _address(one), _address(S), _address(sizes[:1]), _address(one), _address(T),

@@ -756,8 +756,13 @@ cdef double _penalty_value(
 cdef enum:
     # The optimizer step costs this many multiply-adds per parameter, roughly (Adam: about
     # ten operations with a square root and two divisions): it runs in parallel when
-    # n_trained * UPDATE_WORK_PER_PARAM >= parallel_min_work.
+    # n_trained * UPDATE_WORK_PER_PARAM >= UPDATE_FORK_FACTOR * parallel_min_work.
     UPDATE_WORK_PER_PARAM = 8
+    # ... and only past this many times parallel_min_work: the step is one short pass per
+    # batch, and a fork/join per batch waits a whole time slice whenever the machine has
+    # more runnable threads than cores (measured: a network with 26,000 parameters at
+    # batch 32 took several times as long under load, with no gain when idle).
+    UPDATE_FORK_FACTOR = 16
     # parameter blocks of the parallel step start on multiples of this many entries (a
     # cache line of float32), so threads never write to the same line
     UPDATE_ALIGN = 16
@@ -810,7 +815,7 @@ cdef void _apply_update(
         inv_rows = 1.0  # G now holds the mean gradient, L2 term added, clipped
     # inverse scaling: lr_t = lr_epoch / t**power_t (pow in double, as NumPy's **)
     lr = lr_epoch / pow(<double>t, opt.power_t) if opt.power_t != 0.0 else lr_epoch
-    if n_blocks > 1 and n_trained * UPDATE_WORK_PER_PARAM >= parallel_min_work:
+    if n_blocks > 1 and n_trained * UPDATE_WORK_PER_PARAM >= UPDATE_FORK_FACTOR * parallel_min_work:
         for block in prange(n_blocks, num_threads=n_threads, schedule="static", chunksize=1):
             _step_block(opt, w, G, inv_rows, state, ld_state, n_weights, n_trained, t, lr,
                         block, n_blocks)
@@ -986,7 +991,7 @@ cdef inline bint _use_team(const Problem* pb, Py_ssize_t batch_size, Py_ssize_t 
     return (FASTGD_OPENMP_ENABLED and pb.team_segment_work >= 0 and pb.n_threads > 1
             and not pb.sparse and batch_size < pb.n
             and _n_chunks(pb, batch_size) > 1
-            and n_trained * UPDATE_WORK_PER_PARAM < pb.parallel_min_work)
+            and n_trained * UPDATE_WORK_PER_PARAM < UPDATE_FORK_FACTOR * pb.parallel_min_work)
 
 
 cdef void _serial_batches(

@@ -3,11 +3,13 @@
 """Cython + OpenMP kernel of the Newton pass of the linear family (float32 and float64 X).
 
 The algorithm of :mod:`fastgd.backends.numba.hessian`: ``prange`` over the fixed row
-chunks; each chunk copies a block of rows to float64 as ``X~ = [X, 1]`` and, with BLAS
-(``scipy.linalg.cython_blas``, single-threaded: the wrapper limits it), computes the
-decision values ``Z = X~ P`` (dgemm), the per-row loss, derivative ``D`` and curvature
-weights ``h`` (loops), then adds ``X~^T D`` to the chunk's gradient sum (dgemm) and
-``X~^T diag(h_p) X~`` to its Hessian sums. A diagonal class block (``h >= 0``) is the
+chunks; each chunk walks its rows block by block (float64 rows in place, float32 rows
+copied to float64) and, with BLAS (``scipy.linalg.cython_blas``, single-threaded: the
+wrapper limits it), computes the decision values ``Z = X~ P`` (``X~ = [X, 1]``; gemv for
+one output, else gemm), the per-row loss, derivative ``D`` and curvature weights ``h``
+(loops), then adds ``X~^T D`` to the chunk's gradient sum and ``X~^T diag(h_p) X~`` to
+its Hessian sums. The products run on the ``d`` columns of X; the intercept's row of
+``X~`` is summed apart. A diagonal class block (``h >= 0``) is the
 symmetric rank-m update ``S^T S`` of the rows scaled by ``sqrt(h)`` (dsyrk: half the flops
 of a general product; only the row-major upper triangle is written); an off-diagonal
 softmax block (``h`` of either sign) is a dgemm of ``h``-scaled rows with ``X~``. The
@@ -21,7 +23,7 @@ from cython cimport floating
 from cython.parallel cimport prange, threadid
 from libc.math cimport exp, fabs, log, log1p, sqrt
 from libc.stdint cimport int64_t
-from scipy.linalg.cython_blas cimport dgemm, dsyrk
+from scipy.linalg.cython_blas cimport dgemm, dgemv, dsyrk
 
 # An ILP64 (64-bit integer sizes) dsyrk, set by the wrapper to NumPy's bundled OpenBLAS's
 # where it has one (faster on these Gram products, see fastgd.backends.blas); NULL: SciPy's.
@@ -109,42 +111,49 @@ cdef double _block_terms(const floating[:, ::1] Y, const floating[::1] weights,
     return loss
 
 
-cdef void _gram(int m, int d1, double* S, double* Tp) noexcept nogil:
-    """Tp += S^T S (row-major upper triangle; S is m x d1 row-major, Tp d1 x d1)."""
+cdef void _gram(int m, int d, int ldt, double* S, double* Tp) noexcept nogil:
+    """Tp[:d, :d] += S^T S (row-major upper triangle; S is m x d row-major, Tp has rows of
+    ldt entries)."""
     cdef char tn = b'N', lower = b'L'
     cdef double one = 1.0
-    cdef int64_t n64 = d1, m64 = m
+    cdef int64_t n64 = d, m64 = m, ld64 = ldt
+    # column-major lower of S^c S^c^T = row-major upper of S^T S
     if _dsyrk64 != NULL:
-        _dsyrk64(&lower, &tn, &n64, &m64, &one, S, &n64, &one, Tp, &n64)
+        _dsyrk64(&lower, &tn, &n64, &m64, &one, S, &n64, &one, Tp, &ld64)
     else:
-        dsyrk(&lower, &tn, &d1, &m, &one, S, &d1, &one, Tp, &d1)
+        dsyrk(&lower, &tn, &d, &m, &one, S, &d, &one, Tp, &ldt)
 
 
-cdef void _hessian_block(const double* Xb, const double* Hw, int m, int d1, int k,
-                         int n_pairs, double* S, double* T) noexcept nogil:
-    """Adds X~^T diag(h_p) X~ of one block (m rows) to each class-pair block of T."""
+cdef void _hessian_block(const double* Xp, const double* Hw, int m, int d, int k,
+                         int n_pairs, double* S, double* w, double* T) noexcept nogil:
+    """Adds X~^T diag(h_p) X~ of one block (m rows of X, ``X~ = [X, 1]``) to each
+    class-pair block of T. A Gram pair (``h >= 0``) is ``S^T S`` with ``S`` the rows
+    scaled by ``sqrt(h)`` (dsyrk), another pair ``S^T X`` with ``S = h X`` (dgemm); the
+    intercept's column is ``S^T w`` (``w = sqrt(h)`` or 1) and its corner ``sum h``."""
     cdef char tn = b'N', tt = b'T'
-    cdef double one = 1.0
-    cdef int c, c2, p = 0, r, j
-    cdef double h
+    cdef double one = 1.0, hsum, h
+    cdef int c, c2, p = 0, r, j, d1 = d + 1, inc = 1
+    cdef bint gram
     cdef double* Tp
     for c in range(k if n_pairs > 1 else 1):
         for c2 in range(c, k if n_pairs > 1 else 1):
             Tp = T + <Py_ssize_t>p * d1 * d1
-            if c == c2:
-                for r in range(m):
-                    h = sqrt(Hw[r * n_pairs + p]) if Hw[r * n_pairs + p] > 0 else 0.0
-                    for j in range(d1):
-                        S[r * d1 + j] = h * Xb[r * d1 + j]
-                # column-major lower of S^c S^c^T = row-major upper of S^T S
-                _gram(m, d1, S, Tp)
-            else:
-                for r in range(m):
-                    h = Hw[r * n_pairs + p]
-                    for j in range(d1):
-                        S[r * d1 + j] = h * Xb[r * d1 + j]
-                # column-major S^c X~^c^T = S^T X~, symmetric
-                dgemm(&tn, &tt, &d1, &d1, &m, &one, S, &d1, <double*>Xb, &d1, &one, Tp, &d1)
+            gram, hsum = c == c2, 0.0
+            for r in range(m):
+                h = Hw[r * n_pairs + p]
+                hsum += h if (h > 0 or not gram) else 0.0
+                if gram:
+                    h = sqrt(h) if h > 0 else 0.0
+                w[r] = h if gram else 1.0
+                for j in range(d):
+                    S[r * d + j] = h * Xp[r * d + j]
+            if gram:
+                _gram(m, d, d1, S, Tp)
+            else:  # column-major S^c X^c^T = S^T X, symmetric
+                dgemm(&tn, &tt, &d, &d, &m, &one, S, &d, <double*>Xp, &d, &one, Tp, &d1)
+            # Tp[:d, d] += S^T w: column-major S^c (d, m) w, into a column (stride d1)
+            dgemv(&tn, &d, &m, &one, S, &d, w, &inc, &one, Tp + d, &d1)
+            Tp[d * d1 + d] += hsum
             p += 1
 
 
@@ -153,24 +162,43 @@ cdef double _chunk(const floating[:, ::1] X, const floating[:, ::1] Y,
                    int n_pairs, bint want_h, Py_ssize_t lo, Py_ssize_t hi, int rows,
                    double* Xb, double* S, double* Z, double* D, double* Hw, double* G,
                    double* T) noexcept nogil:
-    """Loss sum of rows lo:hi; adds their gradient and Hessian sums to G and T."""
+    """Loss sum of rows lo:hi; adds their gradient and Hessian sums to G and T. The
+    products run on the d columns of X (float64 rows in place, float32 rows copied to
+    float64 into Xb); the intercept's row of X~ = [X, 1] is summed apart."""
     cdef Py_ssize_t d = X.shape[1], start = lo, r, j
-    cdef int d1 = <int>d + 1, m
+    cdef int di = <int>d, m, c
     cdef char tn = b'N', tt = b'T'
     cdef double zero = 0.0, one = 1.0, loss = 0.0
+    cdef const double* Xp
     while start < hi:
         m = <int>(hi - start if hi - start < rows else rows)
+        if floating is double:
+            Xp = &X[start, 0]
+        else:
+            for r in range(m):
+                for j in range(d):
+                    Xb[r * d + j] = X[start + r, j]
+            Xp = Xb
+        # Z (m, k) = X P[:d] + P[d]: column-major Z^c (k, m) = P^c (k, d) X^c (d, m). With
+        # one output a matrix-vector product: gemm would first pack the whole block.
+        if k == 1:
+            dgemv(&tt, &di, &m, &one, <double*>Xp, &di, <double*>P, &k, &zero, Z, &k)
+        else:
+            dgemm(&tn, &tn, &k, &m, &di, &one, <double*>P, &k, <double*>Xp, &di, &zero, Z, &k)
         for r in range(m):
-            for j in range(d):
-                Xb[r * d1 + j] = X[start + r, j]
-            Xb[r * d1 + d] = 1.0
-        # Z (m, k) = X~ P: column-major Z^c (k, m) = P^c (k, d1) X~^c (d1, m)
-        dgemm(&tn, &tn, &k, &m, &d1, &one, <double*>P, &k, Xb, &d1, &zero, Z, &k)
+            for c in range(k):
+                Z[r * k + c] += P[d * k + c]
         loss += _block_terms(Y, weights, start, m, loss_code, k, n_pairs, want_h, Z, D, Hw)
-        # G (d1, k) += X~^T D: column-major G^c (k, d1) += D^c (k, m) X~^c^T (m, d1)
-        dgemm(&tn, &tt, &k, &d1, &m, &one, D, &k, Xb, &d1, &one, G, &k)
+        # G[:d] (d, k) += X^T D: column-major G^c (k, d) += D^c (k, m) X^c^T (m, d)
+        if k == 1:
+            dgemv(&tn, &di, &m, &one, <double*>Xp, &di, D, &k, &one, G, &k)
+        else:
+            dgemm(&tn, &tt, &k, &di, &m, &one, D, &k, <double*>Xp, &di, &one, G, &k)
+        for r in range(m):
+            for c in range(k):
+                G[d * k + c] += D[r * k + c]
         if want_h:
-            _hessian_block(Xb, Hw, m, d1, k, n_pairs, S, T)
+            _hessian_block(Xp, Hw, m, di, k, n_pairs, S, Z, T)
         start += m
     return loss
 

@@ -113,6 +113,9 @@ def _chunk_rows(start, stop, n_chunks, chunk):
 # chunk ``chunk`` of the batch ``start:stop`` into ``G[chunk, :n_params]`` and its summed
 # loss into ``G[chunk, n_params]``. Arrays are indexed, never sliced, in per-row code: a
 # slice is a new array whose reference count Numba updates atomically (~50 ns per row).
+# For the same reason a row loop calls no inlined function with array arguments (each
+# becomes a new variable, counted per row): it indexes the arrays itself and calls
+# intrinsics (prefetch_ahead, _interrupt_flag) or functions of scalars.
 
 
 @njit(inline="always", **NUMBA_OPTIONS)

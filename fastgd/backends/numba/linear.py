@@ -40,6 +40,7 @@ from .threads import numba_threads
 from .update import (
     _all_finite,
     _apply_update,
+    _interrupt_flag,
     _interrupted,
     _largest,
     _n_chunks,
@@ -80,20 +81,6 @@ def _forward_block(data, params, order, shuffled, lo, hi, k, Z, chunk):
 
 
 @njit(inline="always", **NUMBA_OPTIONS)
-def _single_output_row(X, Y, weights, params, i, loss_code, weighted):
-    """(Weighted) loss and dloss/dz of row ``i`` of a one-output model."""
-    d = X.shape[1]
-    v = params[d]
-    for j in range(d):
-        v += X[i, j] * params[j]
-    row_loss, dz = _single_output_loss(v, Y[i, 0], loss_code)
-    if weighted:
-        row_loss *= weights[i]
-        dz *= weights[i]
-    return row_loss, dz
-
-
-@njit(inline="always", **NUMBA_OPTIONS)
 def _one_feature_rows(X, Y, weights, params, order, lo, hi, loss_code, shuffled, weighted):
     """Loss and gradient sums ``(loss, d/dw, d/db)`` of rows ``lo:hi`` with one feature."""
     w, b = params[0], params[1]
@@ -126,6 +113,9 @@ def _chunk_rows(start, stop, n_chunks, chunk):
 # chunk ``chunk`` of the batch ``start:stop`` into ``G[chunk, :n_params]`` and its summed
 # loss into ``G[chunk, n_params]``. Arrays are indexed, never sliced, in per-row code: a
 # slice is a new array whose reference count Numba updates atomically (~50 ns per row).
+# For the same reason a row loop calls no inlined function with array arguments (each
+# becomes a new variable, counted per row): it indexes the arrays itself and calls
+# intrinsics (prefetch_ahead, _interrupt_flag) or functions of scalars.
 
 
 @njit(inline="always", **NUMBA_OPTIONS)
@@ -166,7 +156,13 @@ def _one_output_chunk(data, params, order, shuffled, start, stop, n_chunks, chun
     for r in range(lo, hi):
         prefetch_ahead(X, Y, weights, order, shuffled, r)
         i = order[r] if shuffled else r
-        row_loss, dz = _single_output_row(X, Y, weights, params, i, loss_code, weighted)
+        v = params[d]
+        for j in range(d):
+            v += X[i, j] * params[j]
+        row_loss, dz = _single_output_loss(v, Y[i, 0], loss_code)
+        if weighted:
+            row_loss *= weights[i]
+            dz *= weights[i]
         loss += row_loss
         for j in range(d):
             G[chunk, j] += dz * X[i, j]
@@ -272,12 +268,18 @@ def _per_sample_one_output(data, params, order, shuffled, loss_code, n_trained, 
     loss_sum = 0.0
     done = n
     for r in range(n):
-        if _interrupted(stop_state):
+        if _interrupt_flag(stop_state):  # (the intrinsic: no array bound per row)
             done = r
             break
         prefetch_ahead(X, Y, weights, order, shuffled, r)
         i = order[r] if shuffled else r
-        row_loss, g = _single_output_row(X, Y, weights, params, i, loss_code, weighted)
+        v = params[d]
+        for j in range(d):
+            v += X[i, j] * params[j]
+        row_loss, g = _single_output_loss(v, Y[i, 0], loss_code)
+        if weighted:
+            row_loss *= weights[i]
+            g *= weights[i]
         loss_sum += row_loss
         for j in range(d):
             params[j] -= lr * (g * X[i, j])

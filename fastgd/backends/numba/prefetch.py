@@ -19,8 +19,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ..._config import CACHE_LINE_BYTES, NUMBA_OPTIONS, PREFETCH_AHEAD, PREFETCH_IN_ORDER
-from .cache import njit
+from ..._config import CACHE_LINE_BYTES, PREFETCH_AHEAD, PREFETCH_IN_ORDER
 
 
 def _index_values(builder, index_type, index):
@@ -48,52 +47,116 @@ def _prefetch_item(typingctx, array, index):
         values, value_types = _index_values(builder, index_type, args[1])
         indices = [context.cast(builder, v, t, types.intp) for v, t in zip(values, value_types, strict=True)]  # fmt: skip
         pointer = cgutils.get_item_pointer(context, builder, array_type, ary, indices)
-        byte_pointer = builder.bitcast(pointer, ir.IntType(8).as_pointer())
-        i32 = ir.IntType(32)
-        function_type = ir.FunctionType(ir.VoidType(), [byte_pointer.type, i32, i32, i32])
-        # "p0" (opaque pointers) or "p0i8" (typed pointers, older llvmlite)
-        name = "llvm.prefetch." + byte_pointer.type.intrinsic_name
-        prefetch = cgutils.get_or_insert_function(builder.module, function_type, name)
-        # read (0), keep in all cache levels (locality 3), data cache (1)
-        builder.call(prefetch, [byte_pointer, i32(0), i32(3), i32(1)])
+        _call_prefetch(builder, pointer)
         return context.get_dummy_value()
 
     return types.none(array, index), codegen
 
 
-@njit(inline="always", **NUMBA_OPTIONS)
-def prefetch_row(X, i):
-    """Prefetch row ``i`` of the 2-D array ``X``: one request per cache line, and one for
-    its last element (a row that does not start on a line boundary ends in one more)."""
-    d = X.shape[1]
-    step = max(1, CACHE_LINE_BYTES // X.itemsize)
-    for j in range(0, d, step):
-        _prefetch_item(X, (i, j))
-    if d > 1 and (d - 1) % step != 0:
-        _prefetch_item(X, (i, d - 1))
+def _call_prefetch(builder, pointer):
+    """Emit ``llvm.prefetch`` (read, keep in all cache levels, data cache) for ``pointer``."""
+    byte_pointer = builder.bitcast(pointer, ir.IntType(8).as_pointer())
+    i32 = ir.IntType(32)
+    function_type = ir.FunctionType(ir.VoidType(), [byte_pointer.type, i32, i32, i32])
+    # "p0" (opaque pointers) or "p0i8" (typed pointers, older llvmlite)
+    name = "llvm.prefetch." + byte_pointer.type.intrinsic_name
+    prefetch = cgutils.get_or_insert_function(builder.module, function_type, name)
+    builder.call(prefetch, [byte_pointer, i32(0), i32(3), i32(1)])
 
 
-@njit(inline="always", **NUMBA_OPTIONS)
-def prefetch_ahead(X, Y, weights, order, shuffled, r):
+def _prefetch_row_lines(context, builder, array_type, ary, row):
+    """Emit the prefetch of row ``row`` (an ``intp``) of the 2-D array ``ary``: one
+    request per cache line from its first element to its last, and one for its last
+    element (a row that does not start on a line boundary ends in one more line)."""
+    intp = context.get_value_type(types.intp)
+    d = cgutils.unpack_tuple(builder, ary.shape, count=2)[1]
+    with builder.if_then(builder.icmp_signed(">", d, intp(0)), likely=True):
+        first = cgutils.get_item_pointer(context, builder, array_type, ary, [row, intp(0)])
+        last = cgutils.get_item_pointer(context, builder, array_type, ary, [row, builder.sub(d, intp(1))])  # fmt: skip
+        start = builder.ptrtoint(first, intp)
+        span = builder.sub(builder.ptrtoint(last, intp), start)
+        # a shift of the row's byte length (a signed one: no line for a negative span)
+        lines = builder.add(builder.sdiv(span, intp(CACHE_LINE_BYTES)), intp(1))
+        with cgutils.for_range(builder, lines, intp=intp) as loop:
+            address = builder.add(start, builder.mul(loop.index, intp(CACHE_LINE_BYTES)))
+            _call_prefetch(builder, builder.inttoptr(address, ir.IntType(8).as_pointer()))
+        _call_prefetch(builder, last)
+
+
+@intrinsic
+def prefetch_row(typingctx, X, i):
+    """Prefetch row ``i`` of the 2-D array ``X`` (every cache line of it).
+
+    An intrinsic, not a jitted loop: the line count is a shift of the row's byte length
+    (no division by the item size per row), and a row loop that calls it binds no new
+    array variable (an inlined function's array arguments are new variables, whose
+    reference counts Numba updates with atomic operations, row after row).
+    """
+    if not isinstance(X, types.Array) or X.ndim != 2 or not isinstance(i, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        array_type, index_type = signature.args
+        ary = context.make_array(array_type)(context, builder, args[0])
+        row = context.cast(builder, args[1], index_type, types.intp)
+        _prefetch_row_lines(context, builder, array_type, ary, row)
+        return context.get_dummy_value()
+
+    return types.none(X, i), codegen
+
+
+def _ahead_codegen(context, builder, signature, args):
+    """Code of :func:`prefetch_ahead` (its docstring says what it does)."""
+    x_type, y_type, w_type, order_type, _, r_type = signature.args
+    X, Y, weights, order = (context.make_array(t)(context, builder, a) for t, a in zip(signature.args[:4], args[:4], strict=True))  # fmt: skip
+    intp = context.get_value_type(types.intp)
+    ahead = builder.add(context.cast(builder, args[5], r_type, types.intp), intp(PREFETCH_AHEAD))
+    row = cgutils.alloca_once_value(builder, intp(-1))
+    shuffled = context.cast(builder, args[4], signature.args[4], types.boolean)
+    with builder.if_else(shuffled) as (then, otherwise):
+        with then:
+            n_order = cgutils.unpack_tuple(builder, order.shape, count=1)[0]
+            with builder.if_then(builder.icmp_signed("<", ahead, n_order)):
+                item = cgutils.get_item_pointer(context, builder, order_type, order, [ahead])
+                value = context.cast(builder, builder.load(item), order_type.dtype, types.intp)
+                builder.store(value, row)
+        with otherwise:
+            if PREFETCH_IN_ORDER:
+                n = cgutils.unpack_tuple(builder, X.shape, count=2)[0]
+                with builder.if_then(builder.icmp_signed("<", ahead, n)):
+                    builder.store(ahead, row)
+    i = builder.load(row)
+    with builder.if_then(builder.icmp_signed(">=", i, intp(0))):
+        _prefetch_row_lines(context, builder, x_type, X, i)
+        _call_prefetch(builder, cgutils.get_item_pointer(context, builder, y_type, Y, [i, intp(0)]))
+        n_weights = cgutils.unpack_tuple(builder, weights.shape, count=1)[0]
+        with builder.if_then(builder.icmp_signed(">", n_weights, intp(0))):
+            _call_prefetch(
+                builder, cgutils.get_item_pointer(context, builder, w_type, weights, [i])
+            )
+    return context.get_dummy_value()
+
+
+@intrinsic
+def prefetch_ahead(typingctx, X, Y, weights, order, shuffled, r):
     """Prefetch the row ``PREFETCH_AHEAD`` places after place ``r`` of the epoch's order:
     its row of ``X``, its first target and its sample weight (if weighted).
 
     Shuffled, the row is ``order[r + PREFETCH_AHEAD]``; in order it is that place itself,
     prefetched only if :data:`fastgd._config.PREFETCH_IN_ORDER`. Nothing past the last
     row; nothing at all if ``PREFETCH_AHEAD`` is 0.
+
+    An intrinsic (its code is emitted by :func:`_ahead_codegen`), not a jitted function:
+    called once per row, an inlined function would bind its four array arguments to new
+    variables, and Numba updates their reference counts with atomic operations (measured:
+    they and those of the row's other inlined helpers took about a third of a 1-thread
+    mini-batch epoch in order, as an atomic operation also orders the loads around it).
     """
+    arrays = (X, Y, weights, order)
+    if not all(isinstance(a, types.Array) for a in arrays) or (X.ndim, Y.ndim, weights.ndim, order.ndim) != (2, 2, 1, 1):  # fmt: skip
+        return None
+    if not isinstance(r, types.Integer) or not isinstance(shuffled, (types.Boolean, types.Integer)):
+        return None
     if PREFETCH_AHEAD == 0:  # prefetching turned off (a compile-time constant)
-        return
-    ahead = r + PREFETCH_AHEAD
-    if shuffled:
-        if ahead >= order.shape[0]:
-            return
-        i = order[ahead]
-    else:
-        if not PREFETCH_IN_ORDER or ahead >= X.shape[0]:
-            return
-        i = ahead
-    prefetch_row(X, i)
-    _prefetch_item(Y, (i, 0))
-    if weights.shape[0] > 0:
-        _prefetch_item(weights, i)
+        return types.none(X, Y, weights, order, shuffled, r), lambda context, builder, sig, args: context.get_dummy_value()  # fmt: skip
+    return types.none(X, Y, weights, order, shuffled, r), _ahead_codegen

@@ -287,6 +287,31 @@ def test_tanh_rnn_fails_the_adding_problem_and_is_reported_vanishing(adding):
     assert through_time[49] < 1e-3 * through_time[0]
 
 
+def test_gradient_through_time_runs_blas_on_one_thread(monkeypatch):
+    """The diagnosis after a fit runs NumPy's BLAS on one thread: a multi-threaded
+    OpenBLAS leaves its workers spinning after its last product, which took a core from
+    the kernels of the next fit."""
+    from threadpoolctl import ThreadpoolController, threadpool_limits
+
+    from fastgd.training import report
+
+    seen, original = [], report.gradients_through_time
+
+    def spy(*args):
+        infos = ThreadpoolController().select(user_api="blas").info()
+        seen.append(max((info["num_threads"] for info in infos), default=1))
+        return original(*args)
+
+    monkeypatch.setattr(report, "gradients_through_time", spy)
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((16, 5, 2)), rng.standard_normal(16)
+    with threadpool_limits(2, user_api="blas"):  # as the benchmarks pin it
+        result = fastgd.fit(X, y, model=fastgd.RNN("gru", hidden=3, task="regression"),
+                            backend="numpy", epochs=1, seed=0)  # fmt: skip
+    assert seen == [1]
+    assert result.gradient_through_time[0] > 0.0
+
+
 def test_digits_read_row_by_row(backend):
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split

@@ -4,6 +4,7 @@ import warnings
 
 import numpy as np
 
+from ..backends.blas import single_threaded_blas
 from ..backends.numpy.recurrent import gradients_through_time
 from ..diagnostics import GradientWarning, diagnose_gradients, diagnose_through_time
 from ..result import FitResult
@@ -76,7 +77,11 @@ def _through_time(problem, params):
     if problem.train_rows is not None:  # early stopping: the first rows that trained
         first = problem.train_rows[:THROUGH_TIME_ROWS]
     rows = type(data)(*(a[first] if a.size else a for a in data))
-    return gradients_through_time(problem.spec.kernel_model(), rows, params)
+    # BLAS on one thread: a multi-threaded OpenBLAS leaves its worker threads spinning
+    # for a while after its last product, and they took a core from the kernels of the
+    # next fit (LSTM benchmark, 2 threads: 1.2x faster training of the next fit)
+    with single_threaded_blas():
+        return gradients_through_time(problem.spec.kernel_model(), rows, params)
 
 
 def snapshot(problem, options, backend_name, run):

@@ -111,24 +111,28 @@ def test_float32_kernels_match_the_reference(compiled_backend, cell, hidden, B):
     np.testing.assert_allclose(grad32, grad, rtol=1e-3, atol=1e-5 * np.abs(grad).max())
 
 
-@pytest.mark.parametrize("M, K, N", [(4, 8, 16), (7, 9, 35), (18, 20, 5), (1, 3, 2)])
+@pytest.mark.parametrize("M, K, N", [(4, 8, 16), (7, 9, 35), (18, 20, 5), (1, 3, 2), (13, 6, 48)])
 def test_numba_step_product_of_float32_matches_numpy(M, K, N):
-    """The float32 per-step products of the Numba kernels (no BLAS): forward (blocks of 4
-    rows) and backward (dot products of rows, blocks of 4 rows and 2 columns), on full and
-    partial blocks of rows and columns, against the float64 product."""
+    """The float32 per-step products of the Numba kernels (no BLAS): W_hh packed in strips
+    of 16 columns, both ways (forward: B = W_hh^T, backward: B = W_hh), then register
+    tiles of 6, 4, 2 and 1 rows, on full and partial strips, against the float64 product;
+    entries past C are never written."""
     pytest.importorskip("numba")
-    from fastgd.backends.numba.recurrent import _small_matmul, _small_matmul_t
+    from fastgd.backends.numba.recurrent import _pack, _packed_product
 
     rng = np.random.default_rng(M * 100 + N)
     A = rng.standard_normal((M, K)).astype(np.float32)
     B = rng.standard_normal((K, N)).astype(np.float32)
     expected = A.astype(np.float64) @ B.astype(np.float64)
-    for product, right in ((_small_matmul, B), (_small_matmul_t, np.ascontiguousarray(B.T))):
-        C = np.full((M, N), np.nan, dtype=np.float32)
-        product(A, right, C)
+    for forward, W in ((True, np.ascontiguousarray(B.T)), (False, B)):
+        w = np.full(6 * 16 + -(-N // 16) * 16 * K, np.nan, dtype=np.float32)
+        _pack(W, forward, w)
+        C = np.full((M + 1, N), np.nan, dtype=np.float32)
+        _packed_product(A, w, C[:M])
         np.testing.assert_allclose(
-            C, expected, rtol=0, atol=1e-5 * np.sqrt(K) * np.abs(A).max() * np.abs(B).max()
+            C[:M], expected, rtol=0, atol=1e-5 * np.sqrt(K) * np.abs(A).max() * np.abs(B).max()
         )
+        assert np.isnan(C[M]).all()
 
 
 def _train(backend, cell, output, n_threads, X, y, lengths, **kw):

@@ -41,7 +41,9 @@ def workspace(model, rows, n_steps, itemsize):
     -------
     dict with ints ``xs`` (gathered inputs, (T, R, f)), ``d_in0``, ``d_in1`` (gradients
     between layers, (T, R, h)), ``tmp`` (a recurrent product, (R, G h)), ``dh``, ``dc``,
-    ``tmp_h`` ((R, h)), ``w_t`` (a layer's ``W_hh`` transposed, (h, G h)), ``head_d0``,
+    ``tmp_h`` ((R, h)), ``w_t`` (a layer's ``W_hh`` for the per-step products: a tile of
+    ``TILE_ROWS x STRIP`` entries, then ``W_hh^T`` row-major (float64) or ``W_hh^T`` or
+    ``W_hh`` packed in strips (float32, :func:`fastgd.specs.recurrent.packed_entries`)), ``head_d0``,
     ``head_d1`` (head gradients); lists with one entry per layer ``H`` (states,
     (T + 1, R, h)), ``gates`` ((T, R, G h): activated gates, then their gradients),
     ``dah`` (GRU: the hidden-side gate gradients; others: ``gates``), ``C`` (LSTM cell
@@ -69,7 +71,9 @@ def workspace(model, rows, n_steps, itemsize):
         out["C"].append(take((T + 1) * R * n) if cell == rec.LSTM else 0)
         out["aux"].append(take(T * R * n) if cell != rec.TANH else 0)
     out.update(d_in0=take(T * R * n), d_in1=take(T * R * n), tmp=take(R * G * n))
-    out.update(dh=take(R * n), dc=take(R * n), tmp_h=take(R * n), w_t=take(G * n * n))
+    packed = max(rec.packed_entries(n, G * n), rec.packed_entries(G * n, n))
+    out.update(dh=take(R * n), dc=take(R * n), tmp_h=take(R * n))
+    out.update(w_t=take(rec.TILE_ROWS * rec.STRIP + packed))
     N = T * R if model.sequence else R
     head = [int(w) for w in model.head_sizes]
     out["head_a"] = [take(N * w) for w in head[1:]]

@@ -122,18 +122,6 @@ cdef inline void _mm(
     _gemm(tb, ta, N, M, K, B, ldb, A, lda, C, ldc)
 
 
-# the per-step products of float32 kernels skip BLAS while W_hh is small (OpenBLAS packs
-# W_hh again at every step): forward while it has at most SMALL_PRODUCT entries (32 KiB:
-# it stays in L1 while 4 rows of C at a time pass over it), backward, as dot products of
-# rows, while it has at most SMALL_BACKWARD_PRODUCT (256 KiB, half a core's L2): the values
-# of fastgd.specs.recurrent (checked by the wrapper), as in the Numba kernels
-cdef enum:
-    SMALL_PRODUCT = 8192
-    SMALL_BACKWARD_PRODUCT = 65536
-
-RECURRENT_SMALL_PRODUCT = (SMALL_PRODUCT, SMALL_BACKWARD_PRODUCT)
-
-
 # the rational tanh of float32 kernels (fastgd.specs.recurrent.TANH_P, checked by the wrapper)
 RECURRENT_TANH = (9.0, (0.9999999975404305, 0.1308602606724582, 0.0031061615795704126, 1.117604580804453e-05, -2.0305364695052594e-08, 5.312259544516103e-11, -8.566427456752759e-14), (1.0, 0.46419355066248247, 0.024504089558936484, 0.00025492788649432354))
 
@@ -190,166 +178,104 @@ cdef void _col_sums(const floating* block, Py_ssize_t rows, Py_ssize_t n, floati
 # the per-step recurrent products
 
 
-# Row-major C (M, N) = A (M, K) @ B (K, N) for the small products of a step, in C: the
-# ``restrict`` pointers let the compiler vectorize the loop over columns without overlap
-# checks (Cython cannot declare them). Blocks of 4 rows of C (they stay in L1) take two
-# values of k per pass; each entry sums over k in order, two terms at a time.
+# float32 kernels compute a step's two products C = A B (B = W_hh^T forward, W_hh
+# backward) with their own register tiles over B packed once per layer and batch, not
+# BLAS (which packs W_hh again at every call): the constants of fastgd.specs.recurrent
+# (checked by the wrapper), as in the Numba kernels. The w block of the workspace starts
+# with one tile of C (a partial last strip goes through it), then holds W_hh.
+cdef enum:
+    STRIP = 16
+    TILE_ROWS = 6
+    W_TAIL = STRIP * TILE_ROWS
+
+RECURRENT_PACKED = (STRIP, TILE_ROWS)
+
+
+# Packing: P[(s K + k) 16 + q] = B[k, 16 s + q] = W[k sk + (16 s + q) sc], 0 past column N.
+# A tile: R rows of C (ldc apart) = R rows of A (K apart) times the strip p; each entry
+# of C is a lane of one of 2 R vectors of 8 floats (registers) and sums over k in order
+# by fused multiply-adds; at each k the strip gives two vector loads and each row of A
+# one value, broadcast (GCC/Clang vector extensions; plain loops with the same order of
+# terms elsewhere).
 cdef extern from *:
     """
-    static void fastgd_small_matmul(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
-                                    const float *restrict A, const float *restrict B,
-                                    float *restrict C) {
-        Py_ssize_t i = 0, k, q;
-        for (; i + 4 <= M; i += 4) {
-            float *restrict c0 = C + i * N, *restrict c1 = c0 + N;
-            float *restrict c2 = c1 + N, *restrict c3 = c2 + N;
-            const float *a = A + i * K;
-            for (q = 0; q < 4 * N; q++) c0[q] = 0.0f;
-            for (k = 0; k + 2 <= K; k += 2) {
-                const float a00 = a[k], a01 = a[k + 1], a10 = a[K + k], a11 = a[K + k + 1];
-                const float a20 = a[2 * K + k], a21 = a[2 * K + k + 1];
-                const float a30 = a[3 * K + k], a31 = a[3 * K + k + 1];
-                const float *restrict b0 = B + k * N, *restrict b1 = b0 + N;
-                for (q = 0; q < N; q++) {
-                    c0[q] += a00 * b0[q] + a01 * b1[q];
-                    c1[q] += a10 * b0[q] + a11 * b1[q];
-                    c2[q] += a20 * b0[q] + a21 * b1[q];
-                    c3[q] += a30 * b0[q] + a31 * b1[q];
-                }
-            }
-            if (k < K) {
-                const float a0 = a[k], a1 = a[K + k], a2 = a[2 * K + k], a3 = a[3 * K + k];
-                const float *restrict b0 = B + k * N;
-                for (q = 0; q < N; q++) {
-                    c0[q] += a0 * b0[q];
-                    c1[q] += a1 * b0[q];
-                    c2[q] += a2 * b0[q];
-                    c3[q] += a3 * b0[q];
-                }
-            }
-        }
-        for (; i < M; i++) {  /* the last rows one by one */
-            float *restrict c0 = C + i * N;
-            for (q = 0; q < N; q++) c0[q] = 0.0f;
-            for (k = 0; k < K; k++) {
-                const float a0 = A[i * K + k];
-                const float *restrict b0 = B + k * N;
-                for (q = 0; q < N; q++) c0[q] += a0 * b0[q];
-            }
-        }
+    static void fastgd_pack_strips(Py_ssize_t K, Py_ssize_t N, const float *W, Py_ssize_t sk,
+                                   Py_ssize_t sc, float *P) {
+        for (Py_ssize_t s = 0; s * 16 < N; s++)
+            for (Py_ssize_t k = 0; k < K; k++)
+                for (Py_ssize_t q = 0; q < 16; q++)
+                    P[(s * K + k) * 16 + q] = s * 16 + q < N ? W[k * sk + (s * 16 + q) * sc] : 0.0f;
     }
-    """
-    void fastgd_small_matmul(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A,
-                             const float* B, float* C) noexcept nogil
 
-
-# Row-major C (M, N) = A (M, K) @ Bt (N, K)^T for the backward product of a step,
-# dA_h W_hh with Bt = W_hh^T (K = G h): dot products of rows, 4 rows of A x 2 rows of Bt at
-# a time, so that every loaded value serves 2 or 4 products. Each dot product keeps 8
-# partial sums (lane l adds the terms k = l mod 8, in order; a GCC/Clang vector of 8
-# floats, one register; plain arrays elsewhere), then adds them pairwise, then the last
-# K mod 8 terms: a fixed order, whatever the compiler.
-cdef extern from *:
-    """
     #if defined(__GNUC__)
     typedef float fastgd_v8 __attribute__((vector_size(32), aligned(4)));
-    #define FASTGD_V8_ZERO {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f}
-    #define FASTGD_V8(p) (*(const fastgd_v8 *)(p))
-    static inline float fastgd_v8_sum(fastgd_v8 v) {
-        return ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7]));
+    #define FASTGD_TILE(R)                                                                  \\
+    static inline void fastgd_tile##R(Py_ssize_t K, const float *A, const float *p,        \\
+                                      float *C, Py_ssize_t ldc) {                          \\
+        fastgd_v8 acc[R][2];                                                               \\
+        int i;                                                                             \\
+        for (i = 0; i < R; i++) acc[i][0] = acc[i][1] = (fastgd_v8){0.0f};                \\
+        for (Py_ssize_t k = 0; k < K; k++) {                                               \\
+            const fastgd_v8 b0 = *(const fastgd_v8 *)(p + 16 * k);                        \\
+            const fastgd_v8 b1 = *(const fastgd_v8 *)(p + 16 * k + 8);                    \\
+            _Pragma("GCC unroll 8")                                                        \\
+            for (i = 0; i < R; i++) {                                                      \\
+                const float a = A[i * K + k];                                              \\
+                acc[i][0] += a * b0;                                                       \\
+                acc[i][1] += a * b1;                                                       \\
+            }                                                                              \\
+        }                                                                                  \\
+        for (i = 0; i < R; i++) {                                                          \\
+            *(fastgd_v8 *)(C + i * ldc) = acc[i][0];                                       \\
+            *(fastgd_v8 *)(C + i * ldc + 8) = acc[i][1];                                   \\
+        }                                                                                  \\
     }
-    #endif
-
-    static float fastgd_dot_tail(const float *a, const float *b, Py_ssize_t k0, Py_ssize_t K,
-                                 float s) {
-        for (Py_ssize_t k = k0; k < K; k++) s += a[k] * b[k];
-        return s;
-    }
-
-    static float fastgd_dot(const float *a, const float *b, Py_ssize_t K) {
-        Py_ssize_t k = 0, K8 = K - K % 8;
-    #if defined(__GNUC__)
-        fastgd_v8 s = FASTGD_V8_ZERO;
-        for (; k < K8; k += 8) s += FASTGD_V8(a + k) * FASTGD_V8(b + k);
-        return fastgd_dot_tail(a, b, K8, K, fastgd_v8_sum(s));
     #else
-        float s[8] = {0.0f}, t;
-        for (; k < K8; k += 8)
-            for (int l = 0; l < 8; l++) s[l] += a[k + l] * b[k + l];
-        t = ((s[0] + s[4]) + (s[2] + s[6])) + ((s[1] + s[5]) + (s[3] + s[7]));
-        return fastgd_dot_tail(a, b, K8, K, t);
+    #define FASTGD_TILE(R)                                                                  \\
+    static void fastgd_tile##R(Py_ssize_t K, const float *A, const float *p, float *C,     \\
+                               Py_ssize_t ldc) {                                           \\
+        for (int i = 0; i < R; i++)                                                        \\
+            for (int q = 0; q < 16; q++) {                                                 \\
+                float s = 0.0f;                                                            \\
+                for (Py_ssize_t k = 0; k < K; k++) s += A[i * K + k] * p[16 * k + q];     \\
+                C[i * ldc + q] = s;                                                        \\
+            }                                                                              \\
+    }
     #endif
+    FASTGD_TILE(6)
+    FASTGD_TILE(4)
+    FASTGD_TILE(2)
+    FASTGD_TILE(1)
+
+    /* rows 0 .. M - 1 of C (ldc apart) = A (M, K) times one strip: tiles of 6, then 4, 2, 1 */
+    static void fastgd_strip_rows(Py_ssize_t M, Py_ssize_t K, const float *A, const float *p,
+                                  float *C, Py_ssize_t ldc) {
+        Py_ssize_t i = 0;
+        for (; i + 6 <= M; i += 6) fastgd_tile6(K, A + i * K, p, C + i * ldc, ldc);
+        if (i + 4 <= M) { fastgd_tile4(K, A + i * K, p, C + i * ldc, ldc); i += 4; }
+        if (i + 2 <= M) { fastgd_tile2(K, A + i * K, p, C + i * ldc, ldc); i += 2; }
+        if (i < M) fastgd_tile1(K, A + i * K, p, C + i * ldc, ldc);
     }
 
-    #if defined(__GNUC__)
-    __attribute__((noinline))  /* its own registers: inlined into the chunk pass, it spilled */
-    #endif
-    static void fastgd_small_matmul_t(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
-                                      const float *restrict A, const float *restrict Bt,
-                                      float *restrict C) {
-        Py_ssize_t i, q, M4 = M - M % 4, N2 = N - N % 2;
-    #if defined(__GNUC__)
-        Py_ssize_t k, K8 = K - K % 8;
-        for (i = 0; i < M4; i += 4) {
-            const float *a0 = A + i * K, *a1 = a0 + K, *a2 = a1 + K, *a3 = a2 + K;
-            for (q = 0; q < N2; q += 2) {
-                const float *b0 = Bt + q * K, *b1 = b0 + K;
-                fastgd_v8 s00 = FASTGD_V8_ZERO, s01 = FASTGD_V8_ZERO, s10 = FASTGD_V8_ZERO,
-                          s11 = FASTGD_V8_ZERO, s20 = FASTGD_V8_ZERO, s21 = FASTGD_V8_ZERO,
-                          s30 = FASTGD_V8_ZERO, s31 = FASTGD_V8_ZERO;
-                for (k = 0; k < K8; k += 8) {
-                    const fastgd_v8 y0 = FASTGD_V8(b0 + k), y1 = FASTGD_V8(b1 + k);
-                    fastgd_v8 x = FASTGD_V8(a0 + k);
-                    s00 += x * y0; s01 += x * y1;
-                    x = FASTGD_V8(a1 + k);
-                    s10 += x * y0; s11 += x * y1;
-                    x = FASTGD_V8(a2 + k);
-                    s20 += x * y0; s21 += x * y1;
-                    x = FASTGD_V8(a3 + k);
-                    s30 += x * y0; s31 += x * y1;
-                }
-                C[i * N + q] = fastgd_dot_tail(a0, b0, K8, K, fastgd_v8_sum(s00));
-                C[i * N + q + 1] = fastgd_dot_tail(a0, b1, K8, K, fastgd_v8_sum(s01));
-                C[(i + 1) * N + q] = fastgd_dot_tail(a1, b0, K8, K, fastgd_v8_sum(s10));
-                C[(i + 1) * N + q + 1] = fastgd_dot_tail(a1, b1, K8, K, fastgd_v8_sum(s11));
-                C[(i + 2) * N + q] = fastgd_dot_tail(a2, b0, K8, K, fastgd_v8_sum(s20));
-                C[(i + 2) * N + q + 1] = fastgd_dot_tail(a2, b1, K8, K, fastgd_v8_sum(s21));
-                C[(i + 3) * N + q] = fastgd_dot_tail(a3, b0, K8, K, fastgd_v8_sum(s30));
-                C[(i + 3) * N + q + 1] = fastgd_dot_tail(a3, b1, K8, K, fastgd_v8_sum(s31));
+    /* C (M, N) = A (M, K) B, B packed after the tile at the start of w */
+    static void fastgd_packed_matmul(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float *A,
+                                     float *w, float *C) {
+        const float *P = w + 96;
+        Py_ssize_t s, full = N / 16, i0, i, q, rows;
+        for (s = 0; s < full; s++) fastgd_strip_rows(M, K, A, P + s * K * 16, C + s * 16, N);
+        if (full * 16 < N)
+            for (i0 = 0; i0 < M; i0 += 6) {
+                rows = M - i0 < 6 ? M - i0 : 6;
+                fastgd_strip_rows(rows, K, A + i0 * K, P + full * K * 16, w, 16);
+                for (i = 0; i < rows; i++)
+                    for (q = 0; q < N - full * 16; q++) C[(i0 + i) * N + full * 16 + q] = w[i * 16 + q];
             }
-        }
-    #else
-        M4 = 0, N2 = 0;  /* every entry as one dot product */
-    #endif
-        for (i = 0; i < M; i++)  /* the last rows and columns */
-            for (q = (i < M4 ? N2 : 0); q < N; q++)
-                C[i * N + q] = fastgd_dot(A + i * K, Bt + q * K, K);
     }
     """
-    void fastgd_small_matmul_t(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A,
-                               const float* Bt, float* C) noexcept nogil
-
-
-cdef inline void _step_product(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* A,
-                               const floating* B, floating* C) noexcept nogil:
-    """A step's forward product ``C = A @ B`` (row-major, contiguous; ``B = W_hh^T``):
-    float32 with a small ``B`` (SMALL_PRODUCT entries) by ``fastgd_small_matmul``, else
-    BLAS."""
-    if floating is float and K * N <= SMALL_PRODUCT:
-        fastgd_small_matmul(M, N, K, A, B, C)
-    else:
-        _mm(c'N', c'N', M, N, K, A, K, B, N, C, N)
-
-
-cdef inline void _step_product_t(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* A,
-                                 const floating* Bt, floating* C) noexcept nogil:
-    """A step's backward product ``C = A @ Bt^T`` (row-major, contiguous; ``Bt = W_hh^T``,
-    (N, K)): float32 with ``K N <= SMALL_BACKWARD_PRODUCT`` by ``fastgd_small_matmul_t``,
-    else BLAS."""
-    if floating is float and K * N <= SMALL_BACKWARD_PRODUCT:
-        fastgd_small_matmul_t(M, N, K, A, Bt, C)
-    else:
-        _mm(c'N', c'T', M, N, K, A, K, Bt, K, C, N)
+    void fastgd_pack_strips(Py_ssize_t K, Py_ssize_t N, const float* W, Py_ssize_t sk,
+                            Py_ssize_t sc, float* P) noexcept nogil
+    void fastgd_packed_matmul(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A,
+                              float* w, float* C) noexcept nogil
 
 
 cdef void _transpose_into(const floating* W, Py_ssize_t rows, Py_ssize_t cols,
@@ -359,6 +285,31 @@ cdef void _transpose_into(const floating* W, Py_ssize_t rows, Py_ssize_t cols,
     for q in range(rows):
         for u in range(cols):
             W_t[u * rows + q] = W[q * cols + u]
+
+
+cdef inline void _prepare_product(const floating* W_hh, Py_ssize_t gh, Py_ssize_t n,
+                                  bint forward, floating* w) noexcept nogil:
+    """Lay out ``W_hh`` (gh, n) in the w block for a layer's per-step products: float32,
+    packed in strips (``B = W_hh^T`` forward, ``W_hh`` backward); float64, ``W_hh^T``."""
+    if floating is float:
+        if forward:
+            fastgd_pack_strips(n, gh, W_hh, 1, n, w + W_TAIL)
+        else:
+            fastgd_pack_strips(gh, n, W_hh, n, 1, w + W_TAIL)
+    else:
+        _transpose_into(W_hh, gh, n, w + W_TAIL)
+
+
+cdef inline void _step_product(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* A,
+                               floating* w, floating* C, bint forward) noexcept nogil:
+    """A step's ``C (M, N) = A (M, K) @ B``, ``B = W_hh^T`` (``forward``) or ``W_hh``,
+    laid out in ``w`` by :func:`_prepare_product` (float64: BLAS on ``W_hh^T``)."""
+    if floating is float:
+        fastgd_packed_matmul(M, N, K, A, w, C)
+    elif forward:
+        _mm(c'N', c'N', M, N, K, A, K, w + W_TAIL, N, C, N)
+    else:
+        _mm(c'N', c'T', M, N, K, A, K, w + W_TAIL, K, C, N)
 
 
 # ---------------------------------------------------------------------------------------
@@ -398,6 +349,9 @@ cdef void _rnn_step(const Rnn* rn, const floating* params, floating* buf, Py_ssi
     cdef const floating* p
     cdef floating* h_prev
     cdef floating* h_new
+    cdef floating* c_new
+    cdef floating* tc
+    cdef const floating* c_prev
     cdef floating c, a, rg, zg, hn, cand
     cdef floating one = 1.0  # not the double 1.0: float32 kernels stay in float
     for j in range(r):
@@ -419,11 +373,15 @@ cdef void _rnn_step(const Rnn* rn, const floating* params, floating* buf, Py_ssi
                 g[q] = _th(g[q])
             for q in range(3 * n, gh):
                 g[q] = _sig(g[q])
+            # the state update in three simple loops, so that each vectorizes (one loop
+            # writing C, aux and h stayed scalar: the pointers might overlap)
+            c_prev, c_new, tc = C + (t * r + j) * n, C + ((t + 1) * r + j) * n, aux + j * n
             for u in range(n):
-                c = g[n + u] * C[(t * r + j) * n + u] + g[u] * g[2 * n + u]
-                C[((t + 1) * r + j) * n + u] = c
-                aux[j * n + u] = _th(c)
-                h_new[u] = g[3 * n + u] * aux[j * n + u]
+                c_new[u] = g[n + u] * c_prev[u] + g[u] * g[2 * n + u]
+            for u in range(n):
+                tc[u] = _th(c_new[u])
+            for u in range(n):
+                h_new[u] = g[3 * n + u] * tc[u]
         elif rn.cell == CELL_GRU:
             for u in range(n):
                 rg = _sig(g[u] + bi[u] + p[u] + bh[u])
@@ -453,16 +411,16 @@ cdef void _rnn_layer_forward(const Rnn* rn, const floating* params, floating* bu
     cdef floating* H = buf + _ws_layer(rn, WS_H, l)
     cdef floating* tmp = buf + rn.ws[WS_TMP]
     cdef const floating* W_hh = params + _w_hh(rn, l)
-    cdef floating* W_t = buf + rn.ws[WS_W_T]  # W_hh^T row-major: the product's B operand
+    cdef floating* w = buf + rn.ws[WS_W_T]  # W_hh for the per-step products
     _mm(c'N', c'T', longest * r, gh, n_in, _rnn_input(rn, buf, l, r), n_in,
         params + _w_ih(rn, l), n_in, buf + _ws_layer(rn, WS_GATES, l), gh)
     for q in range(r * n):
         H[q] = 0.0
         if rn.cell == CELL_LSTM:
             buf[_ws_layer(rn, WS_C, l) + q] = 0.0
-    _transpose_into(W_hh, gh, n, W_t)
+    _prepare_product(W_hh, gh, n, True, w)
     for t in range(longest):
-        _step_product(r, gh, n, H + t * r * n, W_t, tmp)
+        _step_product(r, gh, n, H + t * r * n, w, tmp, True)
         _rnn_step(rn, params, buf, l, t, r, lens)
 
 
@@ -643,10 +601,10 @@ cdef void _rnn_layer_backward(const Rnn* rn, const floating* params, floating* G
     cdef floating* dh = buf + rn.ws[WS_DH]
     cdef floating* dc = buf + rn.ws[WS_DC]
     cdef floating* tmp_h = buf + rn.ws[WS_TMP_H]
-    cdef floating* W_t = buf + rn.ws[WS_W_T]
+    cdef floating* w = buf + rn.ws[WS_W_T]
     cdef floating* dAh = buf + _ws_layer(rn, WS_DAH, l)
     cdef floating* dA = buf + _ws_layer(rn, WS_GATES, l)
-    _transpose_into(params + _w_hh(rn, l), gh, n, W_t)  # again: the layers share w_t
+    _prepare_product(params + _w_hh(rn, l), gh, n, False, w)  # the layers share w
     for q in range(r * n):
         dh[q] = 0.0 if per_step else d_top[q]
         dc[q] = 0.0
@@ -655,7 +613,7 @@ cdef void _rnn_layer_backward(const Rnn* rn, const floating* params, floating* G
             for q in range(r * n):
                 dh[q] += d_top[t * r * n + q]
         _rnn_grad_step(rn, buf, l, t, r, lens, dh, dc)
-        _step_product_t(r, n, gh, dAh + t * r * gh, W_t, tmp_h)  # dA_h W_hh
+        _step_product(r, n, gh, dAh + t * r * gh, w, tmp_h, False)  # dA_h W_hh
         for q in range(r * n):
             dh[q] += tmp_h[q]
     # every step's weight gradients in one product each, the bias sums, the layer below

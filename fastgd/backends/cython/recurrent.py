@@ -21,7 +21,7 @@ if (
     _k.RECURRENT_CELL_CODES != (rec.LSTM, rec.GRU, rec.TANH)
     or _k.RECURRENT_WS_SLOTS != tuple(range(len(_WS_FIXED) + 1))
     or _k.RECURRENT_TANH != (rec.TANH_CLAMP, rec.TANH_P, rec.TANH_Q)
-    or _k.RECURRENT_SMALL_PRODUCT != (rec.SMALL_PRODUCT, rec.SMALL_BACKWARD_PRODUCT)
+    or _k.RECURRENT_PACKED != (rec.STRIP, rec.TILE_ROWS)
 ):  # pragma: no cover - stale
     raise ImportError("fastgd.backends.cython._kernels is out of date; rebuild it")
 

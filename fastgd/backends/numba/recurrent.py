@@ -24,8 +24,8 @@ The chunks' gradient rows are then added in chunk order (results are bit-identic
 thread count) and the update of every model kind applies (:mod:`.update`). Workspaces are
 laid out ``[t][row][unit]`` so that every per-step block is a contiguous matrix; the matrix
 products go to BLAS (``np.dot`` with an output array, BLAS pinned to one thread), except,
-in float32, the two products of every step while ``W_hh`` is small (own loops, see
-:data:`fastgd.specs.recurrent.SMALL_PRODUCT`). The elementwise gate loops index a gate
+in float32, the two products of every step: register tiles over ``W_hh`` packed once per
+layer and batch (:func:`_strip_product`, see :data:`fastgd.specs.recurrent.STRIP`). The elementwise gate loops index a gate
 block as ``[t, j, k, u]`` (:func:`_gate_view`) so that they vectorize.
 """
 
@@ -36,8 +36,10 @@ from typing import NamedTuple
 import numba
 import numpy as np
 import scipy.linalg  # noqa: F401 - loads SciPy's BLAS (Numba's np.dot) before it is limited
+from llvmlite import ir
 from numba import prange, types
-from numba.extending import overload
+from numba.core import cgutils
+from numba.extending import intrinsic, overload
 
 from ..._config import MAX_CHUNKS, NUMBA_OPTIONS
 from ...specs import losses, stopping
@@ -166,7 +168,6 @@ Q0, Q1, Q2, Q3 = (_F32(q) for q in rec.TANH_Q)
 # ONE replaces the literal 1.0 in the gate loops: 1.0 is a float64, which made float32
 # kernels compute them in float64 (in float64 kernels ONE is exactly 1.0)
 CLAMP, ONE, HALF = _F32(rec.TANH_CLAMP), _F32(1.0), _F32(0.5)
-SMALL_PRODUCT, SMALL_BACKWARD_PRODUCT = rec.SMALL_PRODUCT, rec.SMALL_BACKWARD_PRODUCT
 
 
 @njit(**NUMBA_OPTIONS)
@@ -263,142 +264,133 @@ def _bias_view(params, offset, gates, n):
 # the per-step recurrent products
 
 
-@njit(**NUMBA_OPTIONS)
-def _dots_4x2(A, Bt, C, i, q):
-    """``C[i:i + 4, q:q + 2]`` of ``C = A @ Bt.T``: eight dot products over k at once,
-    each into a scalar accumulator (a register, never memory that could overlap A or Bt),
-    which LLVM vectorizes as reductions: rows of A and Bt are read contiguously and every
-    loaded value serves two or four products."""
-    a0, a1, a2, a3 = A[i], A[i + 1], A[i + 2], A[i + 3]
-    b0, b1 = Bt[q], Bt[q + 1]
-    s00 = s01 = s10 = s11 = s20 = s21 = s30 = s31 = _zero(C)
-    for k in range(A.shape[1]):
-        y0, y1 = b0[k], b1[k]
-        s00 += a0[k] * y0
-        s01 += a0[k] * y1
-        s10 += a1[k] * y0
-        s11 += a1[k] * y1
-        s20 += a2[k] * y0
-        s21 += a2[k] * y1
-        s30 += a3[k] * y0
-        s31 += a3[k] * y1
-    C[i, q], C[i, q + 1], C[i + 1, q], C[i + 1, q + 1] = s00, s01, s10, s11
-    C[i + 2, q], C[i + 2, q + 1], C[i + 3, q], C[i + 3, q + 1] = s20, s21, s30, s31
+STRIP, TILE_ROWS = rec.STRIP, rec.TILE_ROWS
+# the w block of the workspace starts with one tile of C (a partial last strip goes
+# through it), then holds W_hh for the products of a layer (see _prepare_product)
+_TAIL = TILE_ROWS * STRIP
+
+
+def _emit_tile(builder, rows, K, a_ptr, a_off, p_ptr, p_off, c_ptr, c_off, ldc):
+    """Emit one float32 tile: ``rows`` x STRIP entries of C (``c_ptr + c_off``, rows
+    ``ldc`` apart) = ``rows`` rows of A (``a_ptr + a_off``, ``K`` apart) times the packed
+    strip at ``p_ptr + p_off`` (STRIP values per k). Each entry of the tile lives in one
+    lane of ``2 rows`` vector registers of 8 floats and sums over k in order (fused
+    multiply-adds); at each k, the strip's row is two vector loads and each row of A
+    gives one value, broadcast."""
+    intp = ir.IntType(64)
+    v8 = ir.VectorType(ir.FloatType(), 8)
+    fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v8, [v8] * 3), "llvm.fma.v8f32")  # fmt: skip
+    lanes0 = ir.Constant(ir.VectorType(ir.IntType(32), 8), [0] * 8)
+    entry = builder.block
+    header = builder.append_basic_block("tile.header")
+    body = builder.append_basic_block("tile.body")
+    done = builder.append_basic_block("tile.done")
+    builder.branch(header)
+    builder.position_at_end(header)
+    k = builder.phi(intp)
+    k.add_incoming(intp(0), entry)
+    acc = [builder.phi(v8) for _ in range(2 * rows)]
+    for phi in acc:
+        phi.add_incoming(ir.Constant(v8, [0.0] * 8), entry)
+    builder.cbranch(builder.icmp_signed("<", k, K), body, done)
+    builder.position_at_end(body)
+    row_k = builder.add(p_off, builder.mul(k, intp(STRIP)))
+    b = [builder.load(builder.bitcast(builder.gep(p_ptr, [builder.add(row_k, intp(8 * h))]), v8.as_pointer()), align=4)  # fmt: skip
+         for h in range(2)]  # fmt: skip
+    new = []
+    for i in range(rows):
+        a_index = builder.add(builder.add(a_off, builder.mul(intp(i), K)), k)
+        a = builder.insert_element(ir.Constant(v8, ir.Undefined), builder.load(builder.gep(a_ptr, [a_index])), ir.IntType(32)(0))  # fmt: skip
+        a = builder.shuffle_vector(a, ir.Constant(v8, ir.Undefined), lanes0)
+        new += [builder.call(fma, [a, b[h], acc[2 * i + h]]) for h in range(2)]
+    end = builder.block
+    k.add_incoming(builder.add(k, intp(1)), end)
+    for phi, value in zip(acc, new, strict=True):
+        phi.add_incoming(value, end)
+    builder.branch(header)
+    builder.position_at_end(done)
+    for i in range(rows):
+        for h in range(2):
+            index = builder.add(builder.add(c_off, builder.mul(intp(i), ldc)), intp(8 * h))
+            builder.store(acc[2 * i + h], builder.bitcast(builder.gep(c_ptr, [index]), v8.as_pointer()), align=4)  # fmt: skip
+
+
+def _strip_codegen(context, builder, signature, args):
+    """Code of :func:`_strip_product`: tiles of TILE_ROWS rows, then of 4, 2, 1."""
+    A_type, _, _, P_type, _, C_type, _, _ = signature.args
+    A = context.make_array(A_type)(context, builder, args[0])
+    P = context.make_array(P_type)(context, builder, args[3])
+    C = context.make_array(C_type)(context, builder, args[5])
+    a_row, rows, p_off, c_off, ldc = (context.cast(builder, args[j], signature.args[j], types.intp) for j in (1, 2, 4, 6, 7))  # fmt: skip
+    K = cgutils.unpack_tuple(builder, A.shape, count=2)[1]
+    intp = ir.IntType(64)
+
+    def tile(count, at):
+        a_off = builder.mul(builder.add(a_row, at), K)
+        _emit_tile(builder, count, K, A.data, a_off, P.data, p_off, C.data, builder.add(c_off, builder.mul(at, ldc)), ldc)  # fmt: skip
+
+    with cgutils.for_range(builder, builder.sdiv(rows, intp(TILE_ROWS)), intp=intp) as loop:
+        tile(TILE_ROWS, builder.mul(loop.index, intp(TILE_ROWS)))
+    at = cgutils.alloca_once_value(builder, builder.mul(builder.sdiv(rows, intp(TILE_ROWS)), intp(TILE_ROWS)))  # fmt: skip
+    for count in (4, 2, 1):  # the last rows (TILE_ROWS = 6: at most 4 + 1)
+        with builder.if_then(builder.icmp_signed(">=", builder.sub(rows, builder.load(at)), intp(count))):  # fmt: skip
+            tile(count, builder.load(at))
+            builder.store(builder.add(builder.load(at), intp(count)), at)
+    return context.get_dummy_value()
+
+
+@intrinsic
+def _strip_product(typingctx, A, a_row, rows, P, p_off, C, c_off, ldc):
+    """``C[c_off + i ldc + q] = sum over k of A[a_row + i, k] P[p_off + k STRIP + q]``
+    for ``i < rows``, ``q < STRIP``: rows of A times one packed strip (float32; ``A``
+    2-D C-contiguous, ``P`` and ``C`` C-contiguous, no bounds checks: the callers stay
+    inside them). An intrinsic, so that the register tile is what runs: written as Numba
+    scalars, LLVM left such a tile scalar (6 GFLOP/s)."""
+    arrays = (A, P, C)
+    if not all(isinstance(a, types.Array) and a.dtype == types.float32 and a.layout == "C" for a in arrays) or A.ndim != 2:  # fmt: skip
+        return None
+    if not all(isinstance(v, types.Integer) for v in (a_row, rows, p_off, c_off, ldc)):
+        return None
+    return types.none(A, a_row, rows, P, p_off, C, c_off, ldc), _strip_codegen
 
 
 @njit(**NUMBA_OPTIONS)
-def _dot_one(A, Bt, C, i, q):
-    """``C[i, q]`` of ``C = A @ Bt.T`` alone (the last rows and columns)."""
-    a, b = A[i], Bt[q]
-    total = _zero(C)
-    for k in range(A.shape[1]):
-        total += a[k] * b[k]
-    C[i, q] = total
-
-
-@njit(**NUMBA_OPTIONS)
-def _small_matmul_t(A, Bt, C):
-    """``C = A @ Bt.T`` for a step's backward product ``dA_h W_hh`` (``r`` rows of gate
-    gradients, ``Bt = W_hh^T`` row-major), without BLAS, as dot products of rows of
-    length ``G h`` (:func:`_dots_4x2`): 1.5-2x faster than OpenBLAS, which packs ``W_hh``
-    again at every call, and than :func:`_small_matmul`, whose rows of ``C`` (only ``h``
-    wide here) go through memory at every pair of k."""
-    M, N = C.shape
-    M4, N2 = M - M % 4, N - N % 2
-    for i in range(0, M4, 4):
-        for q in range(0, N2, 2):
-            _dots_4x2(A, Bt, C, i, q)
-    for i in range(M):
-        for q in range(N2 if i < M4 else 0, N):
-            _dot_one(A, Bt, C, i, q)
-
-
-@njit(**NUMBA_OPTIONS)
-def _matmul_rows4(A, B, C, i):
-    """Rows ``i .. i + 3`` of ``C = A @ B``: two values of k per pass over the 4 rows of C
-    (they stay in L1), the loop over columns vectorized. Each entry sums over k in order,
-    two terms at a time."""
-    K, N = B.shape
-    for q in range(N):
-        C[i, q] = 0.0
-        C[i + 1, q] = 0.0
-        C[i + 2, q] = 0.0
-        C[i + 3, q] = 0.0
-    for k in range(0, K - 1, 2):
-        a00, a01, a10, a11 = A[i, k], A[i, k + 1], A[i + 1, k], A[i + 1, k + 1]
-        a20, a21, a30, a31 = A[i + 2, k], A[i + 2, k + 1], A[i + 3, k], A[i + 3, k + 1]
-        for q in range(N):
-            b0, b1 = B[k, q], B[k + 1, q]
-            C[i, q] += a00 * b0 + a01 * b1
-            C[i + 1, q] += a10 * b0 + a11 * b1
-            C[i + 2, q] += a20 * b0 + a21 * b1
-            C[i + 3, q] += a30 * b0 + a31 * b1
-    if K % 2 == 1:
-        k = K - 1
-        a0, a1, a2, a3 = A[i, k], A[i + 1, k], A[i + 2, k], A[i + 3, k]
-        for q in range(N):
-            b0 = B[k, q]
-            C[i, q] += a0 * b0
-            C[i + 1, q] += a1 * b0
-            C[i + 2, q] += a2 * b0
-            C[i + 3, q] += a3 * b0
-
-
-@njit(**NUMBA_OPTIONS)
-def _small_matmul(A, B, C):
-    """``C = A @ B`` for the small C-contiguous matrices of a step (``r`` rows of states
-    or gate gradients times ``W_hh^T`` or ``W_hh``), without BLAS: for them OpenBLAS
-    spends about as long packing its operands and dispatching as multiplying. Blocks of
-    4 rows (:func:`_matmul_rows4`), then the last rows one by one."""
+def _packed_product(A, w, C):
+    """``C = A @ B`` (float32, C-contiguous ``A`` (M, K), ``C`` (M, N)), ``B`` packed in
+    ``w`` by :func:`_pack`: strip after strip; a partial last strip goes TILE_ROWS rows at
+    a time through the tile at the start of ``w``."""
     M, K = A.shape
-    N = B.shape[1]
-    for i in range(0, M - 3, 4):
-        _matmul_rows4(A, B, C, i)
-    for i in range(M - M % 4, M):
-        for q in range(N):
-            C[i, q] = 0.0
+    N = C.shape[1]
+    full = N // STRIP
+    for s in range(full):
+        _strip_product(A, 0, M, w, _TAIL + s * K * STRIP, C, s * STRIP, N)
+    if full * STRIP < N:
+        for i0 in range(0, M, TILE_ROWS):
+            rows = min(TILE_ROWS, M - i0)
+            _strip_product(A, i0, rows, w, _TAIL + full * K * STRIP, w, 0, STRIP)
+            for i in range(rows):
+                for q in range(N - full * STRIP):
+                    C[i0 + i, full * STRIP + q] = w[i * STRIP + q]
+
+
+@njit(**NUMBA_OPTIONS)
+def _pack(W, forward, w):
+    """``B = W.T`` (``forward``) or ``W`` (``W = W_hh``, (G h, h)) into ``w`` after its
+    tile, in strips of STRIP columns: ``[s, k, q]`` holds ``B[k, s STRIP + q]`` (0 past
+    the last column)."""
+    K, N = (W.shape[1], W.shape[0]) if forward else W.shape
+    S = -(-N // STRIP)
+    P = w[_TAIL : _TAIL + S * K * STRIP].reshape((S, K, STRIP))
+    for s in range(S):
         for k in range(K):
-            a = A[i, k]
-            for q in range(N):
-                C[i, q] += a * B[k, q]
-
-
-def _forward_product(A, B, C):
-    """``C = A @ B`` (C-contiguous): a step's ``h_{t-1} W_hh^T``; see the overload."""
-    raise NotImplementedError("compiled only")
-
-
-@overload(_forward_product, jit_options=_INLINE_OPTIONS)
-def _overload_forward_product(A, B, C):
-    if not _is_single(C):
-        return lambda A, B, C: np.dot(A, B, C)
-
-    def product(A, B, C):  # float32: no BLAS for a W_hh that fits in L1
-        if B.size <= SMALL_PRODUCT:
-            _small_matmul(A, B, C)
-        else:
-            np.dot(A, B, C)
-
-    return product
-
-
-def _backward_product(A, Bt, C):
-    """``C = A @ Bt.T`` (C-contiguous): a step's ``dA_h W_hh``; see the overload."""
-    raise NotImplementedError("compiled only")
-
-
-@overload(_backward_product, jit_options=_INLINE_OPTIONS)
-def _overload_backward_product(A, Bt, C):
-    if not _is_single(C):
-        return lambda A, Bt, C: np.dot(A, Bt.T, C)
-
-    def product(A, Bt, C):  # float32: no BLAS while W_hh fits in half of L2
-        if Bt.size <= SMALL_BACKWARD_PRODUCT:
-            _small_matmul_t(A, Bt, C)
-        else:
-            np.dot(A, Bt.T, C)
-
-    return product
+            for q in range(STRIP):
+                c = s * STRIP + q
+                if c >= N:
+                    P[s, k, q] = 0.0
+                elif forward:
+                    P[s, k, q] = W[c, k]
+                else:
+                    P[s, k, q] = W[k, c]
 
 
 @njit(**NUMBA_OPTIONS)
@@ -407,6 +399,43 @@ def _transpose(W, W_t):
     for q in range(W.shape[0]):
         for u in range(W.shape[1]):
             W_t[u, q] = W[q, u]
+
+
+def _prepare_product(W, forward, w):
+    """Lay out ``W = W_hh`` in ``w`` for a layer's per-step products; see the overload."""
+    raise NotImplementedError("compiled only")
+
+
+@overload(_prepare_product, jit_options=_INLINE_OPTIONS)
+def _overload_prepare_product(W, forward, w):
+    if _is_single(w):
+        return lambda W, forward, w: _pack(W, forward, w)
+
+    def transpose(W, forward, w):  # float64: W_hh^T row-major, for BLAS either way
+        _transpose(W, w[_TAIL : _TAIL + W.size].reshape((W.shape[1], W.shape[0])))
+
+    return transpose
+
+
+def _step_product(A, w, C, forward):
+    """A step's ``C = A @ B``: ``B = W_hh^T`` (``forward``: ``h_{t-1} W_hh^T``) or
+    ``W_hh`` (``dA_h W_hh``), laid out in ``w`` by :func:`_prepare_product`."""
+    raise NotImplementedError("compiled only")
+
+
+@overload(_step_product, jit_options=_INLINE_OPTIONS)
+def _overload_step_product(A, w, C, forward):
+    if _is_single(w):
+        return lambda A, w, C, forward: _packed_product(A, w, C)
+
+    def blas(A, w, C, forward):  # float64: BLAS on W_hh^T
+        K, N = A.shape[1], C.shape[1]
+        if forward:
+            np.dot(A, w[_TAIL : _TAIL + K * N].reshape((K, N)), C)
+        else:
+            np.dot(A, w[_TAIL : _TAIL + K * N].reshape((N, K)).T, C)
+
+    return blas
 
 
 @njit(**NUMBA_OPTIONS)
@@ -537,10 +566,10 @@ def _layer_forward(lay, params, buf, layer, r, lens, longest):
             if lay.cell == LSTM:
                 C[0, j, u] = 0.0
     tmp = _mat(buf, lay.tmp, r, gh)
-    W_t = _mat(buf, lay.w_t, n, gh)  # W_hh^T row-major: the product's B operand
-    _transpose(W_hh, W_t)
+    w = buf[lay.w_t :]  # W_hh for the per-step products (from the w block on)
+    _prepare_product(W_hh, True, w)
     for t in range(longest):
-        _forward_product(H[t], W_t, tmp)
+        _step_product(H[t], w, tmp, True)
         if lay.cell == LSTM:
             _lstm_step(lay, params, buf, layer, t, r, lens, longest)
         elif lay.cell == GRU:
@@ -738,8 +767,8 @@ def _layer_backward(lay, params, G, buf, layer, r, lens, longest, d_top):
             dh[j, u] = 0.0 if per_step else d_top[j, u]
             dc[j, u] = 0.0
     W_hh = _param_mat(params, lay.w_hh[layer], gh, n)
-    W_t = _mat(buf, lay.w_t, n, gh)  # W_hh^T row-major again (the layers share w_t)
-    _transpose(W_hh, W_t)
+    w = buf[lay.w_t :]  # laid out again: the layers and directions share the w block
+    _prepare_product(W_hh, False, w)
     dAh = _cube(buf, lay.dah[layer], longest, r, gh)
     for t in range(longest - 1, -1, -1):
         if per_step:
@@ -752,7 +781,7 @@ def _layer_backward(lay, params, G, buf, layer, r, lens, longest, d_top):
             _gru_grad_step(lay, buf, layer, t, r, lens, longest, dh)
         else:
             _tanh_grad_step(lay, buf, layer, t, r, lens, longest, dh)
-        _backward_product(dAh[t], W_t, tmp_h)  # dA_h W_hh
+        _step_product(dAh[t], w, tmp_h, False)  # dA_h W_hh
         for j in range(r):
             for u in range(n):
                 dh[j, u] += tmp_h[j, u]

@@ -104,14 +104,14 @@ TANH_Q = (1.0, 0.46419355066248247, 0.024504089558936484, 0.00025492788649432354
 
 # float32 kernels compute a step's two recurrent products, C = A B with B = W_hh^T
 # (forward, h_{t-1} W_hh^T) or B = W_hh (backward, dA_h W_hh), with their own register
-# tiles, not BLAS: OpenBLAS packs W_hh again at every call (at hidden 128 that copy took
-# about as long as a third of the multiply). B is packed once per layer and batch
-# (:func:`packed_entries`) into strips of STRIP columns, each laid out k by k: a tile of
-# C, TILE_ROWS rows by STRIP columns, sums over k in order in 2 * TILE_ROWS vector
-# registers of 8 floats, reading one row of the strip (two vector loads) and one value
-# of A per row at each k. Measured 76-87 GFLOP/s on one core from hidden 32 to 128,
-# against 34-62 for the earlier loops and 44-47 for OpenBLAS at hidden 128. float64
-# kernels use BLAS.
+# tiles, not BLAS: OpenBLAS packs W_hh again at every call (a profile at hidden 128 had
+# 14% of its samples in OpenBLAS's packing, 20% in its multiply). B is packed once per
+# layer and batch (:func:`packed_entries`) into strips of STRIP columns, each laid out
+# k by k. A tile of C, TILE_ROWS rows by STRIP columns, sums over k in order in
+# 2 * TILE_ROWS vector registers of 8 floats, reading one row of the strip (two vector
+# loads) and one value of A per row at each k. Measured 70-87 GFLOP/s on one core from
+# hidden 32 to 128, against 34-62 for the earlier loops and 44-47 for OpenBLAS at hidden
+# 128. float64 kernels use BLAS.
 STRIP = 16
 TILE_ROWS = 6
 

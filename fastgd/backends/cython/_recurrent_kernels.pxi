@@ -11,7 +11,8 @@
 # own row of G; the rows are added in chunk order, so results are bit-identical for any
 # number of threads. Workspace blocks are laid out [t][row][unit] (offsets from
 # :func:`fastgd.backends.recurrent_layout.workspace`); matrix products go to BLAS gemm
-# (one thread: the wrapper limits it).
+# (one thread: the wrapper limits it), except the two per-step products of float32
+# kernels (register tiles over a packed W_hh, below).
 
 # cell codes of fastgd.specs.recurrent (checked by the wrapper at import time)
 cdef enum:
@@ -352,7 +353,7 @@ cdef void _rnn_step(const Rnn* rn, const floating* params, floating* buf, Py_ssi
     cdef floating* c_new
     cdef floating* tc
     cdef const floating* c_prev
-    cdef floating c, a, rg, zg, hn, cand
+    cdef floating rg, zg, hn, cand
     cdef floating one = 1.0  # not the double 1.0: float32 kernels stay in float
     for j in range(r):
         g, p = gates + j * gh, tmp + j * gh

@@ -71,7 +71,8 @@ class Layout(NamedTuple):
     gradients), ``dah`` (GRU: hidden-side gate gradients; others: same as ``gates``),
     ``C`` (LSTM cell states, ``T + 1`` steps), ``aux`` (LSTM ``tanh(c_t)``, GRU ``hn``),
     then ``d_in0, d_in1`` (gradients between layers), ``tmp`` (a recurrent product),
-    ``dh, dc, tmp_h``, ``w_t`` (a layer's ``W_hh`` transposed) and per head layer ``head_a`` (its output), ``head_d0, head_d1``.
+    ``dh, dc, tmp_h``, ``w_t`` (a layer's ``W_hh`` laid out for the per-step products,
+    :func:`_prepare_product`) and per head layer ``head_a`` (its output), ``head_d0, head_d1``.
     """
 
     cell: int

@@ -13,7 +13,11 @@ Pairs, each timed ``--repeat`` times (medians):
   dask-glm ``lbfgs(regularizer="l2", lamduh=lam, normalize=False)``; dask-glm minimises
   ``n`` times fastgd's mean objective, so both have the same minimiser.
 - **Newton, no penalty**: dask-glm's ``newton`` takes no regularizer, so this pair fits
-  the unpenalised model (fastgd ``optimizer="newton"``, ``penalty=None``).
+  the unpenalised model (fastgd ``optimizer="newton"``, ``penalty=None``). fastgd runs
+  once per ``--hessian-dtypes`` entry: ``float64`` (the default Newton) and ``float32``
+  (``fastgd.optim.Newton(hessian_dtype="float32")``: the Hessian's Gram products in
+  float32, an inexact Newton method reaching the same optimum), each a row against the
+  same dask-glm time.
 
 The target is the optimum ``f*`` from a tight fastgd Newton fit; "time to objective" is
 the wall time until the objective (fastgd's mean form) is within ``1e-6`` relative of
@@ -45,6 +49,7 @@ import numpy as np
 from distributed import Client, LocalCluster, wait
 
 import fastgd
+from fastgd.optim import Newton
 
 TARGET = 1e-6
 NEWTON_TOLS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-8)
@@ -181,6 +186,9 @@ def main():
     parser.add_argument("--backend", default="auto", help="fastgd backend in the workers")
     parser.add_argument("--solvers", default="lbfgs,newton", help="pairs to time: lbfgs, newton")
     parser.add_argument(
+        "--hessian-dtypes", default="float64,float32", help="fastgd Newton's hessian_dtype(s)"
+    )
+    parser.add_argument(
         "--no-overhead", action="store_true", help="skip the per-iteration comparison"
     )
     args = parser.parse_args()
@@ -211,15 +219,28 @@ def run_all(client, args):
             fast = measure("fastgd lbfgs", lambda a=a, t=target: time_fastgd(X, y, "lbfgs", a, t), X, y, a, f_star, args.repeat)  # fmt: skip
             glm = measure("dask-glm lbfgs (tol=1e-4)", lambda a=a, g=target: time_dask_glm(X, y, "lbfgs", a, 1e-4, g), X, y, a, f_star, args.repeat)  # fmt: skip
         else:  # each by its own stopping rule, at its loosest tol that reaches the target
-            tol = loosest_tol(lambda t, a=a: time_fastgd(X, y, "newton", a, None, t), X, y, a, target)  # fmt: skip
-            fast = measure(f"fastgd newton (tol={tol:g})", lambda a=a, t=tol: time_fastgd(X, y, "newton", a, None, t), X, y, a, f_star, args.repeat)  # fmt: skip
+            fasts = newton_rows(X, y, a, target, f_star, args)
             tol = loosest_tol(lambda t, a=a: time_dask_glm(X, y, "newton", a, t, None), X, y, a, target)  # fmt: skip
             glm = measure(f"dask-glm newton (tol={tol:g})", lambda a=a, t=tol: time_dask_glm(X, y, "newton", a, t, None), X, y, a, f_star, args.repeat)  # fmt: skip
+            for dtype, fast in fasts:
+                rows.append((f"{pair}, hessian_dtype={dtype}", fast, glm))
+                hessian_rate(fast["info"], n // args.workers, d)
+            continue
         rows.append((pair, fast, glm))
-        if solver == "newton":
-            hessian_rate(fast["info"], n // args.workers, d)
     overhead = None if args.no_overhead else per_iteration(X, y, alpha, args.repeat)
     report(rows, overhead)
+
+
+def newton_rows(X, y, alpha, target, f_star, args):
+    """fastgd's Newton timed per ``--hessian-dtypes`` entry: ``[(dtype, row)]``."""
+    rows = []
+    for dtype in args.hessian_dtypes.split(","):
+        solver = Newton(hessian_dtype=dtype)
+        fastgd_fit(X, y, solver, alpha, epochs=1)  # warm-up of this pass in the workers
+        tol = loosest_tol(lambda t, s=solver: time_fastgd(X, y, s, alpha, None, t), X, y, alpha, target)  # fmt: skip
+        run = lambda s=solver, t=tol: time_fastgd(X, y, s, alpha, None, t)  # noqa: E731
+        rows.append((dtype, measure(f"fastgd newton {dtype} (tol={tol:g})", run, X, y, alpha, f_star, args.repeat)))  # fmt: skip
+    return rows
 
 
 def hessian_rate(info, rows_per_worker, d):

@@ -228,11 +228,13 @@ class Newton(SecondOrder):
         the fit stops at the same optimum, to the same ``tol``. The steps are those of a
         Hessian with relative errors of about ``1e-7``, which stay Newton-fast while that
         error times the Hessian's condition number is small; on ill-conditioned problems
-        (nearly collinear features, tiny ``alpha``) they slow down and may take more
-        iterations than in float64: keep the default there. Where the float32 Hessian is
-        not positive definite (its Cholesky fails) or its step is no descent direction,
-        that iteration recomputes the Hessian in float64. For softmax, only the diagonal
-        class blocks (and the whole Hessian of ``"linear"`` and ``"logistic"``) are float32.
+        (nearly collinear features, tiny ``alpha``) they would slow down: keep the default
+        there. As a safeguard, where the float32 Hessian is not positive definite, its
+        diagonally scaled condition number (estimated from its Cholesky pivots) is 1e4 or
+        more, its step is no descent direction, or the line search fails along it, that
+        iteration recomputes the Hessian in float64 (one more pass over the data) and the
+        rest of the fit stays in float64. For softmax, only the diagonal class blocks
+        (and the whole Hessian of ``"linear"`` and ``"logistic"``) are float32.
     """
 
     code = codes.NEWTON

@@ -144,31 +144,31 @@ cdef void _gram(int m, int d, int ldt, double* S, double* Tp) noexcept nogil:
         dsyrk(&lower, &tn, &d, &m, &one, S, &d, &one, Tp, &ldt)
 
 
-cdef void _gram32(int m, int d, int ldt, float* S, float* C, double* Tp) noexcept nogil:
-    """Tp[:d, :d] += S^T S for a float32 block S (m x d, row-major): ssyrk into the
-    float32 scratch C (d x d, overwritten: beta = 0), whose upper triangle is then added
-    to the float64 Tp (rows of ldt entries). Each block's product is rounded on its own
-    and the blocks are summed in float64: the error does not grow with the rows."""
+cdef void _gram32(int m, int n, float* S, float* C, double* Tp) noexcept nogil:
+    """Tp += S^T S for a float32 block S (m x n, row-major) and Tp (n x n): ssyrk into the
+    float32 scratch C (n x n, overwritten: beta = 0), whose upper triangle is then added
+    to the float64 Tp. Each block's product is rounded on its own and the blocks are
+    summed in float64: the error does not grow with the rows."""
     cdef char tn = b'N', lower = b'L'
     cdef float one = 1.0, zero = 0.0
-    cdef int64_t n64 = d, m64 = m
+    cdef int64_t n64 = n, m64 = m
     cdef int i, j
     if _ssyrk64 != NULL:
         _ssyrk64(&lower, &tn, &n64, &m64, &one, S, &n64, &zero, C, &n64)
     else:
-        ssyrk(&lower, &tn, &d, &m, &one, S, &d, &zero, C, &d)
-    for i in range(d):
-        for j in range(i, d):
-            Tp[i * ldt + j] += C[i * d + j]
+        ssyrk(&lower, &tn, &n, &m, &one, S, &n, &zero, C, &n)
+    for i in range(n):
+        for j in range(i, n):
+            Tp[i * n + j] += C[i * n + j]
 
 
 cdef void _hessian_block32(const double* Xp, const double* Hw, int m, int d, int k,
                            int n_pairs, double* S, double* w, float* S32, float* C32,
                            double* T) noexcept nogil:
-    """_hessian_block with the Gram pairs (``h >= 0``) in float32: the rows scaled by
-    ``sqrt(h)`` rounded to float32, their product by ssyrk (:func:`_gram32`); the
-    intercept's column ``X^T h`` (dgemv) and corner ``sum h`` stay float64. Softmax's
-    off-diagonal pairs are the float64 dgemm of _hessian_block."""
+    """_hessian_block with the Gram pairs (``h >= 0``) in float32: the rows of
+    ``X~ = [X, 1]`` scaled by ``sqrt(h)`` rounded to float32 (S32, m x (d + 1)), their
+    product, intercept included, by ssyrk (:func:`_gram32`). Softmax's off-diagonal pairs
+    are the float64 dgemm of _hessian_block (intercept's column by dgemv, corner sum h)."""
     cdef char tn = b'N', tt = b'T'
     cdef double one = 1.0, hsum, h, root
     cdef int c, c2, p = 0, r, j, d1 = d + 1, inc = 1
@@ -176,25 +176,27 @@ cdef void _hessian_block32(const double* Xp, const double* Hw, int m, int d, int
     for c in range(k if n_pairs > 1 else 1):
         for c2 in range(c, k if n_pairs > 1 else 1):
             Tp = T + <Py_ssize_t>p * d1 * d1
+            if c == c2:
+                for r in range(m):
+                    h = Hw[r * n_pairs + p]
+                    root = sqrt(h) if h > 0 else 0.0
+                    for j in range(d):
+                        S32[r * d1 + j] = <float>(root * Xp[r * d + j])
+                    S32[r * d1 + d] = <float>root
+                _gram32(m, d1, S32, C32, Tp)
+                p += 1
+                continue
             hsum = 0.0
             for r in range(m):
                 h = Hw[r * n_pairs + p]
-                if c == c2:
-                    h = h if h > 0 else 0.0
-                    root = sqrt(h)
-                    for j in range(d):
-                        S32[r * d + j] = <float>(root * Xp[r * d + j])
-                else:
-                    for j in range(d):
-                        S[r * d + j] = h * Xp[r * d + j]
+                for j in range(d):
+                    S[r * d + j] = h * Xp[r * d + j]
                 hsum += h
-                w[r] = h
-            if c == c2:
-                _gram32(m, d, d1, S32, C32, Tp)
-            else:  # column-major S^c X^c^T = S^T X, symmetric
-                dgemm(&tn, &tt, &d, &d, &m, &one, S, &d, <double*>Xp, &d, &one, Tp, &d1)
-            # Tp[:d, d] += X^T h: column-major X^c (d, m) h, into a column (stride d1)
-            dgemv(&tn, &d, &m, &one, <double*>Xp, &d, w, &inc, &one, Tp + d, &d1)
+                w[r] = 1.0
+            # column-major S^c X^c^T = S^T X, symmetric
+            dgemm(&tn, &tt, &d, &d, &m, &one, S, &d, <double*>Xp, &d, &one, Tp, &d1)
+            # Tp[:d, d] += S^T 1: column-major S^c (d, m) w, into a column (stride d1)
+            dgemv(&tn, &d, &m, &one, S, &d, w, &inc, &one, Tp + d, &d1)
             Tp[d * d1 + d] += hsum
             p += 1
 
@@ -289,7 +291,8 @@ def loss_gradient_hessian(
 ):
     """Per-chunk sums F (loss), G (gradient, (d + 1, k)) and T (Hessian blocks) over the
     chunks ``bounds[c]:bounds[c + 1]``; scratch rows (Xb, S, Z, D, Hw) per thread, and
-    with ``want_h == GRAM32`` a float32 block (S32) and triangle (C32) per thread."""
+    with ``want_h == GRAM32`` a float32 block (S32, rows x (d + 1)) and triangle (C32,
+    (d + 1)^2) per thread."""
     cdef Py_ssize_t c, n_chunks = bounds.shape[0] - 1
     cdef int t, k = <int>P.shape[1], n_pairs = <int>T.shape[1]
     for c in prange(n_chunks, nogil=True, schedule="dynamic", chunksize=1,

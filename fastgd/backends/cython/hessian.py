@@ -46,8 +46,8 @@ def loss_gradient_hessian(model, data, params, n_threads=1, hessian=True, gram_d
     mode = (GRAM32 if gram_dtype == "float32" else GRAM64) if hessian else NO_HESSIAN
     # float32 Gram products: a block of scaled rows and a triangle per thread
     wide = mode == GRAM32
-    scratch += [np.empty((n_threads, rows * d if wide else 1), dtype=np.float32),
-                np.empty((n_threads, d * d if wide else 1), dtype=np.float32)]  # fmt: skip
+    scratch += [np.empty((n_threads, rows * (d + 1) if wide else 1), dtype=np.float32),
+                np.empty((n_threads, (d + 1) ** 2 if wide else 1), dtype=np.float32)]  # fmt: skip
     with single_threaded_blas():
         _h.loss_gradient_hessian(X, Y, weights, P, int(model.loss_code), mode,
                                  bounds, rows, F, G, T, *scratch, n_threads)  # fmt: skip

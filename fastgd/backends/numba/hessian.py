@@ -104,9 +104,9 @@ def _add_gram(S, T):
 
 @njit(**NUMBA_OPTIONS)
 def _add_gram32(S, C, T):
-    """``T[:n, :n] += S^T S`` (upper triangle) for a float32 block ``S`` (m, n): ssyrk into
-    the float32 scratch ``C`` (n, n; overwritten, ``beta = 0``), then added to the float64
-    ``T``. Each block's product is rounded to float32 on its own (relative error ~m eps32
+    """``T += S^T S`` (upper triangle) for a float32 block ``S`` (m, n), ``T`` (n, n): ssyrk
+    into the float32 scratch ``C`` (n, n; overwritten, ``beta = 0``), then added to the
+    float64 ``T``. Each block's product is rounded to float32 on its own (relative error ~m eps32
     at worst, m the block's rows), and the blocks are summed in float64, so the error does
     not grow with the number of rows."""
     n = S.shape[1]
@@ -213,7 +213,8 @@ def _times(A, B):
 def _chunk(X, Y, weights, P, loss_code, want_h, lo, hi, work, G, T):
     """Loss sum of rows ``lo:hi``; adds their gradient and Hessian sums to ``G`` and ``T``
     (``want_h``: :data:`NO_HESSIAN`, :data:`GRAM64` or :data:`GRAM32`).
-    ``work``: the thread's buffers ``(Xb, S, D, Hw, S32, C32)`` of one row block. The products run
+    ``work``: the thread's buffers ``(Xb, S, D, Hw, S32, C32)`` of one row block (S32:
+    (rows, d + 1) and C32 (d + 1, d + 1) in float32, with GRAM32 only). The products run
     on the rows of ``X`` (float64: in place) and the intercept's row of ``X~ = [X, 1]`` is
     summed apart: BLAS is fastest on ``d`` columns, and float64 rows need no copy."""
     d = X.shape[1]
@@ -276,30 +277,26 @@ def _add_curvature(xb, Hw, s, k, T):
 
 @njit(**NUMBA_OPTIONS)
 def _add_curvature32(xb, Hw, scratch, k, T):
-    """:func:`_add_curvature` with the Gram pairs (``h >= 0``) in float32: the rows scaled
-    by ``sqrt(h)`` are rounded to float32 and their product, one triangle by ssyrk, is added
-    to the float64 sums (:func:`_add_gram32`). The intercept's column ``sum_r h_r x_r`` and
-    corner ``sum_r h_r`` stay float64 (a matrix-vector product: a d-th of the work).
-    Softmax's off-diagonal pairs are the float64 products of :func:`_add_curvature`."""
+    """:func:`_add_curvature` with the Gram pairs (``h >= 0``) in float32: the rows of
+    ``X~ = [xb, 1]`` scaled by ``sqrt(h)`` are rounded to float32 into ``s32`` (m, d + 1)
+    and their product, one triangle by ssyrk, intercept included, is added to the float64
+    sums (:func:`_add_gram32`). Softmax's off-diagonal pairs are the float64 products of
+    :func:`_add_curvature`."""
     s, s32, C32 = scratch
     m, d = xb.shape
     classes = k if T.shape[0] > 1 else 1  # one pair for MSE, whatever its outputs
-    h = np.empty(m)
     p = 0
     for c in range(classes):
         for c2 in range(c, classes):
             if c != c2:
                 _add_pair(xb, Hw[:, p], s, T[p])
-                p += 1
-                continue
-            for r in range(m):
-                h[r] = max(Hw[r, p], 0.0)
-                root = math.sqrt(h[r])
-                for j in range(d):
-                    s32[r, j] = root * xb[r, j]
-                T[p, d, d] += h[r]
-            _add_gram32(s32, C32, T[p])
-            T[p, :d, d] += np.dot(xb.T, h)
+            else:
+                for r in range(m):
+                    root = math.sqrt(max(Hw[r, p], 0.0))
+                    for j in range(d):
+                        s32[r, j] = root * xb[r, j]
+                    s32[r, d] = root
+                _add_gram32(s32, C32, T[p])
             p += 1
 
 
@@ -325,7 +322,7 @@ def _chunks(X, Y, weights, P, loss_code, want_h, bounds, rows, F, G, T, n_slots)
     n_chunks = bounds.shape[0] - 1
     d1, k = X.shape[1] + 1, P.shape[1]
     rows = min(rows, bounds[1] - bounds[0] + 1)
-    rows32, d32 = (rows, d1 - 1) if want_h == GRAM32 else (0, 0)
+    rows32, d32 = (rows, d1) if want_h == GRAM32 else (0, 0)
     for s in prange(n_slots):
         work = (np.empty((rows, d1 - 1)), np.empty((rows, d1 - 1)), np.empty((rows, k)),
                 np.empty((rows, T.shape[1])), np.empty((rows32, d32), dtype=np.float32),

@@ -27,16 +27,12 @@ def _curvature(Z, loss_code, k):
 
 def _gram32(Xt, h, rows):
     """``X~^T diag(h) X~`` (``h >= 0``) as the compiled backends' float32 option computes
-    it: the Gram product of X's columns per block of ``rows`` rows, ``S^T S`` in float32
-    with ``S = sqrt(h) X`` rounded to float32, the blocks' products added in float64; the
-    intercept's column ``X^T h`` and corner ``sum h`` in float64."""
-    d = Xt.shape[1] - 1
-    T = Xt.T @ (h[:, None] * Xt[:, -1:])  # the intercept's column, corner included
-    T = np.hstack([np.zeros((d + 1, d)), T])
-    T[d, :d] = T[:d, d]
+    it: per block of ``rows`` rows, ``S^T S`` in float32 with ``S = sqrt(h) X~`` rounded to
+    float32; the blocks' products added in float64."""
+    T = np.zeros((Xt.shape[1], Xt.shape[1]))
     for a in range(0, Xt.shape[0], rows):
-        S = (np.sqrt(h[a : a + rows, None]) * Xt[a : a + rows, :d]).astype(np.float32)
-        T[:d, :d] += (S.T @ S).astype(np.float64)
+        S = (np.sqrt(h[a : a + rows, None]) * Xt[a : a + rows]).astype(np.float32)
+        T += (S.T @ S).astype(np.float64)
     return T
 
 

@@ -7,13 +7,18 @@ a logistic model; no intercept (dask-glm fits none unless given a column of ones
 Cluster: 2 worker processes, 1 thread each (``--workers``); BLAS is single-threaded in the
 workers (the nanny sets OMP/OPENBLAS_NUM_THREADS=1).
 
-Pairs, each timed ``--repeat`` times (medians):
+Pairs, each timed ``--repeat`` times (medians), the repeats interleaved (one run of each
+contender per round, so a change of the machine's load hits them alike):
 
 - **L-BFGS, L2**: fastgd ``optimizer="lbfgs", penalty="l2", alpha=lam / n`` against
   dask-glm ``lbfgs(regularizer="l2", lamduh=lam, normalize=False)``; dask-glm minimises
   ``n`` times fastgd's mean objective, so both have the same minimiser.
 - **Newton, no penalty**: dask-glm's ``newton`` takes no regularizer, so this pair fits
-  the unpenalised model (fastgd ``optimizer="newton"``, ``penalty=None``).
+  the unpenalised model (fastgd ``optimizer="newton"``, ``penalty=None``). fastgd runs
+  once per ``--hessian-dtypes`` entry: ``float64`` (the default Newton) and ``float32``
+  (``fastgd.optim.Newton(hessian_dtype="float32")``: the Hessian's Gram products in
+  float32, an inexact Newton method reaching the same optimum), each a row against the
+  same dask-glm time.
 
 The target is the optimum ``f*`` from a tight fastgd Newton fit; "time to objective" is
 the wall time until the objective (fastgd's mean form) is within ``1e-6`` relative of
@@ -45,6 +50,7 @@ import numpy as np
 from distributed import Client, LocalCluster, wait
 
 import fastgd
+from fastgd.optim import Newton
 
 TARGET = 1e-6
 NEWTON_TOLS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-8)
@@ -135,19 +141,24 @@ def loosest_tol(run, X, y, alpha, target):
     return NEWTON_TOLS[-1]
 
 
-def measure(name, run, X, y, alpha, f_star, repeat):
-    times, extra = [], None
+def measure(runs, X, y, alpha, f_star, repeat):
+    """Time each of ``runs`` (name -> callable) ``repeat`` times, interleaved (one of each
+    per round, so a change of the machine's load hits them alike); returns their rows."""
+    times, last = {name: [] for name in runs}, {}
     for _ in range(repeat):
-        seconds, beta, iterations, info = run()
-        times.append(seconds)
-        extra = (beta, iterations, info)
-    f = objective(X, y, extra[0], alpha)
-    gap = (f - f_star) / abs(f_star)
+        for name, run in runs.items():
+            seconds, beta, iterations, info = run()
+            times[name].append(seconds)
+            last[name] = (beta, iterations, info)
+    return [_row(name, times[name], *last[name], X, y, alpha, f_star) for name in runs]
+
+
+def _row(name, times, beta, iterations, info, X, y, alpha, f_star):  # noqa: PLR0913
+    gap = (objective(X, y, beta, alpha) - f_star) / abs(f_star)
     row = dict(name=name, time=statistics.median(times), times=times, gap=gap,
-               reached=gap <= TARGET, iterations=extra[1], info=extra[2])  # fmt: skip
+               reached=gap <= TARGET, iterations=iterations, info=info)  # fmt: skip
     print(f"{name:32s} median {row['time']:7.2f} s  {[round(t, 2) for t in times]}  "
-          f"gap {gap:.1e}  iterations {extra[1]}", flush=True)  # fmt: skip
-    info = extra[2]
+          f"gap {gap:.1e}  iterations {iterations}", flush=True)  # fmt: skip
     if info:  # fastgd: where the last run's time went
         print(f"{'':32s} preparation {info['prepare_time']:.2f} s, {info['n_rounds']} rounds: "
               f"compute {info['compute_time']:.2f} s (busiest worker), communication "
@@ -181,6 +192,9 @@ def main():
     parser.add_argument("--backend", default="auto", help="fastgd backend in the workers")
     parser.add_argument("--solvers", default="lbfgs,newton", help="pairs to time: lbfgs, newton")
     parser.add_argument(
+        "--hessian-dtypes", default="float64,float32", help="fastgd Newton's hessian_dtype(s)"
+    )
+    parser.add_argument(
         "--no-overhead", action="store_true", help="skip the per-iteration comparison"
     )
     args = parser.parse_args()
@@ -208,18 +222,34 @@ def run_all(client, args):
         target = f_star + TARGET * abs(f_star)
         print(f"{pair}: f* = {f_star:.12g}")
         if solver == "lbfgs":  # fastgd: the callback; dask-glm: SciPy's callback
-            fast = measure("fastgd lbfgs", lambda a=a, t=target: time_fastgd(X, y, "lbfgs", a, t), X, y, a, f_star, args.repeat)  # fmt: skip
-            glm = measure("dask-glm lbfgs (tol=1e-4)", lambda a=a, g=target: time_dask_glm(X, y, "lbfgs", a, 1e-4, g), X, y, a, f_star, args.repeat)  # fmt: skip
-        else:  # each by its own stopping rule, at its loosest tol that reaches the target
-            tol = loosest_tol(lambda t, a=a: time_fastgd(X, y, "newton", a, None, t), X, y, a, target)  # fmt: skip
-            fast = measure(f"fastgd newton (tol={tol:g})", lambda a=a, t=tol: time_fastgd(X, y, "newton", a, None, t), X, y, a, f_star, args.repeat)  # fmt: skip
-            tol = loosest_tol(lambda t, a=a: time_dask_glm(X, y, "newton", a, t, None), X, y, a, target)  # fmt: skip
-            glm = measure(f"dask-glm newton (tol={tol:g})", lambda a=a, t=tol: time_dask_glm(X, y, "newton", a, t, None), X, y, a, f_star, args.repeat)  # fmt: skip
-        rows.append((pair, fast, glm))
-        if solver == "newton":
+            runs = {
+                "fastgd lbfgs": lambda a=a, t=target: time_fastgd(X, y, "lbfgs", a, t),
+                "dask-glm lbfgs (tol=1e-4)": lambda a=a, g=target: time_dask_glm(X, y, "lbfgs", a, 1e-4, g),
+            }  # fmt: skip
+            fast, glm = measure(runs, X, y, a, f_star, args.repeat)
+            rows.append((pair, fast, glm))
+            continue
+        # Newton: each by its own stopping rule, at its loosest tol that reaches the target
+        runs = newton_runs(X, y, a, target, args.hessian_dtypes.split(","))
+        tol = loosest_tol(lambda t, a=a: time_dask_glm(X, y, "newton", a, t, None), X, y, a, target)  # fmt: skip
+        runs[f"dask-glm newton (tol={tol:g})"] = lambda a=a, t=tol: time_dask_glm(X, y, "newton", a, t, None)  # fmt: skip
+        *fasts, glm = measure(runs, X, y, a, f_star, args.repeat)
+        for dtype, fast in zip(args.hessian_dtypes.split(","), fasts, strict=True):
+            rows.append((f"{pair}, hessian_dtype={dtype}", fast, glm))
             hessian_rate(fast["info"], n // args.workers, d)
     overhead = None if args.no_overhead else per_iteration(X, y, alpha, args.repeat)
     report(rows, overhead)
+
+
+def newton_runs(X, y, alpha, target, dtypes):
+    """fastgd's Newton per ``--hessian-dtypes`` entry, at its loosest tol: name -> run."""
+    runs = {}
+    for dtype in dtypes:
+        solver = Newton(hessian_dtype=dtype)
+        fastgd_fit(X, y, solver, alpha, epochs=1)  # warm-up of this pass in the workers
+        tol = loosest_tol(lambda t, s=solver: time_fastgd(X, y, s, alpha, None, t), X, y, alpha, target)  # fmt: skip
+        runs[f"fastgd newton {dtype} (tol={tol:g})"] = lambda s=solver, t=tol: time_fastgd(X, y, s, alpha, None, t)  # fmt: skip
+    return runs
 
 
 def hessian_rate(info, rows_per_worker, d):

@@ -4,8 +4,10 @@ Gram products (dsyrk) of each BLAS library the process has loaded.
 NumPy's and SciPy's wheels bundle different OpenBLAS builds; the Newton kernels call the
 dsyrk of NumPy's where it has a 64-bit-integer one (:func:`fastgd.backends.blas.
 numpy_dsyrk_address`), SciPy's otherwise. This script measures both libraries' dsyrk on
-the row blocks the kernels use, then the whole pass of each compiled backend (Cython also
-with SciPy's dsyrk, switched in place), interleaved, one thread, medians.
+the row blocks the kernels use, NumPy's ssyrk on the same blocks in float32 (the products
+of ``Newton(hessian_dtype="float32")``), then the whole pass of each compiled backend
+(Cython also with SciPy's dsyrk, switched in place; both also with float32 Gram
+products), interleaved, one thread, medians.
 
 Run (unset the OpenBLAS overrides of this machine class)::
 
@@ -21,7 +23,7 @@ import numpy as np
 import scipy.linalg  # noqa: F401 - loads SciPy's BLAS, to be measured beside NumPy's
 
 from fastgd.backends import get_backend
-from fastgd.backends.blas import blas_threads, numpy_dsyrk_address
+from fastgd.backends.blas import blas_threads, numpy_dsyrk_address, numpy_ssyrk_address
 from fastgd.backends.contract import Data, LinearModel
 from fastgd.backends.hessian_layout import block_rows
 from fastgd.specs import losses
@@ -44,7 +46,7 @@ def _gram(address, int_type, S, rows):
     ``address`` taking ``int_type`` sizes."""
     f = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 10)(address)
     m, d = S.shape
-    C, one = np.zeros((d + 1, d + 1)), np.ones(1)
+    C, one = np.zeros((d + 1, d + 1), dtype=S.dtype), np.ones(1, dtype=S.dtype)
     chars = np.frombuffer(b"LN", dtype=np.uint8).copy()
     calls = []
     for start in range(0, m, rows):
@@ -72,6 +74,9 @@ def _passes(X, y):
         except ImportError:
             continue
         cases[f"{name} pass"] = lambda b=backend: b.loss_gradient_hessian(model, data, params, 1)
+        cases[f"{name} pass, float32 Gram"] = lambda b=backend: b.loss_gradient_hessian(
+            model, data, params, 1, True, "float32"
+        )
     if "cython pass" in cases:
         from fastgd.backends.cython import _hessian
 
@@ -101,6 +106,8 @@ def main():
     if numpy_dsyrk_address():
         cases["NumPy's dsyrk"] = _gram(numpy_dsyrk_address(), np.int64, S, rows)
     cases["SciPy's dsyrk"] = _gram(*_scipy_dsyrk(), S, rows)
+    if numpy_ssyrk_address():
+        cases["NumPy's ssyrk (float32)"] = _gram(numpy_ssyrk_address(), np.int64, S.astype(np.float32), rows)  # fmt: skip
     cases.update(_passes(X, y))
     times = {name: [] for name in cases}
     with blas_threads(1):

@@ -219,12 +219,33 @@ class Newton(SecondOrder):
         (``fit(tol=...)`` overrides it).
     lr : float, default 1.0
         First trial step of the line search.
+    hessian_dtype : {"float64", "float32"}, default "float64"
+        Precision of the Gram products ``X~^T diag(h) X~`` that make up the Hessian (their
+        sums are float64 either way). ``"float32"`` computes each row block's product in
+        single precision (about twice the BLAS rate) and adds it to the float64 sums: an
+        *inexact* Newton method. The loss, the gradient, the line search and the stopping
+        test stay float64, so it trades the precision of the steps, not of the answer:
+        the fit stops at the same optimum, to the same ``tol``. The steps are those of a
+        Hessian with relative errors of about ``1e-7``, which stay Newton-fast while that
+        error times the Hessian's condition number is small; on ill-conditioned problems
+        (nearly collinear features, tiny ``alpha``) they would slow down: keep the default
+        there. As a safeguard, where the float32 Hessian is not positive definite, its
+        diagonally scaled condition number (estimated from its Cholesky pivots) is 1e4 or
+        more, its step is no descent direction, or the line search fails along it, that
+        iteration recomputes the Hessian in float64 (one more pass over the data) and the
+        rest of the fit stays in float64. For softmax, only the diagonal class blocks
+        (and the whole Hessian of ``"linear"`` and ``"logistic"``) are float32.
     """
 
     code = codes.NEWTON
+    hessian_dtypes = ("float64", "float32")
 
-    def __init__(self, tol=1e-8, lr=1.0):
+    def __init__(self, tol=1e-8, lr=1.0, hessian_dtype="float64"):
         super().__init__(lr, tol)
+        name = getattr(hessian_dtype, "__name__", None) or str(hessian_dtype)
+        if not isinstance(hessian_dtype, (str, type, np.dtype)) or name not in self.hessian_dtypes:
+            raise ValueError(f"hessian_dtype must be 'float64' or 'float32'; got {hessian_dtype!r}")
+        self.hessian_dtype = name
 
 
 class LBFGS(SecondOrder):

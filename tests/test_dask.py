@@ -22,6 +22,7 @@ dask = pytest.importorskip("dask")
 import fastgd  # noqa: E402
 from fastgd.distributed import cluster as dask_cluster  # noqa: E402
 from fastgd.distributed import fit as dask_fit  # noqa: E402
+from fastgd.optim import Newton  # noqa: E402
 
 RTOL = 1e-10  # full-batch Dask fit vs single-machine fit, float64
 ROWS = (600, 500, 500, 400)  # uneven row chunks
@@ -263,6 +264,23 @@ def test_sums_on_the_workers_equal_sums_on_the_driver(client, monkeypatch):
     on_workers = fastgd.fit(_chunked(X), _chunked(y), "softmax", **kw)
     np.testing.assert_array_equal(on_workers.params, on_driver.params)
     assert on_workers.distributed["n_rounds"] == on_driver.distributed["n_rounds"]
+
+
+def test_newton_float32_hessian_reaches_the_workers(client):
+    """Newton(hessian_dtype="float32") on Dask: the workers' Hessians are float32 Gram
+    products (the first step differs from float64's by their rounding) and the fit ends
+    at the float64 fit's optimum."""
+    X, y = _data("logistic", seed=5)
+    kw = dict(penalty="l2", alpha=1e-2)
+    fits = {
+        (dtype, epochs): fastgd.fit(_chunked(X), _chunked(y), "logistic", epochs=epochs,
+                                    optimizer=Newton(tol=1e-10, hessian_dtype=dtype), **kw)
+        for dtype in ("float64", "float32") for epochs in (1, 50)
+    }  # fmt: skip
+    first = np.max(np.abs(fits["float32", 1].params - fits["float64", 1].params))
+    assert 1e-13 < first / np.max(np.abs(fits["float64", 1].params)) < 1e-5
+    assert fits["float32", 50].stop_reason == "converged"
+    _assert_close(fits["float32", 50].params, fits["float64", 50].params, 1e-8)
 
 
 def test_tree_sum_pairs_by_position():

@@ -390,3 +390,113 @@ def test_newton_with_stale_hessians_still_converges(monkeypatch):
     assert stale.stop_reason == "converged" and flags.count(False) > flags.count(True)
     assert stale.n_epochs > fresh.n_epochs
     np.testing.assert_allclose(stale.params, fresh.params, rtol=1e-7, atol=1e-8)
+
+
+# Newton(hessian_dtype="float32"): the Gram products of H in float32, per row block (at
+# most 4096 rows here), added in float64. Each product of float32-rounded rows has a
+# relative error of about sqrt(m) eps32 (m the block's rows; m eps32 = 2.4e-4 at worst);
+# entries are compared relative to sqrt(H_ii H_jj), the size of their terms: 2e-5.
+GRAM32_RTOL = 2e-5
+
+
+def _gram_scale(H):
+    diag = np.abs(np.diag(H))
+    return np.sqrt(np.outer(diag, diag))
+
+
+@pytest.mark.parametrize("loss_code, k", LOSS_CASES, ids=LOSS_IDS)
+def test_float32_gram_hessian_against_reference_and_float64(backend, loss_code, k):
+    X, Y, params = make_problem(loss_code, k, n=5000, d=9)  # 16 chunks
+    model, data = LinearModel(loss_code, k, True), Data(X, Y, _weights(5000))
+    compute = get_backend(backend).loss_gradient_hessian
+    exact = compute(model, data, params, 2)
+    loss, grad, H = compute(model, data, params, 2, True, "float32")
+    assert loss == exact[0] and np.array_equal(grad, exact[1])  # f and g stay float64
+    scale = _gram_scale(exact[2])
+    error = np.abs(H - exact[2]) / scale
+    assert error.max() <= GRAM32_RTOL
+    assert error.max() > 1e-12  # float32 products, not float64's
+    ref = numpy_ref.loss_gradient_hessian(model, data, params, 1, True, "float32")[2]
+    assert np.max(np.abs(H - ref) / scale) <= GRAM32_RTOL
+    full = _full_hessian(model, H)
+    assert np.array_equal(full, full.T)
+    if backend != "numpy":  # one chunk's blocks, whichever thread: bit-identical
+        assert np.array_equal(compute(model, data, params, 1, True, "float32")[2], H)
+
+
+def test_float32_gram_hessian_of_float32_data(backend):
+    X, Y, params = make_problem(losses.BINARY_CROSS_ENTROPY, 1, n=3000)
+    model = LinearModel(losses.BINARY_CROSS_ENTROPY, 1, True)
+    X32, Y32 = X.astype(np.float32), Y.astype(np.float32)
+    data = Data(X32, Y32, np.empty(0, np.float32))
+    H = get_backend(backend).loss_gradient_hessian(model, data, params, 2, True, "float32")[2]
+    exact = numpy_ref.loss_gradient_hessian(
+        model, Data(X32.astype(np.float64), Y, np.empty(0)), params, 1
+    )[2]
+    assert H.dtype == np.float64
+    assert np.max(np.abs(H - exact) / _gram_scale(exact)) <= GRAM32_RTOL
+
+
+def _three_classes(n=2000, d=8, seed=4):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d)) * rng.uniform(0.5, 3.0, d)
+    return X, np.argmax(X[:, :3] + rng.standard_normal((n, 3)), axis=1)
+
+
+@pytest.mark.parametrize("kind", ["logistic", "softmax"])
+def test_newton_with_float32_hessian_reaches_the_float64_fit(backend, kind, monkeypatch):
+    """The same optimum, to the same gradient tolerance, in as many iterations here (a
+    well-conditioned problem); the point predicted last still gets no Hessian."""
+    X, y = _synthetic_binary(2000, 8) if kind == "logistic" else _three_classes()
+    options = dict(penalty="l2", alpha=1e-3, backend=backend, epochs=50)
+    exact = fastgd.fit(X, y, kind, optimizer=Newton(tol=1e-10), **options)
+    flags = _count_hessians(monkeypatch)
+    inexact = fastgd.fit(X, y, kind, optimizer=Newton(tol=1e-10, hessian_dtype="float32"), **options)  # fmt: skip
+    assert inexact.stop_reason == "converged" and inexact.gradient_norm <= 1e-10
+    assert inexact.n_epochs == exact.n_epochs
+    assert flags == [True] * inexact.n_epochs + [False]  # no float64 fallback either
+    np.testing.assert_allclose(inexact.params, exact.params, rtol=1e-8, atol=1e-9)
+    assert inexact.loss_history[-1] == pytest.approx(exact.loss_history[-1], rel=1e-13)
+
+
+def test_newton_falls_back_to_a_float64_hessian(backend, monkeypatch):
+    """A nearly collinear design (two columns 1e-5 apart): the float32 Gram products
+    cannot resolve the smallest curvature (scaled condition number ~1e10), so the first
+    iteration computes the float64 Hessian and the fit continues in float64: the float64
+    fit, bit for bit, with one pass more."""
+    from fastgd.training.objective import Objective
+
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((2000, 3))
+    X = np.column_stack([base, base[:, 0] + 1e-5 * rng.standard_normal(2000)])
+    y = (base @ np.array([1.0, -1.0, 0.5]) + rng.logistic(size=2000) > 0).astype(int)
+    options = dict(backend=backend, epochs=100)
+    exact = fastgd.fit(X, y, "logistic", optimizer=Newton(tol=1e-10), **options)
+    fallbacks, original = [], Objective.exact_hessian
+    monkeypatch.setattr(Objective, "exact_hessian", lambda self, x: fallbacks.append(1) or original(self, x))  # fmt: skip
+    inexact = fastgd.fit(X, y, "logistic", optimizer=Newton(tol=1e-10, hessian_dtype="float32"), **options)  # fmt: skip
+    assert len(fallbacks) == 1 and inexact.stop_reason == "converged"
+    np.testing.assert_array_equal(inexact.params, exact.params)
+
+
+def test_float32_newton_step_checks():
+    """What makes the solver fall back: no Cholesky factor, a scaled condition number at
+    or above the bound, a non-positive diagonal; the checked step otherwise solves H."""
+    from fastgd.training.objective import checked_solve
+
+    b = np.array([1.0, 2.0])
+    assert checked_solve(np.array([[1.0, 2.0], [2.0, 1.0]]), b, 1e4) is None  # indefinite
+    assert checked_solve(np.array([[0.0, 0.0], [0.0, 1.0]]), b, 1e4) is None
+    near = np.array([[1.0, 1 - 1e-5], [1 - 1e-5, 1.0]])  # scaled condition number 2e5
+    assert checked_solve(near, b, 1e4) is None
+    A = np.diag([1e6, 1e-6]) @ np.array([[2.0, 1.0], [1.0, 2.0]]) @ np.diag([1e6, 1e-6])
+    np.testing.assert_allclose(checked_solve(A, b, 1e4), np.linalg.solve(A, b), rtol=1e-12)
+    np.testing.assert_allclose(checked_solve(near, b, 1e6), np.linalg.solve(near, b), rtol=1e-9)
+
+
+def test_hessian_dtype_must_be_float64_or_float32():
+    assert Newton(hessian_dtype=np.float32).hessian_dtype == "float32"
+    assert Newton().hessian_dtype == "float64"
+    for bad in ("float16", "half", None, 32):
+        with pytest.raises(ValueError, match="hessian_dtype must be 'float64' or 'float32'"):
+            Newton(hessian_dtype=bad)

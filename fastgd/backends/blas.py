@@ -109,8 +109,9 @@ def single_threaded_blas():
 # NumPy's and SciPy's wheels each bundle their own OpenBLAS build. NumPy's (ILP64, symbols
 # ``scipy_*_64_``) ran dsyrk 1.25-1.4x faster than SciPy's on the Gram products of Newton's
 # Hessian pass (100,000 x 100 float64, one thread, interleaved medians: 24.5 against
-# 19.1 GFLOP/s; equal or faster at d = 10, 300 and 1000). Its dsyrk is used where found.
-_ILP64_DSYRK_SYMBOLS = ("scipy_dsyrk_64_", "dsyrk_64_")
+# 19.1 GFLOP/s; equal or faster at d = 10, 300 and 1000). Its dsyrk (and its ssyrk, for
+# ``Newton(hessian_dtype="float32")``) is used where found.
+_ILP64_SYRK_SYMBOLS = ("scipy_{}syrk_64_", "{}syrk_64_")
 
 
 def numpy_dsyrk_address():
@@ -123,6 +124,22 @@ def numpy_dsyrk_address():
         NumPy's wheel bundles; 0 when NumPy's BLAS has no such symbol (another build,
         or threadpoolctl finds no library), and the caller falls back to SciPy's.
     """
+    return _numpy_syrk_address("d")
+
+
+def numpy_ssyrk_address():
+    """Address of the ILP64 ``ssyrk`` (float32) of the BLAS that NumPy links, or 0.
+
+    Returns
+    -------
+    int
+        As :func:`numpy_dsyrk_address`, for the single-precision routine.
+    """
+    return _numpy_syrk_address("s")
+
+
+def _numpy_syrk_address(prefix):
+    """The ILP64 ``{prefix}syrk`` of NumPy's bundled BLAS, or 0."""
     import ctypes
     import os
 
@@ -138,7 +155,7 @@ def numpy_dsyrk_address():
         if not path.startswith(os.path.join(os.path.realpath(libs_dir), "numpy")):
             continue
         handle = ctypes.CDLL(path)
-        for symbol in _ILP64_DSYRK_SYMBOLS:
+        for symbol in (pattern.format(prefix) for pattern in _ILP64_SYRK_SYMBOLS):
             if hasattr(handle, symbol):
                 return ctypes.cast(getattr(handle, symbol), ctypes.c_void_p).value or 0
     return 0

@@ -333,7 +333,7 @@ class Backend(Protocol):
         Networks use batch statistics (training mode), as one full batch would.
         """
 
-    def loss_gradient_hessian(self, model, data, params, n_threads, hessian=True) -> tuple:
+    def loss_gradient_hessian(self, model, data, params, n_threads, hessian=True, gram_dtype="float64") -> tuple:  # fmt: skip
         """Newton's pass of a :class:`LinearModel`: mean loss, gradient and Hessian, in float64.
 
         One read of ``X``, parallel over fixed row chunks whose sums are added in chunk
@@ -349,6 +349,12 @@ class Backend(Protocol):
         n_threads : int
         hessian : bool, default True
             False: only the loss and the gradient (a line-search trial).
+        gram_dtype : {"float64", "float32"}, default "float64"
+            Precision of the Gram products ``X~^T diag(h) X~`` with ``h >= 0`` (one output;
+            softmax's diagonal class blocks): ``"float32"`` rounds the ``sqrt(h)``-scaled
+            rows of each row block to float32, multiplies them in float32 and adds each
+            block's product to the float64 sums (``Newton(hessian_dtype="float32")``).
+            The loss and the gradient are float64 either way.
 
         Returns
         -------
@@ -439,7 +445,7 @@ class ModuleBackend:
         with self._guard():
             return module.loss_and_gradient(model, data, params)
 
-    def loss_gradient_hessian(self, model, data, params, n_threads, hessian=True):
+    def loss_gradient_hessian(self, model, data, params, n_threads, hessian=True, gram_dtype="float64"):  # fmt: skip
         """See :meth:`Backend.loss_gradient_hessian`."""
         if not isinstance(model, LinearModel) or self.hessian is None:
             raise TypeError(
@@ -448,4 +454,6 @@ class ModuleBackend:
             )
         data = self._data(data)
         with self._guard():
-            return self.hessian.loss_gradient_hessian(model, data, params, n_threads, hessian)
+            return self.hessian.loss_gradient_hessian(
+                model, data, params, n_threads, hessian, gram_dtype
+            )

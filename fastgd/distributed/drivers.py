@@ -35,11 +35,12 @@ class ChunkObjective(Objective):
         super().__init__(None, spec, data, l2, 1)
         self.cluster, self.backend_name = cluster, backend_name
 
-    def _terms(self, x, hessian):
+    def _terms(self, x, hessian, gram_dtype="float64"):
         data = self.data
         size = (self.spec.n_params**2 if hessian else self.spec.n_params) * 8
         per_chunk = [(float(s),) for s in data.scales]
-        args = (self.backend_name, self.model, np.asarray(x, dtype=np.float64), hessian)
+        x = np.asarray(x, dtype=np.float64)
+        args = (self.backend_name, self.model, x, hessian, gram_dtype)
         return self.cluster.reduce(full_batch_share, data.chunks, args, per_chunk, size)
 
 

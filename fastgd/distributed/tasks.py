@@ -141,15 +141,17 @@ def warm_up(data, backend_name, model, state, update):
         backend.train_epochs(model, data, local, update, block, 1)
 
 
-def full_batch_share(data, scale, backend_name, model, x, hessian):
+def full_batch_share(data, scale, backend_name, model, x, hessian, gram_dtype="float64"):  # noqa: PLR0913
     """``scale * (loss, grad, H)`` of the chunk: its share of the full-batch objective.
 
     The kernels return means over the chunk's rows; ``scale = rows_i / S`` (``S`` the sum
     of all weights, or all rows) makes the shares add up to the mean over every row.
+    ``gram_dtype``: the precision of the Hessian's Gram products (Newton's
+    ``hessian_dtype``).
     """
     backend = get_backend(backend_name)
     with _one_thread(backend_name, _variant("pass", model, data, hessian)):
-        loss, grad, H = data_terms(backend, model, data, x, 1, hessian)
+        loss, grad, H = data_terms(backend, model, data, x, 1, hessian, None, None, gram_dtype)
     grad = np.asarray(grad, dtype=np.float64) * scale
     return loss * scale, grad, None if H is None else H * scale
 

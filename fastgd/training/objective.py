@@ -47,6 +47,8 @@ class Objective:
         self.linear = spec.n_layers == 0
         self.evaluations = 0
         self.stop_state = None  # the run's, polled between the row blocks of a pass
+        # precision of the Gram products of H (Newton's hessian_dtype; set by the solver)
+        self.hessian_dtype = "float64"
 
     def _penalise(self, x, loss, grad):
         w = x[: self.n_weights]
@@ -54,10 +56,10 @@ class Objective:
         grad[: self.n_weights] += self.l2 * w
         return loss + 0.5 * self.l2 * float(w @ w), grad
 
-    def _terms(self, x, hessian):
+    def _terms(self, x, hessian, gram_dtype="float64"):
         """The data part ``(loss, grad, H)`` at ``x`` (see :func:`data_terms`)."""
         return data_terms(self.backend, self.model, self.data, x, self.n_threads, hessian,
-                          self.stop_state, self.rows)  # fmt: skip
+                          self.stop_state, self.rows, gram_dtype)  # fmt: skip
 
     def value_grad(self, x):
         """``(f, g)`` at ``x`` (see :func:`data_terms` for the precision)."""
@@ -65,11 +67,25 @@ class Objective:
         loss, grad, _ = self._terms(x, None)
         return self._penalise(x, loss, grad)
 
+    @property
+    def inexact(self):
+        """True when :meth:`value_grad_hess` gives float32 Gram products (an inexact
+        Newton method: :meth:`exact_hessian` is the fallback)."""
+        return self.hessian_dtype == "float32"
+
     def value_grad_hess(self, x, hessian=True):
         """``(f, g, H)`` at ``x`` (linear family; ``H`` as the backend lays it out, with
-        the penalty on its weight diagonal; None without ``hessian``)."""
+        the penalty on its weight diagonal; None without ``hessian``), ``H`` from Gram
+        products in :attr:`hessian_dtype`."""
+        return self._value_grad_hess(x, hessian, self.hessian_dtype)
+
+    def exact_hessian(self, x):
+        """``H`` at ``x`` from float64 Gram products (a full pass over the data)."""
+        return self._value_grad_hess(x, True, "float64")[2]
+
+    def _value_grad_hess(self, x, hessian, gram_dtype):
         self.evaluations += 1
-        loss, grad, H = self._terms(x, hessian)
+        loss, grad, H = self._terms(x, hessian, gram_dtype)
         f, g = self._penalise(x, loss, grad)
         if H is not None and self.l2:
             d = self.spec.n_features
@@ -78,14 +94,16 @@ class Objective:
         return f, g, H
 
 
-def data_terms(backend, model, data, x, n_threads, hessian, stop_state=None, rows=None):  # noqa: PLR0913
+def data_terms(backend, model, data, x, n_threads, hessian, stop_state=None, rows=None,  # noqa: PLR0913
+               gram_dtype="float64"):  # fmt: skip
     """Mean (weighted) data loss over the rows of ``data``, its gradient and Hessian at ``x``.
 
     ``hessian=None`` asks for ``(loss, grad, None)``: float32 linear models are summed in
     float64 (the Newton pass without its Hessian); everything else uses the backend's loss
     and gradient in the data's precision. ``hessian`` True/False is the Newton pass of the
-    linear family, in float64, with or without ``H``. The Dask driver runs this very
-    function on each chunk of rows.
+    linear family, in float64, with or without ``H`` (whose Gram products are computed in
+    ``gram_dtype``: see :meth:`fastgd.backends.contract.Backend.loss_gradient_hessian`).
+    The Dask driver runs this very function on each chunk of rows.
 
     Dense rows of a linear model (or a network without batch norm) are passed in row
     blocks of about
@@ -100,8 +118,9 @@ def data_terms(backend, model, data, x, n_threads, hessian, stop_state=None, row
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         blocks = _row_blocks(model, data, hessian, rows)
         if len(blocks) == 1 and rows is None:
-            return _data_terms(backend, model, data, x, n_threads, hessian)
-        return _blockwise(backend, model, data, x, n_threads, hessian, blocks, (stop_state, rows))
+            return _data_terms(backend, model, data, x, n_threads, hessian, gram_dtype)
+        where = (stop_state, rows, gram_dtype)
+        return _blockwise(backend, model, data, x, n_threads, hessian, blocks, where)
 
 
 def _row_blocks(model, data, hessian, rows=None):
@@ -136,15 +155,15 @@ def is_dense_linear(model, data):
 
 def _blockwise(backend, model, data, x, n_threads, hessian, blocks, where):
     """:func:`_data_terms` summed over row blocks, each weighted by its share of rows;
-    ``where``: ``(stop_state, rows)``."""
-    stop_state, rows = where
+    ``where``: ``(stop_state, rows, gram_dtype)``."""
+    stop_state, rows, gram_dtype = where
     X, Y, weights = data
     n = X.shape[0] if rows is None else rows.shape[0]
     total = None
     for a, b in blocks:
         at = slice(a, b) if rows is None else rows[a:b]
         part = Data(X[at], Y[at], weights[at] if weights.size else weights)
-        terms = _data_terms(backend, model, part, x, n_threads, hessian)
+        terms = _data_terms(backend, model, part, x, n_threads, hessian, gram_dtype)
         share = (b - a) / n
         if total is None:
             total = [terms[0] * share, np.asarray(terms[1]) * share, None]
@@ -158,14 +177,14 @@ def _blockwise(backend, model, data, x, n_threads, hessian, blocks, where):
     return total[0], total[1], total[2]
 
 
-def _data_terms(backend, model, data, x, n_threads, hessian):
+def _data_terms(backend, model, data, x, n_threads, hessian, gram_dtype="float64"):  # noqa: PLR0913
     linear = isinstance(model, LinearModel)
     dtype = data.Y.dtype  # the data's (sparse rows have no X)
     # sparse rows have no Newton pass: their float32 sums stay in float32
     if hessian is None and not (linear and dtype != np.float64 and not is_sparse(data)):
         loss, grad = backend.loss_and_gradient(model, data, x.astype(dtype))
         return loss, grad, None
-    return backend.loss_gradient_hessian(model, data, x, n_threads, bool(hessian))
+    return backend.loss_gradient_hessian(model, data, x, n_threads, bool(hessian), gram_dtype)
 
 
 def cholesky_solve(A, b):
@@ -182,6 +201,33 @@ def cholesky_solve(A, b):
         except np.linalg.LinAlgError:
             tau = 1e-10 * scale if tau == 0.0 else 10.0 * tau
     return np.linalg.lstsq(A, b, rcond=None)[0]
+
+
+def checked_solve(A, b, max_cond):
+    """``A^-1 b`` for an approximate ``A`` (float32 Gram products), or None when ``A`` is
+    not positive definite or too ill-conditioned for its precision.
+
+    ``A`` is scaled to unit diagonal, ``S = D^-1/2 A D^-1/2`` (its float32 rounding
+    errors are relative to ``sqrt(A_ii A_jj)``, the same for every entry of ``S``), and
+    factored by Cholesky; the ratio of the largest to the smallest pivot is a lower bound
+    of the condition number of ``S``. At or above ``max_cond`` the step's relative error
+    (about the condition number times the rounding) would slow Newton down: None.
+    """
+    import scipy.linalg
+
+    diag = np.diag(A)
+    if not np.all(diag > 0):
+        return None
+    root = np.sqrt(diag)
+    try:
+        L = scipy.linalg.cholesky(A / np.outer(root, root), lower=True)
+    except np.linalg.LinAlgError:
+        return None
+    pivots = np.diag(L) ** 2
+    if not pivots.max() < max_cond * pivots.min():
+        return None
+    scale = root.reshape(-1, *([1] * (np.ndim(b) - 1)))
+    return scipy.linalg.cho_solve((L, True), b / scale) / scale
 
 
 class NewtonSystem:
@@ -205,18 +251,25 @@ class NewtonSystem:
         self.rows = np.flatnonzero(keep[:, 0]) if self.shared else None
         self.active = index[keep]
 
-    def step(self, H, g):
-        """The Newton step (zero on held entries) and ``step . H . step``."""
+    def step(self, H, g, max_cond=None):
+        """The Newton step (zero on held entries) and ``step . H . step``. With
+        ``max_cond`` (an approximate ``H``): None when ``H`` is not positive definite or
+        too ill-conditioned (:func:`checked_solve`)."""
         step = np.zeros(g.size)
+        solve = cholesky_solve if max_cond is None else lambda A, b: checked_solve(A, b, max_cond)
         if self.shared:  # MSE: kron(B, I_k): one (d + 1) system with k right-hand sides
             rows = self.rows
             B, G = H[np.ix_(rows, rows)], g.reshape(self.shape)[rows]
-            delta = cholesky_solve(B, -G)
+            delta = solve(B, -G)
+            if delta is None:
+                return None
             step.reshape(self.shape)[rows] = delta
             return step, float(np.sum(delta * (B @ delta)))
         a = self.active
         A = H[np.ix_(a, a)]
-        delta = cholesky_solve(A, -g[a])
+        delta = solve(A, -g[a])
+        if delta is None:
+            return None
         step[a] = delta
         return step, float(delta @ (A @ delta))
 

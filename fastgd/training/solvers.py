@@ -124,6 +124,8 @@ def solve(backend, problem, options, state, observers, objective=None):
     # Ctrl-C: the handler flags the request, checked after every iteration (_record) and
     # between the row blocks of a pass (the passes run in this thread, a block at a time)
     objective.stop_state = state.stop_state
+    if solver.code == opt.NEWTON:
+        objective.hessian_dtype = solver.hessian_dtype
     with Interruption(state.stop_state):
         x = _iterate(objective, x, run, solver, tol, observers, l2)
     state.params[:] = x
@@ -209,7 +211,7 @@ def _newton(objective, x, run, solver, tol, observers):
     if values is None:
         return x
     f, g, H = values
-    step, decrement = system.step(H, g)
+    step, decrement, H, inexact = _direction(objective, system, x, g, H, objective.inexact)
     trend = _Trend()
     for _ in range(run.history.size):
         if np.max(np.abs(g)) <= tol and 0.5 * decrement <= tol:
@@ -217,6 +219,9 @@ def _newton(objective, x, run, solver, tol, observers):
             return x
         fresh = trend.needs_hessian(g, decrement, tol)
         found = armijo(objective, x, f, g, step, solver.lr, hessian=fresh)
+        if found is None and inexact:  # the float32 Gram products' step: retry with float64's
+            step, decrement, H, inexact = _direction(objective, system, x, g, None, False)
+            found = armijo(objective, x, f, g, step, solver.lr, hessian=fresh)
         if found is None:
             run.stop_reason = "line_search_failed"
             return x
@@ -224,15 +229,40 @@ def _newton(objective, x, run, solver, tol, observers):
         if H_new is None and (fresh or t != solver.lr):  # backtracked: H at the new point
             H_new = objective.value_grad_hess(x)[2]
         trend.full_step = H_new is not None and t == solver.lr
-        H = H if H_new is None else H_new
+        if H_new is not None:
+            H, inexact = H_new, objective.inexact
         reason = _record(run, x, f, g, t, observers)
-        step, decrement = system.step(H, g)
+        step, decrement, H, inexact = _direction(objective, system, x, g, H, inexact)
         if reason:
             run.stop_reason = reason
             return x
     converged = np.max(np.abs(g)) <= tol and 0.5 * decrement <= tol
     run.stop_reason = "converged" if converged else "max_epochs"
     return x
+
+
+# Newton(hessian_dtype="float32"): the float32 Gram products' errors are about 1e-7 to
+# 1e-6 of sqrt(H_ii H_jj) (rounding of blocks of hundreds of rows, and over the d entries
+# of a row of H), so a step from them errs by about that times the condition number of the
+# diagonally scaled H. Below 1e4 that is at most ~1e-2: the steps stay Newton-fast.
+MAX_FLOAT32_CONDITION = 1e4
+
+
+def _direction(objective, system, x, g, H, inexact):
+    """``(step, decrement, H, inexact)``: the Newton step from ``H`` (None: the float64
+    Hessian at ``x``). An ``inexact`` ``H`` (float32 Gram products) that is not positive
+    definite, too ill-conditioned for float32 (:data:`MAX_FLOAT32_CONDITION`) or whose
+    step is no descent direction is replaced by the float64 Hessian at ``x`` (one more
+    pass over the data), and the rest of the fit computes float64 Hessians."""
+    if H is not None and inexact:
+        found = system.step(H, g, MAX_FLOAT32_CONDITION)
+        if found is not None and (float(g @ found[0]) < 0 or not np.any(found[0])):
+            return (*found, H, True)
+        H = None
+    if H is None:
+        objective.hessian_dtype = "float64"  # float32 does not serve this problem
+        H = objective.exact_hessian(x)
+    return (*system.step(H, g), H, False)
 
 
 class _Trend:

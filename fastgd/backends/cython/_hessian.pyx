@@ -23,7 +23,7 @@ from cython cimport floating
 from cython.parallel cimport prange, threadid
 from libc.math cimport exp, fabs, log, log1p, sqrt
 from libc.stdint cimport int64_t
-from scipy.linalg.cython_blas cimport dgemm, dgemv, dsyrk
+from scipy.linalg.cython_blas cimport dgemm, dgemv, dsyrk, ssyrk
 
 # An ILP64 (64-bit integer sizes) dsyrk, set by the wrapper to NumPy's bundled OpenBLAS's
 # where it has one (faster on these Gram products, see fastgd.backends.blas); NULL: SciPy's.
@@ -32,10 +32,30 @@ ctypedef void (*dsyrk64_t)(char*, char*, int64_t*, int64_t*, double*, double*, i
 cdef dsyrk64_t _dsyrk64 = NULL
 
 
+ctypedef void (*ssyrk64_t)(char*, char*, int64_t*, int64_t*, float*, float*, int64_t*,
+                           float*, float*, int64_t*) noexcept nogil
+cdef ssyrk64_t _ssyrk64 = NULL
+
+
 def use_dsyrk64(size_t address):
     """Use the ILP64 dsyrk at ``address`` for the Gram products (0: SciPy's dsyrk)."""
     global _dsyrk64
     _dsyrk64 = <dsyrk64_t>address
+
+
+def use_ssyrk64(size_t address):
+    """Use the ILP64 ssyrk at ``address`` for the float32 Gram products (0: SciPy's)."""
+    global _ssyrk64
+    _ssyrk64 = <ssyrk64_t>address
+
+# The kernel's want_h: no Hessian, Gram products in float64, or in float32 (each row
+# block's product, added into the float64 chunk sums: Newton(hessian_dtype="float32")).
+cdef enum:
+    NO_HESSIAN = 0
+    GRAM64 = 1
+    GRAM32 = 2
+
+HESSIAN_MODES = (NO_HESSIAN, GRAM64, GRAM32)
 
 # Loss codes of fastgd.specs.losses (the wrapper checks them at import time).
 cdef enum:
@@ -124,6 +144,63 @@ cdef void _gram(int m, int d, int ldt, double* S, double* Tp) noexcept nogil:
         dsyrk(&lower, &tn, &d, &m, &one, S, &d, &one, Tp, &ldt)
 
 
+cdef void _gram32(int m, int n, float* S, float* C, double* Tp) noexcept nogil:
+    """Tp += S^T S for a float32 block S (m x n, row-major) and Tp (n x n): ssyrk into the
+    float32 scratch C (n x n, overwritten: beta = 0), whose upper triangle is then added
+    to the float64 Tp. Each block's product is rounded on its own and the blocks are
+    summed in float64: the error does not grow with the rows."""
+    cdef char tn = b'N', lower = b'L'
+    cdef float one = 1.0, zero = 0.0
+    cdef int64_t n64 = n, m64 = m
+    cdef int i, j
+    if _ssyrk64 != NULL:
+        _ssyrk64(&lower, &tn, &n64, &m64, &one, S, &n64, &zero, C, &n64)
+    else:
+        ssyrk(&lower, &tn, &n, &m, &one, S, &n, &zero, C, &n)
+    for i in range(n):
+        for j in range(i, n):
+            Tp[i * n + j] += C[i * n + j]
+
+
+cdef void _hessian_block32(const double* Xp, const double* Hw, int m, int d, int k,
+                           int n_pairs, double* S, double* w, float* S32, float* C32,
+                           double* T) noexcept nogil:
+    """_hessian_block with the Gram pairs (``h >= 0``) in float32: the rows of
+    ``X~ = [X, 1]`` scaled by ``sqrt(h)`` rounded to float32 (S32, m x (d + 1)), their
+    product, intercept included, by ssyrk (:func:`_gram32`). Softmax's off-diagonal pairs
+    are the float64 dgemm of _hessian_block (intercept's column by dgemv, corner sum h)."""
+    cdef char tn = b'N', tt = b'T'
+    cdef double one = 1.0, hsum, h, root
+    cdef int c, c2, p = 0, r, j, d1 = d + 1, inc = 1
+    cdef double* Tp
+    for c in range(k if n_pairs > 1 else 1):
+        for c2 in range(c, k if n_pairs > 1 else 1):
+            Tp = T + <Py_ssize_t>p * d1 * d1
+            if c == c2:
+                for r in range(m):
+                    h = Hw[r * n_pairs + p]
+                    root = sqrt(h) if h > 0 else 0.0
+                    for j in range(d):
+                        S32[r * d1 + j] = <float>(root * Xp[r * d + j])
+                    S32[r * d1 + d] = <float>root
+                _gram32(m, d1, S32, C32, Tp)
+                p += 1
+                continue
+            hsum = 0.0
+            for r in range(m):
+                h = Hw[r * n_pairs + p]
+                for j in range(d):
+                    S[r * d + j] = h * Xp[r * d + j]
+                hsum += h
+                w[r] = 1.0
+            # column-major S^c X^c^T = S^T X, symmetric
+            dgemm(&tn, &tt, &d, &d, &m, &one, S, &d, <double*>Xp, &d, &one, Tp, &d1)
+            # Tp[:d, d] += S^T 1: column-major S^c (d, m) w, into a column (stride d1)
+            dgemv(&tn, &d, &m, &one, S, &d, w, &inc, &one, Tp + d, &d1)
+            Tp[d * d1 + d] += hsum
+            p += 1
+
+
 cdef void _hessian_block(const double* Xp, const double* Hw, int m, int d, int k,
                          int n_pairs, double* S, double* w, double* T) noexcept nogil:
     """Adds X~^T diag(h_p) X~ of one block (m rows of X, ``X~ = [X, 1]``) to each
@@ -159,9 +236,9 @@ cdef void _hessian_block(const double* Xp, const double* Hw, int m, int d, int k
 
 cdef double _chunk(const floating[:, ::1] X, const floating[:, ::1] Y,
                    const floating[::1] weights, const double* P, int loss_code, int k,
-                   int n_pairs, bint want_h, Py_ssize_t lo, Py_ssize_t hi, int rows,
-                   double* Xb, double* S, double* Z, double* D, double* Hw, double* G,
-                   double* T) noexcept nogil:
+                   int n_pairs, int want_h, Py_ssize_t lo, Py_ssize_t hi, int rows,
+                   double* Xb, double* S, double* Z, double* D, double* Hw, float* S32,
+                   float* C32, double* G, double* T) noexcept nogil:
     """Loss sum of rows lo:hi; adds their gradient and Hessian sums to G and T. The
     products run on the d columns of X (float64 rows in place, float32 rows copied to
     float64 into Xb); the intercept's row of X~ = [X, 1] is summed apart."""
@@ -197,7 +274,9 @@ cdef double _chunk(const floating[:, ::1] X, const floating[:, ::1] Y,
         for r in range(m):
             for c in range(k):
                 G[d * k + c] += D[r * k + c]
-        if want_h:
+        if want_h == GRAM32:
+            _hessian_block32(Xp, Hw, m, di, k, n_pairs, S, Z, S32, C32, T)
+        elif want_h:
             _hessian_block(Xp, Hw, m, di, k, n_pairs, S, Z, T)
         start += m
     return loss
@@ -205,13 +284,15 @@ cdef double _chunk(const floating[:, ::1] X, const floating[:, ::1] Y,
 
 def loss_gradient_hessian(
     const floating[:, ::1] X, const floating[:, ::1] Y, const floating[::1] weights,
-    const double[:, ::1] P, int loss_code, bint want_h, const int64_t[::1] bounds,
+    const double[:, ::1] P, int loss_code, int want_h, const int64_t[::1] bounds,
     int rows, double[::1] F, double[:, :, ::1] G, double[:, :, :, ::1] T,
     double[:, ::1] Xb, double[:, ::1] S, double[:, ::1] Z, double[:, ::1] D,
-    double[:, ::1] Hw, int n_threads,
+    double[:, ::1] Hw, float[:, ::1] S32, float[:, ::1] C32, int n_threads,
 ):
     """Per-chunk sums F (loss), G (gradient, (d + 1, k)) and T (Hessian blocks) over the
-    chunks ``bounds[c]:bounds[c + 1]``; scratch rows (Xb, S, Z, D, Hw) per thread."""
+    chunks ``bounds[c]:bounds[c + 1]``; scratch rows (Xb, S, Z, D, Hw) per thread, and
+    with ``want_h == GRAM32`` a float32 block (S32, rows x (d + 1)) and triangle (C32,
+    (d + 1)^2) per thread."""
     cdef Py_ssize_t c, n_chunks = bounds.shape[0] - 1
     cdef int t, k = <int>P.shape[1], n_pairs = <int>T.shape[1]
     for c in prange(n_chunks, nogil=True, schedule="dynamic", chunksize=1,
@@ -219,4 +300,4 @@ def loss_gradient_hessian(
         t = threadid()
         F[c] = _chunk(X, Y, weights, &P[0, 0], loss_code, k, n_pairs, want_h, bounds[c],
                       bounds[c + 1], rows, &Xb[t, 0], &S[t, 0], &Z[t, 0], &D[t, 0],
-                      &Hw[t, 0], &G[c, 0, 0], &T[c, 0, 0, 0])
+                      &Hw[t, 0], &S32[t, 0], &C32[t, 0], &G[c, 0, 0], &T[c, 0, 0, 0])

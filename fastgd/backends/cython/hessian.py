@@ -8,16 +8,18 @@ symmetric rank-k update for the diagonal blocks).
 import numpy as np
 
 from ...specs import losses
-from ..blas import numpy_dsyrk_address, single_threaded_blas
+from ..blas import numpy_dsyrk_address, numpy_ssyrk_address, single_threaded_blas
 from ..hessian_layout import assemble, block_rows, chunk_bounds, n_pairs
 from . import _hessian as _h
 
 if _h.LOSS_CODES != (losses.MSE, losses.BINARY_CROSS_ENTROPY, losses.CATEGORICAL_CROSS_ENTROPY):
     raise ImportError("fastgd.backends.cython._hessian was built with other loss codes: rebuild")
 _h.use_dsyrk64(numpy_dsyrk_address())
+_h.use_ssyrk64(numpy_ssyrk_address())
+NO_HESSIAN, GRAM64, GRAM32 = _h.HESSIAN_MODES
 
 
-def loss_gradient_hessian(model, data, params, n_threads=1, hessian=True):
+def loss_gradient_hessian(model, data, params, n_threads=1, hessian=True, gram_dtype="float64"):
     """Mean (weighted) loss, gradient and Hessian in one compiled pass, in float64.
 
     See :meth:`fastgd.backends.contract.Backend.loss_gradient_hessian`.
@@ -41,7 +43,12 @@ def loss_gradient_hessian(model, data, params, n_threads=1, hessian=True):
         np.empty((n_threads, rows * width))
         for width in (d + 1, d + 1 if hessian else 1, k, k, pairs)
     ]
+    mode = (GRAM32 if gram_dtype == "float32" else GRAM64) if hessian else NO_HESSIAN
+    # float32 Gram products: a block of scaled rows and a triangle per thread
+    wide = mode == GRAM32
+    scratch += [np.empty((n_threads, rows * (d + 1) if wide else 1), dtype=np.float32),
+                np.empty((n_threads, (d + 1) ** 2 if wide else 1), dtype=np.float32)]  # fmt: skip
     with single_threaded_blas():
-        _h.loss_gradient_hessian(X, Y, weights, P, int(model.loss_code), bool(hessian),
+        _h.loss_gradient_hessian(X, Y, weights, P, int(model.loss_code), mode,
                                  bounds, rows, F, G, T, *scratch, n_threads)  # fmt: skip
     return assemble(model, n, F, G, T if hessian else None)

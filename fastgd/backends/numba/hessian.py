@@ -23,7 +23,7 @@ from numba.extending import get_cython_function_address, intrinsic, overload
 
 from ..._config import NUMBA_OPTIONS
 from ...specs import losses
-from ..blas import numpy_dsyrk_address, single_threaded_blas
+from ..blas import numpy_dsyrk_address, numpy_ssyrk_address, single_threaded_blas
 from ..hessian_layout import assemble, block_rows, chunk_bounds, n_pairs
 from .cache import njit
 from .threads import numba_threads
@@ -39,11 +39,12 @@ BCE = losses.BINARY_CROSS_ENTROPY
 _DSYRK_ARGS = [types.voidptr] * 10
 
 
-def _lp64_shim():
-    """A C function with the ILP64 dsyrk signature that calls SciPy's (32-bit integer)
-    dsyrk; compiled only where NumPy's BLAS offers no ILP64 dsyrk."""
-    llvm.add_symbol("fastgd_dsyrk32", get_cython_function_address("scipy.linalg.cython_blas", "dsyrk"))  # fmt: skip
-    dsyrk32 = types.ExternalFunction("fastgd_dsyrk32", types.void(*_DSYRK_ARGS))
+def _lp64_shim(name="dsyrk"):
+    """A C function with the ILP64 signature of ``name`` (``"dsyrk"`` or ``"ssyrk"``) that
+    calls SciPy's (32-bit integer) one; compiled only where NumPy's BLAS offers no ILP64
+    routine."""
+    llvm.add_symbol(f"fastgd_{name}32", get_cython_function_address("scipy.linalg.cython_blas", name))  # fmt: skip
+    dsyrk32 = types.ExternalFunction(f"fastgd_{name}32", types.void(*_DSYRK_ARGS))
     i64 = types.CPointer(types.int64)
     signature = types.void(types.voidptr, types.voidptr, i64, i64, types.voidptr,
                            types.voidptr, i64, types.voidptr, types.voidptr, i64)  # fmt: skip
@@ -69,18 +70,23 @@ def _address(typingctx, array):
     return types.voidptr(array), codegen
 
 
-def _register_dsyrk():
-    """Registers ``fastgd_dsyrk64``; returns the shim (kept alive) or None."""
-    address, shim = numpy_dsyrk_address(), None
+def _register_syrk(name, numpy_address):
+    """Registers ``fastgd_{name}64``; returns the shim (kept alive) or None."""
+    address, shim = numpy_address(), None
     if not address:
-        shim = _lp64_shim()
+        shim = _lp64_shim(name)
         address = shim.address
-    llvm.add_symbol("fastgd_dsyrk64", address)
+    llvm.add_symbol(f"fastgd_{name}64", address)
     return shim
 
 
-_SHIM = _register_dsyrk()
+_SHIMS = (_register_syrk("dsyrk", numpy_dsyrk_address), _register_syrk("ssyrk", numpy_ssyrk_address))  # fmt: skip
 _dsyrk = types.ExternalFunction("fastgd_dsyrk64", types.void(*_DSYRK_ARGS))
+_ssyrk = types.ExternalFunction("fastgd_ssyrk64", types.void(*_DSYRK_ARGS))
+
+# Newton's pass: 0 = no Hessian, 1 = Gram products in float64, 2 = in float32 (each row
+# block's product, added into the float64 chunk sums: hessian_dtype="float32").
+NO_HESSIAN, GRAM64, GRAM32 = 0, 1, 2
 
 
 @njit(**NUMBA_OPTIONS)
@@ -94,6 +100,25 @@ def _add_gram(S, T):
     _dsyrk(_address(chars[:1]), _address(chars[1:]), _address(sizes[:1]), _address(sizes[1:2]),
            _address(one), _address(S), _address(sizes[:1]), _address(one), _address(T),
            _address(sizes[2:]))  # fmt: skip
+
+
+@njit(**NUMBA_OPTIONS)
+def _add_gram32(S, C, T):
+    """``T += S^T S`` (upper triangle) for a float32 block ``S`` (m, n), ``T`` (n, n): ssyrk
+    into the float32 scratch ``C`` (n, n; overwritten, ``beta = 0``), then added to the
+    float64 ``T``. Each block's product is rounded to float32 on its own (relative error ~m eps32
+    at worst, m the block's rows), and the blocks are summed in float64, so the error does
+    not grow with the number of rows."""
+    n = S.shape[1]
+    chars = np.array([76, 78], dtype=np.uint8)  # "L", "N"
+    sizes = np.array([n, S.shape[0], n], dtype=np.int64)  # n, m, ldc
+    one, zero = np.ones(1, dtype=np.float32), np.zeros(1, dtype=np.float32)
+    _ssyrk(_address(chars[:1]), _address(chars[1:]), _address(sizes[:1]), _address(sizes[1:2]),
+           _address(one), _address(S), _address(sizes[:1]), _address(zero), _address(C),
+           _address(sizes[2:]))  # fmt: skip
+    for i in range(n):
+        for j in range(i, n):
+            T[i, j] += C[i, j]
 
 
 def _rows64(X, start, m, Xb):
@@ -186,13 +211,15 @@ def _times(A, B):
 
 @njit(**NUMBA_OPTIONS)
 def _chunk(X, Y, weights, P, loss_code, want_h, lo, hi, work, G, T):
-    """Loss sum of rows ``lo:hi``; adds their gradient and Hessian sums to ``G`` and ``T``.
-    ``work``: the thread's buffers ``(Xb, S, D, Hw)`` of one row block. The products run
+    """Loss sum of rows ``lo:hi``; adds their gradient and Hessian sums to ``G`` and ``T``
+    (``want_h``: :data:`NO_HESSIAN`, :data:`GRAM64` or :data:`GRAM32`).
+    ``work``: the thread's buffers ``(Xb, S, D, Hw, S32, C32)`` of one row block (S32:
+    (rows, d + 1) and C32 (d + 1, d + 1) in float32, with GRAM32 only). The products run
     on the rows of ``X`` (float64: in place) and the intercept's row of ``X~ = [X, 1]`` is
     summed apart: BLAS is fastest on ``d`` columns, and float64 rows need no copy."""
     d = X.shape[1]
     k = P.shape[1]
-    Xb, S, D, Hw = work
+    Xb, S, D, Hw, S32, C32 = work
     W = np.ascontiguousarray(P[:d])
     rows = min(S.shape[0], hi - lo)
     loss = 0.0
@@ -208,7 +235,9 @@ def _chunk(X, Y, weights, P, loss_code, want_h, lo, hi, work, G, T):
         for r in range(m):
             for c in range(k):
                 G[d, c] += D[r, c]
-        if want_h:
+        if want_h == GRAM32:
+            _add_curvature32(xb, Hw, (S[:m], S32[:m], C32), k, T)
+        elif want_h:
             _add_curvature(xb, Hw, S[:m], k, T)
     return loss
 
@@ -246,6 +275,44 @@ def _add_curvature(xb, Hw, s, k, T):
             p += 1
 
 
+@njit(**NUMBA_OPTIONS)
+def _add_curvature32(xb, Hw, scratch, k, T):
+    """:func:`_add_curvature` with the Gram pairs (``h >= 0``) in float32: the rows of
+    ``X~ = [xb, 1]`` scaled by ``sqrt(h)`` are rounded to float32 into ``s32`` (m, d + 1)
+    and their product, one triangle by ssyrk, intercept included, is added to the float64
+    sums (:func:`_add_gram32`). Softmax's off-diagonal pairs are the float64 products of
+    :func:`_add_curvature`."""
+    s, s32, C32 = scratch
+    m, d = xb.shape
+    classes = k if T.shape[0] > 1 else 1  # one pair for MSE, whatever its outputs
+    p = 0
+    for c in range(classes):
+        for c2 in range(c, classes):
+            if c != c2:
+                _add_pair(xb, Hw[:, p], s, T[p])
+            else:
+                for r in range(m):
+                    root = math.sqrt(max(Hw[r, p], 0.0))
+                    for j in range(d):
+                        s32[r, j] = root * xb[r, j]
+                    s32[r, d] = root
+                _add_gram32(s32, C32, T[p])
+            p += 1
+
+
+@njit(**NUMBA_OPTIONS)
+def _add_pair(xb, hp, s, Tp):
+    """``Tp += X~^T diag(hp) X~`` (upper triangle) for a pair whose ``hp`` has either sign
+    (softmax's ``-p_c p_c'``): a full float64 product, as in :func:`_add_curvature`."""
+    m, d = xb.shape
+    for r in range(m):
+        for j in range(d):
+            s[r, j] = hp[r] * xb[r, j]
+        Tp[d, d] += hp[r]
+    Tp[:d, :d] += np.dot(xb.T, s)
+    Tp[:d, d] += np.dot(s.T, np.ones(m))
+
+
 @njit(parallel=True, **NUMBA_OPTIONS)
 def _chunks(X, Y, weights, P, loss_code, want_h, bounds, rows, F, G, T, n_slots):
     """The chunks in ``n_slots`` contiguous runs, one per thread, each with its own block
@@ -255,15 +322,17 @@ def _chunks(X, Y, weights, P, loss_code, want_h, bounds, rows, F, G, T, n_slots)
     n_chunks = bounds.shape[0] - 1
     d1, k = X.shape[1] + 1, P.shape[1]
     rows = min(rows, bounds[1] - bounds[0] + 1)
+    rows32, d32 = (rows, d1) if want_h == GRAM32 else (0, 0)
     for s in prange(n_slots):
         work = (np.empty((rows, d1 - 1)), np.empty((rows, d1 - 1)), np.empty((rows, k)),
-                np.empty((rows, T.shape[1])))  # fmt: skip
+                np.empty((rows, T.shape[1])), np.empty((rows32, d32), dtype=np.float32),
+                np.empty((d32, d32), dtype=np.float32))  # fmt: skip
         for c in range(s * n_chunks // n_slots, (s + 1) * n_chunks // n_slots):
             F[c] = _chunk(X, Y, weights, P, loss_code, want_h, bounds[c], bounds[c + 1],
                           work, G[c], T[c])  # fmt: skip
 
 
-def loss_gradient_hessian(model, data, params, n_threads=1, hessian=True):
+def loss_gradient_hessian(model, data, params, n_threads=1, hessian=True, gram_dtype="float64"):
     """Mean (weighted) loss, gradient and Hessian in one compiled pass, in float64.
 
     See :meth:`fastgd.backends.contract.Backend.loss_gradient_hessian`.
@@ -279,6 +348,13 @@ def loss_gradient_hessian(model, data, params, n_threads=1, hessian=True):
     shape = (n_pairs(model.loss_code, k), d + 1, d + 1) if hessian else (1, 0, 0)
     T = np.zeros((n_chunks, *shape))
     with numba_threads(n_threads), single_threaded_blas():
-        _chunks(X, Y, weights, P, int(model.loss_code), bool(hessian), bounds,
+        _chunks(X, Y, weights, P, int(model.loss_code), _mode(hessian, gram_dtype), bounds,
                 block_rows(d + 1), F, G, T, min(n_threads, n_chunks))  # fmt: skip
     return assemble(model, n, F, G, T if hessian else None)
+
+
+def _mode(hessian, gram_dtype):
+    """The kernel's ``want_h`` code for ``hessian`` and ``gram_dtype``."""
+    if not hessian:
+        return NO_HESSIAN
+    return GRAM32 if gram_dtype == "float32" else GRAM64

@@ -9,11 +9,13 @@ any thread count.
 
 Compile time: a first fit compiles only the kernel its *mode* needs, chosen in Python
 before the call (:func:`_train_mode`): ``SINGLE`` (every batch is one chunk),
-``SERIAL`` (chunks in a loop), ``PARALLEL`` (chunks of large batches in a ``prange``)
-or ``PER_SAMPLE`` (plain SGD one row at a time). The mode is a closure constant of a
+``SERIAL`` (chunks in a loop), ``PARALLEL`` (chunks of large batches in a ``prange``),
+``TEAM`` (the batches of an epoch on a team of threads, :func:`_team_epoch`) or
+``PER_SAMPLE`` (plain SGD one row at a time). The mode is a closure constant of a
 kernel factory, so Numba prunes the other modes' branches before inlining them; the
-parallel region is compiled only by ``PARALLEL`` kernels. Every mode walks the same
-chunks in the same order, so the choice never changes a result.
+parallel regions are compiled only by ``PARALLEL`` and ``TEAM`` kernels. Every mode
+walks the same chunks in the same order, and the mode never depends on the thread
+count, so results are bit-identical for any ``n_threads``.
 """
 
 import math
@@ -36,6 +38,15 @@ from .cache import njit
 from .losses import MSE, _loss_block, _single_output_loss
 from .prefetch import prefetch_ahead
 from .sparse_rows import _per_sample_sparse, _per_sample_sparse_several, _sparse_chunk
+from .team import (
+    HALTED,
+    SYNC_SIZE,
+    TEAM_SLOTS,
+    finish_chunk,
+    publish_update,
+    take_ticket,
+    wait_for_update,
+)
 from .threads import numba_threads
 from .update import (
     _all_finite,
@@ -56,6 +67,7 @@ SINGLE = 0
 SERIAL = 1
 PARALLEL = 2
 PER_SAMPLE = 3
+TEAM = 4
 # output shapes (closure constants too)
 ONE_FEATURE = 0  # one feature, one output
 ONE_OUTPUT = 1
@@ -252,6 +264,57 @@ def _batch_parallel(data, params, order, shuffled, start, stop, n_chunks, loss_c
         _chunk_gradient(data, params, order, shuffled, start, stop, n_chunks, chunk, loss_code, k, G, work)  # fmt: skip
 
 
+@njit(**NUMBA_OPTIONS)
+def _team_member(data, params, order, shuffled, n, batch_size, loss_code, k, G, work, step, sync, totals):  # fmt: skip
+    """One member of a team running the batches of an epoch (see :mod:`.team`).
+
+    Ticket ``t`` is chunk ``t % n_chunks`` of batch ``t // n_chunks`` (the last, shorter
+    batch has its own chunk count); the member that finishes a batch's last chunk sums
+    the chunks in chunk order and applies the update, as the serial loop does, so the
+    result never depends on which member ran what. ``step``: the update's arguments
+    ``(n_weights, n_trained, opt_code, hyper, opt_state, step_count, lr, finishing,
+    stop_state)``; ``totals[0]`` sums the batches' losses, in batch order.
+    """
+    n_weights, n_trained, opt_code, hyper, opt_state, step_count, lr, finishing, stop_state = step  # fmt: skip
+    p = params.shape[0]
+    full = n // batch_size
+    per_full = _n_chunks(batch_size)
+    rest = n - full * batch_size
+    per_last = _n_chunks(rest) if rest > 0 else 0
+    total = full * per_full + per_last
+    while True:
+        ticket = take_ticket(sync)
+        if ticket >= total:
+            return
+        batch, n_chunks, chunk = full, per_last, ticket - full * per_full
+        if ticket < full * per_full:
+            batch, n_chunks = ticket // per_full, per_full
+            chunk = ticket - batch * per_full
+        if not wait_for_update(sync, batch):
+            return
+        start = batch * batch_size
+        stop = min(start + batch_size, n)
+        _chunk_gradient(data, params, order, shuffled, start, stop, n_chunks, chunk, loss_code, k, G, work)  # fmt: skip
+        if finish_chunk(sync) == batch * per_full + n_chunks:  # the batch's last chunk
+            _sum_chunks(G, n_chunks, p + 1)
+            totals[0] += G[0, p]
+            _apply_update(params, G, 1.0 / (stop - start), n_weights, n_trained, opt_code, hyper, opt_state, step_count, lr, finishing)  # fmt: skip
+            publish_update(sync, batch, stop < n and _interrupted(stop_state))
+
+
+@njit(parallel=True, **NUMBA_OPTIONS)
+def _team_epoch(data, params, order, shuffled, n, batch_size, loss_code, k, G, work, step, sync, totals):  # fmt: skip
+    """The mini-batches of one epoch on a team of ``numba.get_num_threads()`` members
+    (one parallel region, no fork/join per batch); returns the summed loss and whether
+    the epoch was interrupted. Any team size gives the same result. ``sync`` (zeros) and
+    ``totals`` (a zero) are made by the caller: arrays made in this function and written
+    only by the calls in its loop were read back as zeros (Numba's parallel passes)."""
+    for _ in prange(TEAM_SLOTS):  # as many members as threads; each slot after a
+        # thread's first finds the tickets taken and returns at once
+        _team_member(data, params, order, shuffled, n, batch_size, loss_code, k, G, work, step, sync, totals)  # fmt: skip
+    return totals[0], sync[HALTED] != 0
+
+
 @njit(inline="always", **NUMBA_OPTIONS)
 def _per_sample_one_output(data, params, order, shuffled, loss_code, n_trained, lr, stop_state):  # fmt: skip
     """One epoch of per-sample SGD of a one-output model; returns the summed loss and the
@@ -434,6 +497,12 @@ def _make_train_kernel(shape, mode, sparse=False):
                     loss_sum, done = _per_sample_one_output(data, params, order, shuffled, loss_code, n_trained, lr, state.stop_state)  # fmt: skip
                 step_count[0] += done
                 halted = done < n
+            elif mode == TEAM:
+                halted = _interrupted(state.stop_state)
+                if not halted:
+                    step = (d * k, n_trained, update.opt_code, hyper, opt_state, step_count, lr, finishing, state.stop_state)  # fmt: skip
+                    sync, totals = np.zeros(SYNC_SIZE, dtype=np.int64), np.zeros(1)
+                    loss_sum, halted = _team_epoch(data, params, order, shuffled, n, update.batch_size, loss_code, k, G, (Z, Xg), step, sync, totals)  # fmt: skip
             else:
                 for start in range(0, n, update.batch_size):
                     halted = _interrupted(state.stop_state)
@@ -571,6 +640,10 @@ def _train_mode(model, data, update):
     if is_sparse(data):
         return _sparse_train_mode(update, data)
     n, d = data.X.shape
+    if update.batch_size < n and _n_chunks.py_func(update.batch_size) > 1:
+        # mini-batches of several chunks: one parallel region per epoch (a fork and a
+        # join per batch cost more than a batch of a few hundred rows takes)
+        return TEAM
     return _batch_mode(min(update.batch_size, n), d * model.n_outputs)
 
 
@@ -645,4 +718,4 @@ def compiled_signatures():
 def dispatchers():
     """The linear kernels' dispatchers made so far in this process (for cache checks)."""
     made = [kernel for pair in _KERNELS.values() for kernel in pair]
-    return [*made, _batch_parallel]
+    return [*made, _batch_parallel, _team_epoch, _team_member]

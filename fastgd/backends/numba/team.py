@@ -1,0 +1,175 @@
+"""Numba: the synchronisation of a team of threads that share the batches of an epoch.
+
+A mini-batch of a few hundred rows takes microseconds, as long as opening and closing a
+parallel region, so forking per batch gains nothing. A team instead opens one parallel
+region per epoch; its members take the chunks of the batches one ticket at a time from
+a shared counter, and the member that finishes the last chunk of a batch applies its
+update and publishes it. A member waits only for the update of the batch before its
+ticket's, so no member ever waits for one that has not started: a team whose members
+run one after the other (one thread, or a threading layer that runs the iterations of a
+``prange`` in turn) does every ticket itself and never blocks.
+
+The counters are ``int64`` entries of a small array, read and written with the atomic
+operations of LLVM emitted by the intrinsics below (Numba has none of its own):
+``_fetch_add`` (sequentially consistent), ``_load_acquire`` and ``_store_release``. A
+member that publishes an update stores the parameters first and the count last (release);
+a member that sees the count (acquire) sees the parameters. A member that has waited a
+while yields its core (``sched_yield``), so that on a busy machine the member it waits
+for gets to run.
+"""
+
+import platform
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from ..._config import NUMBA_OPTIONS
+from .cache import njit
+
+# Entries of the team's counter array, each on its own cache line (64 bytes).
+TICKETS = 0  # the next ticket to hand out
+FINISHED = 8  # chunks finished so far in the epoch
+UPDATED = 16  # batches whose update is published
+HALTED = 17  # 1: Ctrl-C seen; the members leave (written before UPDATED)
+SYNC_SIZE = 24
+SPINS_BEFORE_YIELD = 2048
+X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+# The team's parallel loop: this many slots, split by Numba among its threads. A thread's
+# first slot makes it a member; in its later slots the tickets are gone. (``prange(
+# numba.get_num_threads())`` would read the thread count through a pointer, which keeps
+# Numba from caching the kernel.)
+TEAM_SLOTS = 1024
+
+
+def _is_counter(array, index):
+    return (
+        isinstance(array, types.Array)
+        and array.ndim == 1
+        and array.dtype == types.int64
+        and isinstance(index, types.Integer)
+    )
+
+
+def _entry(context, builder, signature, args):
+    """The pointer to ``array[index]`` (no bounds check: the callers use the constants)."""
+    array_type, index_type = signature.args[:2]
+    ary = context.make_array(array_type)(context, builder, args[0])
+    index = context.cast(builder, args[1], index_type, types.intp)
+    return cgutils.get_item_pointer(context, builder, array_type, ary, [index])
+
+
+@intrinsic
+def _fetch_add(typingctx, array, index, value):
+    """``array[index] += value`` atomically; returns the value before."""
+    if not _is_counter(array, index) or not isinstance(value, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        add = context.cast(builder, args[2], signature.args[2], types.int64)
+        return builder.atomic_rmw("add", _entry(context, builder, signature, args), add, "seq_cst")
+
+    return types.int64(array, index, value), codegen
+
+
+@intrinsic
+def _load_acquire(typingctx, array, index):
+    """``array[index]``, read with acquire ordering."""
+    if not _is_counter(array, index):
+        return None
+
+    def codegen(context, builder, signature, args):
+        pointer = _entry(context, builder, signature, args)
+        try:
+            return builder.load_atomic(pointer, "acquire", 8, typ=ir.IntType(64))
+        except TypeError:  # an llvmlite of typed pointers only: the pointee's type
+            return builder.load_atomic(pointer, "acquire", 8)
+
+    return types.int64(array, index), codegen
+
+
+@intrinsic
+def _store_release(typingctx, array, index, value):
+    """``array[index] = value``, written with release ordering."""
+    if not _is_counter(array, index) or not isinstance(value, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        word = context.cast(builder, args[2], signature.args[2], types.int64)
+        builder.store_atomic(word, _entry(context, builder, signature, args), "release", 8)
+        return context.get_dummy_value()
+
+    return types.none(array, index, value), codegen
+
+
+@intrinsic
+def _yield_core(typingctx):
+    """``sched_yield()`` of the C library (a symbol of the process: the disk cache keeps
+    the call like any other)."""
+
+    def codegen(context, builder, signature, args):
+        function_type = ir.FunctionType(ir.IntType(32), [])
+        function = cgutils.get_or_insert_function(builder.module, function_type, "sched_yield")
+        builder.call(function, [])
+        return context.get_dummy_value()
+
+    return types.none(), codegen
+
+
+@intrinsic
+def _spin_pause(typingctx):
+    """The x86 ``pause`` hint in a spin loop (it leaves the core's resources to the other
+    thread of the core and avoids a pipeline flush when the awaited value changes); no
+    instruction on other processors."""
+
+    def codegen(context, builder, signature, args):
+        if X86:
+            function_type = ir.FunctionType(ir.VoidType(), [])
+            function = cgutils.get_or_insert_function(builder.module, function_type, "llvm.x86.sse2.pause")  # fmt: skip
+            builder.call(function, [])
+        return context.get_dummy_value()
+
+    return types.none(), codegen
+
+
+@njit(inline="always", **NUMBA_OPTIONS)
+def take_ticket(sync):
+    """The next ticket of the epoch (0, 1, 2, ...)."""
+    return _fetch_add(sync, TICKETS, 1)
+
+
+@njit(inline="always", **NUMBA_OPTIONS)
+def finish_chunk(sync):
+    """Count a finished chunk; returns the chunks finished so far, this one included."""
+    return _fetch_add(sync, FINISHED, 1) + 1
+
+
+@njit(inline="always", **NUMBA_OPTIONS)
+def wait_for_update(sync, batch):
+    """Wait until the updates of batches ``0 .. batch - 1`` are published; returns False
+    when the team halts instead.
+
+    The halt is published with the update of the batch before it (the flag first), so a
+    member waiting for that update sees it too; a member with a later batch's ticket (a
+    slot of the team's loop starts a new member, which takes a new ticket) sees the flag
+    while it waits, as the update it waits for will never come.
+    """
+    spins = 0
+    while _load_acquire(sync, UPDATED) < batch:
+        if _load_acquire(sync, HALTED) != 0:
+            return False
+        _spin_pause()
+        spins += 1
+        if spins == SPINS_BEFORE_YIELD:
+            _yield_core()
+            spins = 0
+    return _load_acquire(sync, HALTED) == 0
+
+
+@njit(inline="always", **NUMBA_OPTIONS)
+def publish_update(sync, batch, halt):
+    """Publish the update of ``batch`` (and ``halt``: the members leave)."""
+    if halt:
+        sync[HALTED] = 1
+    _store_release(sync, UPDATED, batch + 1)

@@ -1,9 +1,11 @@
-"""Mini-batches on a team of threads (Cython) against a fork/join per batch, in one process.
+"""Mini-batches on a team of threads against a fork/join per batch, in one process.
 
 Usage::
 
     python benchmarks/team_threads.py                      # 2 threads, in order
     python benchmarks/team_threads.py --shuffle --batch-sizes 256
+    python benchmarks/team_threads.py --backend numba      # Numba's team
+    python benchmarks/team_threads.py --handoff            # one handoff between 2 cores
 
 Three ways to run the same fits (1,000,000 x 100 float64, mean squared error, plain SGD,
 3 epochs), interleaved round by round so that the load of the machine hits all alike:
@@ -16,6 +18,16 @@ Three ways to run the same fits (1,000,000 x 100 float64, mean squared error, pl
 
 All three give the same parameters (checked here). Reported: median, min and max kernel
 time of the rounds, and the median's share of the streaming read limit measured at start.
+
+``--backend numba`` runs two ways instead: ``per-batch``, the kernel mode chosen before
+Numba had a team (chunks of a batch serially below ``PARALLEL_MIN_WORK``, a parallel
+region per batch above it), and ``team``, the default (one parallel region per epoch,
+chunks taken as tickets, no pacing). Their compiled code differs, so their parameters
+are checked equal to 1e-12 only; each is bit-identical for any thread count.
+
+``--handoff`` measures what a batch on a team cannot avoid: two threads take turns, each
+waiting for the other's published counter (Numba's team primitives), reading the other's
+101 doubles and writing its own; the time per turn is one one-way handoff between cores.
 """
 
 import argparse
@@ -26,10 +38,69 @@ import numpy as np
 
 import fastgd
 import fastgd.backends.cython.linear as cython_linear
+import fastgd.backends.numba.linear as numba_linear
 from fastgd._config import TEAM_SEGMENT_WORK
 from fastgd.bench import roofline
 
+DEFAULT_NUMBA_MODE = numba_linear._train_mode
+
 MODES = {"fork/join": -1, "team": 0, "paced": TEAM_SEGMENT_WORK}
+
+
+def _numba_per_batch_mode(model, data, update):
+    """The Numba kernel mode as chosen before the team (batches of several chunks)."""
+    rows = min(update.batch_size, data.X.shape[0])
+    return numba_linear._batch_mode(rows, data.X.shape[1] * model.n_outputs)
+
+
+NUMBA_MODES = {"per-batch": _numba_per_batch_mode, "team": None}
+
+
+def _handoffs(turns):
+    """Seconds per one-way handoff (counter and 101-double payload) between 2 threads."""
+    import time
+
+    import numba
+    from numba import njit, prange
+
+    from fastgd.backends.numba.team import _load_acquire, _spin_pause, _store_release
+
+    @njit(nogil=True)
+    def member(me, sync, a, b, n):
+        total = 0.0
+        source, target = (b, a) if me else (a, b)
+        for i in range(n):
+            while _load_acquire(sync, 0) < 2 * i + me:
+                _spin_pause()
+            for j in range(source.shape[0]):
+                total += source[j]
+            for j in range(target.shape[0]):
+                target[j] = total + j
+            _store_release(sync, 0, 2 * i + me + 1)
+        return total
+
+    @njit(parallel=True, nogil=True)
+    def ping_pong(sync, a, b, n, out):
+        for t in prange(2):
+            out[t] = member(t, sync, a, b, n)
+
+    a, b, out = np.zeros(101), np.zeros(101), np.zeros(2)
+    numba.set_num_threads(2)
+    ping_pong(np.zeros(8, np.int64), a, b, 10, out)  # compile
+    seconds = []
+    for _ in range(5):
+        started = time.perf_counter()
+        ping_pong(np.zeros(8, np.int64), a, b, turns, out)
+        seconds.append((time.perf_counter() - started) / (2 * turns))
+    return statistics.median(seconds)
+
+
+def _set_mode(backend, mode):
+    """Select ``mode`` of ``backend`` (None: Numba's default mode choice)."""
+    if backend == "cython":
+        cython_linear.TEAM_SEGMENT_WORK = MODES[mode]
+    else:
+        numba_linear._train_mode = NUMBA_MODES[mode] or DEFAULT_NUMBA_MODE
 
 
 def main(argv=None):
@@ -39,26 +110,36 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--shuffle", action="store_true")
+    parser.add_argument("--backend", choices=("cython", "numba"), default="cython")
+    parser.add_argument("--handoff", action="store_true", help="time a handoff between 2 threads")
     args = parser.parse_args(argv)
+    if args.handoff:
+        print(f"one-way handoff, 101 doubles: {_handoffs(200_000) * 1e9:.0f} ns (median of 5)")
+        return 0
+    modes = MODES if args.backend == "cython" else NUMBA_MODES
     rng = np.random.default_rng(0)
     X = rng.standard_normal((args.rows, 100))
     y = X @ rng.standard_normal(100) + 1.0
     stream = roofline.stream_read(args.threads)
     print(f"streaming read limit ({args.threads} threads): {stream / 1e9:.1f} GB/s")
-    times = {(b, m): [] for b in args.batch_sizes.split(",") for m in MODES}
+    times = {(b, m): [] for b in args.batch_sizes.split(",") for m in modes}
     params = {}
     for round_ in range(args.rounds):
         for (batch, mode), seconds in times.items():
-            cython_linear.TEAM_SEGMENT_WORK = MODES[mode]
-            options = dict(batch_size=int(batch), epochs=3, lr=1e-3, seed=0, backend="cython",
+            _set_mode(args.backend, mode)
+            options = dict(batch_size=int(batch), epochs=3, lr=1e-3, seed=0, backend=args.backend,
                            n_threads=args.threads, shuffle=args.shuffle)  # fmt: skip
             if round_ == 0:
                 fastgd.fit(X, y, **options)  # warm the caches
             result = fastgd.fit(X, y, **options)
             seconds.append(result.train_time)
             reference = params.setdefault(batch, result.params)
-            assert np.array_equal(result.params, reference), (batch, mode)
+            if args.backend == "cython":
+                assert np.array_equal(result.params, reference), (batch, mode)
+            else:
+                np.testing.assert_allclose(result.params, reference, rtol=1e-12, atol=1e-12)
     cython_linear.TEAM_SEGMENT_WORK = TEAM_SEGMENT_WORK
+    numba_linear._train_mode = DEFAULT_NUMBA_MODE
     print(f"{'batch':>6} {'mode':<10}{'median s':>10}{'min s':>9}{'max s':>9}{'of limit':>10}")
     for (batch, mode), seconds in times.items():
         median = statistics.median(seconds)

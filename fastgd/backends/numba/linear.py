@@ -265,7 +265,7 @@ def _batch_parallel(data, params, order, shuffled, start, stop, n_chunks, loss_c
 
 
 @njit(**NUMBA_OPTIONS)
-def _team_member(data, params, order, shuffled, n, batch_size, loss_code, k, G, work, step, sync, totals):  # fmt: skip
+def _team_member(data, params, order, shuffled, n, batch_size, loss_code, k, G, work, step, team):  # fmt: skip
     """One member of a team running the batches of an epoch (see :mod:`.team`).
 
     Ticket ``t`` is chunk ``t % n_chunks`` of batch ``t // n_chunks`` (the last, shorter
@@ -273,9 +273,11 @@ def _team_member(data, params, order, shuffled, n, batch_size, loss_code, k, G, 
     the chunks in chunk order and applies the update, as the serial loop does, so the
     result never depends on which member ran what. ``step``: the update's arguments
     ``(n_weights, n_trained, opt_code, hyper, opt_state, step_count, lr, finishing,
-    stop_state)``; ``totals[0]`` sums the batches' losses, in batch order.
+    stop_state)``; ``team``: ``(sync, totals)``, the counters of :mod:`.team` and
+    ``totals[0]``, the sum of the batches' losses, in batch order.
     """
     n_weights, n_trained, opt_code, hyper, opt_state, step_count, lr, finishing, stop_state = step  # fmt: skip
+    sync, totals = team
     p = params.shape[0]
     full = n // batch_size
     per_full = _n_chunks(batch_size)
@@ -303,16 +305,28 @@ def _team_member(data, params, order, shuffled, n, batch_size, loss_code, k, G, 
 
 
 @njit(parallel=True, **NUMBA_OPTIONS)
-def _team_epoch(data, params, order, shuffled, n, batch_size, loss_code, k, G, work, step, sync, totals):  # fmt: skip
+def _team_epoch(data, params, order, shuffled, n, batch_size, loss_code, k, G, work, step, team):  # fmt: skip
     """The mini-batches of one epoch on a team of ``numba.get_num_threads()`` members
     (one parallel region, no fork/join per batch); returns the summed loss and whether
-    the epoch was interrupted. Any team size gives the same result. ``sync`` (zeros) and
-    ``totals`` (a zero) are made by the caller: arrays made in this function and written
-    only by the calls in its loop were read back as zeros (Numba's parallel passes)."""
+    the epoch was interrupted. Any team size gives the same result. ``team``: zeroed
+    ``(sync, totals)`` made by the caller (arrays made in this function and written only
+    by the calls in its loop were read back as zeros, by Numba's parallel passes)."""
     for _ in prange(TEAM_SLOTS):  # as many members as threads; each slot after a
         # thread's first finds the tickets taken and returns at once
-        _team_member(data, params, order, shuffled, n, batch_size, loss_code, k, G, work, step, sync, totals)  # fmt: skip
-    return totals[0], sync[HALTED] != 0
+        _team_member(data, params, order, shuffled, n, batch_size, loss_code, k, G, work, step, team)  # fmt: skip
+    return team[1][0], team[0][HALTED] != 0
+
+
+@njit(inline="always", **NUMBA_OPTIONS)
+def _epoch_on_team(model, data, state, update, order, shuffled, n, G, work, lr, finishing, sizes):  # fmt: skip
+    """One epoch of mini-batches on the team (:func:`_team_epoch`), unless Ctrl-C was
+    requested before it; returns the summed loss and whether the epoch was interrupted.
+    ``sizes``: ``(n_weights, n_trained)``."""
+    if _interrupted(state.stop_state):
+        return 0.0, True
+    step = (sizes[0], sizes[1], update.opt_code, update.hyper, state.opt_state, state.step_count, lr, finishing, state.stop_state)  # fmt: skip
+    team = (np.zeros(SYNC_SIZE, dtype=np.int64), np.zeros(1))
+    return _team_epoch(data, state.params, order, shuffled, n, update.batch_size, model.loss_code, model.n_outputs, G, work, step, team)  # fmt: skip
 
 
 @njit(inline="always", **NUMBA_OPTIONS)
@@ -498,11 +512,7 @@ def _make_train_kernel(shape, mode, sparse=False):
                 step_count[0] += done
                 halted = done < n
             elif mode == TEAM:
-                halted = _interrupted(state.stop_state)
-                if not halted:
-                    step = (d * k, n_trained, update.opt_code, hyper, opt_state, step_count, lr, finishing, state.stop_state)  # fmt: skip
-                    sync, totals = np.zeros(SYNC_SIZE, dtype=np.int64), np.zeros(1)
-                    loss_sum, halted = _team_epoch(data, params, order, shuffled, n, update.batch_size, loss_code, k, G, (Z, Xg), step, sync, totals)  # fmt: skip
+                loss_sum, halted = _epoch_on_team(model, data, state, update, order, shuffled, n, G, (Z, Xg), lr, finishing, (d * k, n_trained))  # fmt: skip
             else:
                 for start in range(0, n, update.batch_size):
                     halted = _interrupted(state.stop_state)
@@ -510,12 +520,7 @@ def _make_train_kernel(shape, mode, sparse=False):
                         break
                     stop = min(start + update.batch_size, n)
                     n_chunks = 1 if mode == SINGLE else (_n_sparse_chunks(stop - start) if sparse else _n_chunks(stop - start))  # fmt: skip
-                    if (
-                        not sparse
-                        and mode == PARALLEL
-                        and n_chunks > 1
-                        and (stop - start) * d * k >= PARALLEL_MIN_WORK
-                    ):
+                    if not sparse and mode == PARALLEL and n_chunks > 1 and (stop - start) * d * k >= PARALLEL_MIN_WORK:  # fmt: skip
                         _batch_parallel(data, params, order, shuffled, start, stop, n_chunks, loss_code, k, G, (Z, Xg))  # fmt: skip
                     else:
                         for c in range(n_chunks):

@@ -60,15 +60,24 @@ def _entry(context, builder, signature, args):
     return cgutils.get_item_pointer(context, builder, array_type, ary, [index])
 
 
+def _is_update(array, index, value):
+    return _is_counter(array, index) and isinstance(value, types.Integer)
+
+
+def _entry_and_word(context, builder, signature, args):
+    """The pointer to ``array[index]`` and ``value`` as an ``int64``."""
+    word = context.cast(builder, args[2], signature.args[2], types.int64)
+    return _entry(context, builder, signature, args), word
+
+
 @intrinsic
 def _fetch_add(typingctx, array, index, value):
     """``array[index] += value`` atomically; returns the value before."""
-    if not _is_counter(array, index) or not isinstance(value, types.Integer):
+    if not _is_update(array, index, value):
         return None
 
     def codegen(context, builder, signature, args):
-        add = context.cast(builder, args[2], signature.args[2], types.int64)
-        return builder.atomic_rmw("add", _entry(context, builder, signature, args), add, "seq_cst")
+        return builder.atomic_rmw("add", *_entry_and_word(context, builder, signature, args), "seq_cst")  # fmt: skip
 
     return types.int64(array, index, value), codegen
 
@@ -92,12 +101,12 @@ def _load_acquire(typingctx, array, index):
 @intrinsic
 def _store_release(typingctx, array, index, value):
     """``array[index] = value``, written with release ordering."""
-    if not _is_counter(array, index) or not isinstance(value, types.Integer):
+    if not _is_update(array, index, value):
         return None
 
     def codegen(context, builder, signature, args):
-        word = context.cast(builder, args[2], signature.args[2], types.int64)
-        builder.store_atomic(word, _entry(context, builder, signature, args), "release", 8)
+        pointer, word = _entry_and_word(context, builder, signature, args)
+        builder.store_atomic(word, pointer, "release", 8)
         return context.get_dummy_value()
 
     return types.none(array, index, value), codegen

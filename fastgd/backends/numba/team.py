@@ -43,6 +43,14 @@ X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
 TEAM_SLOTS = 1024
 
 
+def load_word(builder, pointer, ordering):
+    """Emit an atomic load of the 8-byte integer at ``pointer`` with ``ordering``."""
+    try:
+        return builder.load_atomic(pointer, ordering, 8, typ=ir.IntType(64))
+    except TypeError:  # an llvmlite of typed pointers only: the pointee's type
+        return builder.load_atomic(pointer, ordering, 8)
+
+
 def _is_counter(array, index):
     return (
         isinstance(array, types.Array)
@@ -89,11 +97,7 @@ def _load_acquire(typingctx, array, index):
         return None
 
     def codegen(context, builder, signature, args):
-        pointer = _entry(context, builder, signature, args)
-        try:
-            return builder.load_atomic(pointer, "acquire", 8, typ=ir.IntType(64))
-        except TypeError:  # an llvmlite of typed pointers only: the pointee's type
-            return builder.load_atomic(pointer, "acquire", 8)
+        return load_word(builder, _entry(context, builder, signature, args), "acquire")
 
     return types.int64(array, index), codegen
 

@@ -17,6 +17,7 @@ from ..._config import MAX_CHUNKS, MIN_ROWS_PER_CHUNK, NUMBA_OPTIONS, SPARSE_ROW
 from ...specs import optimizers as opt
 from ...specs import stopping
 from .cache import njit
+from .team import load_word
 
 
 @njit(inline="always", **NUMBA_OPTIONS)
@@ -259,11 +260,7 @@ def _interrupt_flag(typingctx, stop_state):
         position = context.get_constant(types.intp, stopping.INTERRUPT)
         pointer = cgutils.get_item_pointer(context, builder, array_type, ary, [position])
         word = ir.IntType(64)
-        pointer = builder.bitcast(pointer, word.as_pointer())
-        try:
-            bits = builder.load_atomic(pointer, "monotonic", 8, typ=word)
-        except TypeError:  # an llvmlite of typed pointers only: the pointee's type
-            bits = builder.load_atomic(pointer, "monotonic", 8)
+        bits = load_word(builder, builder.bitcast(pointer, word.as_pointer()), "monotonic")
         return builder.icmp_unsigned("!=", bits, ir.Constant(word, 0))
 
     return types.boolean(stop_state), codegen

@@ -23,7 +23,7 @@ from cython cimport floating
 from cython.parallel cimport prange, threadid
 from libc.math cimport exp, fabs, log, log1p, sqrt
 from libc.stdint cimport int64_t
-from scipy.linalg.cython_blas cimport dgemm, dgemv, dsyrk, ssyrk
+from scipy.linalg.cython_blas cimport dgemm, dgemv, dsyrk
 
 # An ILP64 (64-bit integer sizes) dsyrk, set by the wrapper to NumPy's bundled OpenBLAS's
 # where it has one (faster on these Gram products, see fastgd.backends.blas); NULL: SciPy's.
@@ -32,21 +32,10 @@ ctypedef void (*dsyrk64_t)(char*, char*, int64_t*, int64_t*, double*, double*, i
 cdef dsyrk64_t _dsyrk64 = NULL
 
 
-ctypedef void (*ssyrk64_t)(char*, char*, int64_t*, int64_t*, float*, float*, int64_t*,
-                           float*, float*, int64_t*) noexcept nogil
-cdef ssyrk64_t _ssyrk64 = NULL
-
-
 def use_dsyrk64(size_t address):
     """Use the ILP64 dsyrk at ``address`` for the Gram products (0: SciPy's dsyrk)."""
     global _dsyrk64
     _dsyrk64 = <dsyrk64_t>address
-
-
-def use_ssyrk64(size_t address):
-    """Use the ILP64 ssyrk at ``address`` for the float32 Gram products (0: SciPy's)."""
-    global _ssyrk64
-    _ssyrk64 = <ssyrk64_t>address
 
 # The kernel's want_h: no Hessian, Gram products in float64, or in float32 (each row
 # block's product, added into the float64 chunk sums: Newton(hessian_dtype="float32")).
@@ -66,11 +55,29 @@ cdef enum:
 LOSS_CODES = (MSE, BCE, CE)
 
 
+cdef inline double _one_terms(double v, double y, int loss_code, double* D,
+                             double* h) noexcept nogil:
+    """Loss of one output ``v`` with target ``y`` (MSE or binary CE); writes its
+    derivative D[0] and curvature h[0]."""
+    cdef double e, pr
+    if loss_code == MSE:
+        e = v - y
+        D[0] = 2.0 * e
+        h[0] = 2.0
+        return e * e
+    # e = exp(-|v|) <= 1: no overflow; p (1 - p) = e / (1 + e)^2 without cancellation
+    e = exp(-fabs(v))
+    pr = 1.0 / (1.0 + e) if v >= 0 else e / (1.0 + e)
+    D[0] = pr - y
+    h[0] = e / ((1.0 + e) * (1.0 + e))
+    return (v if v > 0 else 0.0) + log1p(e) - y * v
+
+
 cdef double _row_terms(const double* z, const floating* y, int loss_code, int k, double* D,
                        double* Hw, bint want_h) noexcept nogil:
     """Loss of one row with decision values z; writes its D (k) and Hw (curvatures)."""
     cdef int c, c2, p, label
-    cdef double loss, e, v, pr, m, s
+    cdef double loss, e, m, s
     if loss_code == MSE:
         loss = 0.0
         for c in range(k):
@@ -80,13 +87,7 @@ cdef double _row_terms(const double* z, const floating* y, int loss_code, int k,
         Hw[0] = 2.0 / k
         return loss
     if loss_code == BCE:
-        v = z[0]
-        # e = exp(-|z|) <= 1: no overflow; p (1 - p) = e / (1 + e)^2 without cancellation
-        e = exp(-fabs(v))
-        pr = 1.0 / (1.0 + e) if v >= 0 else e / (1.0 + e)
-        D[0] = pr - y[0]
-        Hw[0] = e / ((1.0 + e) * (1.0 + e))
-        return (v if v > 0 else 0.0) + log1p(e) - y[0] * v
+        return _one_terms(z[0], y[0], BCE, D, Hw)
     label = <int>y[0]
     m = z[0]
     for c in range(1, k):
@@ -144,30 +145,167 @@ cdef void _gram(int m, int d, int ldt, double* S, double* Tp) noexcept nogil:
         dsyrk(&lower, &tn, &d, &m, &one, S, &d, &one, Tp, &ldt)
 
 
-cdef void _gram32(int m, int n, float* S, float* C, double* Tp) noexcept nogil:
-    """Tp += S^T S for a float32 block S (m x n, row-major) and Tp (n x n): ssyrk into the
-    float32 scratch C (n x n, overwritten: beta = 0), whose upper triangle is then added
-    to the float64 Tp. Each block's product is rounded on its own and the blocks are
-    summed in float64: the error does not grow with the rows."""
-    cdef char tn = b'N', lower = b'L'
-    cdef float one = 1.0, zero = 0.0
-    cdef int64_t n64 = n, m64 = m
+# float32 Gram products S^T S by register tiles, read straight from the row-major S (m
+# rows of ld floats, ld a multiple of 8): a tile is R rows of C by 8 H columns, each entry
+# a lane of one of R H vectors of 8 floats (registers) summing over the rows of S in
+# order by fused multiply-adds; at each row, H vector loads of S[r, j0:j0 + 8 H] and R
+# broadcast values S[r, i0 + i] (GCC/Clang vector extensions; plain loops with the same
+# order of terms elsewhere). The tiles of a strip of columns reach its diagonal block.
+# The Numba kernels emit the same tiles (fastgd.backends.numba.tiles).
+cdef extern from *:
+    """
+    #if defined(__GNUC__)
+    typedef float fastgd_g8 __attribute__((vector_size(32), aligned(4)));
+    #define FASTGD_GRAM_TILE(R, H)                                                          \\
+    static inline void fastgd_gram##R##x##H(Py_ssize_t m, Py_ssize_t ld, const float *a,   \\
+                                            const float *b, float *C, Py_ssize_t ldc) {    \\
+        fastgd_g8 acc[R][H];                                                               \\
+        int i, h;                                                                          \\
+        for (i = 0; i < R; i++) for (h = 0; h < H; h++) acc[i][h] = (fastgd_g8){0.0f};    \\
+        for (Py_ssize_t k = 0; k < m; k++) {                                               \\
+            fastgd_g8 bv[H];                                                               \\
+            for (h = 0; h < H; h++) bv[h] = *(const fastgd_g8 *)(b + k * ld + 8 * h);     \\
+            _Pragma("GCC unroll 8")                                                        \\
+            for (i = 0; i < R; i++) {                                                      \\
+                const float v = a[k * ld + i];                                             \\
+                for (h = 0; h < H; h++) acc[i][h] += v * bv[h];                            \\
+            }                                                                              \\
+        }                                                                                  \\
+        for (i = 0; i < R; i++)                                                            \\
+            for (h = 0; h < H; h++) *(fastgd_g8 *)(C + i * ldc + 8 * h) = acc[i][h];      \\
+    }
+    #else
+    #define FASTGD_GRAM_TILE(R, H)                                                          \\
+    static void fastgd_gram##R##x##H(Py_ssize_t m, Py_ssize_t ld, const float *a,          \\
+                                     const float *b, float *C, Py_ssize_t ldc) {           \\
+        for (int i = 0; i < R; i++)                                                        \\
+            for (int q = 0; q < 8 * H; q++) {                                              \\
+                float s = 0.0f;                                                            \\
+                for (Py_ssize_t k = 0; k < m; k++) s += a[k * ld + i] * b[k * ld + q];    \\
+                C[i * ldc + q] = s;                                                        \\
+            }                                                                              \\
+    }
+    #endif
+    FASTGD_GRAM_TILE(6, 2)
+    FASTGD_GRAM_TILE(4, 2)
+    FASTGD_GRAM_TILE(2, 2)
+    FASTGD_GRAM_TILE(1, 2)
+    FASTGD_GRAM_TILE(12, 1)
+    FASTGD_GRAM_TILE(8, 1)
+    FASTGD_GRAM_TILE(4, 1)
+    FASTGD_GRAM_TILE(2, 1)
+    FASTGD_GRAM_TILE(1, 1)
+
+    #define FASTGD_GRAM_AT(R, H) fastgd_gram##R##x##H(m, ld, S + i, S + j0, C + i * ld + j0, ld)
+
+    /* C[i, j0:j0 + 8 H] for rows i < j0 + 8 H. 16 columns: tiles of 6 rows, then 4, 2,
+       1; 8 columns: tiles of 12 rows (12 independent sums hide the latency of the
+       fused multiply-add), then 8, 4, 2, 1 */
+    static void fastgd_gram_strip2(Py_ssize_t m, Py_ssize_t ld, const float *S,
+                                   Py_ssize_t j0, float *C) {
+        Py_ssize_t i = 0, rows = j0 + 16;
+        for (; i + 6 <= rows; i += 6) FASTGD_GRAM_AT(6, 2);
+        if (i + 4 <= rows) { FASTGD_GRAM_AT(4, 2); i += 4; }
+        if (i + 2 <= rows) { FASTGD_GRAM_AT(2, 2); i += 2; }
+        if (i < rows) FASTGD_GRAM_AT(1, 2);
+    }
+
+    static void fastgd_gram_strip1(Py_ssize_t m, Py_ssize_t ld, const float *S,
+                                   Py_ssize_t j0, float *C) {
+        Py_ssize_t i = 0, rows = j0 + 8;
+        for (; i + 12 <= rows; i += 12) FASTGD_GRAM_AT(12, 1);
+        if (i + 8 <= rows) { FASTGD_GRAM_AT(8, 1); i += 8; }
+        if (i + 4 <= rows) { FASTGD_GRAM_AT(4, 1); i += 4; }
+        if (i + 2 <= rows) { FASTGD_GRAM_AT(2, 1); i += 2; }
+        if (i < rows) FASTGD_GRAM_AT(1, 1);
+    }
+
+    /* the upper triangle of C (ld x ld) = S^T S, S m rows of ld floats */
+    static void fastgd_gram(Py_ssize_t m, Py_ssize_t ld, const float *S, float *C) {
+        Py_ssize_t j0 = 0;
+        for (; j0 + 16 <= ld; j0 += 16) fastgd_gram_strip2(m, ld, S, j0, C);
+        if (j0 < ld) fastgd_gram_strip1(m, ld, S, j0, C);
+    }
+    """
+    void fastgd_gram(Py_ssize_t m, Py_ssize_t ld, const float* S, float* C) noexcept nogil
+
+
+cdef void _gram32(int m, int n, int ld, float* S, float* C, double* Tp) noexcept nogil:
+    """Tp += S^T S for a float32 block S (m rows of ld floats, the first n used; ld a
+    multiple of 8) and Tp (n x n): register tiles into the float32 scratch C (ld x ld,
+    overwritten), whose upper triangle is then added to the float64 Tp. Each block's
+    product is rounded on its own and the blocks are summed in float64: the error does
+    not grow with the rows."""
     cdef int i, j
-    if _ssyrk64 != NULL:
-        _ssyrk64(&lower, &tn, &n64, &m64, &one, S, &n64, &zero, C, &n64)
-    else:
-        ssyrk(&lower, &tn, &n, &m, &one, S, &n, &zero, C, &n)
+    fastgd_gram(m, ld, S, C)
     for i in range(n):
         for j in range(i, n):
-            Tp[i * n + j] += C[i * n + j]
+            Tp[i * n + j] += C[i * ld + j]
+
+
+cdef inline double _dot(const floating* x, const double* p, Py_ssize_t d) noexcept nogil:
+    """``x . p`` in float64 with 8 partial sums (they vectorize; one running sum would
+    not, as C keeps the order of additions), added pairwise at the end."""
+    cdef double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0, s4 = 0.0, s5 = 0.0, s6 = 0.0, s7 = 0.0
+    cdef Py_ssize_t j = 0
+    while j + 8 <= d:
+        s0 += x[j] * p[j]
+        s1 += x[j + 1] * p[j + 1]
+        s2 += x[j + 2] * p[j + 2]
+        s3 += x[j + 3] * p[j + 3]
+        s4 += x[j + 4] * p[j + 4]
+        s5 += x[j + 5] * p[j + 5]
+        s6 += x[j + 6] * p[j + 6]
+        s7 += x[j + 7] * p[j + 7]
+        j += 8
+    while j < d:
+        s0 += x[j] * p[j]
+        j += 1
+    return ((s0 + s4) + (s1 + s5)) + ((s2 + s6) + (s3 + s7))
+
+
+cdef double _one_output(const floating[:, ::1] X, const floating[:, ::1] Y,
+                        const floating[::1] weights, const double* P, int loss_code,
+                        int want_h, Py_ssize_t start, int m, int ld, double* S, float* S32,
+                        double* G) noexcept nogil:
+    """One output (MSE or binary CE): rows start:start + m in one read of each row. Per
+    row the decision value ``[x, 1] . P``, the loss, D and h; G += D [x, 1], and with a
+    Hessian the row sqrt(h) [x, 1] into S (float64, d + 1 wide) or S32 (float32, ld
+    wide) for the Gram product. Returns the weighted loss sum."""
+    cdef Py_ssize_t d = X.shape[1], r, j
+    cdef double f, e, h, w, root, loss = 0.0
+    cdef const floating* x
+    cdef bint weighted = weights.shape[0] > 0
+    for r in range(m):
+        x = &X[start + r, 0]
+        f = _one_terms(P[d] + _dot(x, P, d), Y[start + r, 0], loss_code, &e, &h)
+        if weighted:
+            w = weights[start + r]
+            f, e, h = f * w, e * w, h * w
+        loss += f
+        for j in range(d):
+            G[j] += e * x[j]
+        G[d] += e
+        if not want_h:
+            continue
+        root = sqrt(h) if h > 0 else 0.0
+        if want_h == GRAM32:
+            for j in range(d):
+                S32[r * ld + j] = <float>(root * x[j])
+            S32[r * ld + d] = <float>root
+        else:
+            for j in range(d):
+                S[r * (d + 1) + j] = root * x[j]
+            S[r * (d + 1) + d] = root
+    return loss
 
 
 cdef void _hessian_block32(const double* Xp, const double* Hw, int m, int d, int k,
-                           int n_pairs, double* S, double* w, float* S32, float* C32,
+                           int n_pairs, double* S, double* w, int ld, float* S32, float* C32,
                            double* T) noexcept nogil:
     """_hessian_block with the Gram pairs (``h >= 0``) in float32: the rows of
-    ``X~ = [X, 1]`` scaled by ``sqrt(h)`` rounded to float32 (S32, m x (d + 1)), their
-    product, intercept included, by ssyrk (:func:`_gram32`). Softmax's off-diagonal pairs
+    ``X~ = [X, 1]`` scaled by ``sqrt(h)`` rounded to float32 (S32, m rows of ld), their
+    product, intercept included, by register tiles (:func:`_gram32`). Softmax's off-diagonal pairs
     are the float64 dgemm of _hessian_block (intercept's column by dgemv, corner sum h)."""
     cdef char tn = b'N', tt = b'T'
     cdef double one = 1.0, hsum, h, root
@@ -181,9 +319,9 @@ cdef void _hessian_block32(const double* Xp, const double* Hw, int m, int d, int
                     h = Hw[r * n_pairs + p]
                     root = sqrt(h) if h > 0 else 0.0
                     for j in range(d):
-                        S32[r * d1 + j] = <float>(root * Xp[r * d + j])
-                    S32[r * d1 + d] = <float>root
-                _gram32(m, d1, S32, C32, Tp)
+                        S32[r * ld + j] = <float>(root * Xp[r * d + j])
+                    S32[r * ld + d] = <float>root
+                _gram32(m, d1, ld, S32, C32, Tp)
                 p += 1
                 continue
             hsum = 0.0
@@ -237,9 +375,10 @@ cdef void _hessian_block(const double* Xp, const double* Hw, int m, int d, int k
 cdef double _chunk(const floating[:, ::1] X, const floating[:, ::1] Y,
                    const floating[::1] weights, const double* P, int loss_code, int k,
                    int n_pairs, int want_h, Py_ssize_t lo, Py_ssize_t hi, int rows,
-                   double* Xb, double* S, double* Z, double* D, double* Hw, float* S32,
-                   float* C32, double* G, double* T) noexcept nogil:
-    """Loss sum of rows lo:hi; adds their gradient and Hessian sums to G and T. The
+                   double* Xb, double* S, double* Z, double* D, double* Hw, int ld,
+                   float* S32, float* C32, double* G, double* T) noexcept nogil:
+    """Loss sum of rows lo:hi; adds their gradient and Hessian sums to G and T. One
+    output: :func:`_one_output`, then the Gram product of the block. Several: the
     products run on the d columns of X (float64 rows in place, float32 rows copied to
     float64 into Xb); the intercept's row of X~ = [X, 1] is summed apart."""
     cdef Py_ssize_t d = X.shape[1], start = lo, r, j
@@ -249,6 +388,14 @@ cdef double _chunk(const floating[:, ::1] X, const floating[:, ::1] Y,
     cdef const double* Xp
     while start < hi:
         m = <int>(hi - start if hi - start < rows else rows)
+        if k == 1:
+            loss += _one_output(X, Y, weights, P, loss_code, want_h, start, m, ld, S, S32, G)
+            if want_h == GRAM32:
+                _gram32(m, di + 1, ld, S32, C32, T)
+            elif want_h:
+                _gram(m, di + 1, di + 1, S, T)
+            start += m
+            continue
         if floating is double:
             Xp = &X[start, 0]
         else:
@@ -275,7 +422,7 @@ cdef double _chunk(const floating[:, ::1] X, const floating[:, ::1] Y,
             for c in range(k):
                 G[d * k + c] += D[r * k + c]
         if want_h == GRAM32:
-            _hessian_block32(Xp, Hw, m, di, k, n_pairs, S, Z, S32, C32, T)
+            _hessian_block32(Xp, Hw, m, di, k, n_pairs, S, Z, ld, S32, C32, T)
         elif want_h:
             _hessian_block(Xp, Hw, m, di, k, n_pairs, S, Z, T)
         start += m
@@ -287,12 +434,12 @@ def loss_gradient_hessian(
     const double[:, ::1] P, int loss_code, int want_h, const int64_t[::1] bounds,
     int rows, double[::1] F, double[:, :, ::1] G, double[:, :, :, ::1] T,
     double[:, ::1] Xb, double[:, ::1] S, double[:, ::1] Z, double[:, ::1] D,
-    double[:, ::1] Hw, float[:, ::1] S32, float[:, ::1] C32, int n_threads,
+    double[:, ::1] Hw, int ld, float[:, ::1] S32, float[:, ::1] C32, int n_threads,
 ):
     """Per-chunk sums F (loss), G (gradient, (d + 1, k)) and T (Hessian blocks) over the
     chunks ``bounds[c]:bounds[c + 1]``; scratch rows (Xb, S, Z, D, Hw) per thread, and
-    with ``want_h == GRAM32`` a float32 block (S32, rows x (d + 1)) and triangle (C32,
-    (d + 1)^2) per thread."""
+    with ``want_h == GRAM32`` a float32 block (S32, rows x ld, ``ld`` the d + 1 columns
+    rounded up to a multiple of 8, zeros past them) and triangle (C32, ld^2) per thread."""
     cdef Py_ssize_t c, n_chunks = bounds.shape[0] - 1
     cdef int t, k = <int>P.shape[1], n_pairs = <int>T.shape[1]
     for c in prange(n_chunks, nogil=True, schedule="dynamic", chunksize=1,
@@ -300,4 +447,4 @@ def loss_gradient_hessian(
         t = threadid()
         F[c] = _chunk(X, Y, weights, &P[0, 0], loss_code, k, n_pairs, want_h, bounds[c],
                       bounds[c + 1], rows, &Xb[t, 0], &S[t, 0], &Z[t, 0], &D[t, 0],
-                      &Hw[t, 0], &S32[t, 0], &C32[t, 0], &G[c, 0, 0], &T[c, 0, 0, 0])
+                      &Hw[t, 0], ld, &S32[t, 0], &C32[t, 0], &G[c, 0, 0], &T[c, 0, 0, 0])

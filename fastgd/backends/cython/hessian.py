@@ -8,14 +8,13 @@ symmetric rank-k update for the diagonal blocks).
 import numpy as np
 
 from ...specs import losses
-from ..blas import numpy_dsyrk_address, numpy_ssyrk_address, single_threaded_blas
+from ..blas import numpy_dsyrk_address, single_threaded_blas
 from ..hessian_layout import assemble, block_rows, chunk_bounds, n_pairs
 from . import _hessian as _h
 
 if _h.LOSS_CODES != (losses.MSE, losses.BINARY_CROSS_ENTROPY, losses.CATEGORICAL_CROSS_ENTROPY):
     raise ImportError("fastgd.backends.cython._hessian was built with other loss codes: rebuild")
 _h.use_dsyrk64(numpy_dsyrk_address())
-_h.use_ssyrk64(numpy_ssyrk_address())
 NO_HESSIAN, GRAM64, GRAM32 = _h.HESSIAN_MODES
 
 
@@ -44,10 +43,11 @@ def loss_gradient_hessian(model, data, params, n_threads=1, hessian=True, gram_d
         for width in (d + 1, d + 1 if hessian else 1, k, k, pairs)
     ]
     mode = (GRAM32 if gram_dtype == "float32" else GRAM64) if hessian else NO_HESSIAN
-    # float32 Gram products: a block of scaled rows and a triangle per thread
-    wide = mode == GRAM32
-    scratch += [np.empty((n_threads, rows * (d + 1) if wide else 1), dtype=np.float32),
-                np.empty((n_threads, (d + 1) ** 2 if wide else 1), dtype=np.float32)]  # fmt: skip
+    # float32 Gram products: a block of scaled rows (ld wide, zeros past d + 1) and a
+    # triangle per thread
+    wide, ld = mode == GRAM32, -(-(d + 1) // 8) * 8
+    scratch += [ld, np.zeros((n_threads, rows * ld if wide else 1), dtype=np.float32),
+                np.empty((n_threads, ld * ld if wide else 1), dtype=np.float32)]  # fmt: skip
     with single_threaded_blas():
         _h.loss_gradient_hessian(X, Y, weights, P, int(model.loss_code), mode,
                                  bounds, rows, F, G, T, *scratch, n_threads)  # fmt: skip

@@ -23,10 +23,11 @@ from numba.extending import get_cython_function_address, intrinsic, overload
 
 from ..._config import NUMBA_OPTIONS
 from ...specs import losses
-from ..blas import numpy_dsyrk_address, numpy_ssyrk_address, single_threaded_blas
+from ..blas import numpy_dsyrk_address, single_threaded_blas
 from ..hessian_layout import assemble, block_rows, chunk_bounds, n_pairs
 from .cache import njit
 from .threads import numba_threads
+from .tiles import gram_strip
 
 MSE = losses.MSE
 BCE = losses.BINARY_CROSS_ENTROPY
@@ -80,9 +81,8 @@ def _register_syrk(name, numpy_address):
     return shim
 
 
-_SHIMS = (_register_syrk("dsyrk", numpy_dsyrk_address), _register_syrk("ssyrk", numpy_ssyrk_address))  # fmt: skip
+_SHIM = _register_syrk("dsyrk", numpy_dsyrk_address)
 _dsyrk = types.ExternalFunction("fastgd_dsyrk64", types.void(*_DSYRK_ARGS))
-_ssyrk = types.ExternalFunction("fastgd_ssyrk64", types.void(*_DSYRK_ARGS))
 
 # Newton's pass: 0 = no Hessian, 1 = Gram products in float64, 2 = in float32 (each row
 # block's product, added into the float64 chunk sums: hessian_dtype="float32").
@@ -93,7 +93,7 @@ NO_HESSIAN, GRAM64, GRAM32 = 0, 1, 2
 def _add_gram(S, T):
     """``T[:n, :n] += S^T S`` on the upper triangle of the row-major ``T`` (Fortran's
     lower), by dsyrk; ``S`` is a C-contiguous (m, n) block, read as the (n, m) Fortran
-    matrix S^T; ``T`` is (n + 1, n + 1), its last row and column are not touched."""
+    matrix S^T; ``T`` is square, ``n`` rows or more (entries past ``n`` not touched)."""
     chars = np.array([76, 78], dtype=np.uint8)  # "L", "N"
     sizes = np.array([S.shape[1], S.shape[0], T.shape[1]], dtype=np.int64)  # n, m, ldc
     one = np.ones(1)
@@ -103,19 +103,16 @@ def _add_gram(S, T):
 
 
 @njit(**NUMBA_OPTIONS)
-def _add_gram32(S, C, T):
-    """``T += S^T S`` (upper triangle) for a float32 block ``S`` (m, n), ``T`` (n, n): ssyrk
-    into the float32 scratch ``C`` (n, n; overwritten, ``beta = 0``), then added to the
-    float64 ``T``. Each block's product is rounded to float32 on its own (relative error ~m eps32
-    at worst, m the block's rows), and the blocks are summed in float64, so the error does
-    not grow with the number of rows."""
-    n = S.shape[1]
-    chars = np.array([76, 78], dtype=np.uint8)  # "L", "N"
-    sizes = np.array([n, S.shape[0], n], dtype=np.int64)  # n, m, ldc
-    one, zero = np.ones(1, dtype=np.float32), np.zeros(1, dtype=np.float32)
-    _ssyrk(_address(chars[:1]), _address(chars[1:]), _address(sizes[:1]), _address(sizes[1:2]),
-           _address(one), _address(S), _address(sizes[:1]), _address(zero), _address(C),
-           _address(sizes[2:]))  # fmt: skip
+def _add_gram32(S, m, C, T):
+    """``T += S[:m]^T S[:m]`` (upper triangle) for the float32 rows ``S`` (rows, ld; ``ld``
+    a multiple of 8, at least ``n``), ``T`` (n, n) in float64: register tiles
+    (:func:`.tiles.gram_strip`) into the float32 scratch ``C`` (ld, ld; overwritten),
+    whose triangle is then added to ``T``. Each block's product is rounded to float32 on
+    its own (relative error ~m eps32 at worst), and the blocks are summed in float64, so
+    the error does not grow with the number of rows. Entries past ``n`` are not read."""
+    n, ld = T.shape[0], S.shape[1]
+    for j0 in range(0, ld, 16):
+        gram_strip(S, m, j0, C, min(16, ld - j0))
     for i in range(n):
         for j in range(i, n):
             T[i, j] += C[i, j]
@@ -143,6 +140,21 @@ def _rows64_of(X, start, m, Xb):
 
 
 @njit(**NUMBA_OPTIONS)
+def _one_terms(v, y, loss_code):
+    """Loss, derivative and curvature of one output ``v`` with target ``y`` (MSE or binary
+    CE): scalars in, scalars out, so that a row loop calling it stays fast (a call
+    passing arrays costs about 60 ns a row, more than the row's arithmetic)."""
+    if loss_code == MSE:
+        e = v - y
+        return e * e, 2.0 * e, 2.0
+    # e = exp(-|v|) <= 1: log(1 + exp(v)) = max(v, 0) + log1p(e) and
+    # p (1 - p) = e / (1 + e)^2 without overflow or cancellation
+    e = math.exp(-abs(v))
+    p = 1.0 / (1.0 + e) if v >= 0 else e / (1.0 + e)
+    return max(v, 0.0) + math.log1p(e) - y * v, p - y, e / ((1.0 + e) * (1.0 + e))
+
+
+@njit(**NUMBA_OPTIONS)
 def _row_terms(z, y, loss_code, D, Hw, r, want_h):
     """Loss of one row with decision values ``z``; writes ``D[r]`` and ``Hw[r]``."""
     k = z.shape[0]
@@ -155,14 +167,8 @@ def _row_terms(z, y, loss_code, D, Hw, r, want_h):
         Hw[r, 0] = 2.0 / k
         return loss
     if loss_code == BCE:
-        v = z[0]
-        # e = exp(-|z|) <= 1: log(1 + exp(z)) = max(z, 0) + log1p(e) and
-        # p (1 - p) = e / (1 + e)^2 without overflow or cancellation
-        e = math.exp(-abs(v))
-        p = 1.0 / (1.0 + e) if v >= 0 else e / (1.0 + e)
-        D[r, 0] = p - y[0]
-        Hw[r, 0] = e / ((1.0 + e) * (1.0 + e))
-        return max(v, 0.0) + math.log1p(e) - y[0] * v
+        loss, D[r, 0], Hw[r, 0] = _one_terms(z[0], y[0], BCE)
+        return loss
     label = int(y[0])
     m = z[0]
     for c in range(1, k):
@@ -185,19 +191,68 @@ def _row_terms(z, y, loss_code, D, Hw, r, want_h):
 
 
 @njit(**NUMBA_OPTIONS)
+def _weighted_row(z, Y, weights, i, loss_code, D, Hw, r, want_h):
+    """Loss of row ``i`` with decision values ``z``, times its weight; writes ``D[r]``
+    and ``Hw[r]`` (weight applied)."""
+    loss = _row_terms(z, Y[i], loss_code, D, Hw, r, want_h)
+    if weights.shape[0] > 0:
+        w = weights[i]
+        loss *= w
+        D[r] *= w
+        Hw[r] *= w
+    return loss
+
+
+@njit(**NUMBA_OPTIONS)
 def _block_terms(Z, Y, weights, start, loss_code, D, Hw, want_h):
     """Weighted loss sum of a block; fills its ``D`` and ``Hw`` rows (weights applied)."""
     loss = 0.0
-    weighted = weights.shape[0] > 0
     for r in range(Z.shape[0]):
-        row_loss = _row_terms(Z[r], Y[start + r], loss_code, D, Hw, r, want_h)
+        loss += _weighted_row(Z[r], Y, weights, start + r, loss_code, D, Hw, r, want_h)
+    return loss
+
+
+@njit(**NUMBA_OPTIONS)
+def _one_output(X, Y, weights, P, loss_code, want_h, start, m, work, G):
+    """One output (MSE or binary CE): rows ``start:start + m`` in one read of each row.
+    Per row the decision value ``z = [x, 1] . P`` (a vectorized dot product: one output
+    leaves BLAS a matrix-vector product per block, and three block passes cost more than
+    the read of X), the loss, ``D`` and ``h``; ``G += D [x, 1]``, and with a Hessian the
+    row ``sqrt(h) [x, 1]`` into ``S`` (float64) or ``S32`` (float32) for the Gram
+    product. Returns the weighted loss sum."""
+    d = X.shape[1]
+    S, S32 = work[1], work[4]
+    p, g = P.reshape(P.size), G.reshape(G.size)
+    weighted = weights.shape[0] > 0
+    loss = 0.0
+    for r in range(m):
+        x = X[start + r]
+        v = p[d]
+        for j in range(d):
+            v += x[j] * p[j]
+        f, e, h = _one_terms(v, Y[start + r, 0], loss_code)
         if weighted:
             w = weights[start + r]
-            row_loss *= w
-            D[r] *= w
-            Hw[r] *= w
-        loss += row_loss
+            f, e, h = f * w, e * w, h * w
+        loss += f
+        for j in range(d):
+            g[j] += e * x[j]
+        g[d] += e
+        if want_h == GRAM32:
+            _scaled_row(x, h, S32[r])
+        elif want_h:
+            _scaled_row(x, h, S[r])
     return loss
+
+
+@njit(**NUMBA_OPTIONS)
+def _scaled_row(x, h, s):
+    """``s[:d + 1] = sqrt(h) [x, 1]`` (``h < 0``, a rounding of 0: 0)."""
+    root = math.sqrt(max(h, 0.0))
+    d = x.shape[0]
+    for j in range(d):
+        s[j] = root * x[j]
+    s[d] = root
 
 
 @njit(**NUMBA_OPTIONS)
@@ -212,33 +267,49 @@ def _times(A, B):
 @njit(**NUMBA_OPTIONS)
 def _chunk(X, Y, weights, P, loss_code, want_h, lo, hi, work, G, T):
     """Loss sum of rows ``lo:hi``; adds their gradient and Hessian sums to ``G`` and ``T``
-    (``want_h``: :data:`NO_HESSIAN`, :data:`GRAM64` or :data:`GRAM32`).
-    ``work``: the thread's buffers ``(Xb, S, D, Hw, S32, C32)`` of one row block (S32:
-    (rows, d + 1) and C32 (d + 1, d + 1) in float32, with GRAM32 only). The products run
-    on the rows of ``X`` (float64: in place) and the intercept's row of ``X~ = [X, 1]`` is
-    summed apart: BLAS is fastest on ``d`` columns, and float64 rows need no copy."""
-    d = X.shape[1]
-    k = P.shape[1]
-    Xb, S, D, Hw, S32, C32 = work
-    W = np.ascontiguousarray(P[:d])
+    (``want_h``: :data:`NO_HESSIAN`, :data:`GRAM64` or :data:`GRAM32`), block by block.
+    ``work``: the thread's buffers ``(Xb, S, D, Hw, S32, C32)`` of one row block (S:
+    (rows, d + 1); S32: (rows, ld) and C32 (ld, ld) in float32 with GRAM32 only, ``ld``
+    the d + 1 columns rounded up to a multiple of 8)."""
+    _, S, _, _, S32, C32 = work
     rows = min(S.shape[0], hi - lo)
     loss = 0.0
     for start in range(lo, hi, rows):
         m = min(rows, hi - start)
-        xb = _rows64(X, start, m, Xb)
-        Z = _times(xb, W)
-        for r in range(m):
-            for c in range(k):
-                Z[r, c] += P[d, c]
-        loss += _block_terms(Z, Y, weights, start, loss_code, D, Hw, want_h)
-        G[:d] += _times(xb.T, D[:m])
-        for r in range(m):
-            for c in range(k):
-                G[d, c] += D[r, c]
+        if P.shape[1] > 1:
+            loss += _block(X, Y, weights, P, loss_code, want_h, start, m, work, G, T)
+            continue
+        loss += _one_output(X, Y, weights, P, loss_code, want_h, start, m, work, G)
         if want_h == GRAM32:
-            _add_curvature32(xb, Hw, (S[:m], S32[:m], C32), k, T)
+            _add_gram32(S32, m, C32, T[0])
         elif want_h:
-            _add_curvature(xb, Hw, S[:m], k, T)
+            _add_gram(S[:m], T[0])
+    return loss
+
+
+@njit(**NUMBA_OPTIONS)
+def _block(X, Y, weights, P, loss_code, want_h, start, m, work, G, T):
+    """Several outputs: the terms of rows ``start:start + m`` by block products (BLAS) on
+    the rows of ``X`` (float64: in place), the intercept's row of ``X~ = [X, 1]`` summed
+    apart: BLAS is fastest on ``d`` columns, and float64 rows need no copy."""
+    d = X.shape[1]
+    k = P.shape[1]
+    Xb, S, D, Hw, S32, C32 = work
+    xb = _rows64(X, start, m, Xb)
+    Z = _times(xb, np.ascontiguousarray(P[:d]))
+    for r in range(m):
+        for c in range(k):
+            Z[r, c] += P[d, c]
+    loss = _block_terms(Z, Y, weights, start, loss_code, D, Hw, want_h)
+    G[:d] += _times(xb.T, D[:m])
+    for r in range(m):
+        for c in range(k):
+            G[d, c] += D[r, c]
+    s = S.reshape(S.size)[: m * d].reshape((m, d))  # the buffer's first m rows of d
+    if want_h == GRAM32:
+        _add_curvature32(xb, Hw, (s, S32, C32), k, T)
+    elif want_h:
+        _add_curvature(xb, Hw, s, k, T)
     return loss
 
 
@@ -292,11 +363,8 @@ def _add_curvature32(xb, Hw, scratch, k, T):
                 _add_pair(xb, Hw[:, p], s, T[p])
             else:
                 for r in range(m):
-                    root = math.sqrt(max(Hw[r, p], 0.0))
-                    for j in range(d):
-                        s32[r, j] = root * xb[r, j]
-                    s32[r, d] = root
-                _add_gram32(s32, C32, T[p])
+                    _scaled_row(xb[r], Hw[r, p], s32[r])
+                _add_gram32(s32, m, C32, T[p])
             p += 1
 
 
@@ -322,11 +390,12 @@ def _chunks(X, Y, weights, P, loss_code, want_h, bounds, rows, F, G, T, n_slots)
     n_chunks = bounds.shape[0] - 1
     d1, k = X.shape[1] + 1, P.shape[1]
     rows = min(rows, bounds[1] - bounds[0] + 1)
-    rows32, d32 = (rows, d1) if want_h == GRAM32 else (0, 0)
+    ld = -(-d1 // 8) * 8
+    rows32, ld32 = (rows, ld) if want_h == GRAM32 else (0, 0)
     for s in prange(n_slots):
-        work = (np.empty((rows, d1 - 1)), np.empty((rows, d1 - 1)), np.empty((rows, k)),
-                np.empty((rows, T.shape[1])), np.empty((rows32, d32), dtype=np.float32),
-                np.empty((d32, d32), dtype=np.float32))  # fmt: skip
+        work = (np.empty((rows, d1 - 1)), np.empty((rows, d1)), np.empty((rows, k)),
+                np.empty((rows, T.shape[1])), np.zeros((rows32, ld32), dtype=np.float32),
+                np.empty((ld32, ld32), dtype=np.float32))  # fmt: skip
         for c in range(s * n_chunks // n_slots, (s + 1) * n_chunks // n_slots):
             F[c] = _chunk(X, Y, weights, P, loss_code, want_h, bounds[c], bounds[c + 1],
                           work, G[c], T[c])  # fmt: skip

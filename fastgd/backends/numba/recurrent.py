@@ -51,6 +51,7 @@ from ..recurrent_layout import check_memory, chunk_rows, workspace
 from .cache import njit
 from .network import _activate_rows, _copy_state, _end_epoch, _halt, _times_slope_rows
 from .threads import numba_threads
+from .tiles import emit_tile, rows_in_tiles
 from .update import _apply_update, _interrupted, _sum_chunks
 
 LSTM, GRU, TANH = rec.LSTM, rec.GRU, rec.TANH
@@ -271,51 +272,6 @@ STRIP, TILE_ROWS = rec.STRIP, rec.TILE_ROWS
 _TAIL = TILE_ROWS * STRIP
 
 
-def _emit_tile(builder, rows, K, a_ptr, a_off, p_ptr, p_off, c_ptr, c_off, ldc):
-    """Emit one float32 tile: ``rows`` x STRIP entries of C (``c_ptr + c_off``, rows
-    ``ldc`` apart) = ``rows`` rows of A (``a_ptr + a_off``, ``K`` apart) times the packed
-    strip at ``p_ptr + p_off`` (STRIP values per k). Each entry of the tile lives in one
-    lane of ``2 rows`` vector registers of 8 floats and sums over k in order (fused
-    multiply-adds); at each k, the strip's row is two vector loads and each row of A
-    gives one value, broadcast."""
-    intp = ir.IntType(64)
-    v8 = ir.VectorType(ir.FloatType(), 8)
-    fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v8, [v8] * 3), "llvm.fma.v8f32")  # fmt: skip
-    lanes0 = ir.Constant(ir.VectorType(ir.IntType(32), 8), [0] * 8)
-    entry = builder.block
-    header = builder.append_basic_block("tile.header")
-    body = builder.append_basic_block("tile.body")
-    done = builder.append_basic_block("tile.done")
-    builder.branch(header)
-    builder.position_at_end(header)
-    k = builder.phi(intp)
-    k.add_incoming(intp(0), entry)
-    acc = [builder.phi(v8) for _ in range(2 * rows)]
-    for phi in acc:
-        phi.add_incoming(ir.Constant(v8, [0.0] * 8), entry)
-    builder.cbranch(builder.icmp_signed("<", k, K), body, done)
-    builder.position_at_end(body)
-    row_k = builder.add(p_off, builder.mul(k, intp(STRIP)))
-    b = [builder.load(builder.bitcast(builder.gep(p_ptr, [builder.add(row_k, intp(8 * h))]), v8.as_pointer()), align=4)  # fmt: skip
-         for h in range(2)]  # fmt: skip
-    new = []
-    for i in range(rows):
-        a_index = builder.add(builder.add(a_off, builder.mul(intp(i), K)), k)
-        a = builder.insert_element(ir.Constant(v8, ir.Undefined), builder.load(builder.gep(a_ptr, [a_index])), ir.IntType(32)(0))  # fmt: skip
-        a = builder.shuffle_vector(a, ir.Constant(v8, ir.Undefined), lanes0)
-        new += [builder.call(fma, [a, b[h], acc[2 * i + h]]) for h in range(2)]
-    end = builder.block
-    k.add_incoming(builder.add(k, intp(1)), end)
-    for phi, value in zip(acc, new, strict=True):
-        phi.add_incoming(value, end)
-    builder.branch(header)
-    builder.position_at_end(done)
-    for i in range(rows):
-        for h in range(2):
-            index = builder.add(builder.add(c_off, builder.mul(intp(i), ldc)), intp(8 * h))
-            builder.store(acc[2 * i + h], builder.bitcast(builder.gep(c_ptr, [index]), v8.as_pointer()), align=4)  # fmt: skip
-
-
 def _strip_codegen(context, builder, signature, args):
     """Code of :func:`_strip_product`: tiles of TILE_ROWS rows, then of 4, 2, 1."""
     A_type, _, _, P_type, _, C_type, _, _ = signature.args
@@ -327,16 +283,11 @@ def _strip_codegen(context, builder, signature, args):
     intp = ir.IntType(64)
 
     def tile(count, at):
-        a_off = builder.mul(builder.add(a_row, at), K)
-        _emit_tile(builder, count, K, A.data, a_off, P.data, p_off, C.data, builder.add(c_off, builder.mul(at, ldc)), ldc)  # fmt: skip
+        a = (A.data, builder.mul(builder.add(a_row, at), K), K, intp(1))
+        c = (C.data, builder.add(c_off, builder.mul(at, ldc)), ldc)
+        emit_tile(builder, count, 2, (intp(0), K), a, (P.data, p_off, intp(STRIP)), c)
 
-    with cgutils.for_range(builder, builder.sdiv(rows, intp(TILE_ROWS)), intp=intp) as loop:
-        tile(TILE_ROWS, builder.mul(loop.index, intp(TILE_ROWS)))
-    at = cgutils.alloca_once_value(builder, builder.mul(builder.sdiv(rows, intp(TILE_ROWS)), intp(TILE_ROWS)))  # fmt: skip
-    for count in (4, 2, 1):  # the last rows (TILE_ROWS = 6: at most 4 + 1)
-        with builder.if_then(builder.icmp_signed(">=", builder.sub(rows, builder.load(at)), intp(count))):  # fmt: skip
-            tile(count, builder.load(at))
-            builder.store(builder.add(builder.load(at), intp(count)), at)
+    rows_in_tiles(builder, rows, tile)
     return context.get_dummy_value()
 
 

@@ -1,0 +1,125 @@
+"""float32 register tiles of matrix products, emitted as LLVM IR (Numba has no vector
+types, and a tile written as Numba scalars stays scalar: 6 GFLOP/s).
+
+A tile is ``rows`` x ``8 halves`` entries of ``C = A B`` (``halves`` 1 or 2). Each entry
+lives in one lane of a vector register of 8 floats and sums over ``k`` in order by fused
+multiply-adds; at each ``k`` the row of B is ``halves`` vector loads and each row of A
+gives one value, broadcast. Where A and B sit in memory is given by strides, so one
+emitter serves the recurrent layers' packed products (:mod:`.recurrent`) and the Newton
+pass's Gram products ``S^T S`` read straight from the row-major ``S``
+(:func:`gram_strip`).
+"""
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+# Tile heights, largest first. Two vectors of B per k (16 columns): 6 rows, 12
+# accumulators and 2 row vectors filling 14 of AVX2's 16 vector registers. One vector (8
+# columns): 12 rows, so that 12 independent sums still hide the latency of the fused
+# multiply-add (6 would leave the unit idle half the time).
+WIDE_TILES = (6, 4, 2, 1)
+NARROW_TILES = (12, 8, 4, 2, 1)
+
+_INTP = ir.IntType(64)
+_V8 = ir.VectorType(ir.FloatType(), 8)
+
+
+def emit_tile(builder, rows, halves, ks, a, b, c):
+    """Emit one tile: ``C[i, q] = sum over k0 <= k < k1 of A[i, k] B[k, q]`` for ``i <
+    rows``, ``q < 8 halves`` (float32).
+
+    ``ks = (k0, k1)``; ``a = (pointer, offset, row_step, k_step)``: ``A[i, k]`` is at
+    ``offset + i row_step + k k_step``; ``b = (pointer, offset, k_step)``: ``B[k, q]`` at
+    ``offset + k k_step + q``; ``c = (pointer, offset, ldc)``: ``C[i, q]`` at ``offset +
+    i ldc + q``, stored (not added)."""
+    fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V8, [_V8] * 3), "llvm.fma.v8f32")  # fmt: skip
+    lanes0 = ir.Constant(ir.VectorType(ir.IntType(32), 8), [0] * 8)
+    entry = builder.block
+    header = builder.append_basic_block("tile.header")
+    body = builder.append_basic_block("tile.body")
+    done = builder.append_basic_block("tile.done")
+    builder.branch(header)
+    builder.position_at_end(header)
+    k = builder.phi(_INTP)
+    k.add_incoming(ks[0], entry)
+    acc = [builder.phi(_V8) for _ in range(halves * rows)]
+    for phi in acc:
+        phi.add_incoming(ir.Constant(_V8, [0.0] * 8), entry)
+    builder.cbranch(builder.icmp_signed("<", k, ks[1]), body, done)
+    builder.position_at_end(body)
+    new = _tile_step(builder, rows, halves, k, a, b, acc, fma, lanes0)
+    end = builder.block
+    k.add_incoming(builder.add(k, _INTP(1)), end)
+    for phi, value in zip(acc, new, strict=True):
+        phi.add_incoming(value, end)
+    builder.branch(header)
+    builder.position_at_end(done)
+    for i in range(rows):
+        for h in range(halves):
+            index = builder.add(builder.add(c[1], builder.mul(_INTP(i), c[2])), _INTP(8 * h))
+            builder.store(acc[halves * i + h], builder.bitcast(builder.gep(c[0], [index]), _V8.as_pointer()), align=4)  # fmt: skip
+
+
+def _tile_step(builder, rows, halves, k, a, b, acc, fma, lanes0):
+    """The multiply-adds of one ``k``: the new accumulators."""
+    row_k = builder.add(b[1], builder.mul(k, b[2]))
+    vb = [builder.load(builder.bitcast(builder.gep(b[0], [builder.add(row_k, _INTP(8 * h))]), _V8.as_pointer()), align=4)  # fmt: skip
+          for h in range(halves)]  # fmt: skip
+    a_k = builder.add(a[1], builder.mul(k, a[3]))
+    new = []
+    for i in range(rows):
+        value = builder.load(builder.gep(a[0], [builder.add(a_k, builder.mul(_INTP(i), a[2]))]))
+        va = builder.insert_element(ir.Constant(_V8, ir.Undefined), value, ir.IntType(32)(0))
+        va = builder.shuffle_vector(va, ir.Constant(_V8, ir.Undefined), lanes0)
+        new += [builder.call(fma, [va, vb[h], acc[halves * i + h]]) for h in range(halves)]
+    return new
+
+
+def _gram_codegen(context, builder, signature, args):
+    """Code of :func:`gram_strip`: tiles of WIDE_TILES rows (16 columns) or of
+    NARROW_TILES (8)."""
+    S = context.make_array(signature.args[0])(context, builder, args[0])
+    C = context.make_array(signature.args[3])(context, builder, args[3])
+    m, j0, width = (context.cast(builder, args[j], signature.args[j], types.intp) for j in (1, 2, 4))  # fmt: skip
+    ld = cgutils.unpack_tuple(builder, S.shape, count=2)[1]
+    ldc = cgutils.unpack_tuple(builder, C.shape, count=2)[1]
+    rows = builder.add(j0, width)  # the tiles reach the diagonal: rows 0 .. j0 + width - 1
+
+    def tile(count, at, halves):
+        a, b = (S.data, at, _INTP(1), ld), (S.data, j0, ld)
+        c = (C.data, builder.add(builder.mul(at, ldc), j0), ldc)
+        emit_tile(builder, count, halves, (_INTP(0), m), a, b, c)
+
+    for halves, sizes in ((2, WIDE_TILES), (1, NARROW_TILES)):
+        with builder.if_then(builder.icmp_signed("==", width, _INTP(8 * halves))):
+            rows_in_tiles(builder, rows, lambda count, at, h=halves: tile(count, at, h), sizes)
+    return context.get_dummy_value()
+
+
+def rows_in_tiles(builder, rows, tile, sizes=WIDE_TILES):
+    """Calls ``tile(count, first_row)`` over rows 0 .. rows - 1: ``sizes[0]`` rows at a
+    time, then each smaller size at most once (``sizes`` halve down to 1)."""
+    full = builder.sdiv(rows, _INTP(sizes[0]))
+    with cgutils.for_range(builder, full, intp=_INTP) as loop:
+        tile(sizes[0], builder.mul(loop.index, _INTP(sizes[0])))
+    at = cgutils.alloca_once_value(builder, builder.mul(full, _INTP(sizes[0])))
+    for count in sizes[1:]:
+        with builder.if_then(builder.icmp_signed(">=", builder.sub(rows, builder.load(at)), _INTP(count))):  # fmt: skip
+            tile(count, builder.load(at))
+            builder.store(builder.add(builder.load(at), _INTP(count)), at)
+
+
+@intrinsic
+def gram_strip(typingctx, S, m, j0, C, width):
+    """``C[i, j0 + q] = sum over r < m of S[r, i] S[r, j0 + q]`` for ``q < width`` (16 or
+    8) and ``i < j0 + width``: one strip of columns of ``S^T S`` down to its diagonal
+    block (float32, ``S`` and ``C`` 2-D C-contiguous; no bounds checks: the caller keeps
+    ``j0 + width`` within both)."""
+    arrays = (S, C)
+    if not all(isinstance(x, types.Array) and x.dtype == types.float32 and x.layout == "C" and x.ndim == 2 for x in arrays):  # fmt: skip
+        return None
+    if not all(isinstance(v, types.Integer) for v in (m, j0, width)):
+        return None
+    return types.none(S, m, j0, C, width), _gram_codegen

@@ -145,99 +145,95 @@ cdef void _gram(int m, int d, int ldt, double* S, double* Tp) noexcept nogil:
         dsyrk(&lower, &tn, &d, &m, &one, S, &d, &one, Tp, &ldt)
 
 
-# float32 Gram products S^T S by register tiles, read straight from the row-major S (m
-# rows of ld floats, ld a multiple of 8): a tile is R rows of C by 8 H columns, each entry
-# a lane of one of R H vectors of 8 floats (registers) summing over the rows of S in
-# order by fused multiply-adds; at each row, H vector loads of S[r, j0:j0 + 8 H] and R
-# broadcast values S[r, i0 + i] (GCC/Clang vector extensions; plain loops with the same
-# order of terms elsewhere). The tiles of a strip of columns reach its diagonal block.
+# Gram products S^T S by register tiles (float32 or float64), read straight from the
+# row-major S (m rows of ld values, ld a whole number of 32-byte vectors: L = 8 floats or
+# 4 doubles): a tile is R rows of C by L H columns, each entry a lane of one of R H
+# vectors (registers) summing over the rows of S in order by fused multiply-adds; at each
+# row, H vector loads of S[r, j0:j0 + L H] and R broadcast values S[r, i0 + i] (GCC/Clang
+# vector extensions; plain loops with the same order of terms elsewhere). The tiles of a
+# strip of columns reach its diagonal block. Two vectors per row: tiles of 6 rows (12
+# accumulators), then 4, 2, 1; one vector (the last strip): tiles of 12 rows, so that 12
+# independent sums still hide the latency of the fused multiply-add, then 8, 4, 2, 1.
 # The Numba kernels emit the same tiles (fastgd.backends.numba.tiles).
 cdef extern from *:
     """
     #if defined(__GNUC__)
-    typedef float fastgd_g8 __attribute__((vector_size(32), aligned(4)));
-    #define FASTGD_GRAM_TILE(R, H)                                                          \\
-    static inline void fastgd_gram##R##x##H(Py_ssize_t m, Py_ssize_t ld, const float *a,   \\
-                                            const float *b, float *C, Py_ssize_t ldc) {    \\
-        fastgd_g8 acc[R][H];                                                               \\
+    typedef float fastgd_vfloat __attribute__((vector_size(32), aligned(4)));
+    typedef double fastgd_vdouble __attribute__((vector_size(32), aligned(8)));
+    #define FASTGD_GRAM_TILE(T, L, R, H)                                                    \\
+    static inline void fastgd_gram_##T##R##x##H(Py_ssize_t m, Py_ssize_t ld, const T *a,   \\
+                                                const T *b, T *C, Py_ssize_t ldc) {        \\
+        fastgd_v##T acc[R][H];                                                             \\
         int i, h;                                                                          \\
-        for (i = 0; i < R; i++) for (h = 0; h < H; h++) acc[i][h] = (fastgd_g8){0.0f};    \\
+        for (i = 0; i < R; i++) for (h = 0; h < H; h++) acc[i][h] = (fastgd_v##T){0};     \\
         for (Py_ssize_t k = 0; k < m; k++) {                                               \\
-            fastgd_g8 bv[H];                                                               \\
-            for (h = 0; h < H; h++) bv[h] = *(const fastgd_g8 *)(b + k * ld + 8 * h);     \\
-            _Pragma("GCC unroll 8")                                                        \\
+            fastgd_v##T bv[H];                                                             \\
+            for (h = 0; h < H; h++) bv[h] = *(const fastgd_v##T *)(b + k * ld + L * h);   \\
+            _Pragma("GCC unroll 12")                                                       \\
             for (i = 0; i < R; i++) {                                                      \\
-                const float v = a[k * ld + i];                                             \\
+                const T v = a[k * ld + i];                                                 \\
                 for (h = 0; h < H; h++) acc[i][h] += v * bv[h];                            \\
             }                                                                              \\
         }                                                                                  \\
         for (i = 0; i < R; i++)                                                            \\
-            for (h = 0; h < H; h++) *(fastgd_g8 *)(C + i * ldc + 8 * h) = acc[i][h];      \\
+            for (h = 0; h < H; h++) *(fastgd_v##T *)(C + i * ldc + L * h) = acc[i][h];    \\
     }
     #else
-    #define FASTGD_GRAM_TILE(R, H)                                                          \\
-    static void fastgd_gram##R##x##H(Py_ssize_t m, Py_ssize_t ld, const float *a,          \\
-                                     const float *b, float *C, Py_ssize_t ldc) {           \\
+    #define FASTGD_GRAM_TILE(T, L, R, H)                                                    \\
+    static void fastgd_gram_##T##R##x##H(Py_ssize_t m, Py_ssize_t ld, const T *a,          \\
+                                         const T *b, T *C, Py_ssize_t ldc) {               \\
         for (int i = 0; i < R; i++)                                                        \\
-            for (int q = 0; q < 8 * H; q++) {                                              \\
-                float s = 0.0f;                                                            \\
+            for (int q = 0; q < L * H; q++) {                                              \\
+                T s = 0;                                                                   \\
                 for (Py_ssize_t k = 0; k < m; k++) s += a[k * ld + i] * b[k * ld + q];    \\
                 C[i * ldc + q] = s;                                                        \\
             }                                                                              \\
     }
     #endif
-    FASTGD_GRAM_TILE(6, 2)
-    FASTGD_GRAM_TILE(4, 2)
-    FASTGD_GRAM_TILE(2, 2)
-    FASTGD_GRAM_TILE(1, 2)
-    FASTGD_GRAM_TILE(12, 1)
-    FASTGD_GRAM_TILE(8, 1)
-    FASTGD_GRAM_TILE(4, 1)
-    FASTGD_GRAM_TILE(2, 1)
-    FASTGD_GRAM_TILE(1, 1)
 
-    #define FASTGD_GRAM_AT(R, H) fastgd_gram##R##x##H(m, ld, S + i, S + j0, C + i * ld + j0, ld)
+    #define FASTGD_GRAM_AT(T, R, H)                                                         \\
+        fastgd_gram_##T##R##x##H(m, ld, S + i, S + j0, C + i * ld + j0, ld)
 
-    /* C[i, j0:j0 + 8 H] for rows i < j0 + 8 H. 16 columns: tiles of 6 rows, then 4, 2,
-       1; 8 columns: tiles of 12 rows (12 independent sums hide the latency of the
-       fused multiply-add), then 8, 4, 2, 1 */
-    static void fastgd_gram_strip2(Py_ssize_t m, Py_ssize_t ld, const float *S,
-                                   Py_ssize_t j0, float *C) {
-        Py_ssize_t i = 0, rows = j0 + 16;
-        for (; i + 6 <= rows; i += 6) FASTGD_GRAM_AT(6, 2);
-        if (i + 4 <= rows) { FASTGD_GRAM_AT(4, 2); i += 4; }
-        if (i + 2 <= rows) { FASTGD_GRAM_AT(2, 2); i += 2; }
-        if (i < rows) FASTGD_GRAM_AT(1, 2);
+    /* the upper triangle of C (ld x ld) = S^T S, S m rows of ld values: strips of two
+       vectors of columns, then one, each with its tiles down to the diagonal */
+    #define FASTGD_GRAM(T, L)                                                               \\
+    FASTGD_GRAM_TILE(T, L, 6, 2) FASTGD_GRAM_TILE(T, L, 4, 2)                               \\
+    FASTGD_GRAM_TILE(T, L, 2, 2) FASTGD_GRAM_TILE(T, L, 1, 2)                               \\
+    FASTGD_GRAM_TILE(T, L, 12, 1) FASTGD_GRAM_TILE(T, L, 8, 1)                              \\
+    FASTGD_GRAM_TILE(T, L, 4, 1) FASTGD_GRAM_TILE(T, L, 2, 1) FASTGD_GRAM_TILE(T, L, 1, 1)  \\
+    static void fastgd_gram_##T(Py_ssize_t m, Py_ssize_t ld, const T *S, T *C) {            \\
+        Py_ssize_t i, j0 = 0;                                                              \\
+        for (; j0 + 2 * L <= ld; j0 += 2 * L) {                                            \\
+            for (i = 0; i + 6 <= j0 + 2 * L; i += 6) FASTGD_GRAM_AT(T, 6, 2);              \\
+            if (i + 4 <= j0 + 2 * L) { FASTGD_GRAM_AT(T, 4, 2); i += 4; }                  \\
+            if (i + 2 <= j0 + 2 * L) { FASTGD_GRAM_AT(T, 2, 2); i += 2; }                  \\
+            if (i < j0 + 2 * L) FASTGD_GRAM_AT(T, 1, 2);                                   \\
+        }                                                                                  \\
+        if (j0 == ld) return;                                                              \\
+        for (i = 0; i + 12 <= j0 + L; i += 12) FASTGD_GRAM_AT(T, 12, 1);                   \\
+        if (i + 8 <= j0 + L) { FASTGD_GRAM_AT(T, 8, 1); i += 8; }                          \\
+        if (i + 4 <= j0 + L) { FASTGD_GRAM_AT(T, 4, 1); i += 4; }                          \\
+        if (i + 2 <= j0 + L) { FASTGD_GRAM_AT(T, 2, 1); i += 2; }                          \\
+        if (i < j0 + L) FASTGD_GRAM_AT(T, 1, 1);                                           \\
     }
-
-    static void fastgd_gram_strip1(Py_ssize_t m, Py_ssize_t ld, const float *S,
-                                   Py_ssize_t j0, float *C) {
-        Py_ssize_t i = 0, rows = j0 + 8;
-        for (; i + 12 <= rows; i += 12) FASTGD_GRAM_AT(12, 1);
-        if (i + 8 <= rows) { FASTGD_GRAM_AT(8, 1); i += 8; }
-        if (i + 4 <= rows) { FASTGD_GRAM_AT(4, 1); i += 4; }
-        if (i + 2 <= rows) { FASTGD_GRAM_AT(2, 1); i += 2; }
-        if (i < rows) FASTGD_GRAM_AT(1, 1);
-    }
-
-    /* the upper triangle of C (ld x ld) = S^T S, S m rows of ld floats */
-    static void fastgd_gram(Py_ssize_t m, Py_ssize_t ld, const float *S, float *C) {
-        Py_ssize_t j0 = 0;
-        for (; j0 + 16 <= ld; j0 += 16) fastgd_gram_strip2(m, ld, S, j0, C);
-        if (j0 < ld) fastgd_gram_strip1(m, ld, S, j0, C);
-    }
+    FASTGD_GRAM(float, 8)
+    FASTGD_GRAM(double, 4)
     """
-    void fastgd_gram(Py_ssize_t m, Py_ssize_t ld, const float* S, float* C) noexcept nogil
+    void fastgd_gram_float(Py_ssize_t m, Py_ssize_t ld, const float* S, float* C) noexcept nogil
+    void fastgd_gram_double(Py_ssize_t m, Py_ssize_t ld, const double* S, double* C) noexcept nogil
 
 
-cdef void _gram32(int m, int n, int ld, float* S, float* C, double* Tp) noexcept nogil:
-    """Tp += S^T S for a float32 block S (m rows of ld floats, the first n used; ld a
-    multiple of 8) and Tp (n x n): register tiles into the float32 scratch C (ld x ld,
-    overwritten), whose upper triangle is then added to the float64 Tp. Each block's
-    product is rounded on its own and the blocks are summed in float64: the error does
-    not grow with the rows."""
+cdef void _tiled_gram(int m, int n, int ld, floating* S, floating* C, double* Tp) noexcept nogil:
+    """Tp += S^T S for a block S (m rows of ld values, the first n used, zeros past them;
+    ld a whole number of vectors) and Tp (n x n, float64): register tiles into the scratch
+    C (ld x ld, the type of S; overwritten), whose upper triangle is then added to Tp.
+    Each block's product is rounded on its own (float32: ~m eps32 at worst) and the
+    blocks are summed in float64: the error does not grow with the rows."""
     cdef int i, j
-    fastgd_gram(m, ld, S, C)
+    if floating is float:
+        fastgd_gram_float(m, ld, S, C)
+    else:
+        fastgd_gram_double(m, ld, S, C)
     for i in range(n):
         for j in range(i, n):
             Tp[i * n + j] += C[i * ld + j]
@@ -266,12 +262,12 @@ cdef inline double _dot(const floating* x, const double* p, Py_ssize_t d) noexce
 
 cdef double _one_output(const floating[:, ::1] X, const floating[:, ::1] Y,
                         const floating[::1] weights, const double* P, int loss_code,
-                        int want_h, Py_ssize_t start, int m, int ld, double* S, float* S32,
-                        double* G) noexcept nogil:
+                        int want_h, Py_ssize_t start, int m, int ld, int ld64, double* S,
+                        float* S32, double* G) noexcept nogil:
     """One output (MSE or binary CE): rows start:start + m in one read of each row. Per
     row the decision value ``[x, 1] . P``, the loss, D and h; G += D [x, 1], and with a
-    Hessian the row sqrt(h) [x, 1] into S (float64, d + 1 wide) or S32 (float32, ld
-    wide) for the Gram product. Returns the weighted loss sum."""
+    Hessian the row sqrt(h) [x, 1] into S (float64, rows ld64 apart) or S32 (float32,
+    ld apart) for the Gram product. Returns the weighted loss sum."""
     cdef Py_ssize_t d = X.shape[1], r, j
     cdef double f, e, h, w, root, loss = 0.0
     cdef const floating* x
@@ -295,8 +291,8 @@ cdef double _one_output(const floating[:, ::1] X, const floating[:, ::1] Y,
             S32[r * ld + d] = <float>root
         else:
             for j in range(d):
-                S[r * (d + 1) + j] = root * x[j]
-            S[r * (d + 1) + d] = root
+                S[r * ld64 + j] = root * x[j]
+            S[r * ld64 + d] = root
     return loss
 
 
@@ -321,7 +317,7 @@ cdef void _hessian_block32(const double* Xp, const double* Hw, int m, int d, int
                     for j in range(d):
                         S32[r * ld + j] = <float>(root * Xp[r * d + j])
                     S32[r * ld + d] = <float>root
-                _gram32(m, d1, ld, S32, C32, Tp)
+                _tiled_gram(m, d1, ld, S32, C32, Tp)
                 p += 1
                 continue
             hsum = 0.0
@@ -376,7 +372,8 @@ cdef double _chunk(const floating[:, ::1] X, const floating[:, ::1] Y,
                    const floating[::1] weights, const double* P, int loss_code, int k,
                    int n_pairs, int want_h, Py_ssize_t lo, Py_ssize_t hi, int rows,
                    double* Xb, double* S, double* Z, double* D, double* Hw, int ld,
-                   float* S32, float* C32, double* G, double* T) noexcept nogil:
+                   float* S32, float* C32, int ld64, double* C64, double* G,
+                   double* T) noexcept nogil:
     """Loss sum of rows lo:hi; adds their gradient and Hessian sums to G and T. One
     output: :func:`_one_output`, then the Gram product of the block. Several: the
     products run on the d columns of X (float64 rows in place, float32 rows copied to
@@ -389,11 +386,12 @@ cdef double _chunk(const floating[:, ::1] X, const floating[:, ::1] Y,
     while start < hi:
         m = <int>(hi - start if hi - start < rows else rows)
         if k == 1:
-            loss += _one_output(X, Y, weights, P, loss_code, want_h, start, m, ld, S, S32, G)
+            loss += _one_output(X, Y, weights, P, loss_code, want_h, start, m, ld, ld64, S,
+                                S32, G)
             if want_h == GRAM32:
-                _gram32(m, di + 1, ld, S32, C32, T)
+                _tiled_gram(m, di + 1, ld, S32, C32, T)
             elif want_h:
-                _gram(m, di + 1, di + 1, S, T)
+                _tiled_gram(m, di + 1, ld64, S, C64, T)
             start += m
             continue
         if floating is double:
@@ -434,12 +432,15 @@ def loss_gradient_hessian(
     const double[:, ::1] P, int loss_code, int want_h, const int64_t[::1] bounds,
     int rows, double[::1] F, double[:, :, ::1] G, double[:, :, :, ::1] T,
     double[:, ::1] Xb, double[:, ::1] S, double[:, ::1] Z, double[:, ::1] D,
-    double[:, ::1] Hw, int ld, float[:, ::1] S32, float[:, ::1] C32, int n_threads,
+    double[:, ::1] Hw, int ld, float[:, ::1] S32, float[:, ::1] C32, int ld64,
+    double[:, ::1] C64, int n_threads,
 ):
     """Per-chunk sums F (loss), G (gradient, (d + 1, k)) and T (Hessian blocks) over the
     chunks ``bounds[c]:bounds[c + 1]``; scratch rows (Xb, S, Z, D, Hw) per thread, and
     with ``want_h == GRAM32`` a float32 block (S32, rows x ld, ``ld`` the d + 1 columns
-    rounded up to a multiple of 8, zeros past them) and triangle (C32, ld^2) per thread."""
+    rounded up to a multiple of 8, zeros past them) and triangle (C32, ld^2) per thread;
+    with GRAM64 a float64 triangle (C64, ld64^2; S has rows of ld64, the d + 1 columns
+    rounded up to a multiple of 4, zeros past them)."""
     cdef Py_ssize_t c, n_chunks = bounds.shape[0] - 1
     cdef int t, k = <int>P.shape[1], n_pairs = <int>T.shape[1]
     for c in prange(n_chunks, nogil=True, schedule="dynamic", chunksize=1,
@@ -447,4 +448,5 @@ def loss_gradient_hessian(
         t = threadid()
         F[c] = _chunk(X, Y, weights, &P[0, 0], loss_code, k, n_pairs, want_h, bounds[c],
                       bounds[c + 1], rows, &Xb[t, 0], &S[t, 0], &Z[t, 0], &D[t, 0],
-                      &Hw[t, 0], ld, &S32[t, 0], &C32[t, 0], &G[c, 0, 0], &T[c, 0, 0, 0])
+                      &Hw[t, 0], ld, &S32[t, 0], &C32[t, 0], ld64, &C64[t, 0], &G[c, 0, 0],
+                      &T[c, 0, 0, 0])

@@ -38,16 +38,16 @@ def loss_gradient_hessian(model, data, params, n_threads=1, hessian=True, gram_d
     pairs = n_pairs(model.loss_code, k)
     F, G = np.zeros(n_chunks), np.zeros((n_chunks, d + 1, k))
     T = np.zeros((n_chunks, pairs, d + 1, d + 1) if hessian else (n_chunks, 1, 1, 1))
-    scratch = [
-        np.empty((n_threads, rows * width))
-        for width in (d + 1, d + 1 if hessian else 1, k, k, pairs)
-    ]
     mode = (GRAM32 if gram_dtype == "float32" else GRAM64) if hessian else NO_HESSIAN
-    # float32 Gram products: a block of scaled rows (ld wide, zeros past d + 1) and a
-    # triangle per thread
-    wide, ld = mode == GRAM32, -(-(d + 1) // 8) * 8
-    scratch += [ld, np.zeros((n_threads, rows * ld if wide else 1), dtype=np.float32),
-                np.empty((n_threads, ld * ld if wide else 1), dtype=np.float32)]  # fmt: skip
+    # the Gram products' rows are whole 32-byte vectors wide (ld32 floats, ld64 doubles),
+    # zeros past the d + 1 columns; a block of scaled rows and a triangle per thread
+    ld32, ld64 = -(-(d + 1) // 8) * 8, -(-(d + 1) // 4) * 4
+    f32, f64 = mode == GRAM32, mode == GRAM64
+    scratch = [np.empty((n_threads, rows * d)), np.zeros((n_threads, rows * ld64 if hessian else 1))]  # fmt: skip
+    scratch += [np.empty((n_threads, rows * width)) for width in (k, k, pairs)]
+    scratch += [ld32, np.zeros((n_threads, rows * ld32 if f32 else 1), dtype=np.float32),
+                np.empty((n_threads, ld32 * ld32 if f32 else 1), dtype=np.float32),
+                ld64, np.empty((n_threads, ld64 * ld64 if f64 else 1))]  # fmt: skip
     with single_threaded_blas():
         _h.loss_gradient_hessian(X, Y, weights, P, int(model.loss_code), mode,
                                  bounds, rows, F, G, T, *scratch, n_threads)  # fmt: skip

@@ -103,16 +103,18 @@ def _add_gram(S, T):
 
 
 @njit(**NUMBA_OPTIONS)
-def _add_gram32(S, m, C, T):
-    """``T += S[:m]^T S[:m]`` (upper triangle) for the float32 rows ``S`` (rows, ld; ``ld``
-    a multiple of 8, at least ``n``), ``T`` (n, n) in float64: register tiles
-    (:func:`.tiles.gram_strip`) into the float32 scratch ``C`` (ld, ld; overwritten),
-    whose triangle is then added to ``T``. Each block's product is rounded to float32 on
-    its own (relative error ~m eps32 at worst), and the blocks are summed in float64, so
-    the error does not grow with the number of rows. Entries past ``n`` are not read."""
+def _add_tiled_gram(S, m, C, T):
+    """``T += S[:m]^T S[:m]`` (upper triangle) for the rows ``S`` (rows, ld; float32 or
+    float64, ``ld`` a whole number of vectors and at least ``n``), ``T`` (n, n) in
+    float64: register tiles (:func:`.tiles.gram_strip`) into the scratch ``C`` (ld, ld,
+    the dtype of ``S``; overwritten), whose triangle is then added to ``T``. Each block's
+    product is rounded on its own (float32: relative error ~m eps32 at worst), and the
+    blocks are summed in float64, so the error does not grow with the number of rows.
+    Entries past ``n`` are not read."""
     n, ld = T.shape[0], S.shape[1]
-    for j0 in range(0, ld, 16):
-        gram_strip(S, m, j0, C, min(16, ld - j0))
+    wide = 64 // S.itemsize  # two vectors of 32 bytes
+    for j0 in range(0, ld, wide):
+        gram_strip(S, m, j0, C, min(wide, ld - j0))
     for i in range(n):
         for j in range(i, n):
             T[i, j] += C[i, j]
@@ -268,11 +270,12 @@ def _times(A, B):
 def _chunk(X, Y, weights, P, loss_code, want_h, lo, hi, work, G, T):
     """Loss sum of rows ``lo:hi``; adds their gradient and Hessian sums to ``G`` and ``T``
     (``want_h``: :data:`NO_HESSIAN`, :data:`GRAM64` or :data:`GRAM32`), block by block.
-    ``work``: the thread's buffers ``(Xb, S, D, Hw, S32, C32)`` of one row block (S:
-    (rows, d + 1); S32: (rows, ld) and C32 (ld, ld) in float32 with GRAM32 only, ``ld``
-    the d + 1 columns rounded up to a multiple of 8)."""
-    _, S, _, _, S32, C32 = work
-    rows = min(S.shape[0], hi - lo)
+    ``work``: the thread's buffers ``(Xb, S, D, Hw, S32, C32, C64)`` of one row block (S:
+    (rows, ld64), with a Hessian; S32: (rows, ld32) and C32 (ld32, ld32) in float32 with GRAM32 only; C64
+    (ld64, ld64) with GRAM64 only; ``ld`` the d + 1 columns rounded up to whole vectors,
+    zeros past them)."""
+    S, S32, C32 = work[1], work[4], work[5]
+    rows = min(work[2].shape[0], hi - lo)
     loss = 0.0
     for start in range(lo, hi, rows):
         m = min(rows, hi - start)
@@ -281,9 +284,9 @@ def _chunk(X, Y, weights, P, loss_code, want_h, lo, hi, work, G, T):
             continue
         loss += _one_output(X, Y, weights, P, loss_code, want_h, start, m, work, G)
         if want_h == GRAM32:
-            _add_gram32(S32, m, C32, T[0])
+            _add_tiled_gram(S32, m, C32, T[0])
         elif want_h:
-            _add_gram(S[:m], T[0])
+            _add_tiled_gram(S, m, work[6], T[0])
     return loss
 
 
@@ -294,7 +297,7 @@ def _block(X, Y, weights, P, loss_code, want_h, start, m, work, G, T):
     apart: BLAS is fastest on ``d`` columns, and float64 rows need no copy."""
     d = X.shape[1]
     k = P.shape[1]
-    Xb, S, D, Hw, S32, C32 = work
+    Xb, S, D, Hw, S32, C32, _ = work
     xb = _rows64(X, start, m, Xb)
     Z = _times(xb, np.ascontiguousarray(P[:d]))
     for r in range(m):
@@ -305,11 +308,12 @@ def _block(X, Y, weights, P, loss_code, want_h, start, m, work, G, T):
     for r in range(m):
         for c in range(k):
             G[d, c] += D[r, c]
-    s = S.reshape(S.size)[: m * d].reshape((m, d))  # the buffer's first m rows of d
-    if want_h == GRAM32:
-        _add_curvature32(xb, Hw, (s, S32, C32), k, T)
-    elif want_h:
-        _add_curvature(xb, Hw, s, k, T)
+    if want_h:
+        s = S.reshape(S.size)[: m * d].reshape((m, d))  # the buffer's first m rows of d
+        if want_h == GRAM32:
+            _add_curvature32(xb, Hw, (s, S32, C32), k, T)
+        else:
+            _add_curvature(xb, Hw, s, k, T)
     return loss
 
 
@@ -351,7 +355,7 @@ def _add_curvature32(xb, Hw, scratch, k, T):
     """:func:`_add_curvature` with the Gram pairs (``h >= 0``) in float32: the rows of
     ``X~ = [xb, 1]`` scaled by ``sqrt(h)`` are rounded to float32 into ``s32`` (m, d + 1)
     and their product, one triangle by ssyrk, intercept included, is added to the float64
-    sums (:func:`_add_gram32`). Softmax's off-diagonal pairs are the float64 products of
+    sums (:func:`_add_tiled_gram`). Softmax's off-diagonal pairs are the float64 products of
     :func:`_add_curvature`."""
     s, s32, C32 = scratch
     m, d = xb.shape
@@ -364,7 +368,7 @@ def _add_curvature32(xb, Hw, scratch, k, T):
             else:
                 for r in range(m):
                     _scaled_row(xb[r], Hw[r, p], s32[r])
-                _add_gram32(s32, m, C32, T[p])
+                _add_tiled_gram(s32, m, C32, T[p])
             p += 1
 
 
@@ -390,12 +394,13 @@ def _chunks(X, Y, weights, P, loss_code, want_h, bounds, rows, F, G, T, n_slots)
     n_chunks = bounds.shape[0] - 1
     d1, k = X.shape[1] + 1, P.shape[1]
     rows = min(rows, bounds[1] - bounds[0] + 1)
-    ld = -(-d1 // 8) * 8
-    rows32, ld32 = (rows, ld) if want_h == GRAM32 else (0, 0)
+    ld32, ld64 = -(-d1 // 8) * 8, -(-d1 // 4) * 4  # whole vectors of 32 bytes
+    rows32, ld32 = (rows, ld32) if want_h == GRAM32 else (0, 0)
+    c64, s_rows = (ld64, rows) if want_h == GRAM64 else (0, rows if want_h else 0)
     for s in prange(n_slots):
-        work = (np.empty((rows, d1 - 1)), np.empty((rows, d1)), np.empty((rows, k)),
+        work = (np.empty((rows, d1 - 1)), np.zeros((s_rows, ld64)), np.empty((rows, k)),
                 np.empty((rows, T.shape[1])), np.zeros((rows32, ld32), dtype=np.float32),
-                np.empty((ld32, ld32), dtype=np.float32))  # fmt: skip
+                np.empty((ld32, ld32), dtype=np.float32), np.empty((c64, c64)))  # fmt: skip
         for c in range(s * n_chunks // n_slots, (s + 1) * n_chunks // n_slots):
             F[c] = _chunk(X, Y, weights, P, loss_code, want_h, bounds[c], bounds[c + 1],
                           work, G[c], T[c])  # fmt: skip

@@ -1,10 +1,10 @@
-"""float32 register tiles of matrix products, emitted as LLVM IR (Numba has no vector
-types, and a tile written as Numba scalars stays scalar: 6 GFLOP/s).
+"""Register tiles of matrix products (float32 or float64), emitted as LLVM IR (Numba has
+no vector types, and a tile written as Numba scalars stays scalar: 6 GFLOP/s).
 
-A tile is ``rows`` x ``8 halves`` entries of ``C = A B`` (``halves`` 1 or 2). Each entry
-lives in one lane of a vector register of 8 floats and sums over ``k`` in order by fused
-multiply-adds; at each ``k`` the row of B is ``halves`` vector loads and each row of A
-gives one value, broadcast. Where A and B sit in memory is given by strides, so one
+A tile is ``rows`` x ``L halves`` entries of ``C = A B`` (``halves`` 1 or 2; ``L`` the
+lanes of a 32-byte vector register: 8 floats or 4 doubles). Each entry lives in one lane
+of a vector register and sums over ``k`` in order by fused multiply-adds; at each ``k``
+the row of B is ``halves`` vector loads and each row of A gives one value, broadcast. Where A and B sit in memory is given by strides, so one
 emitter serves the recurrent layers' packed products (:mod:`.recurrent`) and the Newton
 pass's Gram products ``S^T S`` read straight from the row-major ``S``
 (:func:`gram_strip`).
@@ -15,27 +15,35 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-# Tile heights, largest first. Two vectors of B per k (16 columns): 6 rows, 12
-# accumulators and 2 row vectors filling 14 of AVX2's 16 vector registers. One vector (8
-# columns): 12 rows, so that 12 independent sums still hide the latency of the fused
-# multiply-add (6 would leave the unit idle half the time).
+# Tile heights, largest first. Two vectors of B per k: 6 rows, 12 accumulators and 2 row
+# vectors filling 14 of AVX2's 16 vector registers. One vector: 12 rows, so that 12
+# independent sums still hide the latency of the fused multiply-add (6 would leave the
+# unit idle half the time).
 WIDE_TILES = (6, 4, 2, 1)
 NARROW_TILES = (12, 8, 4, 2, 1)
+VECTOR_BYTES = 32  # AVX2
 
 _INTP = ir.IntType(64)
-_V8 = ir.VectorType(ir.FloatType(), 8)
+
+
+def lanes(dtype):
+    """Values of ``dtype`` (a NumPy or Numba float type) in one vector register."""
+    return VECTOR_BYTES // (4 if str(dtype) == "float32" else 8)
 
 
 def emit_tile(builder, rows, halves, ks, a, b, c):
     """Emit one tile: ``C[i, q] = sum over k0 <= k < k1 of A[i, k] B[k, q]`` for ``i <
-    rows``, ``q < 8 halves`` (float32).
+    rows``, ``q < L halves``, in the element type of the pointers (float or double).
 
     ``ks = (k0, k1)``; ``a = (pointer, offset, row_step, k_step)``: ``A[i, k]`` is at
     ``offset + i row_step + k k_step``; ``b = (pointer, offset, k_step)``: ``B[k, q]`` at
     ``offset + k k_step + q``; ``c = (pointer, offset, ldc)``: ``C[i, q]`` at ``offset +
     i ldc + q``, stored (not added)."""
-    fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V8, [_V8] * 3), "llvm.fma.v8f32")  # fmt: skip
-    lanes0 = ir.Constant(ir.VectorType(ir.IntType(32), 8), [0] * 8)
+    element = a[0].type.pointee
+    L = VECTOR_BYTES // (4 if isinstance(element, ir.FloatType) else 8)
+    vector = ir.VectorType(element, L)
+    name = f"llvm.fma.v{L}f{32 if L == 8 else 64}"
+    fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector, [vector] * 3), name)  # fmt: skip
     entry = builder.block
     header = builder.append_basic_block("tile.header")
     body = builder.append_basic_block("tile.body")
@@ -44,12 +52,12 @@ def emit_tile(builder, rows, halves, ks, a, b, c):
     builder.position_at_end(header)
     k = builder.phi(_INTP)
     k.add_incoming(ks[0], entry)
-    acc = [builder.phi(_V8) for _ in range(halves * rows)]
+    acc = [builder.phi(vector) for _ in range(halves * rows)]
     for phi in acc:
-        phi.add_incoming(ir.Constant(_V8, [0.0] * 8), entry)
+        phi.add_incoming(ir.Constant(vector, [0.0] * L), entry)
     builder.cbranch(builder.icmp_signed("<", k, ks[1]), body, done)
     builder.position_at_end(body)
-    new = _tile_step(builder, rows, halves, k, a, b, acc, fma, lanes0)
+    new = _tile_step(builder, (rows, halves, vector), k, a, b, acc, fma)
     end = builder.block
     k.add_incoming(builder.add(k, _INTP(1)), end)
     for phi, value in zip(acc, new, strict=True):
@@ -58,28 +66,32 @@ def emit_tile(builder, rows, halves, ks, a, b, c):
     builder.position_at_end(done)
     for i in range(rows):
         for h in range(halves):
-            index = builder.add(builder.add(c[1], builder.mul(_INTP(i), c[2])), _INTP(8 * h))
-            builder.store(acc[halves * i + h], builder.bitcast(builder.gep(c[0], [index]), _V8.as_pointer()), align=4)  # fmt: skip
+            index = builder.add(builder.add(c[1], builder.mul(_INTP(i), c[2])), _INTP(L * h))
+            builder.store(acc[halves * i + h], builder.bitcast(builder.gep(c[0], [index]), vector.as_pointer()), align=4)  # fmt: skip
 
 
-def _tile_step(builder, rows, halves, k, a, b, acc, fma, lanes0):
-    """The multiply-adds of one ``k``: the new accumulators."""
+def _tile_step(builder, shape, k, a, b, acc, fma):
+    """The multiply-adds of one ``k``: the new accumulators (``shape = (rows, halves,
+    vector type)``)."""
+    rows, halves, vector = shape
+    L = vector.count
     row_k = builder.add(b[1], builder.mul(k, b[2]))
-    vb = [builder.load(builder.bitcast(builder.gep(b[0], [builder.add(row_k, _INTP(8 * h))]), _V8.as_pointer()), align=4)  # fmt: skip
+    vb = [builder.load(builder.bitcast(builder.gep(b[0], [builder.add(row_k, _INTP(L * h))]), vector.as_pointer()), align=4)  # fmt: skip
           for h in range(halves)]  # fmt: skip
     a_k = builder.add(a[1], builder.mul(k, a[3]))
+    lanes0 = ir.Constant(ir.VectorType(ir.IntType(32), L), [0] * L)
     new = []
     for i in range(rows):
         value = builder.load(builder.gep(a[0], [builder.add(a_k, builder.mul(_INTP(i), a[2]))]))
-        va = builder.insert_element(ir.Constant(_V8, ir.Undefined), value, ir.IntType(32)(0))
-        va = builder.shuffle_vector(va, ir.Constant(_V8, ir.Undefined), lanes0)
+        va = builder.insert_element(ir.Constant(vector, ir.Undefined), value, ir.IntType(32)(0))
+        va = builder.shuffle_vector(va, ir.Constant(vector, ir.Undefined), lanes0)
         new += [builder.call(fma, [va, vb[h], acc[halves * i + h]]) for h in range(halves)]
     return new
 
 
 def _gram_codegen(context, builder, signature, args):
-    """Code of :func:`gram_strip`: tiles of WIDE_TILES rows (16 columns) or of
-    NARROW_TILES (8)."""
+    """Code of :func:`gram_strip`: tiles of WIDE_TILES rows (two vectors of columns) or
+    of NARROW_TILES (one)."""
     S = context.make_array(signature.args[0])(context, builder, args[0])
     C = context.make_array(signature.args[3])(context, builder, args[3])
     m, j0, width = (context.cast(builder, args[j], signature.args[j], types.intp) for j in (1, 2, 4))  # fmt: skip
@@ -92,8 +104,9 @@ def _gram_codegen(context, builder, signature, args):
         c = (C.data, builder.add(builder.mul(at, ldc), j0), ldc)
         emit_tile(builder, count, halves, (_INTP(0), m), a, b, c)
 
+    L = lanes(signature.args[0].dtype)
     for halves, sizes in ((2, WIDE_TILES), (1, NARROW_TILES)):
-        with builder.if_then(builder.icmp_signed("==", width, _INTP(8 * halves))):
+        with builder.if_then(builder.icmp_signed("==", width, _INTP(L * halves))):
             rows_in_tiles(builder, rows, lambda count, at, h=halves: tile(count, at, h), sizes)
     return context.get_dummy_value()
 
@@ -113,13 +126,14 @@ def rows_in_tiles(builder, rows, tile, sizes=WIDE_TILES):
 
 @intrinsic
 def gram_strip(typingctx, S, m, j0, C, width):
-    """``C[i, j0 + q] = sum over r < m of S[r, i] S[r, j0 + q]`` for ``q < width`` (16 or
-    8) and ``i < j0 + width``: one strip of columns of ``S^T S`` down to its diagonal
-    block (float32, ``S`` and ``C`` 2-D C-contiguous; no bounds checks: the caller keeps
-    ``j0 + width`` within both)."""
+    """``C[i, j0 + q] = sum over r < m of S[r, i] S[r, j0 + q]`` for ``q < width`` and
+    ``i < j0 + width``: one strip of columns of ``S^T S`` down to its diagonal block.
+    ``width``: two or one vectors of columns (16 or 8 float32, 8 or 4 float64). ``S`` and
+    ``C`` 2-D C-contiguous, of one float type; no bounds checks: the caller keeps ``j0 +
+    width`` within both."""
     arrays = (S, C)
-    if not all(isinstance(x, types.Array) and x.dtype == types.float32 and x.layout == "C" and x.ndim == 2 for x in arrays):  # fmt: skip
+    if not all(isinstance(x, types.Array) and x.dtype in (types.float32, types.float64) and x.layout == "C" and x.ndim == 2 for x in arrays):  # fmt: skip
         return None
-    if not all(isinstance(v, types.Integer) for v in (m, j0, width)):
+    if S.dtype != C.dtype or not all(isinstance(v, types.Integer) for v in (m, j0, width)):
         return None
     return types.none(S, m, j0, C, width), _gram_codegen

@@ -424,6 +424,29 @@ def test_float32_gram_hessian_against_reference_and_float64(backend, loss_code, 
         assert np.array_equal(compute(model, data, params, 1, True, "float32")[2], H)
 
 
+@pytest.mark.parametrize("d", [100, 255, 256], ids=["d100", "tiles-widest", "blas-syrk"])
+@pytest.mark.parametrize("gram", ["float64", "float32"])
+def test_gram_products_on_either_side_of_the_tile_width(compiled_backend, gram, d):
+    """Rows of up to TILE_MAX_COLUMNS values (d + 1 rounded up to whole vectors) take the
+    register tiles, wider ones BLAS's syrk: both give the reference Hessian, with the
+    float32 Gram's error bound, one logistic output (the one-read path), weights and
+    blocks of several hundred rows."""
+    from fastgd.backends.hessian_layout import TILE_MAX_COLUMNS
+
+    ld32, ld64 = -(-(d + 1) // 8) * 8, -(-(d + 1) // 4) * 4
+    assert (max(ld32, ld64) <= TILE_MAX_COLUMNS) == (d < 256)  # the cases stay on their side
+    X, Y, params = make_problem(losses.BINARY_CROSS_ENTROPY, 1, n=1500, d=d)
+    model = LinearModel(losses.BINARY_CROSS_ENTROPY, 1, True)
+    data = Data(X, Y, _weights(1500))
+    loss, grad, H = compiled_backend.loss_gradient_hessian(model, data, params, 2, True, gram)
+    ref_loss, ref_grad, ref_H = numpy_ref.loss_gradient_hessian(model, data, params, 1)
+    assert loss == pytest.approx(ref_loss, rel=1e-12)
+    np.testing.assert_allclose(grad, ref_grad, rtol=1e-11, atol=1e-14)
+    error = np.abs(H - ref_H) / _gram_scale(ref_H)
+    assert error.max() <= (GRAM32_RTOL if gram == "float32" else 1e-12)
+    assert np.array_equal(H, H.T)
+
+
 def test_float32_gram_hessian_of_float32_data(backend):
     X, Y, params = make_problem(losses.BINARY_CROSS_ENTROPY, 1, n=3000)
     model = LinearModel(losses.BINARY_CROSS_ENTROPY, 1, True)

@@ -28,6 +28,16 @@ from ..specs import losses
 # dimension), at most 4096.
 BLOCK_ENTRIES = 1 << 16
 
+# The Gram products S^T S of one block (the rows scaled by sqrt(h)) run on the compiled
+# backends' own register tiles while the block's rows have at most this many values
+# (d + 1 rounded up to whole vectors): the tiles read S straight from the per-core cache,
+# which holds the whole block up to there (about 512 KB in float64, as blocks hold
+# BLOCK_ENTRIES values). Wider rows go to BLAS (dsyrk / ssyrk), which packs them into
+# cache-sized panels. Measured one Hessian pass of 100,000 x 100 (one thread): tiles 46 ms
+# float64 and 31 ms float32 against 53 and 39 ms with BLAS; 20,000 x 1000: tiles 1.21 s
+# and 0.55 s against 0.70 and 0.40 s.
+TILE_MAX_COLUMNS = 256
+
 
 def chunk_bounds(n):
     """Row bounds of the fixed chunks: ``bounds[c]:bounds[c + 1]`` (depends on n only)."""

@@ -23,7 +23,7 @@ from cython cimport floating
 from cython.parallel cimport prange, threadid
 from libc.math cimport exp, fabs, log, log1p, sqrt
 from libc.stdint cimport int64_t
-from scipy.linalg.cython_blas cimport dgemm, dgemv, dsyrk
+from scipy.linalg.cython_blas cimport dgemm, dgemv, dsyrk, ssyrk
 
 # An ILP64 (64-bit integer sizes) dsyrk, set by the wrapper to NumPy's bundled OpenBLAS's
 # where it has one (faster on these Gram products, see fastgd.backends.blas); NULL: SciPy's.
@@ -32,10 +32,22 @@ ctypedef void (*dsyrk64_t)(char*, char*, int64_t*, int64_t*, double*, double*, i
 cdef dsyrk64_t _dsyrk64 = NULL
 
 
+ctypedef void (*ssyrk64_t)(char*, char*, int64_t*, int64_t*, float*, float*, int64_t*,
+                           float*, float*, int64_t*) noexcept nogil
+cdef ssyrk64_t _ssyrk64 = NULL
+
+
 def use_dsyrk64(size_t address):
     """Use the ILP64 dsyrk at ``address`` for the Gram products (0: SciPy's dsyrk)."""
     global _dsyrk64
     _dsyrk64 = <dsyrk64_t>address
+
+
+def use_ssyrk64(size_t address):
+    """Use the ILP64 ssyrk at ``address`` for the float32 Gram products of rows wider
+    than TILE_MAX_COLUMNS (0: SciPy's)."""
+    global _ssyrk64
+    _ssyrk64 = <ssyrk64_t>address
 
 # The kernel's want_h: no Hessian, Gram products in float64, or in float32 (each row
 # block's product, added into the float64 chunk sums: Newton(hessian_dtype="float32")).
@@ -45,6 +57,13 @@ cdef enum:
     GRAM32 = 2
 
 HESSIAN_MODES = (NO_HESSIAN, GRAM64, GRAM32)
+
+# Gram products of rows of at most this many values run on register tiles, wider rows on
+# BLAS (fastgd.backends.hessian_layout.TILE_MAX_COLUMNS; the wrapper checks they agree).
+cdef enum:
+    TILE_MAX_COLUMNS = 256
+
+TILE_COLUMNS = TILE_MAX_COLUMNS
 
 # Loss codes of fastgd.specs.losses (the wrapper checks them at import time).
 cdef enum:
@@ -132,17 +151,29 @@ cdef double _block_terms(const floating[:, ::1] Y, const floating[::1] weights,
     return loss
 
 
-cdef void _gram(int m, int d, int ldt, double* S, double* Tp) noexcept nogil:
-    """Tp[:d, :d] += S^T S (row-major upper triangle; S is m x d row-major, Tp has rows of
-    ldt entries)."""
+cdef void _gram(int m, int n, int lds, int ldt, double* S, double* Tp) noexcept nogil:
+    """Tp[:n, :n] += S^T S (row-major upper triangle; S is m rows of lds entries, the
+    first n used; Tp has rows of ldt entries): dsyrk."""
     cdef char tn = b'N', lower = b'L'
     cdef double one = 1.0
-    cdef int64_t n64 = d, m64 = m, ld64 = ldt
+    cdef int64_t n64 = n, m64 = m, lds64 = lds, ldt64 = ldt
     # column-major lower of S^c S^c^T = row-major upper of S^T S
     if _dsyrk64 != NULL:
-        _dsyrk64(&lower, &tn, &n64, &m64, &one, S, &n64, &one, Tp, &ld64)
+        _dsyrk64(&lower, &tn, &n64, &m64, &one, S, &lds64, &one, Tp, &ldt64)
     else:
-        dsyrk(&lower, &tn, &d, &m, &one, S, &d, &one, Tp, &ldt)
+        dsyrk(&lower, &tn, &n, &m, &one, S, &lds, &one, Tp, &ldt)
+
+
+cdef void _gram32(int m, int n, int ld, float* S, float* C) noexcept nogil:
+    """C[:n, :n] = S^T S (row-major upper triangle; S is m rows of ld floats, the first n
+    used; C is ld x ld, overwritten): ssyrk."""
+    cdef char tn = b'N', lower = b'L'
+    cdef float one = 1.0, zero = 0.0
+    cdef int64_t n64 = n, m64 = m, ld64 = ld
+    if _ssyrk64 != NULL:
+        _ssyrk64(&lower, &tn, &n64, &m64, &one, S, &ld64, &zero, C, &ld64)
+    else:
+        ssyrk(&lower, &tn, &n, &m, &one, S, &ld, &zero, C, &ld)
 
 
 # Gram products S^T S by register tiles (float32 or float64), read straight from the
@@ -223,14 +254,21 @@ cdef extern from *:
     void fastgd_gram_double(Py_ssize_t m, Py_ssize_t ld, const double* S, double* C) noexcept nogil
 
 
-cdef void _tiled_gram(int m, int n, int ld, floating* S, floating* C, double* Tp) noexcept nogil:
+cdef void _block_gram(int m, int n, int ld, floating* S, floating* C, double* Tp) noexcept nogil:
     """Tp += S^T S for a block S (m rows of ld values, the first n used, zeros past them;
-    ld a whole number of vectors) and Tp (n x n, float64): register tiles into the scratch
-    C (ld x ld, the type of S; overwritten), whose upper triangle is then added to Tp.
-    Each block's product is rounded on its own (float32: ~m eps32 at worst) and the
+    ld a whole number of vectors) and Tp (n x n, float64). Up to TILE_MAX_COLUMNS:
+    register tiles into the scratch C (ld x ld, the type of S; overwritten), whose upper
+    triangle is then added to Tp; wider rows: BLAS's syrk (float64 straight into Tp).
+    Each float32 block's product is rounded on its own (~m eps32 at worst) and the
     blocks are summed in float64: the error does not grow with the rows."""
     cdef int i, j
-    if floating is float:
+    if ld > TILE_MAX_COLUMNS:
+        if floating is double:
+            _gram(m, n, ld, n, S, Tp)
+            return
+        else:
+            _gram32(m, n, ld, S, C)
+    elif floating is float:
         fastgd_gram_float(m, ld, S, C)
     else:
         fastgd_gram_double(m, ld, S, C)
@@ -317,7 +355,7 @@ cdef void _hessian_block32(const double* Xp, const double* Hw, int m, int d, int
                     for j in range(d):
                         S32[r * ld + j] = <float>(root * Xp[r * d + j])
                     S32[r * ld + d] = <float>root
-                _tiled_gram(m, d1, ld, S32, C32, Tp)
+                _block_gram(m, d1, ld, S32, C32, Tp)
                 p += 1
                 continue
             hsum = 0.0
@@ -359,7 +397,7 @@ cdef void _hessian_block(const double* Xp, const double* Hw, int m, int d, int k
                 for j in range(d):
                     S[r * d + j] = h * Xp[r * d + j]
             if gram:
-                _gram(m, d, d1, S, Tp)
+                _gram(m, d, d, d1, S, Tp)
             else:  # column-major S^c X^c^T = S^T X, symmetric
                 dgemm(&tn, &tt, &d, &d, &m, &one, S, &d, <double*>Xp, &d, &one, Tp, &d1)
             # Tp[:d, d] += S^T w: column-major S^c (d, m) w, into a column (stride d1)
@@ -389,9 +427,9 @@ cdef double _chunk(const floating[:, ::1] X, const floating[:, ::1] Y,
             loss += _one_output(X, Y, weights, P, loss_code, want_h, start, m, ld, ld64, S,
                                 S32, G)
             if want_h == GRAM32:
-                _tiled_gram(m, di + 1, ld, S32, C32, T)
+                _block_gram(m, di + 1, ld, S32, C32, T)
             elif want_h:
-                _tiled_gram(m, di + 1, ld64, S, C64, T)
+                _block_gram(m, di + 1, ld64, S, C64, T)
             start += m
             continue
         if floating is double:

@@ -8,13 +8,16 @@ symmetric rank-k update for the diagonal blocks).
 import numpy as np
 
 from ...specs import losses
-from ..blas import numpy_dsyrk_address, single_threaded_blas
-from ..hessian_layout import assemble, block_rows, chunk_bounds, n_pairs
+from ..blas import numpy_dsyrk_address, numpy_ssyrk_address, single_threaded_blas
+from ..hessian_layout import TILE_MAX_COLUMNS, assemble, block_rows, chunk_bounds, n_pairs
 from . import _hessian as _h
 
 if _h.LOSS_CODES != (losses.MSE, losses.BINARY_CROSS_ENTROPY, losses.CATEGORICAL_CROSS_ENTROPY):
     raise ImportError("fastgd.backends.cython._hessian was built with other loss codes: rebuild")
+if _h.TILE_COLUMNS != TILE_MAX_COLUMNS:
+    raise ImportError("fastgd.backends.cython._hessian was built with another TILE_MAX_COLUMNS: rebuild")  # fmt: skip
 _h.use_dsyrk64(numpy_dsyrk_address())
+_h.use_ssyrk64(numpy_ssyrk_address())
 NO_HESSIAN, GRAM64, GRAM32 = _h.HESSIAN_MODES
 
 
@@ -42,7 +45,7 @@ def loss_gradient_hessian(model, data, params, n_threads=1, hessian=True, gram_d
     # the Gram products' rows are whole 32-byte vectors wide (ld32 floats, ld64 doubles),
     # zeros past the d + 1 columns; a block of scaled rows and a triangle per thread
     ld32, ld64 = -(-(d + 1) // 8) * 8, -(-(d + 1) // 4) * 4
-    f32, f64 = mode == GRAM32, mode == GRAM64
+    f32, f64 = mode == GRAM32, mode == GRAM64 and ld64 <= TILE_MAX_COLUMNS  # else dsyrk
     scratch = [np.empty((n_threads, rows * d)), np.zeros((n_threads, rows * ld64 if hessian else 1))]  # fmt: skip
     scratch += [np.empty((n_threads, rows * width)) for width in (k, k, pairs)]
     scratch += [ld32, np.zeros((n_threads, rows * ld32 if f32 else 1), dtype=np.float32),

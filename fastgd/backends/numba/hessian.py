@@ -23,8 +23,8 @@ from numba.extending import get_cython_function_address, intrinsic, overload
 
 from ..._config import NUMBA_OPTIONS
 from ...specs import losses
-from ..blas import numpy_dsyrk_address, single_threaded_blas
-from ..hessian_layout import assemble, block_rows, chunk_bounds, n_pairs
+from ..blas import numpy_dsyrk_address, numpy_ssyrk_address, single_threaded_blas
+from ..hessian_layout import TILE_MAX_COLUMNS, assemble, block_rows, chunk_bounds, n_pairs
 from .cache import njit
 from .threads import numba_threads
 from .tiles import gram_strip
@@ -81,8 +81,9 @@ def _register_syrk(name, numpy_address):
     return shim
 
 
-_SHIM = _register_syrk("dsyrk", numpy_dsyrk_address)
+_SHIMS = (_register_syrk("dsyrk", numpy_dsyrk_address), _register_syrk("ssyrk", numpy_ssyrk_address))  # fmt: skip
 _dsyrk = types.ExternalFunction("fastgd_dsyrk64", types.void(*_DSYRK_ARGS))
+_ssyrk = types.ExternalFunction("fastgd_ssyrk64", types.void(*_DSYRK_ARGS))
 
 # Newton's pass: 0 = no Hessian, 1 = Gram products in float64, 2 = in float32 (each row
 # block's product, added into the float64 chunk sums: hessian_dtype="float32").
@@ -90,31 +91,43 @@ NO_HESSIAN, GRAM64, GRAM32 = 0, 1, 2
 
 
 @njit(**NUMBA_OPTIONS)
-def _add_gram(S, T):
-    """``T[:n, :n] += S^T S`` on the upper triangle of the row-major ``T`` (Fortran's
-    lower), by dsyrk; ``S`` is a C-contiguous (m, n) block, read as the (n, m) Fortran
-    matrix S^T; ``T`` is square, ``n`` rows or more (entries past ``n`` not touched)."""
+def _syrk(S, m, n, C, beta):
+    """``C[:n, :n] = S[:m, :n]^T S[:m, :n] + beta C[:n, :n]`` on the upper triangle of the
+    row-major ``C`` (Fortran's lower) by BLAS, dsyrk or ssyrk (the dtype of ``S`` and
+    ``C``): ``S`` is C-contiguous, read as the Fortran matrix S^T (rows ``S.shape[1]``
+    apart); ``C`` is square, ``n`` rows or more."""
     chars = np.array([76, 78], dtype=np.uint8)  # "L", "N"
-    sizes = np.array([S.shape[1], S.shape[0], T.shape[1]], dtype=np.int64)  # n, m, ldc
-    one = np.ones(1)
-    _dsyrk(_address(chars[:1]), _address(chars[1:]), _address(sizes[:1]), _address(sizes[1:2]),
-           _address(one), _address(S), _address(sizes[:1]), _address(one), _address(T),
-           _address(sizes[2:]))  # fmt: skip
+    sizes = np.array([n, m, S.shape[1], C.shape[1]], dtype=np.int64)  # n, k, lda, ldc
+    one, b = np.ones(1, dtype=S.dtype), np.full(1, beta, dtype=S.dtype)
+    args = (_address(chars[:1]), _address(chars[1:]), _address(sizes[:1]), _address(sizes[1:2]),
+            _address(one), _address(S), _address(sizes[2:3]), _address(b), _address(C),
+            _address(sizes[3:]))  # fmt: skip
+    if S.itemsize == 4:
+        _ssyrk(*args)
+    else:
+        _dsyrk(*args)
 
 
 @njit(**NUMBA_OPTIONS)
-def _add_tiled_gram(S, m, C, T):
-    """``T += S[:m]^T S[:m]`` (upper triangle) for the rows ``S`` (rows, ld; float32 or
-    float64, ``ld`` a whole number of vectors and at least ``n``), ``T`` (n, n) in
-    float64: register tiles (:func:`.tiles.gram_strip`) into the scratch ``C`` (ld, ld,
-    the dtype of ``S``; overwritten), whose triangle is then added to ``T``. Each block's
-    product is rounded on its own (float32: relative error ~m eps32 at worst), and the
-    blocks are summed in float64, so the error does not grow with the number of rows.
-    Entries past ``n`` are not read."""
+def _add_block_gram(S, m, C, T):
+    """``T += S[:m]^T S[:m]`` (upper triangle, float64 ``T`` (n, n)) for the scaled rows
+    ``S`` (rows, ld; float32 or float64, ``ld`` a whole number of vectors and at least
+    ``n``, zeros past ``n``). Up to TILE_MAX_COLUMNS: register tiles
+    (:func:`.tiles.gram_strip`) into the scratch ``C`` (ld, ld, the dtype of ``S``;
+    overwritten), whose triangle is then added to ``T``; wider rows: BLAS's syrk (float64
+    straight into ``T``). Each float32 block's product is rounded on its own (relative
+    error ~m eps32 at worst) and the blocks are summed in float64, so the error does not
+    grow with the number of rows."""
     n, ld = T.shape[0], S.shape[1]
-    wide = 64 // S.itemsize  # two vectors of 32 bytes
-    for j0 in range(0, ld, wide):
-        gram_strip(S, m, j0, C, min(wide, ld - j0))
+    if ld > TILE_MAX_COLUMNS and S.itemsize == 8:
+        _syrk(S, m, n, T, 1.0)
+        return
+    if ld > TILE_MAX_COLUMNS:
+        _syrk(S, m, n, C, 0.0)
+    else:
+        wide = 64 // S.itemsize  # two vectors of 32 bytes
+        for j0 in range(0, ld, wide):
+            gram_strip(S, m, j0, C, min(wide, ld - j0))
     for i in range(n):
         for j in range(i, n):
             T[i, j] += C[i, j]
@@ -284,9 +297,9 @@ def _chunk(X, Y, weights, P, loss_code, want_h, lo, hi, work, G, T):
             continue
         loss += _one_output(X, Y, weights, P, loss_code, want_h, start, m, work, G)
         if want_h == GRAM32:
-            _add_tiled_gram(S32, m, C32, T[0])
+            _add_block_gram(S32, m, C32, T[0])
         elif want_h:
-            _add_tiled_gram(S, m, work[6], T[0])
+            _add_block_gram(S, m, work[6], T[0])
     return loss
 
 
@@ -337,7 +350,7 @@ def _add_curvature(xb, Hw, s, k, T):
                 for j in range(d):
                     s[r, j] = h * xb[r, j]
             if gram:
-                _add_gram(s, T[p])
+                _syrk(s, m, d, T[p], 1.0)
             else:
                 T[p, :d, :d] += np.dot(xb.T, s)
             # the intercept: h x_j = sqrt(h) s_j for the Gram pairs, s_j otherwise
@@ -355,7 +368,7 @@ def _add_curvature32(xb, Hw, scratch, k, T):
     """:func:`_add_curvature` with the Gram pairs (``h >= 0``) in float32: the rows of
     ``X~ = [xb, 1]`` scaled by ``sqrt(h)`` are rounded to float32 into ``s32`` (m, d + 1)
     and their product, one triangle by ssyrk, intercept included, is added to the float64
-    sums (:func:`_add_tiled_gram`). Softmax's off-diagonal pairs are the float64 products of
+    sums (:func:`_add_block_gram`). Softmax's off-diagonal pairs are the float64 products of
     :func:`_add_curvature`."""
     s, s32, C32 = scratch
     m, d = xb.shape
@@ -368,7 +381,7 @@ def _add_curvature32(xb, Hw, scratch, k, T):
             else:
                 for r in range(m):
                     _scaled_row(xb[r], Hw[r, p], s32[r])
-                _add_tiled_gram(s32, m, C32, T[p])
+                _add_block_gram(s32, m, C32, T[p])
             p += 1
 
 
@@ -396,7 +409,8 @@ def _chunks(X, Y, weights, P, loss_code, want_h, bounds, rows, F, G, T, n_slots)
     rows = min(rows, bounds[1] - bounds[0] + 1)
     ld32, ld64 = -(-d1 // 8) * 8, -(-d1 // 4) * 4  # whole vectors of 32 bytes
     rows32, ld32 = (rows, ld32) if want_h == GRAM32 else (0, 0)
-    c64, s_rows = (ld64, rows) if want_h == GRAM64 else (0, rows if want_h else 0)
+    s_rows = rows if want_h else 0
+    c64 = ld64 if want_h == GRAM64 and ld64 <= TILE_MAX_COLUMNS else 0  # syrk: into T
     for s in prange(n_slots):
         work = (np.empty((rows, d1 - 1)), np.zeros((s_rows, ld64)), np.empty((rows, k)),
                 np.empty((rows, T.shape[1])), np.zeros((rows32, ld32), dtype=np.float32),

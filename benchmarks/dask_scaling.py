@@ -36,8 +36,9 @@ Run (holds the machine-wide benchmark lock; about 10 minutes)::
     pip install "fastgd[dask]" dask-glm
     flock /tmp/fastgd-bench.lock python benchmarks/dask_scaling.py --repeat 3 --backend cython
 
-(Cython's Newton pass is about twice as fast as Numba's at d = 100 on this machine:
-0.25 vs 0.55 s per 100,000-row chunk, one thread.)
+(Both compiled backends' Newton passes take about the same time at d = 100: 50 / 32 ms
+per 100,000-row chunk on one thread with float64 / float32 Gram products; see
+``benchmarks/hessian_pass.py``.)
 """
 
 import argparse

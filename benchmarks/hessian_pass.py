@@ -1,12 +1,17 @@
 """One Newton Hessian pass (loss, gradient and ``X~^T diag(h) X~``) on one core, and the
 Gram products (dsyrk) of each BLAS library the process has loaded.
 
-NumPy's and SciPy's wheels bundle different OpenBLAS builds; the Newton kernels call the
-dsyrk of NumPy's where it has a 64-bit-integer one (:func:`fastgd.backends.blas.
-numpy_dsyrk_address`), SciPy's otherwise. This script measures both libraries' dsyrk on
-the row blocks the kernels use, NumPy's ssyrk on the same blocks in float32 (the products
-of ``Newton(hessian_dtype="float32")``), then the whole pass of each compiled backend
-(Cython also with SciPy's dsyrk, switched in place; both also with float32 Gram
+The pass of one output (here logistic regression) reads each row once and computes each
+row block's Gram product on fastgd's own register tiles while the rows hold at most
+:data:`fastgd.backends.hessian_layout.TILE_MAX_COLUMNS` values, on BLAS's syrk beyond
+(and for softmax's class blocks). NumPy's and SciPy's wheels bundle different OpenBLAS
+builds; the kernels call the dsyrk of NumPy's where it has a 64-bit-integer one
+(:func:`fastgd.backends.blas.numpy_dsyrk_address`), SciPy's otherwise. This script
+measures both libraries' dsyrk on the row blocks the kernels use, NumPy's ssyrk on the
+same blocks in float32 (the products of ``Newton(hessian_dtype="float32")``): BLAS's
+time for the Gram products alone, the yardstick of the pass. Then the whole pass of each
+compiled backend (Cython also with SciPy's dsyrk switched in place, which changes only
+passes that call dsyrk: rows wider than the tiles; both also with float32 Gram
 products), interleaved, one thread, medians.
 
 Run (unset the OpenBLAS overrides of this machine class)::

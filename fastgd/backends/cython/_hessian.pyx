@@ -3,17 +3,20 @@
 """Cython + OpenMP kernel of the Newton pass of the linear family (float32 and float64 X).
 
 The algorithm of :mod:`fastgd.backends.numba.hessian`: ``prange`` over the fixed row
-chunks; each chunk walks its rows block by block (float64 rows in place, float32 rows
-copied to float64) and, with BLAS (``scipy.linalg.cython_blas``, single-threaded: the
-wrapper limits it), computes the decision values ``Z = X~ P`` (``X~ = [X, 1]``; gemv for
-one output, else gemm), the per-row loss, derivative ``D`` and curvature weights ``h``
-(loops), then adds ``X~^T D`` to the chunk's gradient sum and ``X~^T diag(h_p) X~`` to
-its Hessian sums. The products run on the ``d`` columns of X; the intercept's row of
-``X~`` is summed apart. A diagonal class block (``h >= 0``) is the
-symmetric rank-m update ``S^T S`` of the rows scaled by ``sqrt(h)`` (dsyrk: half the flops
-of a general product; only the row-major upper triangle is written); an off-diagonal
-softmax block (``h`` of either sign) is a dgemm of ``h``-scaled rows with ``X~``. The
-wrapper adds the chunk sums in chunk order, so results do not depend on the thread count.
+chunks; each chunk walks its rows block by block. One output: each row is read once
+(:func:`_one_output`) and the block's Gram product ``S^T S`` of the rows scaled by
+``sqrt(h)`` runs on register tiles, or on BLAS's syrk for rows of more than
+TILE_MAX_COLUMNS values (:func:`_block_gram`). Several outputs: float64 rows in place,
+float32 rows copied to float64, and BLAS (``scipy.linalg.cython_blas``, single-threaded:
+the wrapper limits it) computes the decision values ``Z = X~ P`` (``X~ = [X, 1]``, gemm),
+then, after the per-row loss, derivative ``D`` and curvature weights ``h`` (loops), adds
+``X~^T D`` to the chunk's gradient sum and ``X~^T diag(h_p) X~`` to its Hessian sums.
+These products run on the ``d`` columns of X; the intercept's row of ``X~`` is summed
+apart. A diagonal class block (``h >= 0``) is the symmetric rank-m update ``S^T S`` of
+the rows scaled by ``sqrt(h)`` (dsyrk: half the flops of a general product; only the
+row-major upper triangle is written); an off-diagonal softmax block (``h`` of either
+sign) is a dgemm of ``h``-scaled rows with ``X~``. The wrapper adds the chunk sums in
+chunk order, so results do not depend on the thread count.
 
 BLAS is column-major: a row-major (r, c) array is its column-major (c, r) transpose, so
 ``Z = X~ P`` is computed as ``Z^T = P^T X~^T`` and so on (each call says which).
@@ -439,21 +442,14 @@ cdef double _chunk(const floating[:, ::1] X, const floating[:, ::1] Y,
                 for j in range(d):
                     Xb[r * d + j] = X[start + r, j]
             Xp = Xb
-        # Z (m, k) = X P[:d] + P[d]: column-major Z^c (k, m) = P^c (k, d) X^c (d, m). With
-        # one output a matrix-vector product: gemm would first pack the whole block.
-        if k == 1:
-            dgemv(&tt, &di, &m, &one, <double*>Xp, &di, <double*>P, &k, &zero, Z, &k)
-        else:
-            dgemm(&tn, &tn, &k, &m, &di, &one, <double*>P, &k, <double*>Xp, &di, &zero, Z, &k)
+        # Z (m, k) = X P[:d] + P[d]: column-major Z^c (k, m) = P^c (k, d) X^c (d, m)
+        dgemm(&tn, &tn, &k, &m, &di, &one, <double*>P, &k, <double*>Xp, &di, &zero, Z, &k)
         for r in range(m):
             for c in range(k):
                 Z[r * k + c] += P[d * k + c]
         loss += _block_terms(Y, weights, start, m, loss_code, k, n_pairs, want_h, Z, D, Hw)
         # G[:d] (d, k) += X^T D: column-major G^c (k, d) += D^c (k, m) X^c^T (m, d)
-        if k == 1:
-            dgemv(&tn, &di, &m, &one, <double*>Xp, &di, D, &k, &one, G, &k)
-        else:
-            dgemm(&tn, &tt, &k, &di, &m, &one, D, &k, <double*>Xp, &di, &one, G, &k)
+        dgemm(&tn, &tt, &k, &di, &m, &one, D, &k, <double*>Xp, &di, &one, G, &k)
         for r in range(m):
             for c in range(k):
                 G[d * k + c] += D[r * k + c]

@@ -3,13 +3,20 @@ read of X.
 
 Contract and layout: :meth:`fastgd.backends.contract.Backend.loss_gradient_hessian`.
 ``prange`` runs over the fixed row chunks of :func:`fastgd.backends.hessian_layout.chunk_bounds`;
-each chunk walks its rows block by block: it copies the block to float64 as ``X~ = [X, 1]``
-(also for float32 data), computes the decision values ``X~ @ P`` and, per row, the loss,
-its derivative ``D`` and the curvature weights ``h``; then it adds ``X~^T D`` to its
-gradient sum and ``X~^T diag(h_p) X~`` to its Hessian sums. The block products call BLAS
-(``np.dot``), single-threaded: hand-written loops reach about a third of the BLAS rate on
-these products. The chunk sums are added in chunk order afterwards, so the result does not
-depend on the number of threads.
+each chunk walks its rows block by block, in float64 (also for float32 data).
+
+- One output (least squares, logistic): each row is read once for its decision value,
+  loss, derivative ``D``, curvature ``h``, gradient term ``D [x, 1]`` and scaled copy
+  ``sqrt(h) [x, 1]`` (:func:`_one_output`); the block's Gram product ``S^T S`` of those
+  copies runs on register tiles (:mod:`.tiles`) up to
+  :data:`~fastgd.backends.hessian_layout.TILE_MAX_COLUMNS` values per row, on BLAS's
+  syrk beyond (:func:`_add_block_gram`).
+- Several outputs (softmax, multi-target least squares): the decision values ``X~ @ P``
+  and ``X~^T D`` are BLAS products (``np.dot``, single-threaded) on the rows of X, and
+  ``X~^T diag(h_p) X~`` per class pair (:func:`_block`).
+
+The chunk sums are added in chunk order afterwards, so the result does not depend on the
+number of threads.
 """
 
 import math
@@ -271,22 +278,13 @@ def _scaled_row(x, h, s):
 
 
 @njit(**NUMBA_OPTIONS)
-def _times(A, B):
-    """``A @ B``; with one column in ``B``, a matrix-vector product: BLAS's gemm would
-    first copy (pack) all of ``A`` for a single column, as much work as the product."""
-    if B.shape[1] == 1:
-        return np.dot(A, B.reshape(B.shape[0])).reshape((A.shape[0], 1))
-    return np.dot(A, B)
-
-
-@njit(**NUMBA_OPTIONS)
 def _chunk(X, Y, weights, P, loss_code, want_h, lo, hi, work, G, T):
     """Loss sum of rows ``lo:hi``; adds their gradient and Hessian sums to ``G`` and ``T``
     (``want_h``: :data:`NO_HESSIAN`, :data:`GRAM64` or :data:`GRAM32`), block by block.
     ``work``: the thread's buffers ``(Xb, S, D, Hw, S32, C32, C64)`` of one row block (S:
-    (rows, ld64), with a Hessian; S32: (rows, ld32) and C32 (ld32, ld32) in float32 with GRAM32 only; C64
-    (ld64, ld64) with GRAM64 only; ``ld`` the d + 1 columns rounded up to whole vectors,
-    zeros past them)."""
+    (rows, ld64), with a Hessian; S32: (rows, ld32) and C32 (ld32, ld32) in float32, with
+    GRAM32 only; C64 (ld64, ld64), with GRAM64 on tiles only; ``ld`` the d + 1 columns
+    rounded up to whole vectors, zeros past them)."""
     S, S32, C32 = work[1], work[4], work[5]
     rows = min(work[2].shape[0], hi - lo)
     loss = 0.0
@@ -312,12 +310,12 @@ def _block(X, Y, weights, P, loss_code, want_h, start, m, work, G, T):
     k = P.shape[1]
     Xb, S, D, Hw, S32, C32, _ = work
     xb = _rows64(X, start, m, Xb)
-    Z = _times(xb, np.ascontiguousarray(P[:d]))
+    Z = np.dot(xb, np.ascontiguousarray(P[:d]))
     for r in range(m):
         for c in range(k):
             Z[r, c] += P[d, c]
     loss = _block_terms(Z, Y, weights, start, loss_code, D, Hw, want_h)
-    G[:d] += _times(xb.T, D[:m])
+    G[:d] += np.dot(xb.T, D[:m])
     for r in range(m):
         for c in range(k):
             G[d, c] += D[r, c]
@@ -367,8 +365,8 @@ def _add_curvature(xb, Hw, s, k, T):
 def _add_curvature32(xb, Hw, scratch, k, T):
     """:func:`_add_curvature` with the Gram pairs (``h >= 0``) in float32: the rows of
     ``X~ = [xb, 1]`` scaled by ``sqrt(h)`` are rounded to float32 into ``s32`` (m, d + 1)
-    and their product, one triangle by ssyrk, intercept included, is added to the float64
-    sums (:func:`_add_block_gram`). Softmax's off-diagonal pairs are the float64 products of
+    and their product, one triangle, intercept included, is added to the float64 sums
+    (:func:`_add_block_gram`). Softmax's off-diagonal pairs are the float64 products of
     :func:`_add_curvature`."""
     s, s32, C32 = scratch
     m, d = xb.shape

@@ -4,10 +4,10 @@ no vector types, and a tile written as Numba scalars stays scalar: 6 GFLOP/s).
 A tile is ``rows`` x ``L halves`` entries of ``C = A B`` (``halves`` 1 or 2; ``L`` the
 lanes of a 32-byte vector register: 8 floats or 4 doubles). Each entry lives in one lane
 of a vector register and sums over ``k`` in order by fused multiply-adds; at each ``k``
-the row of B is ``halves`` vector loads and each row of A gives one value, broadcast. Where A and B sit in memory is given by strides, so one
-emitter serves the recurrent layers' packed products (:mod:`.recurrent`) and the Newton
-pass's Gram products ``S^T S`` read straight from the row-major ``S``
-(:func:`gram_strip`).
+the row of B is ``halves`` vector loads and each row of A gives one value, broadcast.
+Where A and B sit in memory is given by strides, so one emitter serves the recurrent
+layers' packed products (:mod:`.recurrent`) and the Newton pass's Gram products ``S^T S``
+read straight from the row-major ``S`` (:func:`gram_strip`).
 """
 
 from llvmlite import ir
@@ -40,7 +40,7 @@ def emit_tile(builder, rows, halves, ks, a, b, c):
     ``offset + k k_step + q``; ``c = (pointer, offset, ldc)``: ``C[i, q]`` at ``offset +
     i ldc + q``, stored (not added)."""
     element = a[0].type.pointee
-    L = VECTOR_BYTES // (4 if isinstance(element, ir.FloatType) else 8)
+    L = lanes("float32" if isinstance(element, ir.FloatType) else "float64")
     vector = ir.VectorType(element, L)
     name = f"llvm.fma.v{L}f{32 if L == 8 else 64}"
     fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector, [vector] * 3), name)  # fmt: skip

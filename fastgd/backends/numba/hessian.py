@@ -235,15 +235,16 @@ def _block_terms(Z, Y, weights, start, loss_code, D, Hw, want_h):
 
 
 @njit(**NUMBA_OPTIONS)
-def _one_output(X, Y, weights, P, loss_code, want_h, start, m, work, G):
+def _one_output(X, Y, weights, P, loss_code, start, m, S, G):
     """One output (MSE or binary CE): rows ``start:start + m`` in one read of each row.
     Per row the decision value ``z = [x, 1] . P`` (a vectorized dot product: one output
     leaves BLAS a matrix-vector product per block, and three block passes cost more than
     the read of X), the loss, ``D`` and ``h``; ``G += D [x, 1]``, and with a Hessian the
-    row ``sqrt(h) [x, 1]`` into ``S`` (float64) or ``S32`` (float32) for the Gram
-    product. Returns the weighted loss sum."""
+    row ``sqrt(h) [x, 1]`` into ``S`` (float64 or float32) for the Gram product; ``S``
+    None: no Hessian. Numba compiles this once per type of ``S`` and drops the dead
+    branch: a row loop that keeps the branch (and both stores) takes a third longer
+    without a Hessian. Returns the weighted loss sum."""
     d = X.shape[1]
-    S, S32 = work[1], work[4]
     p, g = P.reshape(P.size), G.reshape(G.size)
     weighted = weights.shape[0] > 0
     loss = 0.0
@@ -260,9 +261,7 @@ def _one_output(X, Y, weights, P, loss_code, want_h, start, m, work, G):
         for j in range(d):
             g[j] += e * x[j]
         g[d] += e
-        if want_h == GRAM32:
-            _scaled_row(x, h, S32[r])
-        elif want_h:
+        if S is not None:
             _scaled_row(x, h, S[r])
     return loss
 
@@ -293,11 +292,14 @@ def _chunk(X, Y, weights, P, loss_code, want_h, lo, hi, work, G, T):
         if P.shape[1] > 1:
             loss += _block(X, Y, weights, P, loss_code, want_h, start, m, work, G, T)
             continue
-        loss += _one_output(X, Y, weights, P, loss_code, want_h, start, m, work, G)
         if want_h == GRAM32:
+            loss += _one_output(X, Y, weights, P, loss_code, start, m, S32, G)
             _add_block_gram(S32, m, C32, T[0])
         elif want_h:
+            loss += _one_output(X, Y, weights, P, loss_code, start, m, S, G)
             _add_block_gram(S, m, work[6], T[0])
+        else:
+            loss += _one_output(X, Y, weights, P, loss_code, start, m, None, G)
     return loss
 
 

@@ -168,7 +168,7 @@ def test_results_bit_identical_for_one_and_two_threads(compiled_backend, dtype, 
 # 208 rows (3 chunks, split unevenly between the threads). TEAM_SEGMENT_WORK = 0 puts
 # every batch on the team; 1 makes segments of one batch, alternating between the team
 # and one thread as their measured pace decides. The Numba kernel runs every epoch of
-# such batches on its team (chunks taken as tickets, for any thread count); the setting
+# such batches on its team (chunks dealt in tickets, for any thread count); the setting
 # is Cython's only, so its two cases are the same for Numba.
 TEAM_WORK = pytest.mark.parametrize("team_work", [0, 1], ids=["team", "paced"])
 
@@ -212,6 +212,30 @@ def test_team_batches_match_reference_and_one_thread(compiled_backend, case, tea
     assert two[2:] == expected[2:]
     np.testing.assert_array_equal(two[0], one[0])  # bit-identical for any thread count
     np.testing.assert_array_equal(two[1], one[1])
+
+
+@pytest.mark.parametrize("members", [1, 3, 4, 5])
+def test_numba_team_tickets_of_any_span_give_the_same_result(members, monkeypatch):
+    """Numba's team deals a batch's chunks in one ticket per member; the team size the
+    kernel is told sets the span of a ticket (4 chunks per batch of 256 and 3 in the last
+    one: spans of 4, 2, 1 and 1 here), and no span may change a value."""
+    import fastgd.backends.numba.linear as numba_linear
+    from fastgd.backends import get_backend
+
+    numba_backend = get_backend("numba")
+    X, Y, _ = make_problem(losses.BINARY_CROSS_ENTROPY, 1, n=2000, d=20)
+    options = dict(batch_size=256, shuffle=True, lr=0.05, epochs=3, n_threads=2)
+    expected = run_epochs(numba_backend, X, Y, losses.BINARY_CROSS_ENTROPY, 1, **options)
+    made = numba_linear._kernels
+
+    def told(shape, mode, sparse=False):
+        train, gradient = made(shape, mode, sparse)
+        return (lambda *args: train(*args[:-1], members)), gradient
+
+    monkeypatch.setattr(numba_linear, "_kernels", told)
+    dealt = run_epochs(numba_backend, X, Y, losses.BINARY_CROSS_ENTROPY, 1, **options)
+    np.testing.assert_array_equal(dealt[0], expected[0])
+    np.testing.assert_array_equal(dealt[1], expected[1])
 
 
 @TEAM_WORK

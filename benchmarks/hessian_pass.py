@@ -12,7 +12,8 @@ same blocks in float32 (the products of ``Newton(hessian_dtype="float32")``): BL
 time for the Gram products alone, the yardstick of the pass. Then the whole pass of each
 compiled backend (Cython also with SciPy's dsyrk switched in place, which changes only
 passes that call dsyrk: rows wider than the tiles; both also with float32 Gram
-products), interleaved, one thread, medians.
+products), and the pass without a Hessian (loss and gradient: L-BFGS's evaluations,
+Newton's last round), interleaved, one thread, medians.
 
 Run (unset the OpenBLAS overrides of this machine class)::
 
@@ -82,6 +83,9 @@ def _passes(X, y):
         cases[f"{name} pass, float32 Gram"] = lambda b=backend: b.loss_gradient_hessian(
             model, data, params, 1, True, "float32"
         )
+        cases[f"{name} gradient only"] = lambda b=backend: b.loss_gradient_hessian(
+            model, data, params, 1, False
+        )
     if "cython pass" in cases:
         from fastgd.backends.cython import _hessian
 
@@ -128,7 +132,8 @@ def main():
     print("| what | median (ms) | GFLOP/s of the Gram product |\n| --- | --- | --- |")
     for name, ts in times.items():
         t = float(np.median(ts))
-        print(f"| {name} | {t * 1e3:.1f} | {flops / t / 1e9:.1f} |")
+        rate = "-" if "gradient only" in name else f"{flops / t / 1e9:.1f}"
+        print(f"| {name} | {t * 1e3:.1f} | {rate} |")
 
 
 if __name__ == "__main__":

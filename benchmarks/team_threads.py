@@ -19,11 +19,13 @@ Three ways to run the same fits (1,000,000 x 100 float64, mean squared error, pl
 All three give the same parameters (checked here). Reported: median, min and max kernel
 time of the rounds, and the median's share of the streaming read limit measured at start.
 
-``--backend numba`` runs two ways instead: ``per-batch``, the kernel mode chosen before
+``--backend numba`` runs three ways instead: ``per-batch``, the kernel mode chosen before
 Numba had a team (chunks of a batch serially below ``PARALLEL_MIN_WORK``, a parallel
-region per batch above it), and ``team``, the default (one parallel region per epoch,
-chunks taken as tickets, no pacing). Their compiled code differs, so their parameters
-are checked equal to 1e-12 only; each is bit-identical for any thread count.
+region per batch above it); ``team/chunk``, the team as first built (one parallel region
+per epoch, a ticket per chunk: the kernel is told a team of ``MAX_CHUNKS`` members); and
+``team``, the default (one ticket per member and batch, no pacing). The per-batch code
+differs, so parameters are checked equal to 1e-12 only; each way is bit-identical for any
+thread count, and the two teams' parameters are equal.
 
 ``--handoff`` measures what a batch on a team cannot avoid: two threads take turns, each
 waiting for the other's published counter (Numba's team primitives), reading the other's
@@ -39,10 +41,11 @@ import numpy as np
 import fastgd
 import fastgd.backends.cython.linear as cython_linear
 import fastgd.backends.numba.linear as numba_linear
-from fastgd._config import TEAM_SEGMENT_WORK
+from fastgd._config import MAX_CHUNKS, TEAM_SEGMENT_WORK
 from fastgd.bench import roofline
 
 DEFAULT_NUMBA_MODE = numba_linear._train_mode
+DEFAULT_NUMBA_KERNELS = numba_linear._kernels
 
 MODES = {"fork/join": -1, "team": 0, "paced": TEAM_SEGMENT_WORK}
 
@@ -53,7 +56,17 @@ def _numba_per_batch_mode(model, data, update):
     return numba_linear._batch_mode(rows, data.X.shape[1] * model.n_outputs)
 
 
-NUMBA_MODES = {"per-batch": _numba_per_batch_mode, "team": None}
+def _ticket_per_chunk_kernels(shape, mode, sparse=False):
+    """Numba's kernels told a team of ``MAX_CHUNKS`` members: a ticket per chunk."""
+    train, gradient = DEFAULT_NUMBA_KERNELS(shape, mode, sparse)
+    return (lambda *args: train(*args[:-1], MAX_CHUNKS)), gradient
+
+
+NUMBA_MODES = {
+    "per-batch": (_numba_per_batch_mode, DEFAULT_NUMBA_KERNELS),
+    "team/chunk": (DEFAULT_NUMBA_MODE, _ticket_per_chunk_kernels),
+    "team": (DEFAULT_NUMBA_MODE, DEFAULT_NUMBA_KERNELS),
+}
 
 
 def _handoffs(turns):
@@ -96,11 +109,11 @@ def _handoffs(turns):
 
 
 def _set_mode(backend, mode):
-    """Select ``mode`` of ``backend`` (None: Numba's default mode choice)."""
+    """Select ``mode`` of ``backend``."""
     if backend == "cython":
         cython_linear.TEAM_SEGMENT_WORK = MODES[mode]
     else:
-        numba_linear._train_mode = NUMBA_MODES[mode] or DEFAULT_NUMBA_MODE
+        numba_linear._train_mode, numba_linear._kernels = NUMBA_MODES[mode]
 
 
 def main(argv=None):
@@ -139,12 +152,12 @@ def main(argv=None):
             else:
                 np.testing.assert_allclose(result.params, reference, rtol=1e-12, atol=1e-12)
     cython_linear.TEAM_SEGMENT_WORK = TEAM_SEGMENT_WORK
-    numba_linear._train_mode = DEFAULT_NUMBA_MODE
-    print(f"{'batch':>6} {'mode':<10}{'median s':>10}{'min s':>9}{'max s':>9}{'of limit':>10}")
+    numba_linear._train_mode, numba_linear._kernels = NUMBA_MODES["team"]
+    print(f"{'batch':>6} {'mode':<12}{'median s':>10}{'min s':>9}{'max s':>9}{'of limit':>10}")
     for (batch, mode), seconds in times.items():
         median = statistics.median(seconds)
         share = X.nbytes * 3 / median / stream
-        print(f"{batch:>6} {mode:<10}{median:>10.4f}{min(seconds):>9.4f}{max(seconds):>9.4f}"
+        print(f"{batch:>6} {mode:<12}{median:>10.4f}{min(seconds):>9.4f}{max(seconds):>9.4f}"
               f"{100 * share:>9.0f}%")  # fmt: skip
     return 0
 

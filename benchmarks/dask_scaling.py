@@ -209,9 +209,27 @@ def main():
     cluster.close()
 
 
+def _noop(x):
+    return x
+
+
+def empty_round(client, repeat=30):
+    """Seconds of a round that does nothing: one task per worker, submitted and gathered
+    (median of ``repeat``): the floor of every round, whatever runs in it."""
+    workers = list(client.scheduler_info()["workers"])
+    seconds = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        futures = [client.submit(_noop, np.zeros(101), pure=False, workers=[w]) for w in workers]
+        client.gather(futures)
+        seconds.append(time.perf_counter() - started)
+    return statistics.median(seconds)
+
+
 def run_all(client, args):
     n, d = args.rows, args.features
     print(f"{n} x {d} float64 in {args.chunks} chunks, {args.workers} workers x 1 thread")
+    print(f"a round that does nothing (one task per worker, gathered): {1e3 * empty_round(client):.1f} ms")  # fmt: skip
     X, y = make_data(client, n, d, args.chunks)
     alpha = args.lam / n
     rows = []

@@ -19,6 +19,9 @@ Run (unset the OpenBLAS overrides of this machine class)::
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/hessian_pass.py \
         --rows 100000 --features 100 --repeat 15
+
+``--block-rows 256,320,648`` times the float64 passes with those rows per block instead
+of the passes above (the BLAS rows stay on the kernels' own blocks).
 """
 
 import argparse
@@ -100,11 +103,43 @@ def _passes(X, y):
     return cases
 
 
+def _block_passes(X, y, block_rows_list):
+    """The float64 pass of each compiled backend with each of ``block_rows_list`` rows
+    per block (the kernels' choice is :func:`fastgd.backends.hessian_layout.block_rows`)."""
+    import importlib
+
+    model = LinearModel(losses.BINARY_CROSS_ENTROPY, 1, True)
+    data, params = Data(X, y, np.empty(0)), np.full(X.shape[1] + 1, 0.01)
+    cases = {}
+    for name in ("numba", "cython"):
+        try:
+            backend = get_backend(name)
+        except ImportError:
+            continue
+        module = importlib.import_module(f"fastgd.backends.{name}.hessian")
+        for rows in (int(r) for r in block_rows_list.split(",")):
+
+            def run(b=backend, m=module, rows=rows):
+                chosen, m.block_rows = m.block_rows, lambda n_columns: rows
+                try:
+                    b.loss_gradient_hessian(model, data, params, 1)
+                finally:
+                    m.block_rows = chosen
+
+            cases[f"{name} pass, blocks of {rows} rows"] = run
+    return cases
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--features", type=int, default=100)
     parser.add_argument("--repeat", type=int, default=15)
+    parser.add_argument(
+        "--block-rows",
+        default="",
+        help="comma-separated rows per block: time the float64 passes with each instead",
+    )
     args = parser.parse_args()
     n, d = args.rows, args.features
     rng = np.random.default_rng(0)
@@ -117,7 +152,7 @@ def main():
     cases["SciPy's dsyrk"] = _gram(*_scipy_dsyrk(), S, rows)
     if numpy_ssyrk_address():
         cases["NumPy's ssyrk (float32)"] = _gram(numpy_ssyrk_address(), np.int64, S.astype(np.float32), rows)  # fmt: skip
-    cases.update(_passes(X, y))
+    cases.update(_block_passes(X, y, args.block_rows) if args.block_rows else _passes(X, y))
     times = {name: [] for name in cases}
     with blas_threads(1):
         for run in cases.values():

@@ -72,16 +72,25 @@ def _gram(address, int_type, S, rows):
     return run
 
 
-def _passes(X, y):
-    """Closures running one Hessian pass per compiled backend (and Cython with SciPy's)."""
+def _compiled(X, y):
+    """``(model, data, params)`` of the logistic pass, and the compiled backends loaded
+    here by name."""
     model = LinearModel(losses.BINARY_CROSS_ENTROPY, 1, True)
     data, params = Data(X, y, np.empty(0)), np.full(X.shape[1] + 1, 0.01)
-    cases = {}
+    backends = {}
     for name in ("numba", "cython"):
         try:
-            backend = get_backend(name)
+            backends[name] = get_backend(name)
         except ImportError:
             continue
+    return (model, data, params), backends
+
+
+def _passes(X, y):
+    """Closures running one Hessian pass per compiled backend (and Cython with SciPy's)."""
+    (model, data, params), backends = _compiled(X, y)
+    cases = {}
+    for name, backend in backends.items():
         cases[f"{name} pass"] = lambda b=backend: b.loss_gradient_hessian(model, data, params, 1)
         cases[f"{name} pass, float32 Gram"] = lambda b=backend: b.loss_gradient_hessian(
             model, data, params, 1, True, "float32"
@@ -108,14 +117,9 @@ def _block_passes(X, y, block_rows_list):
     per block (the kernels' choice is :func:`fastgd.backends.hessian_layout.block_rows`)."""
     import importlib
 
-    model = LinearModel(losses.BINARY_CROSS_ENTROPY, 1, True)
-    data, params = Data(X, y, np.empty(0)), np.full(X.shape[1] + 1, 0.01)
+    (model, data, params), backends = _compiled(X, y)
     cases = {}
-    for name in ("numba", "cython"):
-        try:
-            backend = get_backend(name)
-        except ImportError:
-            continue
+    for name, backend in backends.items():
         module = importlib.import_module(f"fastgd.backends.{name}.hessian")
         for rows in (int(r) for r in block_rows_list.split(",")):
 

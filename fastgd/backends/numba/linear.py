@@ -302,16 +302,12 @@ def _team_member(data, params, order, shuffled, n, batch_size, loss_code, k, G, 
         ticket = take_ticket(sync)
         if ticket >= total:
             return
-        batch, n_chunks, span, tickets = full, per_last, span_last, tickets_last
-        first = (ticket - full * tickets_full) * span
-        if ticket < full * tickets_full:
-            batch, n_chunks, span, tickets = (
-                ticket // tickets_full,
-                per_full,
-                span_full,
-                tickets_full,
-            )
-            first = (ticket - batch * tickets_full) * span
+        # the last batch has no more tickets than a full one, so this is its batch too
+        batch = ticket // tickets_full
+        n_chunks, span, tickets = per_full, span_full, tickets_full
+        if batch == full:
+            n_chunks, span, tickets = per_last, span_last, tickets_last
+        first = (ticket - batch * tickets_full) * span
         if not wait_for_update(sync, batch):
             return
         start = batch * batch_size

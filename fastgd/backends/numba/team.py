@@ -4,10 +4,11 @@ A mini-batch of a few hundred rows takes microseconds, as long as opening and cl
 parallel region, so forking per batch gains nothing. A team instead opens one parallel
 region per epoch; its members take the chunks of the batches one ticket (a run of
 consecutive chunks) at a time from a shared counter, and the member that finishes the
-last ticket of a batch applies its update and publishes it. A member waits only for the update of the batch before its
-ticket's, so no member ever waits for one that has not started: a team whose members
-run one after the other (one thread, or a threading layer that runs the iterations of a
-``prange`` in turn) does every ticket itself and never blocks.
+last ticket of a batch applies its update and publishes it. A member waits only for the
+update of the batch before its ticket's, so no member ever waits for one that has not
+started: a team whose members run one after the other (one thread, or a threading layer
+that runs the iterations of a ``prange`` in turn) does every ticket itself and never
+blocks.
 
 The counters are ``int64`` entries of a small array, read and written with the atomic
 operations of LLVM emitted by the intrinsics below (Numba has none of its own):

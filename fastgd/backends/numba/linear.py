@@ -302,8 +302,9 @@ def _team_member(data, params, order, shuffled, n, batch_size, loss_code, k, G, 
         ticket = take_ticket(sync)
         if ticket >= total:
             return
-        # the last batch has no more tickets than a full one, so this is its batch too
-        batch = ticket // tickets_full
+        # the last, shorter batch can have more tickets than a full one (3 chunks on 3
+        # members: 3 tickets; 4 chunks: 2 of 2), so it is told apart by the ticket
+        batch = min(ticket // tickets_full, full)
         n_chunks, span, tickets = per_full, span_full, tickets_full
         if batch == full:
             n_chunks, span, tickets = per_last, span_last, tickets_last

@@ -217,6 +217,17 @@ def test_bad_input_fails_before_training(client, case):
     assert calls == []
 
 
+@pytest.mark.parametrize("weighted", [False, True])
+def test_the_first_bad_chunk_is_named(client, weighted):
+    """With bad rows in chunks 3 and 1, the error names chunk 1, whichever finishes first."""
+    X, y = _data("logistic")
+    X[ROWS[0] + ROWS[1] + ROWS[2] + 5, 0] = np.inf  # chunk 3: computed in either order
+    X[ROWS[0] + 7, 1] = np.nan  # chunk 1
+    kw = dict(sample_weight=_chunked(np.ones(N_ROWS))) if weighted else {}
+    with pytest.raises(ValueError, match=r"X contains 1 NaN .*row chunk 1,"):
+        fastgd.fit(_chunked(X), _chunked(y), "logistic", optimizer="lbfgs", **kw)
+
+
 def test_sync_every_needs_dask_input():
     X, y = _data("linear")
     with pytest.raises(ValueError, match="sync_every"):

@@ -93,7 +93,8 @@ class Cluster:
         """Prepared chunks kept in memory: futures with lineage (a lost one is recomputed
         from its graph), or the computed values on the local scheduler; and the values of
         the ``small`` results (``dask.delayed`` objects or plain values) computed with
-        them: one graph, one wait, which raises the first error of any task.
+        them: one graph, one wait, which raises the error of the first failed task (chunks
+        first, in chunk order, then the small results).
 
         Returns
         -------
@@ -106,7 +107,13 @@ class Cluster:
         if self.client is None:
             values = dask.compute(*chunks, *[small[i] for i in lazy])
         else:
+            from distributed import wait
+
             futures = self.client.compute([*chunks, *[small[i] for i in lazy]])
+            wait(futures)  # no transfer: the chunks stay where they were computed
+            for future in futures:  # the first error in chunk order
+                if future.status == "error":
+                    future.result()
             values = futures[: len(chunks)] + self.client.gather(futures[len(chunks) :])
         for i, value in zip(lazy, values[len(chunks) :], strict=True):
             small[i] = value

@@ -167,8 +167,9 @@ def dask_labels(y):
 
 def _persist(X, y, weights, kind, dtype, classes, cluster):
     """Prepared chunks in memory, their rows and weight sums, and the classes: one graph
-    (labels, then validation and conversion of each chunk, then its statistics) sent at
-    once, whose first error (any chunk's validation) is raised before training starts.
+    (labels, then validation and conversion of each chunk, then its weight sum when there
+    are weights) sent at once, whose first error (any chunk's validation, in chunk order)
+    is raised before training starts.
     ``classes`` may be a ``dask.delayed`` (the label set found in the chunks)."""
     import dask
 
@@ -181,8 +182,13 @@ def _persist(X, y, weights, kind, dtype, classes, cluster):
                 f"row chunk {i}, rows {bounds[i]} to {bounds[i + 1] - 1}")
         for i in range(len(xs)) if bounds[i + 1] > bounds[i]
     ]  # fmt: skip
-    stats = [dask.delayed(chunk_stats, pure=True)(chunk) for chunk in prepared]
+    stats = [] if weights is None else [dask.delayed(chunk_stats, pure=True)(c) for c in prepared]
     chunks, small = cluster.persist(prepared, [*stats, classes])
-    stats, classes = np.array(small[:-1], dtype=np.float64), small[-1]
+    classes = small[-1]
+    if weights is None:  # rows known from the chunking, each of weight 1: no statistics tasks
+        rows = np.diff(bounds)[np.diff(bounds) > 0].astype(np.float64)
+        stats = np.column_stack([rows, rows])
+    else:
+        stats = np.array(small[:-1], dtype=np.float64)
     meta = Meta((int(X.shape[0]), int(X.shape[1])), np.dtype(dtype))
     return ChunkedData(meta, chunks, stats[:, 0], stats[:, 1], weights is not None), classes

@@ -308,8 +308,15 @@ def check_finite_after(X, history, stop_reason, name="X"):
     stop_reason : str
     name : str, default "X"
     """
-    if stop_reason in ("diverged", "interrupted") or not (history.size and np.isfinite(history[0])):
+    if finite_check_due(history, stop_reason):
         _check_finite(X, name)
+
+
+def finite_check_due(history, stop_reason):
+    """Whether a run leaves the deferred NaN/inf check of X to do (see
+    :func:`check_finite_after`): it diverged, was interrupted or has no finite first loss.
+    """
+    return stop_reason in ("diverged", "interrupted") or not (history.size and np.isfinite(history[0]))  # fmt: skip
 
 
 def _check_finite(arr, name):

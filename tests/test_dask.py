@@ -217,15 +217,31 @@ def test_bad_input_fails_before_training(client, case):
     assert calls == []
 
 
-@pytest.mark.parametrize("weighted", [False, True])
-def test_the_first_bad_chunk_is_named(client, weighted):
-    """With bad rows in chunks 3 and 1, the error names chunk 1, whichever finishes first."""
+BAD_X_RUNS = {
+    "lbfgs": dict(optimizer="lbfgs"),
+    "newton-weighted": dict(optimizer="newton", weighted=True),
+    "gd": dict(batch_size=None, epochs=3),
+    "local-sgd": dict(batch_size=64, epochs=3),
+    "mlp-local-sgd": dict(model=fastgd.MLP((8,)), batch_size=64, epochs=3),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_X_RUNS))
+def test_the_first_bad_chunk_is_named(client, case):
+    """NaN/inf in X, found after training as on one machine: with bad rows in chunks 3
+    and 1, the error names chunk 1 (whichever chunk is checked first), and no callback
+    ever sees a loss."""
     X, y = _data("logistic")
-    X[ROWS[0] + ROWS[1] + ROWS[2] + 5, 0] = np.inf  # chunk 3: computed in either order
+    X[ROWS[0] + ROWS[1] + ROWS[2] + 5, 0] = np.inf  # chunk 3
     X[ROWS[0] + 7, 1] = np.nan  # chunk 1
-    kw = dict(sample_weight=_chunked(np.ones(N_ROWS))) if weighted else {}
-    with pytest.raises(ValueError, match=r"X contains 1 NaN .*row chunk 1,"):
-        fastgd.fit(_chunked(X), _chunked(y), "logistic", optimizer="lbfgs", **kw)
+    kw = dict(BAD_X_RUNS[case])
+    if kw.pop("weighted", False):
+        kw["sample_weight"] = _chunked(np.ones(N_ROWS))
+    model = kw.pop("model", "logistic")
+    calls = []
+    with pytest.raises(ValueError, match=r"X contains 1 NaN and 0 infinite.*row chunk 1,"):
+        fastgd.fit(_chunked(X), _chunked(y), model, callback=lambda e, i: calls.append(e), **kw)
+    assert calls == []
 
 
 def test_sync_every_needs_dask_input():

@@ -4,8 +4,9 @@ Before any training round, the driver checks what Dask knows without computing: 
 chunks of known sizes, whole rows in every chunk (one chunk along the columns), a numeric
 dtype, and aligns ``y`` and ``sample_weight`` to the row chunks of ``X``. Then one task
 per chunk runs the single-machine validation of :mod:`fastgd._validation` on that chunk
-(NaN/inf, label encoding, weights) and keeps the converted chunk in worker memory; its
-error names the argument and the chunk. Chunks are never scattered: they keep their
+(label encoding, weights) and keeps the converted chunk in worker memory; its error names
+the argument and the chunk. As on one machine, NaN and inf in ``X`` are found after
+training, when they have made the first loss non-finite (:func:`check_finite_after`). Chunks are never scattered: they keep their
 lineage, so a chunk lost with a worker is recomputed from the graph.
 """
 
@@ -18,7 +19,7 @@ from .. import _validation as v
 from .._pandas import feature_names, frame_dtype
 from ..network import MLP
 from ..training.problem import Problem, _check_network_labels, _model_spec
-from .tasks import chunk_labels, chunk_stats, prepare_chunk
+from .tasks import chunk_labels, chunk_stats, nonfinite_message, prepare_chunk
 
 
 class Meta(NamedTuple):
@@ -43,6 +44,7 @@ class ChunkedData:
     rows: np.ndarray
     weight_sums: np.ndarray
     weighted: bool
+    names: tuple  # each chunk as error messages name it ("row chunk 2, rows 1100 to 1599")
 
     @property
     def scales(self):
@@ -177,11 +179,9 @@ def _persist(X, y, weights, kind, dtype, classes, cluster):
     xs, ys = X.to_delayed().ravel(), y.to_delayed().ravel()
     ws = [None] * len(xs) if weights is None else weights.to_delayed().ravel()
     prepare = dask.delayed(prepare_chunk, pure=True)
-    prepared = [
-        prepare(xs[i], ys[i], ws[i], kind, dtype, classes,
-                f"row chunk {i}, rows {bounds[i]} to {bounds[i + 1] - 1}")
-        for i in range(len(xs)) if bounds[i + 1] > bounds[i]
-    ]  # fmt: skip
+    kept = [i for i in range(len(xs)) if bounds[i + 1] > bounds[i]]
+    names = tuple(f"row chunk {i}, rows {bounds[i]} to {bounds[i + 1] - 1}" for i in kept)
+    prepared = [prepare(xs[i], ys[i], ws[i], kind, dtype, classes, name) for i, name in zip(kept, names, strict=True)]  # fmt: skip
     stats = [] if weights is None else [dask.delayed(chunk_stats, pure=True)(c) for c in prepared]
     chunks, small = cluster.persist(prepared, [*stats, classes])
     classes = small[-1]
@@ -191,4 +191,18 @@ def _persist(X, y, weights, kind, dtype, classes, cluster):
     else:
         stats = np.array(small[:-1], dtype=np.float64)
     meta = Meta((int(X.shape[0]), int(X.shape[1])), np.dtype(dtype))
-    return ChunkedData(meta, chunks, stats[:, 0], stats[:, 1], weights is not None), classes
+    weighted = weights is not None
+    return ChunkedData(meta, chunks, stats[:, 0], stats[:, 1], weighted, names), classes
+
+
+def check_finite_after(cluster, data, history, stop_reason):
+    """The NaN/inf check of ``X``, deferred to after training as on one machine
+    (:func:`fastgd._validation.check_finite_after`): when the run's first loss is not
+    finite (or it diverged or was interrupted), one round checks every chunk and raises
+    the error of the first bad one in chunk order."""
+    if not v.finite_check_due(history, stop_reason):
+        return
+    messages = cluster.map(nonfinite_message, data.chunks, (), [(name,) for name in data.names])
+    bad = [message for message in messages if message is not None]
+    if bad:
+        raise ValueError(bad[0])

@@ -15,7 +15,7 @@ from ..training.report import finish, snapshot
 from ..training.solvers import solve
 from ..training.trainer import train
 from .cluster import Cluster, current_client
-from .data import prepare_dask_problem
+from .data import check_finite_after, prepare_dask_problem
 from .drivers import ChunkObjective, FullBatchDriver, LocalSGDDriver
 
 
@@ -45,6 +45,7 @@ def fit_dask(arguments):
         problem, options, rates, functools.partial(snapshot, problem, options, backend.name)
     )
     run = _train(cluster, backend, problem, options, state, rates, observers, a["sync_every"])
+    check_finite_after(cluster, problem.data, run.history[: run.done], run.stop_reason)
     result = finish(problem, options, run, backend, observers, model if isinstance(model, MLP) else None)  # fmt: skip
     result.distributed = {**cluster.report(len(problem.data.chunks)), "prepare_time": prepare_time}  # fmt: skip
     return result

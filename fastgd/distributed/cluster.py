@@ -111,9 +111,9 @@ class Cluster:
 
             futures = self.client.compute([*chunks, *[small[i] for i in lazy]])
             wait(futures)  # no transfer: the chunks stay where they were computed
-            for future in futures:  # the first error in chunk order
-                if future.status == "error":
-                    future.result()
+            for future in futures:  # the first failure (error, cancelled) in chunk order
+                if future.status in ("error", "cancelled"):
+                    future.result()  # raises (a finished chunk is not fetched)
             values = futures[: len(chunks)] + self.client.gather(futures[len(chunks) :])
         for i, value in zip(lazy, values[len(chunks) :], strict=True):
             small[i] = value

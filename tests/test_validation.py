@@ -1,5 +1,6 @@
 """Bad input gets a ValueError that names the argument and the problem."""
 
+import re
 import warnings
 
 import numpy as np
@@ -154,3 +155,44 @@ def test_clean_dense_X_is_not_read_before_training(monkeypatch):
     assert (300, 5) not in checked
     fastgd.fit(X, X[:, 0], backend="numpy", epochs=2, early_stopping=True)
     assert (300, 5) in checked  # held-out rows never enter the training loss: checked first
+
+
+_LABEL_CASES = {
+    "int, 10 classes": np.random.default_rng(0).integers(0, 10, 2000),
+    "int32, negative": np.random.default_rng(1).integers(-5, 3, 2000).astype(np.int32),
+    "uint8": np.random.default_rng(2).integers(0, 3, 2000).astype(np.uint8),
+    "int, wide span": np.random.default_rng(3).integers(0, 1 << 20, 2000),
+    "int64 extremes": np.array([-(2**63), 0, 5, 2**63 - 1]),
+    "uint64 huge": np.array([2**62 + 5, 7, 7], dtype=np.uint64),
+    "float, binary": (np.random.default_rng(4).random(2000) < 0.5).astype(float),
+    "float32, 5 classes": np.random.default_rng(5).integers(0, 5, 2000).astype(np.float32),
+    "float, 20 classes": np.random.default_rng(6).integers(0, 20, 2000) / 4.0,
+    "bool": np.random.default_rng(7).random(2000) < 0.3,
+    "str": np.array(["b", "a", "c", "b"]),
+}
+
+
+@pytest.mark.parametrize("case", list(_LABEL_CASES))
+def test_label_encoding_equals_unique_and_searchsorted(case):
+    """The counting / table / comparison encodings give np.unique's classes (same dtype)
+    and np.searchsorted's codes, also against given classes with one more label."""
+    from fastgd import _validation as v
+
+    labels = _LABEL_CASES[case]
+    classes, codes = v._encode_labels(labels)
+    expected = np.unique(labels)
+    assert classes.dtype == expected.dtype and np.array_equal(classes, expected)
+    np.testing.assert_array_equal(codes, np.searchsorted(expected, labels))
+    more = np.concatenate([expected[:1], expected]) if case == "bool" else np.append(expected, "d" if case == "str" else expected[:1] - 1 if case == "uint64 huge" else expected[-1] + 1)  # fmt: skip
+    given, codes = v._encode_with(labels, more[::-1])
+    np.testing.assert_array_equal(codes, np.searchsorted(np.unique(more), labels))
+
+
+@pytest.mark.parametrize(
+    ("labels", "classes", "unknown"),
+    [([0, 1, 5, 5], [0, 1], "[5]"), ([0.0, 1.0, 0.5], [0.0, 1.0], "[0.5]"),
+     ([0, 1, 2], [0.0, 1.0], "[2]"), ([-3, 0, 1], [0, 1], "[-3]"), ([0.0, 7.0], [0, 1, 2], "[7.0]")],
+)  # fmt: skip
+def test_labels_outside_the_given_classes_are_named(labels, classes, unknown):
+    with pytest.raises(ValueError, match=re.escape(f"y has labels {unknown} that are not in classes")):  # fmt: skip
+        fastgd.fit(np.ones((len(labels), 1)), np.array(labels), "softmax", classes=classes, epochs=1)  # fmt: skip

@@ -380,9 +380,9 @@ def check_targets(y, n_samples, model_name, dtype, classes=None):
     elif arr.dtype.kind == "O" and any(v is None or (isinstance(v, float) and v != v) for v in arr):
         raise ValueError("y contains missing labels (None or NaN)")
     if classes is None:
-        classes, codes = _encode_labels(arr)
+        classes, codes = _encode_labels(arr, dtype)
     else:
-        classes, codes = _encode_with(arr, classes)
+        classes, codes = _encode_with(arr, classes, dtype)
     if len(classes) < 2:
         raise ValueError(
             f"y has a single class ({classes[0]!r}); a classifier needs at least two classes"
@@ -394,8 +394,8 @@ def check_targets(y, n_samples, model_name, dtype, classes=None):
     return np.ascontiguousarray(codes.reshape(n_samples, 1), dtype=dtype), classes
 
 
-def _encode_labels(labels):
-    """Sorted distinct labels and each label's index among them.
+def _encode_labels(labels, dtype=np.intp):
+    """Sorted distinct labels and each label's index among them (as ``dtype``).
 
     ``np.unique(..., return_inverse=True)`` holds about four index arrays of n entries at
     once; the distinct labels and an encoding against them (:func:`_label_codes`) hold
@@ -403,21 +403,22 @@ def _encode_labels(labels):
     """
     try:
         classes = _distinct_labels(labels)
-        return classes, _label_codes(labels, classes)[0]
+        return classes, _label_codes(labels, classes, dtype, check=False)[0]
     except TypeError as exc:
         raise ValueError(
             f"the labels in y cannot be sorted ({exc}); use labels of one type"
         ) from exc
 
 
-def _encode_with(labels, classes):
-    """Indices of ``labels`` among the given (sorted, distinct) ``classes``."""
+def _encode_with(labels, classes, dtype=np.intp):
+    """Indices of ``labels`` (as ``dtype``) among the given ``classes`` (sorted and made
+    distinct here)."""
     classes = as_array(classes, "classes").ravel()
     if classes.size == 0:
         raise ValueError("classes is empty; give every class label the model should predict")
     classes, _ = _encode_labels(classes)
     try:
-        codes, found = _label_codes(labels, classes)
+        codes, found = _label_codes(labels, classes, dtype)
     except TypeError:  # labels and classes of types that do not compare (str and int)
         codes, found = None, np.zeros(len(labels), dtype=bool)
     if not np.all(found):
@@ -453,26 +454,28 @@ def _distinct_labels(labels):
     return (np.flatnonzero(counts) + span[0]).astype(labels.dtype)
 
 
-def _label_codes(labels, classes):
-    """Each label's index among the sorted distinct ``classes``, and whether it is one
-    of them; the same indices as ``np.searchsorted(classes, labels)`` where found."""
+def _label_codes(labels, classes, dtype, check=True):
+    """Each label's index among the sorted distinct ``classes`` (as ``dtype``: the
+    kernels' encoded targets need no conversion) and, with ``check``, whether it is one
+    of them (else None); the indices of ``np.searchsorted(classes, labels)`` where
+    found."""
     span = _integer_span(labels)
     if span is not None and classes.dtype.kind in "iu":
         low, high = min(span[0], int(classes[0])), max(span[1], int(classes[-1]))
         if high - low < TABLE_SPAN:
-            table = np.full(high - low + 1, -1, dtype=np.intp)
+            table = np.full(high - low + 1, -1, dtype=dtype)
             table[classes.astype(np.int64) - low] = np.arange(len(classes))
             codes = table[labels.astype(np.int64) - low]
-            return np.maximum(codes, 0), codes >= 0
+            return codes, codes >= 0 if check else None
     if labels.dtype.kind in "iuf" and classes.dtype.kind in "iuf" and len(classes) <= SMALL_CLASS_COUNT:  # fmt: skip
-        codes = np.zeros(labels.shape, dtype=np.intp)
-        found = labels == classes[0]
+        codes = np.zeros(labels.shape, dtype=dtype)
         for c in classes[1:]:
             codes += labels >= c  # the classes below the label (and the label's own)
-            found |= labels == c
+        found = np.isin(labels, classes) if check else None
         return codes, found
     codes = np.searchsorted(classes, labels)
-    return codes, (codes < len(classes)) & (classes[np.minimum(codes, len(classes) - 1)] == labels)
+    found = (codes < len(classes)) & (classes[np.minimum(codes, len(classes) - 1)] == labels)
+    return codes.astype(dtype, copy=False), found if check else None
 
 
 def _unique_text(labels):

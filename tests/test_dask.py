@@ -339,3 +339,14 @@ def test_rounds_regroup_chunks_that_moved(client):
     assert cluster._grouped is None  # the task ran elsewhere: asked again next round
     # that task copied chunks 1 and 3 to one worker: the copies do not unbalance the groups
     assert dict(cluster._groups(chunks)) == held
+
+
+def test_packed_hessian_triangle_round_trips():
+    from fastgd.distributed import tasks
+
+    A = np.random.default_rng(0).standard_normal((6, 6))
+    H = A + A.T
+    packed = tasks.packed_triangle(H)
+    assert packed.shape == (21,)
+    np.testing.assert_array_equal(tasks.unpacked(packed, 6), H)
+    np.testing.assert_array_equal(tasks.unpacked(packed + packed, 6), H + H)  # sums commute

@@ -22,7 +22,7 @@ from ..backends.numpy.update import penalty_value, restore, snapshot, train_loop
 from ..specs import stopping
 from ..specs.network import layout
 from ..training.objective import Objective
-from .tasks import RoundStart, full_batch_share, local_sgd, warm_up
+from .tasks import RoundStart, full_batch_share, local_sgd, unpacked, warm_up
 
 
 class ChunkObjective(Objective):
@@ -36,12 +36,13 @@ class ChunkObjective(Objective):
         self.cluster, self.backend_name = cluster, backend_name
 
     def _terms(self, x, hessian, gram_dtype="float64"):
-        data = self.data
-        size = (self.spec.n_params**2 if hessian else self.spec.n_params) * 8
+        data, p = self.data, self.spec.n_params
+        size = (p * (p + 1) // 2 if hessian else p) * 8
         per_chunk = [(float(s),) for s in data.scales]
         x = np.asarray(x, dtype=np.float64)
         args = (self.backend_name, self.model, x, hessian, gram_dtype)
-        return self.cluster.reduce(full_batch_share, data.chunks, args, per_chunk, size)
+        loss, grad, H = self.cluster.reduce(full_batch_share, data.chunks, args, per_chunk, size)  # fmt: skip
+        return loss, grad, None if H is None else unpacked(H, p)
 
 
 def _n_trained(spec):

@@ -10,6 +10,7 @@ the kernel calls of one worker process take turns (set ``NUMBA_THREADING_LAYER=o
 """
 
 import contextlib
+import functools
 import os
 import tempfile
 import threading
@@ -155,7 +156,8 @@ def warm_up(data, backend_name, model, state, update):
 
 
 def full_batch_share(data, scale, backend_name, model, x, hessian, gram_dtype="float64"):  # noqa: PLR0913
-    """``scale * (loss, grad, H)`` of the chunk: its share of the full-batch objective.
+    """``scale * (loss, grad, H)`` of the chunk: its share of the full-batch objective
+    (``H`` as its packed upper triangle, :func:`packed_triangle`).
 
     The kernels return means over the chunk's rows; ``scale = rows_i / S`` (``S`` the sum
     of all weights, or all rows) makes the shares add up to the mean over every row.
@@ -166,7 +168,29 @@ def full_batch_share(data, scale, backend_name, model, x, hessian, gram_dtype="f
     with _one_thread(backend_name, _variant("pass", model, data, hessian)):
         loss, grad, H = data_terms(backend, model, data, x, 1, hessian, None, None, gram_dtype)
     grad = np.asarray(grad, dtype=np.float64) * scale
-    return loss * scale, grad, None if H is None else H * scale
+    return loss * scale, grad, None if H is None else packed_triangle(H) * scale
+
+
+@functools.lru_cache(maxsize=4)
+def _upper(p):
+    """The row-major upper triangle of a (p, p) matrix, as a boolean mask."""
+    return np.triu(np.ones((p, p), dtype=bool))
+
+
+def packed_triangle(H):
+    """The upper triangle of the symmetric ``H``, row by row: half the bytes a round's
+    Hessian sends (sums of packed triangles are the packed triangle of the sum, entry for
+    entry)."""
+    return H[_upper(H.shape[0])]
+
+
+def unpacked(packed, p):
+    """The symmetric (p, p) matrix whose upper triangle is ``packed``."""
+    H = np.empty((p, p))
+    mask = _upper(p)
+    H[mask] = packed
+    H.T[mask] = packed
+    return H
 
 
 def _copy_state(state):

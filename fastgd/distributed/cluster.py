@@ -166,10 +166,13 @@ class Cluster:
     def _groups(self, chunks):
         """``[(worker, chunk indices)]``: the chunks grouped by the worker holding them,
         asked of the scheduler (``who_has``) once, and again after a round whose task ran
-        elsewhere (a chunk copied to several workers goes to the one given fewer chunks). Not asked every round: a synchronous call to the scheduler just before
-        a round's submissions delayed the round by about 7 ms (20 against 13 ms for an
-        empty round, on the 2-core VM). Groups are a matter of speed only: a task runs
-        wherever its chunks are, and each result is still its own chunk's."""
+        elsewhere (a chunk copied to several workers goes to the one given fewer chunks).
+
+        Not asked every round: a synchronous call to the scheduler just before a round's
+        submissions delayed the round by about 6 ms (a round doing nothing: 20 against 15
+        ms on the 2-core VM, ``benchmarks/dask_rounds.py``). Groups are a matter of speed
+        only: a task runs wherever its chunks are, and each result is still its own
+        chunk's."""
         keys = tuple(chunk.key for chunk in chunks)
         if self._grouped is None or self._grouped[0] != keys:
             who_has = self.client.who_has(chunks)

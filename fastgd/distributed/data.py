@@ -6,8 +6,9 @@ dtype, and aligns ``y`` and ``sample_weight`` to the row chunks of ``X``. Then o
 per chunk runs the single-machine validation of :mod:`fastgd._validation` on that chunk
 (label encoding, weights) and keeps the converted chunk in worker memory; its error names
 the argument and the chunk. As on one machine, NaN and inf in ``X`` are found after
-training, when they have made the first loss non-finite (:func:`check_finite_after`). Chunks are never scattered: they keep their
-lineage, so a chunk lost with a worker is recomputed from the graph.
+training, when they have made the first loss non-finite (:func:`check_finite_after`).
+Chunks are never scattered: they keep their lineage, so a chunk lost with a worker is
+recomputed from the graph.
 """
 
 from dataclasses import dataclass
@@ -186,13 +187,12 @@ def _persist(X, y, weights, kind, dtype, classes, cluster):
     chunks, small = cluster.persist(prepared, [*stats, classes])
     classes = small[-1]
     if weights is None:  # rows known from the chunking, each of weight 1: no statistics tasks
-        rows = np.diff(bounds)[np.diff(bounds) > 0].astype(np.float64)
+        rows = np.diff(bounds)[kept].astype(np.float64)
         stats = np.column_stack([rows, rows])
     else:
         stats = np.array(small[:-1], dtype=np.float64)
     meta = Meta((int(X.shape[0]), int(X.shape[1])), np.dtype(dtype))
-    weighted = weights is not None
-    return ChunkedData(meta, chunks, stats[:, 0], stats[:, 1], weighted, names), classes
+    return ChunkedData(meta, chunks, stats[:, 0], stats[:, 1], weights is not None, names), classes  # fmt: skip
 
 
 def check_finite_after(cluster, data, history, stop_reason):

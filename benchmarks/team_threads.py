@@ -6,6 +6,7 @@ Usage::
     python benchmarks/team_threads.py --shuffle --batch-sizes 256
     python benchmarks/team_threads.py --backend numba      # Numba's team
     python benchmarks/team_threads.py --handoff            # one handoff between 2 cores
+    python benchmarks/team_threads.py --busy 2 --rows 300000   # beside 2 busy processes
 
 Three ways to run the same fits (1,000,000 x 100 float64, mean squared error, plain SGD,
 3 epochs), interleaved round by round so that the load of the machine hits all alike:
@@ -13,8 +14,14 @@ Three ways to run the same fits (1,000,000 x 100 float64, mean squared error, pl
 - ``fork/join``: ``TEAM_SEGMENT_WORK = -1``, the kernel before the team existed (a batch
   below ``PARALLEL_MIN_WORK`` runs its chunks serially, a larger one opens a parallel
   region per batch);
-- ``team``: ``TEAM_SEGMENT_WORK = 0``, every batch on the team (two barriers per batch);
-- ``paced``: the default, segments on the team or on one thread, whichever measures faster.
+- ``team``: ``TEAM_SEGMENT_WORK = 0``, the default, every batch on the team (chunks dealt
+  in tickets, as in Numba's team);
+- ``paced``: ``TEAM_SEGMENT_WORK = 1 << 22``, segments of about 40,000 rows on the team or
+  on one thread, whichever measures faster (the default until 2026-12-02, when the team
+  had two barriers per batch).
+
+``--busy N`` runs N processes that only spin (pure Python loops) beside the fits, as on a
+machine with more runnable threads than cores; they are stopped at the end.
 
 All three give the same parameters (checked here). Reported: median, min and max kernel
 time of the rounds, and the median's share of the streaming read limit measured at start.
@@ -34,6 +41,7 @@ waiting for the other's published counter (Numba's team primitives), reading the
 
 import argparse
 import statistics
+import subprocess
 import sys
 
 import numpy as np
@@ -47,7 +55,7 @@ from fastgd.bench import roofline
 DEFAULT_NUMBA_MODE = numba_linear._train_mode
 DEFAULT_NUMBA_KERNELS = numba_linear._kernels
 
-MODES = {"fork/join": -1, "team": 0, "paced": TEAM_SEGMENT_WORK}
+MODES = {"fork/join": -1, "team": 0, "paced": 1 << 22}
 
 
 def _numba_per_batch_mode(model, data, update):
@@ -59,7 +67,7 @@ def _numba_per_batch_mode(model, data, update):
 def _ticket_per_chunk_kernels(shape, mode, sparse=False):
     """Numba's kernels told a team of ``MAX_CHUNKS`` members: a ticket per chunk."""
     train, gradient = DEFAULT_NUMBA_KERNELS(shape, mode, sparse)
-    return (lambda *args: train(*args[:-1], MAX_CHUNKS)), gradient
+    return (lambda *args: train(*args[:-1], (MAX_CHUNKS, args[-1][1]))), gradient
 
 
 NUMBA_MODES = {
@@ -125,7 +133,18 @@ def main(argv=None):
     parser.add_argument("--shuffle", action="store_true")
     parser.add_argument("--backend", choices=("cython", "numba"), default="cython")
     parser.add_argument("--handoff", action="store_true", help="time a handoff between 2 threads")
+    parser.add_argument("--busy", type=int, default=0, help="busy processes beside the fits")
     args = parser.parse_args(argv)
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
+    try:
+        return _run(args)
+    finally:
+        for process in busy:
+            process.kill()
+
+
+def _run(args):
+    """The measurements of :func:`main`."""
     if args.handoff:
         print(f"one-way handoff, 101 doubles: {_handoffs(200_000) * 1e9:.0f} ns (median of 5)")
         return 0

@@ -26,14 +26,27 @@ SPARSE_ROWS_PER_CHUNK = 4096
 # paths walk the same chunks in the same order, so the choice never changes a result.
 PARALLEL_MIN_WORK = 65536
 
-# Mini-batches of several chunks on several threads run on a team of threads (Cython): one
-# parallel region for many batches, two barriers per batch, no fork/join per batch. Barriers
-# stall when the machine has more runnable threads than cores, so an epoch runs in segments
-# of about this many multiply-adds (rows x features x outputs: about a millisecond), each on
-# the team or on one thread, whichever measured faster (the other re-measured now and
-# then). 0: the team for every batch, no pacing; negative: never (the per-batch fork/join
-# of large batches, serial small ones). The choice never changes a result.
-TEAM_SEGMENT_WORK = 1 << 22
+# Mini-batches of several chunks on several threads run on a team of threads (Numba's and
+# Cython's): one parallel region per epoch, no fork/join per batch; the members take the
+# chunks in tickets and wait only for the update before their ticket's batch. Cython can
+# also run an epoch in segments of about this many multiply-adds (rows x features x
+# outputs), each on the team or on one thread, whichever measured faster (the other
+# re-measured now and then): the pacing that its earlier team, with two barriers per batch,
+# needed on a machine with more runnable threads than cores. 0 (the default): the team for
+# every batch, no pacing (members that wait long ask the late member to leave instead,
+# TEAM_WAIT_CYCLES); negative: never (the per-batch fork/join of large batches, serial
+# small ones). The choice never changes a result.
+TEAM_SEGMENT_WORK = 0
+
+# A member of a team (Numba's, Cython's) that spun longer than this many cycles of the
+# processor's time-stamp counter (0.47 ms at this VM's 2.25 GHz) waiting for the update of
+# the batch before its ticket's, or had to yield its core in 3 waits in a row, concludes
+# that the member that published that update shares a core with another thread (a machine
+# with more runnable threads than cores) and asks it to leave the team for the rest of the
+# epoch; it leaves between two tickets, unless it is the last member. An ordinary wait lasts
+# a batch (microseconds); a time slice lost to another process, milliseconds. 0: no long
+# waits (the yields still count). No effect on results.
+TEAM_WAIT_CYCLES = 1 << 20
 
 # Extra entries at the end of each per-chunk buffer row (64 bytes of float64), so that
 # chunks running on different threads never write to the same cache line.

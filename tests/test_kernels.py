@@ -163,13 +163,12 @@ def test_results_bit_identical_for_one_and_two_threads(compiled_backend, dtype, 
     assert np.array_equal(one[1], two[1])
 
 
-# Batches of 256 rows are 4 chunks: on 2 threads the Cython kernel runs batches on a team
-# of threads (one parallel region, two barriers per batch). 2000 rows end with a batch of
-# 208 rows (3 chunks, split unevenly between the threads). TEAM_SEGMENT_WORK = 0 puts
-# every batch on the team; 1 makes segments of one batch, alternating between the team
-# and one thread as their measured pace decides. The Numba kernel runs every epoch of
-# such batches on its team (chunks dealt in tickets, for any thread count); the setting
-# is Cython's only, so its two cases are the same for Numba.
+# Batches of 256 rows are 4 chunks: on 2 threads both compiled kernels run batches on a
+# team of threads (one parallel region per epoch, chunks dealt in tickets). 2000 rows end
+# with a batch of 208 rows (3 chunks, dealt unevenly). TEAM_SEGMENT_WORK = 0 (the default)
+# puts every batch on the team; 1 makes Cython's segments of one batch, alternating between
+# the team and one thread as their measured pace decides. The setting is Cython's only, so
+# its two cases are the same for Numba.
 TEAM_WORK = pytest.mark.parametrize("team_work", [0, 1], ids=["team", "paced"])
 
 
@@ -230,12 +229,38 @@ def test_numba_team_tickets_of_any_span_give_the_same_result(members, monkeypatc
 
     def told(shape, mode, sparse=False):
         train, gradient = made(shape, mode, sparse)
-        return (lambda *args: train(*args[:-1], members)), gradient
+        return (lambda *args: train(*args[:-1], (members, args[-1][1]))), gradient
 
     monkeypatch.setattr(numba_linear, "_kernels", told)
     dealt = run_epochs(numba_backend, X, Y, losses.BINARY_CROSS_ENTROPY, 1, **options)
     np.testing.assert_array_equal(dealt[0], expected[0])
     np.testing.assert_array_equal(dealt[1], expected[1])
+
+
+@pytest.mark.parametrize("case", list(TEAM_CASES))
+def test_team_members_asked_to_leave_change_no_value(compiled_backend, case, monkeypatch):
+    """A member that waits long for an update asks the member that published it to leave
+    the team (on a machine busier than its cores, that member shares its core). A wait
+    limit of one cycle makes every spinning wait long, so members leave in the first
+    batches, at whatever point the threads' timing puts it; the result must be the one
+    of the whole team and of one thread, bit for bit, and the epoch must end."""
+    import fastgd.backends.cython.linear as cython_linear
+    import fastgd.backends.numba.linear as numba_linear
+
+    _team_work(monkeypatch, 0)
+    c = TEAM_CASES[case]
+    (loss_code, k), n = c["loss"], 4000
+    X, Y, _ = make_problem(loss_code, k, n=n, d=20)
+    options = dict(batch_size=256, shuffle=c["shuffle"], lr=0.05, epochs=3,
+                   optimizer=c["optimizer"])  # fmt: skip
+    expected = run_epochs(compiled_backend, X, Y, loss_code, k, n_threads=1, **options)
+    for module in (cython_linear, numba_linear):
+        monkeypatch.setattr(module, "TEAM_WAIT_CYCLES", 1)
+    for _ in range(3):
+        evicting = run_epochs(compiled_backend, X, Y, loss_code, k, n_threads=2, **options)
+        np.testing.assert_array_equal(evicting[0], expected[0])
+        np.testing.assert_array_equal(evicting[1], expected[1])
+        assert evicting[2:] == expected[2:]
 
 
 @TEAM_WORK

@@ -52,14 +52,38 @@ cdef extern from *:
     #define fastgd_team_size() 1
     #define fastgd_seconds() 0.0
     #endif
-    /* An orphaned barrier: valid OpenMP in a function called from a parallel region
-       (Cython has no barrier statement); it also flushes memory, so the stores of every
-       member before it are seen by every member after it. */
-    static inline void fastgd_barrier(void) {
-    #ifdef _OPENMP
-        #pragma omp barrier
-    #endif
+    /* The counters of a team of threads (see _team_member): GCC's and Clang's atomic
+       built-ins. A member publishes with a release store after its plain stores (chunk
+       sums, parameters); a member that reads the count with acquire sees those stores. */
+    #if defined(__GNUC__) || defined(__clang__)
+    #include <sched.h>
+    #define FASTGD_ATOMICS 1
+    static inline long long fastgd_fetch_add(long long* p, long long v) {
+        return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST);
     }
+    static inline long long fastgd_load_acquire(long long* p) {
+        return __atomic_load_n(p, __ATOMIC_ACQUIRE);
+    }
+    static inline void fastgd_store_release(long long* p, long long v) {
+        __atomic_store_n(p, v, __ATOMIC_RELEASE);
+    }
+    static inline void fastgd_yield(void) { sched_yield(); }
+    #if defined(__x86_64__) || defined(__i386__)
+    #define fastgd_spin_pause() __builtin_ia32_pause()
+    #define fastgd_cycles() ((long long)__builtin_ia32_rdtsc())
+    #else  /* no cycle counter: no wait counts as long */
+    #define fastgd_spin_pause() ((void)0)
+    #define fastgd_cycles() 0LL
+    #endif
+    #else  /* no team without atomics: _use_team says no */
+    #define FASTGD_ATOMICS 0
+    static inline long long fastgd_fetch_add(long long* p, long long v) { long long o = *p; *p += v; return o; }
+    static inline long long fastgd_load_acquire(long long* p) { return *p; }
+    static inline void fastgd_store_release(long long* p, long long v) { *p = v; }
+    static inline void fastgd_yield(void) {}
+    #define fastgd_spin_pause() ((void)0)
+    #define fastgd_cycles() 0LL
+    #endif
     #if defined(__GNUC__) || defined(__clang__)
     #define fastgd_prefetch(p) __builtin_prefetch((p), 0, 3)
     #else
@@ -70,7 +94,13 @@ cdef extern from *:
     int fastgd_max_threads() noexcept nogil
     int fastgd_team_size() noexcept nogil
     double fastgd_seconds() noexcept nogil
-    void fastgd_barrier() noexcept nogil
+    const int FASTGD_ATOMICS
+    long long fastgd_fetch_add(long long* p, long long v) noexcept nogil
+    long long fastgd_load_acquire(long long* p) noexcept nogil
+    void fastgd_store_release(long long* p, long long v) noexcept nogil
+    void fastgd_yield() noexcept nogil
+    void fastgd_spin_pause() noexcept nogil
+    long long fastgd_cycles() noexcept nogil
     void fastgd_prefetch(const void* p) noexcept nogil
 
 # Ctrl-C (fastgd.training.interrupt): ``stop_state[FASTGD_INTERRUPT]`` is set to 1 by
@@ -174,6 +204,9 @@ cdef struct Problem:
     # mini-batches on a team of threads: paced segments of this many multiply-adds; 0: the
     # team for every batch (no pacing); < 0: never (fastgd._config.TEAM_SEGMENT_WORK)
     Py_ssize_t team_segment_work
+    # a team member that waited longer than this many cycles leaves the team (0: never;
+    # fastgd._config.TEAM_WAIT_CYCLES)
+    long long team_wait_cycles
     # stop_state of a training call (polled for Ctrl-C by the per-sample paths), or NULL
     const double* stop_state
 
@@ -909,7 +942,7 @@ cdef Problem _problem(
     pb.parallel_min_work, pb.rows_per_block = parallel_min_work, rows_per_block
     pb.n_threads = n_threads
     pb.stop_state = NULL
-    pb.team_segment_work = -1
+    pb.team_segment_work, pb.team_wait_cycles = -1, 0
     return pb
 
 
@@ -945,18 +978,20 @@ def loss_and_gradient(
 
 
 # A team of threads (mini-batches of several chunks on several threads): one parallel
-# region for many batches, with two barriers per batch, instead of a fork and a join per
-# batch, which cost more than a batch of a few hundred rows takes. Barriers need every
-# thread of the team running: on a machine busier than its cores, a preempted member
-# stalls the others for a scheduler time slice at every barrier (measured here at load
-# 3-4 on 2 cores: fork/join per batch and unpaced team epochs both 5-100x slower than
-# one thread). So an epoch runs in segments of about ``pb.team_segment_work``
-# multiply-adds (fastgd._config.TEAM_SEGMENT_WORK), each on the team or on one thread,
-# whichever measured more rows per second. A team segment ends early once it has taken
-# as long as one thread would take for the whole segment; the slower way is measured
-# again after ``probe_every`` segments, an interval that doubles (up to PROBE_MAX) each
-# time it loses. Both ways compute the same operations in the same order: the choice
-# never changes a result.
+# region for many batches instead of a fork and a join per batch, which cost more than a
+# batch of a few hundred rows takes. The members take the chunks of the batches one
+# *ticket* (a run of consecutive chunks) at a time from a shared counter, wait only for the
+# update of the batch before their ticket's, and the member that finishes a batch's last
+# ticket adds the chunk rows in chunk order and applies the update (Numba's team, see
+# fastgd/backends/numba/team.py, works the same way). No barrier: a member never waits for
+# one that has not taken a ticket, so a preempted member stalls the others only while it
+# holds a ticket they need, not at every batch. An epoch may still run in segments of about
+# ``pb.team_segment_work`` multiply-adds (fastgd._config.TEAM_SEGMENT_WORK > 0), each on the
+# team or on one thread, whichever measured more rows per second. A team segment ends early
+# once it has taken as long as one thread would take for the whole segment; the slower way
+# is measured again after ``probe_every`` segments, an interval that doubles (up to
+# PROBE_MAX) each time it loses. Every way computes the same operations in the same order:
+# the choice never changes a result.
 
 cdef enum:
     PROBE_EVERY = 16
@@ -966,8 +1001,8 @@ cdef enum:
 
 
 cdef struct Team:
-    # The settings of one epoch's updates, what member 0 publishes to the other members
-    # between the two barriers of a batch, and the measured pace of both ways to run.
+    # The settings of one epoch's updates, what the updating member of each batch records
+    # (published with the update count), and the measured pace of both ways to run.
     const Optimizer* opt
     Py_ssize_t batch_size, n_weights, n_trained
     int64_t* step_count
@@ -975,7 +1010,6 @@ cdef struct Team:
     double loss_sum  # the batches' summed losses, added in batch order
     Py_ssize_t done  # rows of the epoch whose update has been applied
     bint stop  # Ctrl-C seen before the next batch: every member leaves the batch loop
-    bint leave  # the team segment is over (its end, Ctrl-C or its deadline)
     double deadline  # fastgd_seconds() at which a team segment gives up
     double rate[2]  # rows per second of the last one-thread and team segments (0: unknown)
     Py_ssize_t segments, probe_every  # segments run in this call; probing interval
@@ -988,7 +1022,8 @@ cdef inline bint _use_team(const Problem* pb, Py_ssize_t batch_size, Py_ssize_t 
     epoch (one batch is one fork/join anyway) and an update small enough to run serially
     (member 0 applies it; larger ones are split over threads by :func:`_apply_update`).
     """
-    return (FASTGD_OPENMP_ENABLED and pb.team_segment_work >= 0 and pb.n_threads > 1
+    return (FASTGD_OPENMP_ENABLED and FASTGD_ATOMICS and pb.team_segment_work >= 0
+            and pb.n_threads > 1
             and not pb.sparse and batch_size < pb.n
             and _n_chunks(pb, batch_size) > 1
             and n_trained * UPDATE_WORK_PER_PARAM < UPDATE_FORK_FACTOR * pb.parallel_min_work)
@@ -1017,30 +1052,147 @@ cdef void _serial_batches(
         team.done = start = stop
 
 
+cdef enum:
+    # entries of a team's counters, each on its own 64-byte cache line
+    TICKETS = 0  # the next ticket to hand out
+    FINISHED = 8  # tickets finished so far in the segment
+    UPDATED = 16  # batches of the segment whose update is published
+    HALTED = 17  # 1: the members leave (Ctrl-C, or the segment's deadline)
+    UPDATER = 18  # the member that published the last update (written before UPDATED)
+    ACTIVE = 24  # members that joined and have not left
+    LEFT = 25  # 1: a member has left; no member joins after that
+    JOINED = 26  # members that joined (their numbers: 0, 1, ...)
+    EVICTED = 32  # 1 + the number of a member asked to leave (0: none)
+    SYNC_SIZE = 40
+    # what a wait for an update was (-1: the team halted; see _wait_for_update)
+    READY = 0
+    SPUN = 1
+    YIELDED = 2
+    LONG_WAIT = 3
+    YIELDS_BEFORE_EVICTING = 3
+    SPINS_BEFORE_YIELD = 2048
+    # a wait counts only the stretches between two clock reads shorter than this (about
+    # 30 us): a longer one is a time slice during which the waiting member did not run
+    WAIT_GAP_CYCLES = 1 << 16
+
+
+cdef inline int _wait_for_update(long long* sync, long long batch, long long limit) noexcept nogil:
+    """Wait until the updates of the segment's batches ``0 .. batch - 1`` are published;
+    -1 when the team halts instead (the flag is set before the update count, so a member
+    waiting for that update sees it), else LONG_WAIT when this member spun for more than
+    ``limit`` cycles (``limit`` > 0; the member it waited for was descheduled, see
+    :func:`_leave_if_evicted`), YIELDED when it had to yield its core (the member it
+    waited for may share that core), SPUN after a short wait, READY without one (the
+    update was there; the member often published it itself). Only stretches between two
+    clock reads shorter than WAIT_GAP_CYCLES count. A member that has waited a while
+    yields its core, so that on a busy machine the member it waits for gets to run."""
+    cdef int spins = 0
+    cdef bint yielded = False
+    cdef long long last, now, spun = 0
+    if fastgd_load_acquire(&sync[UPDATED]) >= batch:  # the common case: no clock read
+        return READY if fastgd_load_acquire(&sync[HALTED]) == 0 else -1
+    last = fastgd_cycles()
+    while fastgd_load_acquire(&sync[UPDATED]) < batch:
+        if fastgd_load_acquire(&sync[HALTED]) != 0:
+            return -1
+        fastgd_spin_pause()
+        spins += 1
+        if spins == SPINS_BEFORE_YIELD:
+            fastgd_yield()
+            spins, yielded = 0, True
+        now = fastgd_cycles()
+        if now - last < WAIT_GAP_CYCLES:
+            spun += now - last
+        last = now
+    if fastgd_load_acquire(&sync[HALTED]) != 0:
+        return -1
+    if 0 < limit < spun:
+        return LONG_WAIT
+    return YIELDED if yielded else SPUN
+
+
+cdef inline long long _join_team(long long* sync) noexcept nogil:
+    """A new member's number (0, 1, ...), or -1 (stay out) once a member has left."""
+    if fastgd_load_acquire(&sync[LEFT]) != 0:
+        return -1
+    fastgd_fetch_add(&sync[ACTIVE], 1)
+    return fastgd_fetch_add(&sync[JOINED], 1)
+
+
+cdef inline bint _leave_if_evicted(long long* sync, long long me) noexcept nogil:
+    """Whether member ``me``, holding no ticket, leaves the team: a member that waited
+    long for the update it published asked it to (on a machine with more runnable threads
+    than cores it shares its core with another process, and every batch would wait for it
+    again), and it is not the last active member (who takes the remaining tickets). A
+    member leaves only between tickets, so every ticket taken is finished."""
+    if fastgd_load_acquire(&sync[EVICTED]) != me + 1:
+        return False
+    if fastgd_fetch_add(&sync[ACTIVE], -1) > 1:
+        fastgd_store_release(&sync[LEFT], 1)
+        return True
+    fastgd_fetch_add(&sync[ACTIVE], 1)
+    fastgd_store_release(&sync[EVICTED], 0)
+    return False
+
+
+cdef inline Py_ssize_t _ticket_span(Py_ssize_t n_chunks, Py_ssize_t members, Py_ssize_t* tickets) noexcept nogil:
+    """Chunks per ticket of a batch of ``n_chunks`` chunks on a team of ``members``: as
+    many tickets as members (at most one per chunk), their number in ``tickets``."""
+    cdef Py_ssize_t span
+    if n_chunks == 0:
+        tickets[0] = 0
+        return 1
+    span = (n_chunks + min(members, n_chunks) - 1) // min(members, n_chunks)
+    tickets[0] = (n_chunks + span - 1) // span
+    return span
+
+
 cdef void _team_member(
     const Problem* pb, Team* team, const floating* X, const floating* Y, const floating* sw,
-    floating* w, floating* state, floating* G, floating* Z, Py_ssize_t end, Py_ssize_t member,
+    floating* w, floating* state, floating* G, floating* Z, Py_ssize_t begin, Py_ssize_t end,
+    long long* sync, Py_ssize_t members,
 ) noexcept nogil:
-    """The batch loop of member ``member`` of a team of ``fastgd_team_size()`` threads.
-
-    Every member walks the same batches, from ``team.done`` to row ``end``. In each, it
-    computes its share of the batch's chunks (a contiguous range; which thread fills a
-    chunk row changes no value) and waits at a barrier; member 0 then adds the rows in
-    chunk order and applies the update, the operations of :func:`_serial_batches` in its
-    order, and polls Ctrl-C; a second barrier makes the new parameters and the decision
-    to leave visible to every member. All members read ``team.leave`` at the same point, so
-    they leave together and none skips a barrier.
-    """
-    cdef Py_ssize_t size = fastgd_team_size()
-    cdef Py_ssize_t start = team.done, stop, n_chunks, chunk
-    cdef Py_ssize_t p = pb.n_params
-    while not team.leave:
-        stop = min(start + team.batch_size, pb.n)
-        n_chunks = _n_chunks(pb, stop - start)
-        for chunk in range(member * n_chunks // size, (member + 1) * n_chunks // size):
+    """One member of a team running the batches from row ``begin`` to row ``end`` (see
+    above). The member that finishes a batch's last ticket adds its chunk rows in chunk
+    order, applies the update (the operations of :func:`_serial_batches`, in its order),
+    polls Ctrl-C and publishes; the result never depends on which member ran what."""
+    cdef Py_ssize_t p = pb.n_params, bs = team.batch_size
+    cdef Py_ssize_t full = (end - begin) // bs
+    cdef Py_ssize_t rest = end - begin - full * bs
+    cdef Py_ssize_t per_full = _n_chunks(pb, bs), per_last = _n_chunks(pb, rest) if rest > 0 else 0
+    cdef Py_ssize_t tickets_full, tickets_last, n_chunks, span, tickets, chunk, start, stop
+    cdef Py_ssize_t span_full = _ticket_span(per_full, members, &tickets_full)
+    cdef Py_ssize_t span_last = _ticket_span(per_last, members, &tickets_last)
+    cdef long long total = full * tickets_full + tickets_last, ticket, batch, first
+    cdef int waited, yields = 0
+    cdef long long me = _join_team(sync)
+    if me < 0:
+        return
+    while not _leave_if_evicted(sync, me):
+        ticket = fastgd_fetch_add(&sync[TICKETS], 1)
+        if ticket >= total:
+            return
+        # the last, shorter batch can have more tickets than a full one: told apart by ticket
+        batch = min(ticket // tickets_full, full)
+        n_chunks, span, tickets = per_full, span_full, tickets_full
+        if batch == full:
+            n_chunks, span, tickets = per_last, span_last, tickets_last
+        first = (ticket - batch * tickets_full) * span
+        waited = _wait_for_update(sync, batch, pb.team_wait_cycles)
+        if waited < 0:
+            return
+        # a long wait, or YIELDS_BEFORE_EVICTING in a row, READY ones aside (two members
+        # sharing one core, each spinning while the other would compute): the late one goes
+        if waited != READY:
+            yields = yields + 1 if waited == YIELDED else 0
+        if waited == LONG_WAIT or yields == YIELDS_BEFORE_EVICTING:
+            fastgd_store_release(&sync[EVICTED], 1 + fastgd_load_acquire(&sync[UPDATER]))
+            yields = 0
+        start = begin + batch * bs
+        stop = min(start + bs, end)
+        for chunk in range(first, min(first + span, n_chunks)):
             _chunk_gradient(pb, start, stop, n_chunks, chunk, X, Y, sw, w, G, Z)
-        fastgd_barrier()
-        if member == 0:
+        if fastgd_fetch_add(&sync[FINISHED], 1) + 1 == batch * tickets_full + tickets:
             _add_chunk_rows(pb, G, n_chunks)
             team.loss_sum += G[p]
             _apply_update(team.opt, w, G, 1.0 / (stop - start), state, p, team.n_weights,
@@ -1048,9 +1200,10 @@ cdef void _team_member(
                           pb.parallel_min_work)
             team.done = stop
             team.stop = stop < end and fastgd_interrupted(pb.stop_state)
-            team.leave = stop >= end or team.stop or fastgd_seconds() > team.deadline
-        fastgd_barrier()
-        start = stop
+            if team.stop or (stop < end and fastgd_seconds() > team.deadline):
+                fastgd_store_release(&sync[HALTED], 1)
+            fastgd_store_release(&sync[UPDATER], me)
+            fastgd_store_release(&sync[UPDATED], batch + 1)
 
 
 cdef void _team_batches(
@@ -1059,14 +1212,15 @@ cdef void _team_batches(
 ) noexcept nogil:
     """The batches from row ``team.done`` to row ``end`` in one parallel region (see
     :func:`_team_member`); Ctrl-C polled before each."""
-    cdef Py_ssize_t member = 0  # (assigned in the region; firstprivate there)
+    cdef long long counters[SYNC_SIZE]
+    cdef long long* sync = &counters[0]
+    cdef Py_ssize_t begin = team.done
+    memset(sync, 0, SYNC_SIZE * sizeof(long long))
     team.stop = fastgd_interrupted(pb.stop_state)
-    team.leave = team.stop or team.done >= end
-    if team.leave:
+    if team.stop or begin >= end:
         return
     with team_region(num_threads=pb.n_threads):
-        member = threadid()
-        _team_member(pb, team, X, Y, sw, w, state, G, Z, end, member)
+        _team_member(pb, team, X, Y, sw, w, state, G, Z, begin, end, sync, pb.n_threads)
 
 
 cdef inline int _next_segment_kind(Team* team) noexcept nogil:
@@ -1220,7 +1374,7 @@ def train_epochs(
     double[::1] stop_state, double[::1] history, floating[:, ::1] G, floating[:, ::1] Z,
     floating[::1] start_params, floating[:, ::1] start_state, Py_ssize_t max_chunks,
     Py_ssize_t min_rows_per_chunk, Py_ssize_t parallel_min_work, Py_ssize_t rows_per_block,
-    int n_threads, Py_ssize_t team_segment_work=-1,
+    int n_threads, Py_ssize_t team_segment_work=-1, long long team_wait_cycles=0,
 ):
     """Run the epochs with the GIL released; returns ``(n_done, status)``.
 
@@ -1238,7 +1392,7 @@ def train_epochs(
     cdef Problem pb = _problem(X, Y, params, n_outputs, loss_code, G, Z, max_chunks,
                                min_rows_per_chunk, parallel_min_work, rows_per_block, n_threads)
     _attach_csr(&pb, indices, indptr, n_features)
-    pb.team_segment_work = team_segment_work
+    pb.team_segment_work, pb.team_wait_cycles = team_segment_work, team_wait_cycles
     cdef int status = MAX_EPOCHS
     cdef Py_ssize_t n_done
     cdef Py_ssize_t state_size = opt_state.shape[0] * opt_state.shape[1]

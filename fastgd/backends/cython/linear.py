@@ -15,6 +15,7 @@ from ..._config import (
     SEVERAL_BLOCK_ENTRIES,
     SPARSE_ROWS_PER_CHUNK,
     TEAM_SEGMENT_WORK,
+    TEAM_WAIT_CYCLES,
 )
 from ..contract import is_sparse
 from . import _kernels as _k
@@ -112,5 +113,6 @@ def train_epochs(model, data, state, update, block, n_threads):
         float(update.n_iter_no_change), state.stop_state, block.history, buf, zbuf,
         np.empty_like(params), np.empty_like(opt_state), chunks, rows_per_chunk,
         PARALLEL_MIN_WORK, block_rows, max(1, int(n_threads)), TEAM_SEGMENT_WORK,
+        TEAM_WAIT_CYCLES,
     )  # fmt: skip
     return n_done, _STATUS_CODES[status]

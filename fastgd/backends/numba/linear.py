@@ -30,6 +30,7 @@ from ..._config import (
     ROW_PADDING,
     ROWS_PER_BLOCK,
     SEVERAL_BLOCK_ENTRIES,
+    TEAM_WAIT_CYCLES,
 )
 from ...specs import optimizers as opt
 from ...specs import stopping
@@ -40,9 +41,16 @@ from .prefetch import prefetch_ahead
 from .sparse_rows import _per_sample_sparse, _per_sample_sparse_several, _sparse_chunk
 from .team import (
     HALTED,
+    LONG_WAIT,
+    READY,
     SYNC_SIZE,
     TEAM_SLOTS,
+    YIELDED,
+    YIELDS_BEFORE_EVICTING,
+    evict_updater,
     finish_chunk,
+    join_team,
+    leave_if_evicted,
     publish_update,
     take_ticket,
     wait_for_update,
@@ -289,7 +297,7 @@ def _team_member(data, params, order, shuffled, n, batch_size, loss_code, k, G, 
     ``totals[0]``, the sum of the batches' losses, in batch order, and the team's size.
     """
     n_weights, n_trained, opt_code, hyper, opt_state, step_count, lr, finishing, stop_state = step  # fmt: skip
-    sync, totals, members = team
+    sync, totals, members, wait_limit = team
     p = params.shape[0]
     full = n // batch_size
     per_full = _n_chunks(batch_size)
@@ -298,7 +306,10 @@ def _team_member(data, params, order, shuffled, n, batch_size, loss_code, k, G, 
     span_full, tickets_full = _ticket_span(per_full, members)
     span_last, tickets_last = _ticket_span(per_last, members)
     total = full * tickets_full + tickets_last
-    while True:
+    me, yields = join_team(sync), 0
+    if me < 0:
+        return
+    while not leave_if_evicted(sync, me):
         ticket = take_ticket(sync)
         if ticket >= total:
             return
@@ -309,8 +320,14 @@ def _team_member(data, params, order, shuffled, n, batch_size, loss_code, k, G, 
         if batch == full:
             n_chunks, span, tickets = per_last, span_last, tickets_last
         first = (ticket - batch * tickets_full) * span
-        if not wait_for_update(sync, batch):
+        waited = wait_for_update(sync, batch, wait_limit)
+        if waited < 0:
             return
+        if waited != READY:
+            yields = yields + 1 if waited == YIELDED else 0
+        if waited == LONG_WAIT or yields == YIELDS_BEFORE_EVICTING:
+            evict_updater(sync)  # the member that was late goes; the rest go on without it
+            yields = 0
         start = batch * batch_size
         stop = min(start + batch_size, n)
         for chunk in range(first, min(first + span, n_chunks)):
@@ -319,7 +336,7 @@ def _team_member(data, params, order, shuffled, n, batch_size, loss_code, k, G, 
             _sum_chunks(G, n_chunks, p + 1)
             totals[0] += G[0, p]
             _apply_update(params, G, 1.0 / (stop - start), n_weights, n_trained, opt_code, hyper, opt_state, step_count, lr, finishing)  # fmt: skip
-            publish_update(sync, batch, stop < n and _interrupted(stop_state))
+            publish_update(sync, batch, stop < n and _interrupted(stop_state), me)
 
 
 @njit(parallel=True, **NUMBA_OPTIONS)
@@ -340,11 +357,12 @@ def _team_epoch(data, params, order, shuffled, n, batch_size, loss_code, k, G, w
 def _epoch_on_team(model, data, state, update, order, shuffled, n, G, work, lr, finishing, sizes):  # fmt: skip
     """One epoch of mini-batches on the team (:func:`_team_epoch`), unless Ctrl-C was
     requested before it; returns the summed loss and whether the epoch was interrupted.
-    ``sizes``: ``(n_weights, n_trained, members)``, ``members`` the threads of the call."""
+    ``sizes``: ``(n_weights, n_trained, (members, wait_limit))``, ``members`` the threads
+    of the call and ``wait_limit`` the team's ``TEAM_WAIT_CYCLES``."""
     if _interrupted(state.stop_state):
         return 0.0, True
     step = (sizes[0], sizes[1], update.opt_code, update.hyper, state.opt_state, state.step_count, lr, finishing, state.stop_state)  # fmt: skip
-    team = (np.zeros(SYNC_SIZE, dtype=np.int64), np.zeros(1), sizes[2])
+    team = (np.zeros(SYNC_SIZE, dtype=np.int64), np.zeros(1), sizes[2][0], sizes[2][1])
     return _team_epoch(data, state.params, order, shuffled, n, update.batch_size, model.loss_code, model.n_outputs, G, work, step, team)  # fmt: skip
 
 
@@ -488,12 +506,13 @@ def _make_train_kernel(shape, mode, sparse=False):
     this loop. Sparse chunks run serially (``SINGLE`` or ``SERIAL``): the design note's
     measurements found every parallel split of a sparse mini-batch slower, as the
     randomly touched cache lines of the weights and the accumulators move between cores.
-    ``members``, the kernel's last argument, is the number of threads of the call (the
-    size of a ``TEAM`` mode's team).
+    ``team``, the kernel's last argument, is ``(members, wait_limit)``: the number of
+    threads of the call (the size of a ``TEAM`` mode's team) and the cycles after which a
+    waiting member asks the member it waits for to leave (:data:`TEAM_WAIT_CYCLES`).
     """
 
     @njit(**NUMBA_OPTIONS)
-    def train(model, data, state, update, block, members):
+    def train(model, data, state, update, block, team):
         if sparse:
             n, d = data.indptr.shape[0] - 1, data.n_features
         else:
@@ -533,7 +552,7 @@ def _make_train_kernel(shape, mode, sparse=False):
                 step_count[0] += done
                 halted = done < n
             elif mode == TEAM:
-                loss_sum, halted = _epoch_on_team(model, data, state, update, order, shuffled, n, G, (Z, Xg), lr, finishing, (d * k, n_trained, members))  # fmt: skip
+                loss_sum, halted = _epoch_on_team(model, data, state, update, order, shuffled, n, G, (Z, Xg), lr, finishing, (d * k, n_trained, team))  # fmt: skip
             else:
                 for start in range(0, n, update.batch_size):
                     halted = _interrupted(state.stop_state)
@@ -733,7 +752,7 @@ def train_epochs(model, data, state, update, block, n_threads):
     kernel, _ = _kernels(_shape(model, data), mode, is_sparse(data))
     model, update, block = _typed(model, update, block)
     with numba_threads(n_threads):
-        return kernel(model, data, state, update, block, int(n_threads))
+        return kernel(model, data, state, update, block, (int(n_threads), int(TEAM_WAIT_CYCLES)))
 
 
 def compiled_signatures():

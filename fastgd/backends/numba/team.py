@@ -34,8 +34,28 @@ TICKETS = 0  # the next ticket to hand out
 FINISHED = 8  # chunks finished so far in the epoch
 UPDATED = 16  # batches whose update is published
 HALTED = 17  # 1: Ctrl-C seen; the members leave (written before UPDATED)
-SYNC_SIZE = 24
+UPDATER = 18  # the member that published the last update (written before UPDATED)
+ACTIVE = 24  # members that joined and have not left
+LEFT = 25  # 1: a member has left; no member joins after that
+JOINED = 26  # members that joined (their numbers: 0, 1, ...)
+EVICTED = 32  # 1 + the number of a member asked to leave (0: none)
+SYNC_SIZE = 40
+# What a wait for an update was (-1: the team halted): the update was there at once (the
+# member often published it itself), the member spun, it had to yield its core, or it spun
+# for longer than its limit (fastgd._config.TEAM_WAIT_CYCLES). A member that waited long, or had to yield in
+# YIELDS_BEFORE_EVICTING waits in a row (waits that found the update at once aside: two
+# members sharing one core, each spinning while the other would compute), asks the member
+# it waited for to leave.
+READY = 0
+SPUN = 1
+YIELDED = 2
+LONG_WAIT = 3
+YIELDS_BEFORE_EVICTING = 3
 SPINS_BEFORE_YIELD = 2048
+# A wait counts only the stretches between two reads of the cycle counter shorter than
+# this (about 30 us): a longer one is a time slice during which the waiting member itself
+# did not run.
+WAIT_GAP_CYCLES = 1 << 16
 X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
 # The team's parallel loop: this many slots, split by Numba among its threads. A thread's
 # first slot makes it a member; in its later slots the tickets are gone. (``prange(
@@ -132,6 +152,19 @@ def _yield_core(typingctx):
 
 
 @intrinsic
+def _cycles(typingctx):
+    """The processor's cycle counter (``llvm.readcyclecounter``: the time-stamp counter on
+    x86; 0 where a processor has none, so that no wait counts as long there)."""
+
+    def codegen(context, builder, signature, args):
+        function_type = ir.FunctionType(ir.IntType(64), [])
+        function = cgutils.get_or_insert_function(builder.module, function_type, "llvm.readcyclecounter")  # fmt: skip
+        return builder.call(function, [])
+
+    return types.int64(), codegen
+
+
+@intrinsic
 def _spin_pause(typingctx):
     """The x86 ``pause`` hint in a spin loop (it leaves the core's resources to the other
     thread of the core and avoids a pipeline flush when the awaited value changes); no
@@ -160,30 +193,79 @@ def finish_chunk(sync):
 
 
 @njit(inline="always", **NUMBA_OPTIONS)
-def wait_for_update(sync, batch):
-    """Wait until the updates of batches ``0 .. batch - 1`` are published; returns False
-    when the team halts instead.
+def wait_for_update(sync, batch, limit):
+    """Wait until the updates of batches ``0 .. batch - 1`` are published; returns -1
+    when the team halts instead, else :data:`LONG_WAIT` when this member spun for more
+    than ``limit`` cycles (``limit`` > 0, ``fastgd._config.TEAM_WAIT_CYCLES``: the member
+    it waited for was descheduled, see :func:`evict_updater`), :data:`YIELDED` when it
+    had to yield its core (the member it waited for may share that core), :data:`SPUN`
+    after a short wait, :data:`READY` without one. Only stretches between two reads of the
+    cycle counter shorter than :data:`WAIT_GAP_CYCLES` count.
 
     The halt is published with the update of the batch before it (the flag first), so a
     member waiting for that update sees it too; a member with a later batch's ticket (a
     slot of the team's loop starts a new member, which takes a new ticket) sees the flag
     while it waits, as the update it waits for will never come.
     """
-    spins = 0
+    if _load_acquire(sync, UPDATED) >= batch:  # the common case: no clock read
+        return READY if _load_acquire(sync, HALTED) == 0 else -1
+    last, spun, spins, yielded = _cycles(), 0, 0, False
     while _load_acquire(sync, UPDATED) < batch:
         if _load_acquire(sync, HALTED) != 0:
-            return False
+            return -1
         _spin_pause()
         spins += 1
         if spins == SPINS_BEFORE_YIELD:
             _yield_core()
-            spins = 0
-    return _load_acquire(sync, HALTED) == 0
+            spins, yielded = 0, True
+        now = _cycles()
+        if now - last < WAIT_GAP_CYCLES:
+            spun += now - last
+        last = now
+    if _load_acquire(sync, HALTED) != 0:
+        return -1
+    if 0 < limit < spun:
+        return LONG_WAIT
+    return YIELDED if yielded else SPUN
 
 
 @njit(inline="always", **NUMBA_OPTIONS)
-def publish_update(sync, batch, halt):
-    """Publish the update of ``batch`` (and ``halt``: the members leave)."""
+def join_team(sync):
+    """A new member's number (0, 1, ...), or -1 (stay out) once a member has left."""
+    if _load_acquire(sync, LEFT) != 0:
+        return -1
+    _fetch_add(sync, ACTIVE, 1)
+    return _fetch_add(sync, JOINED, 1)
+
+
+@njit(inline="always", **NUMBA_OPTIONS)
+def evict_updater(sync):
+    """After a long wait: ask the member that published the awaited update, the one that
+    was late, to leave the team (it does so between two tickets: :func:`leave_if_evicted`).
+    On a machine with more runnable threads than cores, that member shares its core with
+    another process, and every batch would wait for it again."""
+    _store_release(sync, EVICTED, 1 + _load_acquire(sync, UPDATER))
+
+
+@njit(inline="always", **NUMBA_OPTIONS)
+def leave_if_evicted(sync, me):
+    """Whether member ``me``, holding no ticket, leaves the team: it was asked to and is
+    not the last active member (who takes the remaining tickets). A member leaves only
+    between tickets, so every ticket taken is finished and no one waits for a leaver."""
+    if _load_acquire(sync, EVICTED) != me + 1:
+        return False
+    if _fetch_add(sync, ACTIVE, -1) > 1:
+        _store_release(sync, LEFT, 1)
+        return True
+    _fetch_add(sync, ACTIVE, 1)
+    _store_release(sync, EVICTED, 0)
+    return False
+
+
+@njit(inline="always", **NUMBA_OPTIONS)
+def publish_update(sync, batch, halt, me):
+    """Member ``me`` publishes the update of ``batch`` (and ``halt``: the members leave)."""
     if halt:
         sync[HALTED] = 1
+    sync[UPDATER] = me
     _store_release(sync, UPDATED, batch + 1)

@@ -33,19 +33,20 @@ PARALLEL_MIN_WORK = 65536
 # outputs), each on the team or on one thread, whichever measured faster (the other
 # re-measured now and then): the pacing that its earlier team, with two barriers per batch,
 # needed on a machine with more runnable threads than cores. 0 (the default): the team for
-# every batch, no pacing (members that wait long ask the late member to leave instead,
-# TEAM_WAIT_CYCLES); negative: never (the per-batch fork/join of large batches, serial
-# small ones). The choice never changes a result.
+# every batch, no pacing (a member that waits long asks the late member to sit out a while
+# instead, TEAM_WAIT_CYCLES); negative: never (the per-batch fork/join of large batches,
+# serial small ones). The choice never changes a result.
 TEAM_SEGMENT_WORK = 0
 
 # A member of a team (Numba's, Cython's) that spun longer than this many cycles of the
 # processor's time-stamp counter (0.47 ms at this VM's 2.25 GHz) waiting for the update of
 # the batch before its ticket's, or had to yield its core in 3 waits in a row, concludes
 # that the member that published that update shares a core with another thread (a machine
-# with more runnable threads than cores) and asks it to leave the team for the rest of the
-# epoch; it leaves between two tickets, unless it is the last member. An ordinary wait lasts
-# a batch (microseconds); a time slice lost to another process, milliseconds. 0: no long
-# waits (the yields still count). No effect on results.
+# with more runnable threads than cores) and asks it to sit out: between two tickets, it
+# sleeps 0.2 ms, then rejoins; asked again, it sleeps twice as long, up to 12.8 ms (the
+# constants of backends/numba/team.py). An ordinary wait lasts a batch (microseconds); a
+# time slice lost to another process, milliseconds. 0: no long waits (the yields still
+# count). No effect on results.
 TEAM_WAIT_CYCLES = 1 << 20
 
 # Extra entries at the end of each per-chunk buffer row (64 bytes of float64), so that

@@ -57,6 +57,7 @@ cdef extern from *:
        sums, parameters); a member that reads the count with acquire sees those stores. */
     #if defined(__GNUC__) || defined(__clang__)
     #include <sched.h>
+    #include <unistd.h>
     #define FASTGD_ATOMICS 1
     static inline long long fastgd_fetch_add(long long* p, long long v) {
         return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST);
@@ -68,6 +69,7 @@ cdef extern from *:
         __atomic_store_n(p, v, __ATOMIC_RELEASE);
     }
     static inline void fastgd_yield(void) { sched_yield(); }
+    static inline void fastgd_sleep_micros(int micros) { usleep((useconds_t)micros); }
     #if defined(__x86_64__) || defined(__i386__)
     #define fastgd_spin_pause() __builtin_ia32_pause()
     #define fastgd_cycles() ((long long)__builtin_ia32_rdtsc())
@@ -81,6 +83,7 @@ cdef extern from *:
     static inline long long fastgd_load_acquire(long long* p) { return *p; }
     static inline void fastgd_store_release(long long* p, long long v) { *p = v; }
     static inline void fastgd_yield(void) {}
+    static inline void fastgd_sleep_micros(int micros) { (void)micros; }
     #define fastgd_spin_pause() ((void)0)
     #define fastgd_cycles() 0LL
     #endif
@@ -99,6 +102,7 @@ cdef extern from *:
     long long fastgd_load_acquire(long long* p) noexcept nogil
     void fastgd_store_release(long long* p, long long v) noexcept nogil
     void fastgd_yield() noexcept nogil
+    void fastgd_sleep_micros(int micros) noexcept nogil
     void fastgd_spin_pause() noexcept nogil
     long long fastgd_cycles() noexcept nogil
     void fastgd_prefetch(const void* p) noexcept nogil
@@ -204,8 +208,8 @@ cdef struct Problem:
     # mini-batches on a team of threads: paced segments of this many multiply-adds; 0: the
     # team for every batch (no pacing); < 0: never (fastgd._config.TEAM_SEGMENT_WORK)
     Py_ssize_t team_segment_work
-    # a team member that waited longer than this many cycles leaves the team (0: never;
-    # fastgd._config.TEAM_WAIT_CYCLES)
+    # a team member that spun longer than this many cycles for an update asks the member
+    # that published it to sit out (fastgd._config.TEAM_WAIT_CYCLES)
     long long team_wait_cycles
     # stop_state of a training call (polled for Ctrl-C by the per-sample paths), or NULL
     const double* stop_state
@@ -1059,10 +1063,9 @@ cdef enum:
     UPDATED = 16  # batches of the segment whose update is published
     HALTED = 17  # 1: the members leave (Ctrl-C, or the segment's deadline)
     UPDATER = 18  # the member that published the last update (written before UPDATED)
-    ACTIVE = 24  # members that joined and have not left
-    LEFT = 25  # 1: a member has left; no member joins after that
-    JOINED = 26  # members that joined (their numbers: 0, 1, ...)
-    EVICTED = 32  # 1 + the number of a member asked to leave (0: none)
+    ACTIVE = 24  # members taking tickets (not sitting out)
+    JOINED = 25  # members that joined (their numbers: 0, 1, ...)
+    EVICTED = 32  # 1 + the number of a member asked to sit out (0: none)
     SYNC_SIZE = 40
     # what a wait for an update was (-1: the team halted; see _wait_for_update)
     READY = 0
@@ -1074,6 +1077,12 @@ cdef enum:
     # a wait counts only the stretches between two clock reads shorter than this (about
     # 30 us): a longer one is a time slice during which the waiting member did not run
     WAIT_GAP_CYCLES = 1 << 16
+    # a member asked to sit out sleeps this long (microseconds, in steps), then takes
+    # tickets again; each time it is asked again in the segment, twice as long, up to the
+    # maximum (Numba's team: the same constants)
+    SIT_OUT_MICROS = 200
+    SIT_OUT_MAX_MICROS = 12800
+    SLEEP_STEP_MICROS = 50
 
 
 cdef inline int _wait_for_update(long long* sync, long long batch, long long limit) noexcept nogil:
@@ -1081,7 +1090,7 @@ cdef inline int _wait_for_update(long long* sync, long long batch, long long lim
     -1 when the team halts instead (the flag is set before the update count, so a member
     waiting for that update sees it), else LONG_WAIT when this member spun for more than
     ``limit`` cycles (``limit`` > 0; the member it waited for was descheduled, see
-    :func:`_leave_if_evicted`), YIELDED when it had to yield its core (the member it
+    :func:`_asked_to_sit_out`), YIELDED when it had to yield its core (the member it
     waited for may share that core), SPUN after a short wait, READY without one (the
     update was there; the member often published it itself). Only stretches between two
     clock reads shorter than WAIT_GAP_CYCLES count. A member that has waited a while
@@ -1112,27 +1121,37 @@ cdef inline int _wait_for_update(long long* sync, long long batch, long long lim
 
 
 cdef inline long long _join_team(long long* sync) noexcept nogil:
-    """A new member's number (0, 1, ...), or -1 (stay out) once a member has left."""
-    if fastgd_load_acquire(&sync[LEFT]) != 0:
-        return -1
+    """Count a new member in; returns its number (0, 1, ...)."""
     fastgd_fetch_add(&sync[ACTIVE], 1)
     return fastgd_fetch_add(&sync[JOINED], 1)
 
 
-cdef inline bint _leave_if_evicted(long long* sync, long long me) noexcept nogil:
-    """Whether member ``me``, holding no ticket, leaves the team: a member that waited
-    long for the update it published asked it to (on a machine with more runnable threads
-    than cores it shares its core with another process, and every batch would wait for it
-    again), and it is not the last active member (who takes the remaining tickets). A
-    member leaves only between tickets, so every ticket taken is finished."""
+cdef inline bint _asked_to_sit_out(long long* sync, long long me) noexcept nogil:
+    """Whether member ``me``, holding no ticket, must sit out: a member that waited long
+    for the update it published asked it to (on a machine with more runnable threads
+    than cores it shares its core with another thread, and every batch would wait for it
+    again), and it is not the last active member (who takes the tickets meanwhile). A
+    member sits out only between tickets, so every ticket taken is finished."""
     if fastgd_load_acquire(&sync[EVICTED]) != me + 1:
         return False
+    fastgd_store_release(&sync[EVICTED], 0)
     if fastgd_fetch_add(&sync[ACTIVE], -1) > 1:
-        fastgd_store_release(&sync[LEFT], 1)
         return True
     fastgd_fetch_add(&sync[ACTIVE], 1)
-    fastgd_store_release(&sync[EVICTED], 0)
     return False
+
+
+cdef inline bint _sit_out(long long* sync, long long total, Py_ssize_t micros) noexcept nogil:
+    """Sleep about ``micros`` microseconds, then take tickets again (True); False, and the
+    member's part of the segment is over, once all ``total`` tickets are taken or the team
+    halts."""
+    cdef Py_ssize_t step
+    for step in range(max(1, micros // SLEEP_STEP_MICROS)):
+        fastgd_sleep_micros(SLEEP_STEP_MICROS)
+        if fastgd_load_acquire(&sync[TICKETS]) >= total or fastgd_load_acquire(&sync[HALTED]) != 0:
+            return False
+    fastgd_fetch_add(&sync[ACTIVE], 1)
+    return True
 
 
 cdef inline Py_ssize_t _ticket_span(Py_ssize_t n_chunks, Py_ssize_t members, Py_ssize_t* tickets) noexcept nogil:
@@ -1165,10 +1184,13 @@ cdef void _team_member(
     cdef Py_ssize_t span_last = _ticket_span(per_last, members, &tickets_last)
     cdef long long total = full * tickets_full + tickets_last, ticket, batch, first
     cdef int waited, yields = 0
+    cdef Py_ssize_t pause = SIT_OUT_MICROS
     cdef long long me = _join_team(sync)
-    if me < 0:
-        return
-    while not _leave_if_evicted(sync, me):
+    while True:
+        if _asked_to_sit_out(sync, me):
+            if not _sit_out(sync, total, pause):
+                return
+            pause = min(2 * pause, SIT_OUT_MAX_MICROS)
         ticket = fastgd_fetch_add(&sync[TICKETS], 1)
         if ticket >= total:
             return

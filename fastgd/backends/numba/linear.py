@@ -43,15 +43,18 @@ from .team import (
     HALTED,
     LONG_WAIT,
     READY,
+    SIT_OUT_MAX_MICROS,
+    SIT_OUT_MICROS,
     SYNC_SIZE,
     TEAM_SLOTS,
     YIELDED,
     YIELDS_BEFORE_EVICTING,
+    asked_to_sit_out,
     evict_updater,
     finish_chunk,
     join_team,
-    leave_if_evicted,
     publish_update,
+    sit_out,
     take_ticket,
     wait_for_update,
 )
@@ -306,10 +309,12 @@ def _team_member(data, params, order, shuffled, n, batch_size, loss_code, k, G, 
     span_full, tickets_full = _ticket_span(per_full, members)
     span_last, tickets_last = _ticket_span(per_last, members)
     total = full * tickets_full + tickets_last
-    me, yields = join_team(sync), 0
-    if me < 0:
-        return
-    while not leave_if_evicted(sync, me):
+    me, yields, pause = join_team(sync), 0, SIT_OUT_MICROS
+    while True:
+        if asked_to_sit_out(sync, me):
+            if not sit_out(sync, total, pause):
+                return
+            pause = min(2 * pause, SIT_OUT_MAX_MICROS)
         ticket = take_ticket(sync)
         if ticket >= total:
             return
@@ -508,7 +513,7 @@ def _make_train_kernel(shape, mode, sparse=False):
     randomly touched cache lines of the weights and the accumulators move between cores.
     ``team``, the kernel's last argument, is ``(members, wait_limit)``: the number of
     threads of the call (the size of a ``TEAM`` mode's team) and the cycles after which a
-    waiting member asks the member it waits for to leave (:data:`TEAM_WAIT_CYCLES`).
+    waiting member asks the member it waits for to sit out (:data:`TEAM_WAIT_CYCLES`).
     """
 
     @njit(**NUMBA_OPTIONS)

@@ -35,23 +35,30 @@ FINISHED = 8  # chunks finished so far in the epoch
 UPDATED = 16  # batches whose update is published
 HALTED = 17  # 1: Ctrl-C seen; the members leave (written before UPDATED)
 UPDATER = 18  # the member that published the last update (written before UPDATED)
-ACTIVE = 24  # members that joined and have not left
-LEFT = 25  # 1: a member has left; no member joins after that
-JOINED = 26  # members that joined (their numbers: 0, 1, ...)
-EVICTED = 32  # 1 + the number of a member asked to leave (0: none)
+ACTIVE = 24  # members taking tickets (not sitting out)
+JOINED = 25  # members that joined (their numbers: 0, 1, ...)
+EVICTED = 32  # 1 + the number of a member asked to sit out (0: none)
 SYNC_SIZE = 40
 # What a wait for an update was (-1: the team halted): the update was there at once (the
 # member often published it itself), the member spun, it had to yield its core, or it spun
-# for longer than its limit (fastgd._config.TEAM_WAIT_CYCLES). A member that waited long, or had to yield in
-# YIELDS_BEFORE_EVICTING waits in a row (waits that found the update at once aside: two
-# members sharing one core, each spinning while the other would compute), asks the member
-# it waited for to leave.
+# for longer than its limit (fastgd._config.TEAM_WAIT_CYCLES). A member that waited long,
+# or had to yield in YIELDS_BEFORE_EVICTING waits in a row (waits that found the update at
+# once aside: two members sharing one core, each spinning while the other would compute),
+# asks the member it waited for to sit out a while.
 READY = 0
 SPUN = 1
 YIELDED = 2
 LONG_WAIT = 3
 YIELDS_BEFORE_EVICTING = 3
 SPINS_BEFORE_YIELD = 2048
+# A member asked to sit out sleeps this long (microseconds), in steps of SLEEP_STEP_MICROS,
+# then takes tickets again; each time it is asked again in the epoch, twice as long, up to
+# SIT_OUT_MAX_MICROS. A single hiccup (the hypervisor pausing a virtual core) costs a member
+# a fifth of a millisecond; a core shared with another process for good soon leaves the
+# epoch to the other members.
+SIT_OUT_MICROS = 200
+SIT_OUT_MAX_MICROS = 12800
+SLEEP_STEP_MICROS = 50
 # A wait counts only the stretches between two reads of the cycle counter shorter than
 # this (about 30 us): a longer one is a time slice during which the waiting member itself
 # did not run.
@@ -165,6 +172,22 @@ def _cycles(typingctx):
 
 
 @intrinsic
+def _sleep_micros(typingctx, micros):
+    """``usleep(micros)`` of the C library: the thread sleeps, leaving its core."""
+    if not isinstance(micros, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        function_type = ir.FunctionType(ir.IntType(32), [ir.IntType(32)])
+        function = cgutils.get_or_insert_function(builder.module, function_type, "usleep")
+        value = context.cast(builder, args[0], signature.args[0], types.uint32)
+        builder.call(function, [value])
+        return context.get_dummy_value()
+
+    return types.none(micros), codegen
+
+
+@intrinsic
 def _spin_pause(typingctx):
     """The x86 ``pause`` hint in a spin loop (it leaves the core's resources to the other
     thread of the core and avoids a pipeline flush when the awaited value changes); no
@@ -231,9 +254,7 @@ def wait_for_update(sync, batch, limit):
 
 @njit(inline="always", **NUMBA_OPTIONS)
 def join_team(sync):
-    """A new member's number (0, 1, ...), or -1 (stay out) once a member has left."""
-    if _load_acquire(sync, LEFT) != 0:
-        return -1
+    """Count a new member in; returns its number (0, 1, ...)."""
     _fetch_add(sync, ACTIVE, 1)
     return _fetch_add(sync, JOINED, 1)
 
@@ -241,25 +262,37 @@ def join_team(sync):
 @njit(inline="always", **NUMBA_OPTIONS)
 def evict_updater(sync):
     """After a long wait: ask the member that published the awaited update, the one that
-    was late, to leave the team (it does so between two tickets: :func:`leave_if_evicted`).
-    On a machine with more runnable threads than cores, that member shares its core with
-    another process, and every batch would wait for it again."""
+    was late, to sit out a while (it does so between two tickets: :func:`sit_out`). On a
+    machine with more runnable threads than cores, that member shares its core with
+    another thread, and every batch would wait for it again."""
     _store_release(sync, EVICTED, 1 + _load_acquire(sync, UPDATER))
 
 
 @njit(inline="always", **NUMBA_OPTIONS)
-def leave_if_evicted(sync, me):
-    """Whether member ``me``, holding no ticket, leaves the team: it was asked to and is
-    not the last active member (who takes the remaining tickets). A member leaves only
-    between tickets, so every ticket taken is finished and no one waits for a leaver."""
+def asked_to_sit_out(sync, me):
+    """Whether member ``me``, holding no ticket, must sit out: it was asked to and is not
+    the last active member (who takes the tickets meanwhile). A member sits out only
+    between tickets, so every ticket taken is finished and no one waits for a sitter."""
     if _load_acquire(sync, EVICTED) != me + 1:
         return False
+    _store_release(sync, EVICTED, 0)
     if _fetch_add(sync, ACTIVE, -1) > 1:
-        _store_release(sync, LEFT, 1)
         return True
     _fetch_add(sync, ACTIVE, 1)
-    _store_release(sync, EVICTED, 0)
     return False
+
+
+@njit(inline="always", **NUMBA_OPTIONS)
+def sit_out(sync, total, micros):
+    """Sleep about ``micros`` microseconds, then take tickets again (True); False, and
+    the member's part of the epoch is over, once all ``total`` tickets are taken or the
+    team halts."""
+    for _ in range(max(1, micros // SLEEP_STEP_MICROS)):
+        _sleep_micros(SLEEP_STEP_MICROS)
+        if _load_acquire(sync, TICKETS) >= total or _load_acquire(sync, HALTED) != 0:
+            return False
+    _fetch_add(sync, ACTIVE, 1)
+    return True
 
 
 @njit(inline="always", **NUMBA_OPTIONS)

@@ -238,12 +238,12 @@ def test_numba_team_tickets_of_any_span_give_the_same_result(members, monkeypatc
 
 
 @pytest.mark.parametrize("case", list(TEAM_CASES))
-def test_team_members_asked_to_leave_change_no_value(compiled_backend, case, monkeypatch):
-    """A member that waits long for an update asks the member that published it to leave
-    the team (on a machine busier than its cores, that member shares its core). A wait
-    limit of one cycle makes every spinning wait long, so members leave in the first
-    batches, at whatever point the threads' timing puts it; the result must be the one
-    of the whole team and of one thread, bit for bit, and the epoch must end."""
+def test_team_members_asked_to_sit_out_change_no_value(compiled_backend, case, monkeypatch):
+    """A member that waits long for an update asks the member that published it to sit
+    out a while (on a machine busier than its cores, that member shares its core). A wait
+    limit of one cycle makes every spinning wait long, so members sit out and rejoin from
+    the first batches on, at whatever points the threads' timing puts it; the result must
+    be the one of one thread, bit for bit, and every epoch must end."""
     import fastgd.backends.cython.linear as cython_linear
     import fastgd.backends.numba.linear as numba_linear
 

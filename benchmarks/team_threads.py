@@ -8,22 +8,22 @@ Usage::
     python benchmarks/team_threads.py --handoff            # one handoff between 2 cores
     python benchmarks/team_threads.py --busy 2 --rows 300000   # beside 2 busy processes
 
-Three ways to run the same fits (1,000,000 x 100 float64, mean squared error, plain SGD,
-3 epochs), interleaved round by round so that the load of the machine hits all alike:
+Two ways to run the same fits (1,000,000 x 100 float64, mean squared error, plain SGD,
+3 epochs) with the Cython kernel, interleaved round by round so that the load of the
+machine hits all alike:
 
-- ``fork/join``: ``TEAM_SEGMENT_WORK = -1``, the kernel before the team existed (a batch
+- ``fork/join``: ``TEAM_BATCHES = False``, the kernel before the team existed (a batch
   below ``PARALLEL_MIN_WORK`` runs its chunks serially, a larger one opens a parallel
   region per batch);
-- ``team``: ``TEAM_SEGMENT_WORK = 0``, the default, every batch on the team (chunks dealt
-  in tickets, as in Numba's team);
-- ``paced``: ``TEAM_SEGMENT_WORK = 1 << 22``, segments of about 40,000 rows on the team or
-  on one thread, whichever measures faster (the default until 2026-12-02, when the team
-  had two barriers per batch).
+- ``team``: the default, every batch on the team (chunks dealt in tickets, as in Numba's
+  team). Until 2026-12-02 Cython's team had two barriers per batch and was paced against
+  one thread by default (segments on the team or on one thread, whichever measured
+  faster); that pacing was removed with the barriers.
 
 ``--busy N`` runs N processes that only spin (pure Python loops) beside the fits, as on a
 machine with more runnable threads than cores; they are stopped at the end.
 
-All three give the same parameters (checked here). Reported: median, min and max kernel
+Both give the same parameters (checked here). Reported: median, min and max kernel
 time of the rounds, and the median's share of the streaming read limit measured at start.
 
 ``--backend numba`` runs three ways instead: ``per-batch``, the kernel mode chosen before
@@ -49,13 +49,13 @@ import numpy as np
 import fastgd
 import fastgd.backends.cython.linear as cython_linear
 import fastgd.backends.numba.linear as numba_linear
-from fastgd._config import MAX_CHUNKS, TEAM_SEGMENT_WORK
+from fastgd._config import MAX_CHUNKS, TEAM_BATCHES
 from fastgd.bench import roofline
 
 DEFAULT_NUMBA_MODE = numba_linear._train_mode
 DEFAULT_NUMBA_KERNELS = numba_linear._kernels
 
-MODES = {"fork/join": -1, "team": 0, "paced": 1 << 22}
+MODES = {"fork/join": False, "team": True}
 
 
 def _numba_per_batch_mode(model, data, update):
@@ -119,7 +119,7 @@ def _handoffs(turns):
 def _set_mode(backend, mode):
     """Select ``mode`` of ``backend``."""
     if backend == "cython":
-        cython_linear.TEAM_SEGMENT_WORK = MODES[mode]
+        cython_linear.TEAM_BATCHES = MODES[mode]
     else:
         numba_linear._train_mode, numba_linear._kernels = NUMBA_MODES[mode]
 
@@ -172,7 +172,7 @@ def _run(args):
             assert np.array_equal(result.params, exact), (batch, mode)
             close = params.setdefault(batch, result.params)
             np.testing.assert_allclose(result.params, close, rtol=1e-12, atol=1e-12)
-    cython_linear.TEAM_SEGMENT_WORK = TEAM_SEGMENT_WORK
+    cython_linear.TEAM_BATCHES = TEAM_BATCHES
     numba_linear._train_mode, numba_linear._kernels = NUMBA_MODES["team"]
     print(f"{'batch':>6} {'mode':<12}{'median s':>10}{'min s':>9}{'max s':>9}{'of limit':>10}")
     for (batch, mode), seconds in times.items():

@@ -28,15 +28,11 @@ PARALLEL_MIN_WORK = 65536
 
 # Mini-batches of several chunks on several threads run on a team of threads (Numba's and
 # Cython's): one parallel region per epoch, no fork/join per batch; the members take the
-# chunks in tickets and wait only for the update before their ticket's batch. Cython can
-# also run an epoch in segments of about this many multiply-adds (rows x features x
-# outputs), each on the team or on one thread, whichever measured faster (the other
-# re-measured now and then): the pacing that its earlier team, with two barriers per batch,
-# needed on a machine with more runnable threads than cores. 0 (the default): the team for
-# every batch, no pacing (a member that waits long asks the late member to sit out a while
-# instead, TEAM_WAIT_CYCLES); negative: never (the per-batch fork/join of large batches,
-# serial small ones). The choice never changes a result.
-TEAM_SEGMENT_WORK = 0
+# chunks in tickets and wait only for the update before their ticket's batch (a member that
+# waits long asks the late member to sit out a while, TEAM_WAIT_CYCLES). False: Cython runs
+# such batches as before its team (a fork/join per large batch, small ones serially), for
+# comparison (benchmarks/team_threads.py). The choice never changes a result.
+TEAM_BATCHES = True
 
 # A member of a team (Numba's, Cython's) that spun longer than this many cycles of the
 # processor's time-stamp counter (0.47 ms at this VM's 2.25 GHz) waiting for the update of

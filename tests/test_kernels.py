@@ -165,17 +165,16 @@ def test_results_bit_identical_for_one_and_two_threads(compiled_backend, dtype, 
 
 # Batches of 256 rows are 4 chunks: on 2 threads both compiled kernels run batches on a
 # team of threads (one parallel region per epoch, chunks dealt in tickets). 2000 rows end
-# with a batch of 208 rows (3 chunks, dealt unevenly). TEAM_SEGMENT_WORK = 0 (the default)
-# puts every batch on the team; 1 makes Cython's segments of one batch, alternating between
-# the team and one thread as their measured pace decides. The setting is Cython's only, so
-# its two cases are the same for Numba.
-TEAM_WORK = pytest.mark.parametrize("team_work", [0, 1], ids=["team", "paced"])
+# with a batch of 208 rows (3 chunks, dealt unevenly). TEAM_BATCHES = False runs Cython's
+# batches as before its team (chunks of a small batch serially, a fork/join per large one);
+# the setting is Cython's only, so its two cases are the same for Numba.
+TEAM_WORK = pytest.mark.parametrize("team_work", [True, False], ids=["team", "fork-join"])
 
 
 def _team_work(monkeypatch, value):
     import fastgd.backends.cython.linear as cython_linear
 
-    monkeypatch.setattr(cython_linear, "TEAM_SEGMENT_WORK", value)
+    monkeypatch.setattr(cython_linear, "TEAM_BATCHES", value)
 
 
 TEAM_CASES = {
@@ -247,7 +246,7 @@ def test_team_members_asked_to_sit_out_change_no_value(compiled_backend, case, m
     import fastgd.backends.cython.linear as cython_linear
     import fastgd.backends.numba.linear as numba_linear
 
-    _team_work(monkeypatch, 0)
+    _team_work(monkeypatch, True)
     c = TEAM_CASES[case]
     (loss_code, k), n = c["loss"], 4000
     X, Y, _ = make_problem(loss_code, k, n=n, d=20)

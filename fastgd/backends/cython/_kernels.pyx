@@ -33,7 +33,6 @@ from libc.math cimport (
 )
 from libc.float cimport DBL_MAX, FLT_MAX
 from libc.stdint cimport int32_t, int64_t
-from cpython.pyport cimport PY_SSIZE_T_MAX
 from libc.string cimport memcpy, memset
 from scipy.linalg.cython_blas cimport dgemm, sgemm
 
@@ -45,12 +44,10 @@ cdef extern from *:
     #define FASTGD_OPENMP_ENABLED 1
     #define fastgd_max_threads() omp_get_max_threads()
     #define fastgd_team_size() omp_get_num_threads()
-    #define fastgd_seconds() omp_get_wtime()
     #else
     #define FASTGD_OPENMP_ENABLED 0
     #define fastgd_max_threads() 1
     #define fastgd_team_size() 1
-    #define fastgd_seconds() 0.0
     #endif
     /* The counters of a team of threads (see _team_member): GCC's and Clang's atomic
        built-ins. A member publishes with a release store after its plain stores (chunk
@@ -96,7 +93,6 @@ cdef extern from *:
     const int FASTGD_OPENMP_ENABLED
     int fastgd_max_threads() noexcept nogil
     int fastgd_team_size() noexcept nogil
-    double fastgd_seconds() noexcept nogil
     const int FASTGD_ATOMICS
     long long fastgd_fetch_add(long long* p, long long v) noexcept nogil
     long long fastgd_load_acquire(long long* p) noexcept nogil
@@ -205,9 +201,8 @@ cdef struct Problem:
     # fastgd._config
     Py_ssize_t max_chunks, min_rows_per_chunk, parallel_min_work, rows_per_block
     int n_threads
-    # mini-batches on a team of threads: paced segments of this many multiply-adds; 0: the
-    # team for every batch (no pacing); < 0: never (fastgd._config.TEAM_SEGMENT_WORK)
-    Py_ssize_t team_segment_work
+    # mini-batches of several chunks on a team of threads (fastgd._config.TEAM_BATCHES)
+    bint team_batches
     # a team member that spun longer than this many cycles for an update asks the member
     # that published it to sit out (fastgd._config.TEAM_WAIT_CYCLES)
     long long team_wait_cycles
@@ -946,7 +941,7 @@ cdef Problem _problem(
     pb.parallel_min_work, pb.rows_per_block = parallel_min_work, rows_per_block
     pb.n_threads = n_threads
     pb.stop_state = NULL
-    pb.team_segment_work, pb.team_wait_cycles = -1, 0
+    pb.team_batches, pb.team_wait_cycles = False, 0
     return pb
 
 
@@ -989,24 +984,14 @@ def loss_and_gradient(
 # ticket adds the chunk rows in chunk order and applies the update (Numba's team, see
 # fastgd/backends/numba/team.py, works the same way). No barrier: a member never waits for
 # one that has not taken a ticket, so a preempted member stalls the others only while it
-# holds a ticket they need, not at every batch. An epoch may still run in segments of about
-# ``pb.team_segment_work`` multiply-adds (fastgd._config.TEAM_SEGMENT_WORK > 0), each on the
-# team or on one thread, whichever measured more rows per second. A team segment ends early
-# once it has taken as long as one thread would take for the whole segment; the slower way
-# is measured again after ``probe_every`` segments, an interval that doubles (up to
-# PROBE_MAX) each time it loses. Every way computes the same operations in the same order:
-# the choice never changes a result.
-
-cdef enum:
-    PROBE_EVERY = 16
-    PROBE_MAX = 1024
-    SERIAL_SEGMENT = 0
-    TEAM_SEGMENT = 1
+# holds a ticket they need, not at every batch; a member that shares its core with another
+# thread is asked to sit out a while (_asked_to_sit_out). The team computes the operations
+# of one thread in the same order: it never changes a result.
 
 
 cdef struct Team:
-    # The settings of one epoch's updates, what the updating member of each batch records
-    # (published with the update count), and the measured pace of both ways to run.
+    # The settings of one epoch's updates and what the updating member of each batch
+    # records (published with the update count).
     const Optimizer* opt
     Py_ssize_t batch_size, n_weights, n_trained
     int64_t* step_count
@@ -1014,19 +999,16 @@ cdef struct Team:
     double loss_sum  # the batches' summed losses, added in batch order
     Py_ssize_t done  # rows of the epoch whose update has been applied
     bint stop  # Ctrl-C seen before the next batch: every member leaves the batch loop
-    double deadline  # fastgd_seconds() at which a team segment gives up
-    double rate[2]  # rows per second of the last one-thread and team segments (0: unknown)
-    Py_ssize_t segments, probe_every  # segments run in this call; probing interval
 
 
 cdef inline bint _use_team(const Problem* pb, Py_ssize_t batch_size, Py_ssize_t n_trained) noexcept nogil:
-    """Whether an epoch of dense mini-batches may run on a team (:func:`_paced_epoch`).
+    """Whether an epoch of dense mini-batches may run on a team (:func:`_team_batches`).
 
     Only batches of several chunks (one chunk has nothing to share), more than one batch per
     epoch (one batch is one fork/join anyway) and an update small enough to run serially
     (member 0 applies it; larger ones are split over threads by :func:`_apply_update`).
     """
-    return (FASTGD_OPENMP_ENABLED and FASTGD_ATOMICS and pb.team_segment_work >= 0
+    return (FASTGD_OPENMP_ENABLED and FASTGD_ATOMICS and pb.team_batches
             and pb.n_threads > 1
             and not pb.sparse and batch_size < pb.n
             and _n_chunks(pb, batch_size) > 1
@@ -1059,9 +1041,9 @@ cdef void _serial_batches(
 cdef enum:
     # entries of a team's counters, each on its own 64-byte cache line
     TICKETS = 0  # the next ticket to hand out
-    FINISHED = 8  # tickets finished so far in the segment
-    UPDATED = 16  # batches of the segment whose update is published
-    HALTED = 17  # 1: the members leave (Ctrl-C, or the segment's deadline)
+    FINISHED = 8  # tickets finished so far in the epoch
+    UPDATED = 16  # batches of the epoch whose update is published
+    HALTED = 17  # 1: the members leave (Ctrl-C)
     UPDATER = 18  # the member that published the last update (written before UPDATED)
     ACTIVE = 24  # members taking tickets (not sitting out)
     JOINED = 25  # members that joined (their numbers: 0, 1, ...)
@@ -1078,7 +1060,7 @@ cdef enum:
     # 30 us): a longer one is a time slice during which the waiting member did not run
     WAIT_GAP_CYCLES = 1 << 16
     # a member asked to sit out sleeps this long (microseconds, in steps), then takes
-    # tickets again; each time it is asked again in the segment, twice as long, up to the
+    # tickets again; each time it is asked again in the epoch, twice as long, up to the
     # maximum (Numba's team: the same constants)
     SIT_OUT_MICROS = 200
     SIT_OUT_MAX_MICROS = 12800
@@ -1086,7 +1068,7 @@ cdef enum:
 
 
 cdef inline int _wait_for_update(long long* sync, long long batch, long long limit) noexcept nogil:
-    """Wait until the updates of the segment's batches ``0 .. batch - 1`` are published;
+    """Wait until the updates of the epoch's batches ``0 .. batch - 1`` are published;
     -1 when the team halts instead (the flag is set before the update count, so a member
     waiting for that update sees it), else LONG_WAIT when this member spun for more than
     ``limit`` cycles (``limit`` > 0; the member it waited for was descheduled, see
@@ -1143,7 +1125,7 @@ cdef inline bint _asked_to_sit_out(long long* sync, long long me) noexcept nogil
 
 cdef inline bint _sit_out(long long* sync, long long total, Py_ssize_t micros) noexcept nogil:
     """Sleep about ``micros`` microseconds, then take tickets again (True); False, and the
-    member's part of the segment is over, once all ``total`` tickets are taken or the team
+    member's part of the epoch is over, once all ``total`` tickets are taken or the team
     halts."""
     cdef Py_ssize_t step
     for step in range(max(1, micros // SLEEP_STEP_MICROS)):
@@ -1222,7 +1204,7 @@ cdef void _team_member(
                           pb.parallel_min_work)
             team.done = stop
             team.stop = stop < end and fastgd_interrupted(pb.stop_state)
-            if team.stop or (stop < end and fastgd_seconds() > team.deadline):
+            if team.stop:
                 fastgd_store_release(&sync[HALTED], 1)
             fastgd_store_release(&sync[UPDATER], me)
             fastgd_store_release(&sync[UPDATED], batch + 1)
@@ -1243,56 +1225,6 @@ cdef void _team_batches(
         return
     with team_region(num_threads=pb.n_threads):
         _team_member(pb, team, X, Y, sw, w, state, G, Z, begin, end, sync, pb.n_threads)
-
-
-cdef inline int _next_segment_kind(Team* team) noexcept nogil:
-    """One thread first, then the team; then the faster of the two, the other one after
-    ``team.probe_every`` segments (the load of the machine changes)."""
-    cdef int best
-    team.segments += 1
-    if team.rate[SERIAL_SEGMENT] == 0.0:
-        return SERIAL_SEGMENT
-    if team.rate[TEAM_SEGMENT] == 0.0:
-        return TEAM_SEGMENT
-    best = TEAM_SEGMENT if team.rate[TEAM_SEGMENT] >= team.rate[SERIAL_SEGMENT] else SERIAL_SEGMENT
-    return 1 - best if team.segments % team.probe_every == 0 else best
-
-
-cdef void _paced_epoch(
-    const Problem* pb, Team* team, const floating* X, const floating* Y, const floating* sw,
-    floating* w, floating* state, floating* G, floating* Z,
-) noexcept nogil:
-    """All the mini-batches of an epoch, in segments run on the team or on one thread (see
-    above); ``team.rate`` carries the measured pace from epoch to epoch."""
-    cdef Py_ssize_t batches = max(1, pb.team_segment_work // (team.batch_size * pb.d * pb.k))
-    cdef Py_ssize_t first, end
-    cdef int kind
-    cdef bint lost
-    cdef double started, seconds
-    cdef Problem solo = pb[0]  # one thread, no parallel region at all
-    solo.n_threads, solo.parallel_min_work = 1, PY_SSIZE_T_MAX
-    while team.done < pb.n and not team.stop:
-        first = team.done
-        end = min(pb.n, first + batches * team.batch_size)
-        kind = _next_segment_kind(team) if pb.team_segment_work > 0 else TEAM_SEGMENT
-        if pb.team_segment_work == 0:
-            end = pb.n
-        started = fastgd_seconds()
-        if kind == TEAM_SEGMENT:
-            # give up once slower than one thread would be for the whole segment
-            team.deadline = (started + (end - first) / team.rate[SERIAL_SEGMENT]
-                             if team.rate[SERIAL_SEGMENT] > 0.0 and pb.team_segment_work > 0
-                             else DBL_MAX)
-            _team_batches(pb, team, X, Y, sw, w, state, G, Z, end)
-        else:
-            _serial_batches(&solo, team, X, Y, sw, w, state, G, Z, end)
-        seconds = fastgd_seconds() - started
-        if team.done > first:
-            team.rate[kind] = (team.done - first) / max(seconds, 1e-9)
-            if pb.team_segment_work > 0 and team.segments % team.probe_every == 0:
-                # a probe: back off while it loses
-                lost = team.rate[kind] < team.rate[1 - kind]
-                team.probe_every = min(2 * team.probe_every, PROBE_MAX) if lost else PROBE_EVERY
 
 
 cdef Py_ssize_t _train_epochs(
@@ -1332,7 +1264,6 @@ cdef Py_ssize_t _train_epochs(
     cdef Team team
     team.opt, team.batch_size, team.step_count = opt, batch_size, step_count
     team.n_weights, team.n_trained = n_weights, n_trained
-    team.rate[0], team.rate[1], team.segments, team.probe_every = 0.0, 0.0, 0, PROBE_EVERY
     cdef bint team_ok = _use_team(pb, batch_size, n_trained)
     pb.shuffled = orders.shape[0] > 0
     pb.stop_state = &stop_state[0]
@@ -1361,7 +1292,7 @@ cdef Py_ssize_t _train_epochs(
         if batched_rows > 0:  # Ctrl-C is polled before each batch
             team.lr_epoch, team.loss_sum, team.done, team.stop = lr_epoch, 0.0, 0, False
             if team_ok:
-                _paced_epoch(pb, &team, X, &Y[0, 0], sw, w, state, G, &Zbuf[0, 0])
+                _team_batches(pb, &team, X, &Y[0, 0], sw, w, state, G, &Zbuf[0, 0], n)
             else:
                 _serial_batches(pb, &team, X, &Y[0, 0], sw, w, state, G, &Zbuf[0, 0], n)
             loss_sum = team.loss_sum
@@ -1396,7 +1327,7 @@ def train_epochs(
     double[::1] stop_state, double[::1] history, floating[:, ::1] G, floating[:, ::1] Z,
     floating[::1] start_params, floating[:, ::1] start_state, Py_ssize_t max_chunks,
     Py_ssize_t min_rows_per_chunk, Py_ssize_t parallel_min_work, Py_ssize_t rows_per_block,
-    int n_threads, Py_ssize_t team_segment_work=-1, long long team_wait_cycles=0,
+    int n_threads, bint team_batches=False, long long team_wait_cycles=0,
 ):
     """Run the epochs with the GIL released; returns ``(n_done, status)``.
 
@@ -1414,7 +1345,7 @@ def train_epochs(
     cdef Problem pb = _problem(X, Y, params, n_outputs, loss_code, G, Z, max_chunks,
                                min_rows_per_chunk, parallel_min_work, rows_per_block, n_threads)
     _attach_csr(&pb, indices, indptr, n_features)
-    pb.team_segment_work, pb.team_wait_cycles = team_segment_work, team_wait_cycles
+    pb.team_batches, pb.team_wait_cycles = team_batches, team_wait_cycles
     cdef int status = MAX_EPOCHS
     cdef Py_ssize_t n_done
     cdef Py_ssize_t state_size = opt_state.shape[0] * opt_state.shape[1]

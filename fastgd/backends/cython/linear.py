@@ -14,7 +14,7 @@ from ..._config import (
     ROWS_PER_BLOCK,
     SEVERAL_BLOCK_ENTRIES,
     SPARSE_ROWS_PER_CHUNK,
-    TEAM_SEGMENT_WORK,
+    TEAM_BATCHES,
     TEAM_WAIT_CYCLES,
 )
 from ..contract import is_sparse
@@ -112,7 +112,7 @@ def train_epochs(model, data, state, update, block, n_threads):
         int(update.opt_code), hyper, opt_state, state.step_count, float(update.tol),
         float(update.n_iter_no_change), state.stop_state, block.history, buf, zbuf,
         np.empty_like(params), np.empty_like(opt_state), chunks, rows_per_chunk,
-        PARALLEL_MIN_WORK, block_rows, max(1, int(n_threads)), TEAM_SEGMENT_WORK,
+        PARALLEL_MIN_WORK, block_rows, max(1, int(n_threads)), TEAM_BATCHES,
         TEAM_WAIT_CYCLES,
     )  # fmt: skip
     return n_done, _STATUS_CODES[status]

@@ -39,10 +39,10 @@ TEAM_BATCHES = True
 # the batch before its ticket's, or had to yield its core in 3 waits in a row, concludes
 # that the member that published that update shares a core with another thread (a machine
 # with more runnable threads than cores) and asks it to sit out: between two tickets, it
-# sleeps 0.2 ms, then rejoins; asked again, it sleeps twice as long, up to 12.8 ms (the
-# constants of backends/numba/team.py). An ordinary wait lasts a batch (microseconds); a
-# time slice lost to another process, milliseconds. 0: no long waits (the yields still
-# count). No effect on results.
+# yields its core for 2^19 cycles (0.23 ms), then rejoins; asked again, twice as long, up
+# to 2^25 cycles (the constants of backends/numba/team.py). An ordinary wait lasts a batch
+# (microseconds); a time slice lost to another process, milliseconds. 0: no long waits
+# (the yields still count). No effect on results.
 TEAM_WAIT_CYCLES = 1 << 20
 
 # Extra entries at the end of each per-chunk buffer row (64 bytes of float64), so that

@@ -54,7 +54,6 @@ cdef extern from *:
        sums, parameters); a member that reads the count with acquire sees those stores. */
     #if defined(__GNUC__) || defined(__clang__)
     #include <sched.h>
-    #include <unistd.h>
     #define FASTGD_ATOMICS 1
     static inline long long fastgd_fetch_add(long long* p, long long v) {
         return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST);
@@ -66,7 +65,6 @@ cdef extern from *:
         __atomic_store_n(p, v, __ATOMIC_RELEASE);
     }
     static inline void fastgd_yield(void) { sched_yield(); }
-    static inline void fastgd_sleep_micros(int micros) { usleep((useconds_t)micros); }
     #if defined(__x86_64__) || defined(__i386__)
     #define fastgd_spin_pause() __builtin_ia32_pause()
     #define fastgd_cycles() ((long long)__builtin_ia32_rdtsc())
@@ -80,7 +78,6 @@ cdef extern from *:
     static inline long long fastgd_load_acquire(long long* p) { return *p; }
     static inline void fastgd_store_release(long long* p, long long v) { *p = v; }
     static inline void fastgd_yield(void) {}
-    static inline void fastgd_sleep_micros(int micros) { (void)micros; }
     #define fastgd_spin_pause() ((void)0)
     #define fastgd_cycles() 0LL
     #endif
@@ -98,7 +95,6 @@ cdef extern from *:
     long long fastgd_load_acquire(long long* p) noexcept nogil
     void fastgd_store_release(long long* p, long long v) noexcept nogil
     void fastgd_yield() noexcept nogil
-    void fastgd_sleep_micros(int micros) noexcept nogil
     void fastgd_spin_pause() noexcept nogil
     long long fastgd_cycles() noexcept nogil
     void fastgd_prefetch(const void* p) noexcept nogil
@@ -1059,12 +1055,11 @@ cdef enum:
     # a wait counts only the stretches between two clock reads shorter than this (about
     # 30 us): a longer one is a time slice during which the waiting member did not run
     WAIT_GAP_CYCLES = 1 << 16
-    # a member asked to sit out sleeps this long (microseconds, in steps), then takes
-    # tickets again; each time it is asked again in the epoch, twice as long, up to the
-    # maximum (Numba's team: the same constants)
-    SIT_OUT_MICROS = 200
-    SIT_OUT_MAX_MICROS = 12800
-    SLEEP_STEP_MICROS = 50
+    # a member asked to sit out yields its core for this many cycles, then takes tickets
+    # again; each time it is asked again in the epoch, twice as long, up to the maximum
+    # (Numba's team: the same constants, and why it yields rather than sleeps)
+    SIT_OUT_CYCLES = 1 << 19
+    SIT_OUT_MAX_CYCLES = 1 << 25
 
 
 cdef inline int _wait_for_update(long long* sync, long long batch, long long limit) noexcept nogil:
@@ -1123,15 +1118,17 @@ cdef inline bint _asked_to_sit_out(long long* sync, long long me) noexcept nogil
     return False
 
 
-cdef inline bint _sit_out(long long* sync, long long total, Py_ssize_t micros) noexcept nogil:
-    """Sleep about ``micros`` microseconds, then take tickets again (True); False, and the
-    member's part of the epoch is over, once all ``total`` tickets are taken or the team
-    halts."""
-    cdef Py_ssize_t step
-    for step in range(max(1, micros // SLEEP_STEP_MICROS)):
-        fastgd_sleep_micros(SLEEP_STEP_MICROS)
+cdef inline bint _sit_out(long long* sync, long long total, long long cycles) noexcept nogil:
+    """Yield the core for about ``cycles`` cycles, then take tickets again (True); False,
+    and the member's part of the epoch is over, once all ``total`` tickets are taken or
+    the team halts."""
+    cdef long long started = fastgd_cycles()
+    while True:
         if fastgd_load_acquire(&sync[TICKETS]) >= total or fastgd_load_acquire(&sync[HALTED]) != 0:
             return False
+        if fastgd_cycles() - started >= cycles:
+            break
+        fastgd_yield()
     fastgd_fetch_add(&sync[ACTIVE], 1)
     return True
 
@@ -1166,13 +1163,13 @@ cdef void _team_member(
     cdef Py_ssize_t span_last = _ticket_span(per_last, members, &tickets_last)
     cdef long long total = full * tickets_full + tickets_last, ticket, batch, first
     cdef int waited, yields = 0
-    cdef Py_ssize_t pause = SIT_OUT_MICROS
+    cdef long long pause = SIT_OUT_CYCLES
     cdef long long me = _join_team(sync)
     while True:
         if _asked_to_sit_out(sync, me):
             if not _sit_out(sync, total, pause):
                 return
-            pause = min(2 * pause, SIT_OUT_MAX_MICROS)
+            pause = min(2 * pause, SIT_OUT_MAX_CYCLES)
         ticket = fastgd_fetch_add(&sync[TICKETS], 1)
         if ticket >= total:
             return

@@ -43,8 +43,8 @@ from .team import (
     HALTED,
     LONG_WAIT,
     READY,
-    SIT_OUT_MAX_MICROS,
-    SIT_OUT_MICROS,
+    SIT_OUT_CYCLES,
+    SIT_OUT_MAX_CYCLES,
     SYNC_SIZE,
     TEAM_SLOTS,
     YIELDED,
@@ -56,6 +56,7 @@ from .team import (
     publish_update,
     sit_out,
     take_ticket,
+    tickets_left,
     wait_for_update,
 )
 from .threads import numba_threads
@@ -309,12 +310,14 @@ def _team_member(data, params, order, shuffled, n, batch_size, loss_code, k, G, 
     span_full, tickets_full = _ticket_span(per_full, members)
     span_last, tickets_last = _ticket_span(per_last, members)
     total = full * tickets_full + tickets_last
-    me, yields, pause = join_team(sync), 0, SIT_OUT_MICROS
+    if not tickets_left(sync, total):  # a thread's later slots: one read, no write
+        return
+    me, yields, pause = join_team(sync), 0, SIT_OUT_CYCLES
     while True:
         if asked_to_sit_out(sync, me):
             if not sit_out(sync, total, pause):
                 return
-            pause = min(2 * pause, SIT_OUT_MAX_MICROS)
+            pause = min(2 * pause, SIT_OUT_MAX_CYCLES)
         ticket = take_ticket(sync)
         if ticket >= total:
             return

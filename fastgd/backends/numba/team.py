@@ -51,14 +51,16 @@ YIELDED = 2
 LONG_WAIT = 3
 YIELDS_BEFORE_EVICTING = 3
 SPINS_BEFORE_YIELD = 2048
-# A member asked to sit out sleeps this long (microseconds), in steps of SLEEP_STEP_MICROS,
+# A member asked to sit out yields its core for this many cycles (0.23 ms at 2.25 GHz),
 # then takes tickets again; each time it is asked again in the epoch, twice as long, up to
-# SIT_OUT_MAX_MICROS. A single hiccup (the hypervisor pausing a virtual core) costs a member
-# a fifth of a millisecond; a core shared with another process for good soon leaves the
-# epoch to the other members.
-SIT_OUT_MICROS = 200
-SIT_OUT_MAX_MICROS = 12800
-SLEEP_STEP_MICROS = 50
+# SIT_OUT_MAX_CYCLES (15 ms). It yields rather than sleeps: on a busy machine the other
+# process gets the core, and on an idle one the sitter sees the end of the epoch at once
+# (a sleep lasts at least the kernel's timer slack, about 50 us, which the end of every
+# short epoch would wait for). A single hiccup (the hypervisor pausing a virtual core)
+# costs a member a fifth of a millisecond; a core shared with another process for good
+# soon leaves the epoch to the other members.
+SIT_OUT_CYCLES = 1 << 19
+SIT_OUT_MAX_CYCLES = 1 << 25
 # A wait counts only the stretches between two reads of the cycle counter shorter than
 # this (about 30 us): a longer one is a time slice during which the waiting member itself
 # did not run.
@@ -172,22 +174,6 @@ def _cycles(typingctx):
 
 
 @intrinsic
-def _sleep_micros(typingctx, micros):
-    """``usleep(micros)`` of the C library: the thread sleeps, leaving its core."""
-    if not isinstance(micros, types.Integer):
-        return None
-
-    def codegen(context, builder, signature, args):
-        function_type = ir.FunctionType(ir.IntType(32), [ir.IntType(32)])
-        function = cgutils.get_or_insert_function(builder.module, function_type, "usleep")
-        value = context.cast(builder, args[0], signature.args[0], types.uint32)
-        builder.call(function, [value])
-        return context.get_dummy_value()
-
-    return types.none(micros), codegen
-
-
-@intrinsic
 def _spin_pause(typingctx):
     """The x86 ``pause`` hint in a spin loop (it leaves the core's resources to the other
     thread of the core and avoids a pipeline flush when the awaited value changes); no
@@ -207,6 +193,14 @@ def _spin_pause(typingctx):
 def take_ticket(sync):
     """The next ticket of the epoch (0, 1, 2, ...)."""
     return _fetch_add(sync, TICKETS, 1)
+
+
+@njit(inline="always", **NUMBA_OPTIONS)
+def tickets_left(sync, total):
+    """Whether tickets below ``total`` are still to be handed out: one read, so that the
+    team loop's later slots of a thread (:data:`TEAM_SLOTS`) return without writing to
+    the counters the members share."""
+    return _load_acquire(sync, TICKETS) < total
 
 
 @njit(inline="always", **NUMBA_OPTIONS)
@@ -283,14 +277,17 @@ def asked_to_sit_out(sync, me):
 
 
 @njit(inline="always", **NUMBA_OPTIONS)
-def sit_out(sync, total, micros):
-    """Sleep about ``micros`` microseconds, then take tickets again (True); False, and
-    the member's part of the epoch is over, once all ``total`` tickets are taken or the
-    team halts."""
-    for _ in range(max(1, micros // SLEEP_STEP_MICROS)):
-        _sleep_micros(SLEEP_STEP_MICROS)
+def sit_out(sync, total, cycles):
+    """Yield the core for about ``cycles`` cycles, then take tickets again (True); False,
+    and the member's part of the epoch is over, once all ``total`` tickets are taken or
+    the team halts."""
+    started = _cycles()
+    while True:
         if _load_acquire(sync, TICKETS) >= total or _load_acquire(sync, HALTED) != 0:
             return False
+        if _cycles() - started >= cycles:
+            break
+        _yield_core()
     _fetch_add(sync, ACTIVE, 1)
     return True
 

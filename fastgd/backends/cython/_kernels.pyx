@@ -1121,7 +1121,8 @@ cdef inline bint _asked_to_sit_out(long long* sync, long long me) noexcept nogil
 cdef inline bint _sit_out(long long* sync, long long total, long long cycles) noexcept nogil:
     """Yield the core for about ``cycles`` cycles, then take tickets again (True); False,
     and the member's part of the epoch is over, once all ``total`` tickets are taken or
-    the team halts."""
+    the team halts. (Without a cycle counter, off x86, where ``fastgd_cycles()`` is 0, a
+    sitter stays out until the end of the epoch.)"""
     cdef long long started = fastgd_cycles()
     while True:
         if fastgd_load_acquire(&sync[TICKETS]) >= total or fastgd_load_acquire(&sync[HALTED]) != 0:

@@ -16,7 +16,11 @@ operations of LLVM emitted by the intrinsics below (Numba has none of its own):
 member that publishes an update stores the parameters first and the count last (release);
 a member that sees the count (acquire) sees the parameters. A member that has waited a
 while yields its core (``sched_yield``), so that on a busy machine the member it waits
-for gets to run.
+for gets to run. A member that waited long, or had to yield in several waits in a row,
+asks the member that published the awaited update to sit out a while (:func:`sit_out`):
+on a machine with more runnable threads than cores, that member shares its core, and
+every batch would wait for it again. The cycle counter (:func:`_cycles`) times the waits
+and the sit-outs.
 """
 
 import platform
@@ -280,7 +284,8 @@ def asked_to_sit_out(sync, me):
 def sit_out(sync, total, cycles):
     """Yield the core for about ``cycles`` cycles, then take tickets again (True); False,
     and the member's part of the epoch is over, once all ``total`` tickets are taken or
-    the team halts."""
+    the team halts. (Without a cycle counter, where :func:`_cycles` reads 0, a sitter
+    stays out until the end of the epoch.)"""
     started = _cycles()
     while True:
         if _load_acquire(sync, TICKETS) >= total or _load_acquire(sync, HALTED) != 0:

@@ -46,7 +46,6 @@ from .team import (
     SIT_OUT_CYCLES,
     SIT_OUT_MAX_CYCLES,
     SYNC_SIZE,
-    TEAM_SLOTS,
     YIELDED,
     YIELDS_BEFORE_EVICTING,
     asked_to_sit_out,
@@ -310,7 +309,7 @@ def _team_member(data, params, order, shuffled, n, batch_size, loss_code, k, G, 
     span_full, tickets_full = _ticket_span(per_full, members)
     span_last, tickets_last = _ticket_span(per_last, members)
     total = full * tickets_full + tickets_last
-    if not tickets_left(sync, total):  # a thread's later slots: one read, no write
+    if not tickets_left(sync, total):  # a slot that starts late: one read, no write
         return
     me, yields, pause = join_team(sync), 0, SIT_OUT_CYCLES
     while True:
@@ -355,8 +354,9 @@ def _team_epoch(data, params, order, shuffled, n, batch_size, loss_code, k, G, w
     ``(sync, totals)`` made by the caller (arrays made in this function and written only
     by the calls in its loop were read back as zeros, by Numba's parallel passes), and
     the team's size."""
-    for _ in prange(TEAM_SLOTS):  # as many members as threads; each slot after a
-        # thread's first finds the tickets taken and returns at once
+    for _ in prange(team[2]):  # one slot per thread of the call (Numba's static
+        # schedule gives each thread one); a slot that starts late finds the tickets
+        # taken and returns at once
         _team_member(data, params, order, shuffled, n, batch_size, loss_code, k, G, work, step, team)  # fmt: skip
     return team[1][0], team[0][HALTED] != 0
 

@@ -70,11 +70,6 @@ SIT_OUT_MAX_CYCLES = 1 << 25
 # did not run.
 WAIT_GAP_CYCLES = 1 << 16
 X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
-# The team's parallel loop: this many slots, split by Numba among its threads. A thread's
-# first slot makes it a member; in its later slots the tickets are gone. (``prange(
-# numba.get_num_threads())`` would read the thread count through a pointer, which keeps
-# Numba from caching the kernel.)
-TEAM_SLOTS = 1024
 
 
 def load_word(builder, pointer, ordering):
@@ -201,9 +196,9 @@ def take_ticket(sync):
 
 @njit(inline="always", **NUMBA_OPTIONS)
 def tickets_left(sync, total):
-    """Whether tickets below ``total`` are still to be handed out: one read, so that the
-    team loop's later slots of a thread (:data:`TEAM_SLOTS`) return without writing to
-    the counters the members share."""
+    """Whether tickets below ``total`` are still to be handed out: one read, so that a
+    slot of the team's loop that starts after the epoch's tickets are gone returns
+    without writing to the counters the members share."""
     return _load_acquire(sync, TICKETS) < total
 
 

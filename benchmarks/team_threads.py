@@ -7,10 +7,12 @@ Usage::
     python benchmarks/team_threads.py --backend numba      # Numba's team
     python benchmarks/team_threads.py --handoff            # one handoff between 2 cores
     python benchmarks/team_threads.py --busy 2 --rows 300000   # beside 2 busy processes
+    python benchmarks/team_threads.py --backend numba --rows 2048 --features 20 \
+        --epochs 1000 --batch-sizes 256                        # many short epochs
 
-Two ways to run the same fits (1,000,000 x 100 float64, mean squared error, plain SGD,
-3 epochs) with the Cython kernel, interleaved round by round so that the load of the
-machine hits all alike:
+Two ways to run the same fits (by default 1,000,000 x 100 float64, mean squared error,
+plain SGD, 3 epochs) with the Cython kernel, interleaved round by round so that the load
+of the machine hits all alike:
 
 - ``fork/join``: ``TEAM_BATCHES = False``, the kernel before the team existed (a batch
   below ``PARALLEL_MIN_WORK`` runs its chunks serially, a larger one opens a parallel
@@ -130,6 +132,8 @@ def main(argv=None):
     parser.add_argument("--batch-sizes", default="256,512,1024,4096")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--features", type=int, default=100)
+    parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--shuffle", action="store_true")
     parser.add_argument("--backend", choices=("cython", "numba"), default="cython")
     parser.add_argument("--handoff", action="store_true", help="time a handoff between 2 threads")
@@ -150,8 +154,8 @@ def _run(args):
         return 0
     modes = MODES if args.backend == "cython" else NUMBA_MODES
     rng = np.random.default_rng(0)
-    X = rng.standard_normal((args.rows, 100))
-    y = X @ rng.standard_normal(100) + 1.0
+    X = rng.standard_normal((args.rows, args.features))
+    y = X @ rng.standard_normal(args.features) + 1.0
     stream = roofline.stream_read(args.threads)
     print(f"streaming read limit ({args.threads} threads): {stream / 1e9:.1f} GB/s")
     times = {(b, m): [] for b in args.batch_sizes.split(",") for m in modes}
@@ -159,8 +163,9 @@ def _run(args):
     for round_ in range(args.rounds):
         for (batch, mode), seconds in times.items():
             _set_mode(args.backend, mode)
-            options = dict(batch_size=int(batch), epochs=3, lr=1e-3, seed=0, backend=args.backend,
-                           n_threads=args.threads, shuffle=args.shuffle)  # fmt: skip
+            options = dict(batch_size=int(batch), epochs=args.epochs, lr=1e-3, seed=0,
+                           backend=args.backend, n_threads=args.threads,
+                           shuffle=args.shuffle)  # fmt: skip
             if round_ == 0:
                 fastgd.fit(X, y, **options)  # warm the caches
             result = fastgd.fit(X, y, **options)
@@ -177,7 +182,7 @@ def _run(args):
     print(f"{'batch':>6} {'mode':<12}{'median s':>10}{'min s':>9}{'max s':>9}{'of limit':>10}")
     for (batch, mode), seconds in times.items():
         median = statistics.median(seconds)
-        share = X.nbytes * 3 / median / stream
+        share = X.nbytes * args.epochs / median / stream
         print(f"{batch:>6} {mode:<12}{median:>10.4f}{min(seconds):>9.4f}{max(seconds):>9.4f}"
               f"{100 * share:>9.0f}%")  # fmt: skip
     return 0

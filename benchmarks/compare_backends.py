@@ -11,7 +11,7 @@ The baseline (``numpy-loop``) is the tightest plain-NumPy SGD loop a user would 
 NumPy *reference backend* is a separate row (``numpy``). Times are wall times of the whole
 ``fit`` call (validation included); ``kernel`` is fastgd's training time alone, and
 ``of limit`` its bytes of X per second as a share of the streaming read bandwidth measured
-at the start of the run (:mod:`fastgd.bench.roofline`).
+just before that batch size's rows (:mod:`fastgd.bench.roofline`).
 
 Fairness rules: every side runs the same algorithm (the mean squared error, the same optimizer,
 same learning rate, same number of epochs and updates); fastgd backends see the same
@@ -222,17 +222,21 @@ def main(argv=None):
         blocks = f" of {_config.SHUFFLE_BLOCK_ROWS} rows" if args.shuffle == "blocks" else ""
         print(f"shuffle: {args.shuffle}{blocks}")
     print(f"threads: {args.threads}; BLAS: {_blas_info()}; backends: {', '.join(backends)}")
-    stream = roofline.stream_read(args.threads) if not args.quick else None
-    if stream:
-        print(f"streaming read limit ({args.threads} threads): {stream / 1e9:.1f} GB/s")
     print(f"{'batch':>7} {'impl':<14}{'fit s':>9}{'kernel s':>10}{'vs loop':>9}"
           f"{'vs sklearn':>11}{'of limit':>10}  compile s")  # fmt: skip
-    records = []
+    records, streams = [], []
     with _blas_threads(args.threads):
         for text in args.batch_sizes.split(","):
             batch_size = None if text == "full" else int(text)
+            # the limit is read again before each batch size: on a shared machine it moves
+            # by a sixth from one minute to the next, and the shares with it
+            stream = roofline.stream_read(args.threads) if not args.quick else None
+            if stream:
+                streams.append(stream)
+                print(f"streaming read limit ({args.threads} threads): {stream / 1e9:.1f} GB/s")
             for row in batch_rows(X, y, args, batch_size, text, backends):
                 row["of_limit"] = X.nbytes * args.epochs / row["kernel_s"] / stream if stream and row.get("kernel_s") else None  # fmt: skip
+                row["stream_read_bps"] = stream
                 records.append(row)
                 print_row(row)
 
@@ -245,7 +249,7 @@ def main(argv=None):
 
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(dict(args=vars(args), blas=_blas_info(), stream_read_bps=stream,
+    path.write_text(json.dumps(dict(args=vars(args), blas=_blas_info(), stream_read_bps=streams,
                                     results=records), indent=1))  # fmt: skip
     print(f"\nwrote {path}")
     return 0

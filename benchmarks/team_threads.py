@@ -26,7 +26,8 @@ of the machine hits all alike:
 machine with more runnable threads than cores; they are stopped at the end.
 
 Both give the same parameters (checked here). Reported: median, min and max kernel
-time of the rounds, and the median's share of the streaming read limit measured at start.
+time of the rounds, and the median's share of the streaming read limit, read at the start
+of every round (the median of those readings).
 
 ``--backend numba`` runs three ways instead: ``per-batch``, the kernel mode chosen before
 Numba had a team (chunks of a batch serially below ``PARALLEL_MIN_WORK``, a parallel
@@ -156,11 +157,13 @@ def _run(args):
     rng = np.random.default_rng(0)
     X = rng.standard_normal((args.rows, args.features))
     y = X @ rng.standard_normal(args.features) + 1.0
-    stream = roofline.stream_read(args.threads)
-    print(f"streaming read limit ({args.threads} threads): {stream / 1e9:.1f} GB/s")
     times = {(b, m): [] for b in args.batch_sizes.split(",") for m in modes}
-    params = {}
+    params, limits = {}, []
     for round_ in range(args.rounds):
+        # the limit is read in every round, as the fits are: on a shared machine it moves
+        # by a sixth from one minute to the next, and a share of one reading taken at the
+        # start moved with it
+        limits.append(roofline.stream_read(args.threads))
         for (batch, mode), seconds in times.items():
             _set_mode(args.backend, mode)
             options = dict(batch_size=int(batch), epochs=args.epochs, lr=1e-3, seed=0,
@@ -179,6 +182,9 @@ def _run(args):
             np.testing.assert_allclose(result.params, close, rtol=1e-12, atol=1e-12)
     cython_linear.TEAM_BATCHES = TEAM_BATCHES
     numba_linear._train_mode, numba_linear._kernels = NUMBA_MODES["team"]
+    stream = statistics.median(limits)
+    print(f"streaming read limit ({args.threads} threads): median {stream / 1e9:.1f} GB/s of "
+          f"{len(limits)} rounds ({min(limits) / 1e9:.1f}-{max(limits) / 1e9:.1f})")  # fmt: skip
     print(f"{'batch':>6} {'mode':<12}{'median s':>10}{'min s':>9}{'max s':>9}{'of limit':>10}")
     for (batch, mode), seconds in times.items():
         median = statistics.median(seconds)

@@ -163,6 +163,12 @@ def test_l2_logistic_equals_sklearn(backend, solver, data):
     weights = _weights(n) if data is _synthetic_binary else None
     sk = _sklearn_logistic(X, y, C, weights)
     alpha = 1.0 / (C * (n if weights is None else weights.sum()))
+    if data is _synthetic_binary and solver.code == LBFGS.code:
+        # max|g| <= 1e-9 is below what a line search can resolve here: near |g| ~ 5e-9 a
+        # step lowers the loss by ~|g|^2 / lambda_min ~ 1e-16, under one rounding unit of
+        # the loss (0.6), so whether the last search finds a decrease depends on how the
+        # CPU's vector width rounds the sums (it failed on an AVX-512 machine)
+        solver = LBFGS(tol=1e-8, ftol=0.0)
     result = fastgd.fit(X, y, "logistic", optimizer=solver, penalty="l2", alpha=alpha,
                         backend=backend, epochs=1000, sample_weight=weights)  # fmt: skip
     assert result.stop_reason == "converged"

@@ -430,16 +430,19 @@ def test_float32_gram_hessian_against_reference_and_float64(backend, loss_code, 
         assert np.array_equal(compute(model, data, params, 1, True, "float32")[2], H)
 
 
-@pytest.mark.parametrize("d", [100, 255, 256], ids=["d100", "tiles-widest", "blas-syrk"])
+@pytest.mark.parametrize(
+    "d", [3, 15, 23, 100, 255, 256], ids=["d3", "d15", "d23", "d100", "tiles-widest", "blas-syrk"]
+)
 @pytest.mark.parametrize("gram", ["float64", "float32"])
 def test_gram_products_on_either_side_of_the_tile_width(compiled_backend, gram, d):
     """Rows of up to TILE_MAX_COLUMNS values (d + 1 rounded up to whole vectors) take the
     register tiles, wider ones BLAS's syrk: both give the reference Hessian, with the
     float32 Gram's error bound, one logistic output (the one-read path), weights and
-    blocks of several hundred rows."""
-    from fastgd.backends.hessian_layout import TILE_MAX_COLUMNS
+    blocks of several hundred rows. Small d: rows of one strip of one or two vectors, or
+    two strips, whichever the vector width (32 or 64 bytes)."""
+    from fastgd.backends.hessian_layout import TILE_MAX_COLUMNS, padded_columns
 
-    ld32, ld64 = -(-(d + 1) // 8) * 8, -(-(d + 1) // 4) * 4
+    ld32, ld64 = padded_columns(d + 1, 4), padded_columns(d + 1, 8)
     assert (max(ld32, ld64) <= TILE_MAX_COLUMNS) == (d < 256)  # the cases stay on their side
     X, Y, params = make_problem(losses.BINARY_CROSS_ENTROPY, 1, n=1500, d=d)
     model = LinearModel(losses.BINARY_CROSS_ENTROPY, 1, True)

@@ -38,6 +38,17 @@ BLOCK_ENTRIES = 1 << 16
 # and 0.55 s against 0.70 and 0.40 s.
 TILE_MAX_COLUMNS = 256
 
+# The scaled rows of a block are padded with zeros to whole vectors of this many bytes
+# (16 float32, 8 float64): the tiles' strips are one or two vectors of columns wide, of
+# 32 bytes (AVX2) or 64 (AVX-512), so the padding suits either.
+ROW_BYTES = 64
+
+
+def padded_columns(n_columns, itemsize):
+    """``n_columns`` rounded up to whole :data:`ROW_BYTES` of ``itemsize``-byte values."""
+    per_vector = ROW_BYTES // itemsize
+    return -(-n_columns // per_vector) * per_vector
+
 
 def chunk_bounds(n):
     """Row bounds of the fixed chunks: ``bounds[c]:bounds[c + 1]`` (depends on n only)."""

@@ -180,20 +180,30 @@ cdef void _gram32(int m, int n, int ld, float* S, float* C) noexcept nogil:
 
 
 # Gram products S^T S by register tiles (float32 or float64), read straight from the
-# row-major S (m rows of ld values, ld a whole number of 32-byte vectors: L = 8 floats or
-# 4 doubles): a tile is R rows of C by L H columns, each entry a lane of one of R H
-# vectors (registers) summing over the rows of S in order by fused multiply-adds; at each
-# row, H vector loads of S[r, j0:j0 + L H] and R broadcast values S[r, i0 + i] (GCC/Clang
-# vector extensions; plain loops with the same order of terms elsewhere). The tiles of a
-# strip of columns reach its diagonal block. Two vectors per row: tiles of 6 rows (12
-# accumulators), then 4, 2, 1; one vector (the last strip): tiles of 12 rows, so that 12
-# independent sums still hide the latency of the fused multiply-add, then 8, 4, 2, 1.
-# The Numba kernels emit the same tiles (fastgd.backends.numba.tiles).
+# row-major S (m rows of ld values, ld a whole number of vectors: L = 8 floats or 4
+# doubles in 32 bytes (AVX2), twice as many in 64 where the build targets AVX-512): a
+# tile is R rows of C by L H columns, each entry a lane of one of R H vectors (registers)
+# summing over the rows of S in order by fused multiply-adds; at each row, H vector loads
+# of S[r, j0:j0 + L H] and R broadcast values S[r, i0 + i] (GCC/Clang vector extensions;
+# plain loops with the same order of terms elsewhere). The tiles of a strip of columns
+# reach its diagonal block. Two vectors per row: tiles of 6 rows (12 accumulators of
+# AVX2's 16 registers; 12 rows, 24 accumulators, of AVX-512's 32), then 8, 4, 2, 1; one
+# vector (the last strip): tiles of 12 rows, so that 12 independent sums still hide the
+# latency of the fused multiply-add, then 8, 4, 2, 1. Each entry sums over the rows in
+# the same order at any width. The Numba kernels emit the same tiles
+# (fastgd.backends.numba.tiles).
 cdef extern from *:
     """
+    #if defined(__AVX512F__)
+    #define FASTGD_VBYTES 64
+    #define FASTGD_WIDE 12
+    #else
+    #define FASTGD_VBYTES 32
+    #define FASTGD_WIDE 6
+    #endif
     #if defined(__GNUC__)
-    typedef float fastgd_vfloat __attribute__((vector_size(32), aligned(4)));
-    typedef double fastgd_vdouble __attribute__((vector_size(32), aligned(8)));
+    typedef float fastgd_vfloat __attribute__((vector_size(FASTGD_VBYTES), aligned(4)));
+    typedef double fastgd_vdouble __attribute__((vector_size(FASTGD_VBYTES), aligned(8)));
     #define FASTGD_GRAM_TILE(T, L, R, H)                                                    \\
     static inline void fastgd_gram_##T##R##x##H(Py_ssize_t m, Py_ssize_t ld, const T *a,   \\
                                                 const T *b, T *C, Py_ssize_t ldc) {        \\
@@ -231,14 +241,16 @@ cdef extern from *:
     /* the upper triangle of C (ld x ld) = S^T S, S m rows of ld values: strips of two
        vectors of columns, then one, each with its tiles down to the diagonal */
     #define FASTGD_GRAM(T, L)                                                               \\
-    FASTGD_GRAM_TILE(T, L, 6, 2) FASTGD_GRAM_TILE(T, L, 4, 2)                               \\
-    FASTGD_GRAM_TILE(T, L, 2, 2) FASTGD_GRAM_TILE(T, L, 1, 2)                               \\
+    FASTGD_GRAM_TILE(T, L, FASTGD_WIDE, 2) FASTGD_GRAM_TILE(T, L, 8, 2)                     \\
+    FASTGD_GRAM_TILE(T, L, 4, 2) FASTGD_GRAM_TILE(T, L, 2, 2) FASTGD_GRAM_TILE(T, L, 1, 2)  \\
     FASTGD_GRAM_TILE(T, L, 12, 1) FASTGD_GRAM_TILE(T, L, 8, 1)                              \\
     FASTGD_GRAM_TILE(T, L, 4, 1) FASTGD_GRAM_TILE(T, L, 2, 1) FASTGD_GRAM_TILE(T, L, 1, 1)  \\
     static void fastgd_gram_##T(Py_ssize_t m, Py_ssize_t ld, const T *S, T *C) {            \\
         Py_ssize_t i, j0 = 0;                                                              \\
         for (; j0 + 2 * L <= ld; j0 += 2 * L) {                                            \\
-            for (i = 0; i + 6 <= j0 + 2 * L; i += 6) FASTGD_GRAM_AT(T, 6, 2);              \\
+            for (i = 0; i + FASTGD_WIDE <= j0 + 2 * L; i += FASTGD_WIDE)                   \\
+                FASTGD_GRAM_AT(T, FASTGD_WIDE, 2);                                         \\
+            if (FASTGD_WIDE > 8 && i + 8 <= j0 + 2 * L) { FASTGD_GRAM_AT(T, 8, 2); i += 8; } \\
             if (i + 4 <= j0 + 2 * L) { FASTGD_GRAM_AT(T, 4, 2); i += 4; }                  \\
             if (i + 2 <= j0 + 2 * L) { FASTGD_GRAM_AT(T, 2, 2); i += 2; }                  \\
             if (i < j0 + 2 * L) FASTGD_GRAM_AT(T, 1, 2);                                   \\
@@ -250,8 +262,8 @@ cdef extern from *:
         if (i + 2 <= j0 + L) { FASTGD_GRAM_AT(T, 2, 1); i += 2; }                          \\
         if (i < j0 + L) FASTGD_GRAM_AT(T, 1, 1);                                           \\
     }
-    FASTGD_GRAM(float, 8)
-    FASTGD_GRAM(double, 4)
+    FASTGD_GRAM(float, FASTGD_VBYTES / 4)
+    FASTGD_GRAM(double, FASTGD_VBYTES / 8)
     """
     void fastgd_gram_float(Py_ssize_t m, Py_ssize_t ld, const float* S, float* C) noexcept nogil
     void fastgd_gram_double(Py_ssize_t m, Py_ssize_t ld, const double* S, double* C) noexcept nogil

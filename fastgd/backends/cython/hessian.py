@@ -9,7 +9,14 @@ import numpy as np
 
 from ...specs import losses
 from ..blas import numpy_dsyrk_address, numpy_ssyrk_address, single_threaded_blas
-from ..hessian_layout import TILE_MAX_COLUMNS, assemble, block_rows, chunk_bounds, n_pairs
+from ..hessian_layout import (
+    TILE_MAX_COLUMNS,
+    assemble,
+    block_rows,
+    chunk_bounds,
+    n_pairs,
+    padded_columns,
+)
 from . import _hessian as _h
 
 if _h.LOSS_CODES != (losses.MSE, losses.BINARY_CROSS_ENTROPY, losses.CATEGORICAL_CROSS_ENTROPY):
@@ -42,9 +49,9 @@ def loss_gradient_hessian(model, data, params, n_threads=1, hessian=True, gram_d
     F, G = np.zeros(n_chunks), np.zeros((n_chunks, d + 1, k))
     T = np.zeros((n_chunks, pairs, d + 1, d + 1) if hessian else (n_chunks, 1, 1, 1))
     mode = (GRAM32 if gram_dtype == "float32" else GRAM64) if hessian else NO_HESSIAN
-    # the Gram products' rows are whole 32-byte vectors wide (ld32 floats, ld64 doubles),
-    # zeros past the d + 1 columns; a block of scaled rows and a triangle per thread
-    ld32, ld64 = -(-(d + 1) // 8) * 8, -(-(d + 1) // 4) * 4
+    # the Gram products' rows are whole vectors wide (ld32 floats, ld64 doubles), zeros
+    # past the d + 1 columns; a block of scaled rows and a triangle per thread
+    ld32, ld64 = padded_columns(d + 1, 4), padded_columns(d + 1, 8)
     f32, f64 = mode == GRAM32, mode == GRAM64 and ld64 <= TILE_MAX_COLUMNS  # else dsyrk
     scratch = [np.empty((n_threads, rows * d)), np.zeros((n_threads, rows * ld64 if hessian else 1))]  # fmt: skip
     scratch += [np.empty((n_threads, rows * width)) for width in (k, k, pairs)]

@@ -31,10 +31,17 @@ from numba.extending import get_cython_function_address, intrinsic, overload
 from ..._config import NUMBA_OPTIONS
 from ...specs import losses
 from ..blas import numpy_dsyrk_address, numpy_ssyrk_address, single_threaded_blas
-from ..hessian_layout import TILE_MAX_COLUMNS, assemble, block_rows, chunk_bounds, n_pairs
+from ..hessian_layout import (
+    ROW_BYTES,
+    TILE_MAX_COLUMNS,
+    assemble,
+    block_rows,
+    chunk_bounds,
+    n_pairs,
+)
 from .cache import njit
 from .threads import numba_threads
-from .tiles import gram_strip
+from .tiles import GRAM_VECTOR_BYTES, gram_strip
 
 MSE = losses.MSE
 BCE = losses.BINARY_CROSS_ENTROPY
@@ -132,7 +139,7 @@ def _add_block_gram(S, m, C, T):
     if ld > TILE_MAX_COLUMNS:
         _syrk(S, m, n, C, 0.0)
     else:
-        wide = 64 // S.itemsize  # two vectors of 32 bytes
+        wide = 2 * GRAM_VECTOR_BYTES // S.itemsize  # two vectors
         for j0 in range(0, ld, wide):
             gram_strip(S, m, j0, C, min(wide, ld - j0))
     for i in range(n):
@@ -407,7 +414,8 @@ def _chunks(X, Y, weights, P, loss_code, want_h, bounds, rows, F, G, T, n_slots)
     n_chunks = bounds.shape[0] - 1
     d1, k = X.shape[1] + 1, P.shape[1]
     rows = min(rows, bounds[1] - bounds[0] + 1)
-    ld32, ld64 = -(-d1 // 8) * 8, -(-d1 // 4) * 4  # whole vectors of 32 bytes
+    per32, per64 = ROW_BYTES // 4, ROW_BYTES // 8  # whole vectors (hessian_layout)
+    ld32, ld64 = -(-d1 // per32) * per32, -(-d1 // per64) * per64
     rows32, ld32 = (rows, ld32) if want_h == GRAM32 else (0, 0)
     s_rows = rows if want_h else 0
     c64 = ld64 if want_h == GRAM64 and ld64 <= TILE_MAX_COLUMNS else 0  # syrk: into T

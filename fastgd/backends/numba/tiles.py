@@ -2,7 +2,8 @@
 no vector types, and a tile written as Numba scalars stays scalar: 6 GFLOP/s).
 
 A tile is ``rows`` x ``L halves`` entries of ``C = A B`` (``halves`` 1 or 2; ``L`` the
-lanes of a 32-byte vector register: 8 floats or 4 doubles). Each entry lives in one lane
+lanes of a vector register: 8 floats or 4 doubles in 32 bytes (AVX2), twice as many in
+64 (AVX-512, the Gram products' width where the CPU has it: :data:`GRAM_VECTOR_BYTES`). Each entry lives in one lane
 of a vector register and sums over ``k`` in order by fused multiply-adds; at each ``k``
 the row of B is ``halves`` vector loads and each row of A gives one value, broadcast.
 Where A and B sit in memory is given by strides, so one emitter serves the recurrent
@@ -10,9 +11,10 @@ layers' packed products (:mod:`.recurrent`) and the Newton pass's Gram products 
 read straight from the row-major ``S`` (:func:`gram_strip`).
 """
 
+from llvmlite import binding as llvm
 from llvmlite import ir
 from numba import types
-from numba.core import cgutils
+from numba.core import cgutils, config
 from numba.extending import intrinsic
 
 # Tile heights, largest first. Two vectors of B per k: 6 rows, 12 accumulators and 2 row
@@ -23,26 +25,41 @@ WIDE_TILES = (6, 4, 2, 1)
 NARROW_TILES = (12, 8, 4, 2, 1)
 VECTOR_BYTES = 32  # AVX2
 
+
+def _gram_vector_bytes():
+    """64 where Numba compiles for this machine's CPU and it has AVX-512 (32 vector
+    registers of 64 bytes), else 32."""
+    if config.CPU_NAME not in (None, "host") or config.CPU_FEATURES is not None:
+        return VECTOR_BYTES
+    return 64 if llvm.get_host_cpu_features().get("avx512f", False) else VECTOR_BYTES
+
+
+# The Gram products' vectors, and their tile heights: with AVX-512's 32 registers, two
+# vectors of B per k take tiles of 12 rows (24 accumulators, the same 2 vectors of B).
+GRAM_VECTOR_BYTES = _gram_vector_bytes()
+GRAM_WIDE_TILES = (12, 8, 4, 2, 1) if GRAM_VECTOR_BYTES == 64 else WIDE_TILES
+
 _INTP = ir.IntType(64)
 
 
-def lanes(dtype):
+def lanes(dtype, vector_bytes=VECTOR_BYTES):
     """Values of ``dtype`` (a NumPy or Numba float type) in one vector register."""
-    return VECTOR_BYTES // (4 if str(dtype) == "float32" else 8)
+    return vector_bytes // (4 if str(dtype) == "float32" else 8)
 
 
-def emit_tile(builder, rows, halves, ks, a, b, c):
+def emit_tile(builder, rows, halves, ks, a, b, c, vector_bytes=VECTOR_BYTES):
     """Emit one tile: ``C[i, q] = sum over k0 <= k < k1 of A[i, k] B[k, q]`` for ``i <
     rows``, ``q < L halves``, in the element type of the pointers (float or double).
 
     ``ks = (k0, k1)``; ``a = (pointer, offset, row_step, k_step)``: ``A[i, k]`` is at
     ``offset + i row_step + k k_step``; ``b = (pointer, offset, k_step)``: ``B[k, q]`` at
     ``offset + k k_step + q``; ``c = (pointer, offset, ldc)``: ``C[i, q]`` at ``offset +
-    i ldc + q``, stored (not added)."""
+    i ldc + q``, stored (not added); vectors of ``vector_bytes``."""
     element = a[0].type.pointee
-    L = lanes("float32" if isinstance(element, ir.FloatType) else "float64")
+    bits = 32 if isinstance(element, ir.FloatType) else 64
+    L = vector_bytes * 8 // bits
     vector = ir.VectorType(element, L)
-    name = f"llvm.fma.v{L}f{32 if L == 8 else 64}"
+    name = f"llvm.fma.v{L}f{bits}"
     fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector, [vector] * 3), name)  # fmt: skip
     entry = builder.block
     header = builder.append_basic_block("tile.header")
@@ -90,8 +107,8 @@ def _tile_step(builder, shape, k, a, b, acc, fma):
 
 
 def _gram_codegen(context, builder, signature, args):
-    """Code of :func:`gram_strip`: tiles of WIDE_TILES rows (two vectors of columns) or
-    of NARROW_TILES (one)."""
+    """Code of :func:`gram_strip`: tiles of GRAM_WIDE_TILES rows (two vectors of columns)
+    or of NARROW_TILES (one), vectors of GRAM_VECTOR_BYTES."""
     S = context.make_array(signature.args[0])(context, builder, args[0])
     C = context.make_array(signature.args[3])(context, builder, args[3])
     m, j0, width = (context.cast(builder, args[j], signature.args[j], types.intp) for j in (1, 2, 4))  # fmt: skip
@@ -102,10 +119,10 @@ def _gram_codegen(context, builder, signature, args):
     def tile(count, at, halves):
         a, b = (S.data, at, _INTP(1), ld), (S.data, j0, ld)
         c = (C.data, builder.add(builder.mul(at, ldc), j0), ldc)
-        emit_tile(builder, count, halves, (_INTP(0), m), a, b, c)
+        emit_tile(builder, count, halves, (_INTP(0), m), a, b, c, GRAM_VECTOR_BYTES)
 
-    L = lanes(signature.args[0].dtype)
-    for halves, sizes in ((2, WIDE_TILES), (1, NARROW_TILES)):
+    L = lanes(signature.args[0].dtype, GRAM_VECTOR_BYTES)
+    for halves, sizes in ((2, GRAM_WIDE_TILES), (1, NARROW_TILES)):
         with builder.if_then(builder.icmp_signed("==", width, _INTP(L * halves))):
             rows_in_tiles(builder, rows, lambda count, at, h=halves: tile(count, at, h), sizes)
     return context.get_dummy_value()
@@ -128,7 +145,8 @@ def rows_in_tiles(builder, rows, tile, sizes=WIDE_TILES):
 def gram_strip(typingctx, S, m, j0, C, width):
     """``C[i, j0 + q] = sum over r < m of S[r, i] S[r, j0 + q]`` for ``q < width`` and
     ``i < j0 + width``: one strip of columns of ``S^T S`` down to its diagonal block.
-    ``width``: two or one vectors of columns (16 or 8 float32, 8 or 4 float64). ``S`` and
+    ``width``: two or one vectors of GRAM_VECTOR_BYTES (with 32 bytes: 16 or 8 float32, 8
+    or 4 float64; twice as many with 64). ``S`` and
     ``C`` 2-D C-contiguous, of one float type; no bounds checks: the caller keeps ``j0 +
     width`` within both."""
     arrays = (S, C)

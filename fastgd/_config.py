@@ -75,9 +75,13 @@ HELD_OUT_MIN_ROWS = 64
 # only); PREFETCH_IN_ORDER says whether rows read in order are prefetched too (as the
 # Cython kernels do: 8-15% faster mini-batches and 25-35% faster full batches on 1 and 2
 # threads, A/B with no other job on the VM, README "Performance"), and 0 rows ahead turns
-# prefetching off. No effect on any result.
+# prefetching off. No effect on any result. 12 rows ahead (4 before): on an AVX-512 VM
+# with a 1-thread streaming limit near 40 GB/s (twice the AVX2 VM's), 4 rows (3.2 kB at
+# d = 100) were too close to cover the memory latency; one epoch of 1,000,000 x 100 in
+# order on 1 thread took 35-42 ms with 4 and 29-30 ms with 12 (8: 30-35, 16 and 24 as 12;
+# README "Prefetch distance").
 CACHE_LINE_BYTES = 64
-PREFETCH_AHEAD = 4
+PREFETCH_AHEAD = 12
 PREFETCH_IN_ORDER = True
 
 # shuffle="blocks" (fastgd.training.orders): each epoch permutes blocks of this many

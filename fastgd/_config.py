@@ -79,7 +79,7 @@ HELD_OUT_MIN_ROWS = 64
 # with a 1-thread streaming limit near 40 GB/s (twice the AVX2 VM's), 4 rows (3.2 kB at
 # d = 100) were too close to cover the memory latency; one epoch of 1,000,000 x 100 in
 # order on 1 thread took 35-42 ms with 4 and 29-30 ms with 12 (8: 30-35, 16 and 24 as 12;
-# README "Prefetch distance").
+# README "On an AVX-512 machine").
 CACHE_LINE_BYTES = 64
 PREFETCH_AHEAD = 12
 PREFETCH_IN_ORDER = True

@@ -28,6 +28,23 @@ from libc.math cimport exp, fabs, log, log1p, sqrt
 from libc.stdint cimport int64_t
 from scipy.linalg.cython_blas cimport dgemm, dgemv, dsyrk, ssyrk
 
+cdef extern from *:
+    """
+    #if defined(__GNUC__) || defined(__clang__)
+    #define fastgd_hessian_prefetch(p) __builtin_prefetch((p), 0, 3)
+    #else
+    #define fastgd_hessian_prefetch(p) ((void)0)
+    #endif
+    """
+    void fastgd_prefetch "fastgd_hessian_prefetch"(const void* p) noexcept nogil
+
+cdef enum:
+    # rows ahead of the current one requested from memory in a sweep of decision values
+    # (4 as in _kernels.pyx; 12, Numba's distance, measured no faster here), and the line
+    # size the requests step by
+    PREFETCH_AHEAD = 4
+    CACHE_LINE_BYTES = 64
+
 # An ILP64 (64-bit integer sizes) dsyrk, set by the wrapper to NumPy's bundled OpenBLAS's
 # where it has one (faster on these Gram products, see fastgd.backends.blas); NULL: SciPy's.
 ctypedef void (*dsyrk64_t)(char*, char*, int64_t*, int64_t*, double*, double*, int64_t*,
@@ -316,13 +333,27 @@ cdef inline double _dot(const floating* x, const double* p, Py_ssize_t d) noexce
 cdef double _one_output(const floating[:, ::1] X, const floating[:, ::1] Y,
                         const floating[::1] weights, const double* P, int loss_code,
                         int want_h, Py_ssize_t start, int m, int ld, int ld64, double* S,
-                        float* S32, double* G) noexcept nogil:
-    """One output (MSE or binary CE): rows start:start + m in one read of each row. Per
-    row the decision value ``[x, 1] . P``, the loss, D and h; G += D [x, 1], and with a
-    Hessian the row sqrt(h) [x, 1] into S (float64, rows ld64 apart) or S32 (float32,
-    ld apart) for the Gram product. Returns the weighted loss sum."""
+                        float* S32, double* G, double* D, double* Hw) noexcept nogil:
+    """One output (MSE or binary CE), rows start:start + m: their weighted loss sum; adds
+    D [x, 1] to G and, with a Hessian, writes the rows sqrt(h) [x, 1] into S (float64,
+    rows ld64 apart) or S32 (float32, ld apart) for the Gram product. Without a Hessian
+    each row is read once; with one, three sweeps over the block (decision values, loss
+    terms into the scratch D and Hw, gradient and scaled rows), as in the Numba kernel
+    (fastgd.backends.numba.hessian._one_output says why)."""
+    if not want_h:
+        return _gradient_rows(X, Y, weights, P, loss_code, start, m, G)
+    _decision_values(X, P, start, m, D)
+    loss = _loss_terms(Y, weights, loss_code, start, m, D, Hw)
+    _gradient_and_scaled_rows(X, start, m, D, Hw, want_h, ld, ld64, S, S32, G)
+    return loss
+
+
+cdef double _gradient_rows(const floating[:, ::1] X, const floating[:, ::1] Y,
+                           const floating[::1] weights, const double* P, int loss_code,
+                           Py_ssize_t start, int m, double* G) noexcept nogil:
+    """Loss sum of rows start:start + m and G += D [x, 1], each row read once."""
     cdef Py_ssize_t d = X.shape[1], r, j
-    cdef double f, e, h, w, root, loss = 0.0
+    cdef double f, e, h, w, loss = 0.0
     cdef const floating* x
     cdef bint weighted = weights.shape[0] > 0
     for r in range(m):
@@ -330,14 +361,63 @@ cdef double _one_output(const floating[:, ::1] X, const floating[:, ::1] Y,
         f = _one_terms(P[d] + _dot(x, P, d), Y[start + r, 0], loss_code, &e, &h)
         if weighted:
             w = weights[start + r]
-            f, e, h = f * w, e * w, h * w
+            f, e = f * w, e * w
         loss += f
         for j in range(d):
             G[j] += e * x[j]
         G[d] += e
-        if not want_h:
-            continue
-        root = sqrt(h) if h > 0 else 0.0
+    return loss
+
+
+cdef void _decision_values(const floating[:, ::1] X, const double* P, Py_ssize_t start,
+                           int m, double* V) noexcept nogil:
+    """V[r] = [x, 1] . P over rows start:start + m, the row PREFETCH_AHEAD places ahead
+    requested from memory (a sweep of dot products alone outruns the hardware
+    prefetcher)."""
+    cdef Py_ssize_t d = X.shape[1], n = X.shape[0], r, j
+    for r in range(m):
+        if start + r + PREFETCH_AHEAD < n:
+            j = 0
+            while j < d:
+                fastgd_prefetch(&X[start + r + PREFETCH_AHEAD, j])
+                j += CACHE_LINE_BYTES // sizeof(floating)
+        V[r] = P[d] + _dot(&X[start + r, 0], P, d)
+
+
+cdef double _loss_terms(const floating[:, ::1] Y, const floating[::1] weights,
+                        int loss_code, Py_ssize_t start, int m, double* D,
+                        double* R) noexcept nogil:
+    """Weighted loss sum of rows start:start + m whose decision values are D[:m];
+    overwrites them with the derivatives and writes R[r] = sqrt(h) (h < 0: 0)."""
+    cdef Py_ssize_t r
+    cdef double f, e, h, w, loss = 0.0
+    cdef bint weighted = weights.shape[0] > 0
+    for r in range(m):
+        f = _one_terms(D[r], Y[start + r, 0], loss_code, &e, &h)
+        if weighted:
+            w = weights[start + r]
+            f, e, h = f * w, e * w, h * w
+        loss += f
+        D[r] = e
+        R[r] = sqrt(h) if h > 0 else 0.0
+    return loss
+
+
+cdef void _gradient_and_scaled_rows(const floating[:, ::1] X, Py_ssize_t start, int m,
+                                    const double* D, const double* R, int want_h, int ld,
+                                    int ld64, double* S, float* S32,
+                                    double* G) noexcept nogil:
+    """G += D [x, 1] and the rows R[r] [x, 1] into S (ld64 apart) or, with GRAM32, S32
+    (ld apart)."""
+    cdef Py_ssize_t d = X.shape[1], r, j
+    cdef const floating* x
+    cdef double e, root
+    for r in range(m):
+        x = &X[start + r, 0]
+        e, root = D[r], R[r]
+        for j in range(d):
+            G[j] += e * x[j]
+        G[d] += e
         if want_h == GRAM32:
             for j in range(d):
                 S32[r * ld + j] = <float>(root * x[j])
@@ -346,7 +426,6 @@ cdef double _one_output(const floating[:, ::1] X, const floating[:, ::1] Y,
             for j in range(d):
                 S[r * ld64 + j] = root * x[j]
             S[r * ld64 + d] = root
-    return loss
 
 
 cdef void _hessian_block32(const double* Xp, const double* Hw, int m, int d, int k,
@@ -440,7 +519,7 @@ cdef double _chunk(const floating[:, ::1] X, const floating[:, ::1] Y,
         m = <int>(hi - start if hi - start < rows else rows)
         if k == 1:
             loss += _one_output(X, Y, weights, P, loss_code, want_h, start, m, ld, ld64, S,
-                                S32, G)
+                                S32, G, D, Hw)
             if want_h == GRAM32:
                 _block_gram(m, di + 1, ld, S32, C32, T)
             elif want_h:

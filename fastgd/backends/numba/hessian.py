@@ -28,7 +28,7 @@ from numba import cfunc, prange, types
 from numba.core import cgutils
 from numba.extending import get_cython_function_address, intrinsic, overload
 
-from ..._config import NUMBA_OPTIONS
+from ..._config import NUMBA_OPTIONS, PREFETCH_AHEAD
 from ...specs import losses
 from ..blas import numpy_dsyrk_address, numpy_ssyrk_address, single_threaded_blas
 from ..hessian_layout import (
@@ -40,6 +40,7 @@ from ..hessian_layout import (
     n_pairs,
 )
 from .cache import njit
+from .prefetch import prefetch_row
 from .threads import numba_threads
 from .tiles import GRAM_VECTOR_BYTES, gram_strip
 
@@ -242,35 +243,104 @@ def _block_terms(Z, Y, weights, start, loss_code, D, Hw, want_h):
 
 
 @njit(**NUMBA_OPTIONS)
-def _one_output(X, Y, weights, P, loss_code, start, m, S, G):
-    """One output (MSE or binary CE): rows ``start:start + m`` in one read of each row.
-    Per row the decision value ``z = [x, 1] . P`` (a vectorized dot product: one output
-    leaves BLAS a matrix-vector product per block, and three block passes cost more than
-    the read of X), the loss, ``D`` and ``h``; ``G += D [x, 1]``, and with a Hessian the
-    row ``sqrt(h) [x, 1]`` into ``S`` (float64 or float32) for the Gram product; ``S``
-    None: no Hessian. Numba compiles this once per type of ``S`` and drops the dead
-    branch: a row loop that keeps the branch (and both stores) takes a third longer
-    without a Hessian. Returns the weighted loss sum."""
+def _one_output(X, Y, weights, P, loss_code, start, m, S, G, D, Hw):
+    """One output (MSE or binary CE), rows ``start:start + m``: their weighted loss sum;
+    adds ``D [x, 1]`` to ``G`` and, with a Hessian, writes the rows ``sqrt(h) [x, 1]``
+    into ``S`` (float64 or float32) for the Gram product; ``S`` None: no Hessian (Numba
+    compiles this once per type of ``S`` and drops the dead branch).
+
+    Without a Hessian each row is read once (:func:`_gradient_rows`). With one the block
+    goes in three sweeps, the rows' decision values, their loss terms (into the scratch
+    ``D`` and ``Hw``), then the gradient and scaled rows, the last re-reading the block's
+    rows from the per-core cache. Done row by row, each row's chain of dot product, exp,
+    log1p and divisions stood between its loads and its stores, and the stores of ``S``
+    kept the next rows' loads from overlapping it: measured on one 100,000 x 100 pass
+    (AVX-512, one thread), 10.3 ms against 5.6 ms for these sweeps, the Gram product
+    apart. Each sum still adds its rows in row order, so the result is the same.
+    """
+    if S is None:
+        return _gradient_rows(X, Y, weights, P, loss_code, start, m, G)
+    _decision_values(X, P, start, m, D)
+    loss = _loss_terms(Y, weights, loss_code, start, m, D, Hw)
+    _gradient_and_scaled_rows(X, start, m, D, Hw, S, G)
+    return loss
+
+
+@njit(**NUMBA_OPTIONS)
+def _gradient_rows(X, Y, weights, P, loss_code, start, m, G):
+    """The loss sum of rows ``start:start + m`` and ``G += D [x, 1]``, each row read once:
+    its decision value ``z = [x, 1] . P`` (a vectorized dot product: one output leaves
+    BLAS a matrix-vector product per block, and three block passes cost more than the
+    read of X), its loss and derivative, its gradient term."""
     d = X.shape[1]
     p, g = P.reshape(P.size), G.reshape(G.size)
     weighted = weights.shape[0] > 0
     loss = 0.0
     for r in range(m):
-        x = X[start + r]
+        i = start + r
         v = p[d]
         for j in range(d):
-            v += x[j] * p[j]
-        f, e, h = _one_terms(v, Y[start + r, 0], loss_code)
+            v += X[i, j] * p[j]
+        f, e, _ = _one_terms(v, Y[i, 0], loss_code)
         if weighted:
-            w = weights[start + r]
-            f, e, h = f * w, e * w, h * w
+            f, e = f * weights[i], e * weights[i]
         loss += f
         for j in range(d):
-            g[j] += e * x[j]
+            g[j] += e * X[i, j]
         g[d] += e
-        if S is not None:
-            _scaled_row(x, h, S[r])
     return loss
+
+
+@njit(**NUMBA_OPTIONS)
+def _decision_values(X, P, start, m, D):
+    """``D[r, 0] = [x, 1] . P`` for the rows ``x`` of ``start:start + m``, the row
+    PREFETCH_AHEAD places ahead prefetched (a sweep of dot products alone outruns the
+    hardware prefetcher: measured 3.3 ms against 1.7 ms with it for 100,000 x 100)."""
+    d, n = X.shape[1], X.shape[0]
+    p = P.reshape(P.size)
+    for r in range(m):
+        i = start + r
+        if i + PREFETCH_AHEAD < n:
+            prefetch_row(X, i + PREFETCH_AHEAD)
+        v = p[d]
+        for j in range(d):
+            v += X[i, j] * p[j]
+        D[r, 0] = v
+
+
+@njit(**NUMBA_OPTIONS)
+def _loss_terms(Y, weights, loss_code, start, m, D, Hw):
+    """The weighted loss sum of rows ``start:start + m`` whose decision values are in
+    ``D[:m, 0]``; overwrites them with the derivatives and writes ``Hw[r, 0] = sqrt(h)``
+    (``h < 0``, a rounding of 0: 0)."""
+    weighted = weights.shape[0] > 0
+    loss = 0.0
+    for r in range(m):
+        i = start + r
+        f, e, h = _one_terms(D[r, 0], Y[i, 0], loss_code)
+        if weighted:
+            w = weights[i]
+            f, e, h = f * w, e * w, h * w
+        loss += f
+        D[r, 0] = e
+        Hw[r, 0] = math.sqrt(max(h, 0.0))
+    return loss
+
+
+@njit(**NUMBA_OPTIONS)
+def _gradient_and_scaled_rows(X, start, m, D, Hw, S, G):
+    """``G += D [x, 1]`` and ``S[r, :d + 1] = sqrt(h) [x, 1]`` over rows ``start:start +
+    m`` (``D[:m, 0]`` the derivatives, ``Hw[:m, 0]`` the roots)."""
+    d = X.shape[1]
+    g = G.reshape(G.size)
+    for r in range(m):
+        i = start + r
+        e, root = D[r, 0], Hw[r, 0]
+        for j in range(d):
+            g[j] += e * X[i, j]
+            S[r, j] = root * X[i, j]
+        S[r, d] = root
+        g[d] += e
 
 
 @njit(**NUMBA_OPTIONS)
@@ -300,13 +370,13 @@ def _chunk(X, Y, weights, P, loss_code, want_h, lo, hi, work, G, T):
             loss += _block(X, Y, weights, P, loss_code, want_h, start, m, work, G, T)
             continue
         if want_h == GRAM32:
-            loss += _one_output(X, Y, weights, P, loss_code, start, m, S32, G)
+            loss += _one_output(X, Y, weights, P, loss_code, start, m, S32, G, work[2], work[3])
             _add_block_gram(S32, m, C32, T[0])
         elif want_h:
-            loss += _one_output(X, Y, weights, P, loss_code, start, m, S, G)
+            loss += _one_output(X, Y, weights, P, loss_code, start, m, S, G, work[2], work[3])
             _add_block_gram(S, m, work[6], T[0])
         else:
-            loss += _one_output(X, Y, weights, P, loss_code, start, m, None, G)
+            loss += _one_output(X, Y, weights, P, loss_code, start, m, None, G, work[2], work[3])
     return loss
 
 

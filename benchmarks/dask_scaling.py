@@ -51,6 +51,7 @@ import numpy as np
 from distributed import Client, LocalCluster, wait
 
 import fastgd
+from fastgd.backends import available_backends
 from fastgd.optim import Newton
 
 TARGET = 1e-6
@@ -202,6 +203,10 @@ def main():
     global BACKEND
     BACKEND = args.backend
     root = os.path.dirname(os.path.dirname(os.path.abspath(fastgd.__file__)))
+    # Load the backends (and OpenMP's runtime, which reads OMP_NUM_THREADS once, when it
+    # loads) before the cluster starts: LocalCluster sets OMP_NUM_THREADS=1 in this
+    # process too, which would leave the single-machine Cython fit one thread.
+    available_backends()
     cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
                            dashboard_address=None, env={"PYTHONPATH": root})  # fmt: skip
     with Client(cluster) as client:

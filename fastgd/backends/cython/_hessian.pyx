@@ -310,24 +310,25 @@ cdef void _block_gram(int m, int n, int ld, floating* S, floating* C, double* Tp
 
 
 cdef inline double _dot(const floating* x, const double* p, Py_ssize_t d) noexcept nogil:
-    """``x . p`` in float64 with 8 partial sums (they vectorize; one running sum would
-    not, as C keeps the order of additions), added pairwise at the end."""
-    cdef double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0, s4 = 0.0, s5 = 0.0, s6 = 0.0, s7 = 0.0
-    cdef Py_ssize_t j = 0
-    while j + 8 <= d:
-        s0 += x[j] * p[j]
-        s1 += x[j + 1] * p[j + 1]
-        s2 += x[j + 2] * p[j + 2]
-        s3 += x[j + 3] * p[j + 3]
-        s4 += x[j + 4] * p[j + 4]
-        s5 += x[j + 5] * p[j + 5]
-        s6 += x[j + 6] * p[j + 6]
-        s7 += x[j + 7] * p[j + 7]
-        j += 8
-    while j < d:
-        s0 += x[j] * p[j]
-        j += 1
-    return ((s0 + s4) + (s1 + s5)) + ((s2 + s6) + (s3 + s7))
+    """``x . p`` in float64 with 16 partial sums, added as a tree at the end: they
+    vectorize (one running sum would not, as C keeps the order of additions) into two
+    independent chains of fused multiply-adds per AVX-512 register width (with 8, one
+    chain's latency set the pace of the decision-value sweep, as in _kernels.pyx)."""
+    cdef double s[16]
+    cdef Py_ssize_t j, k
+    cdef Py_ssize_t d16 = d - d % 16
+    for k in range(16):
+        s[k] = 0.0
+    for j in range(0, d16, 16):
+        for k in range(16):
+            s[k] += x[j + k] * p[j + k]
+    for j in range(d16, d):  # the rest, one term per partial sum
+        s[j - d16] += x[j] * p[j]
+    for k in range(8):
+        s[k] += s[k + 8]
+    for k in range(4):
+        s[k] += s[k + 4]
+    return (s[0] + s[2]) + (s[1] + s[3])
 
 
 cdef double _one_output(const floating[:, ::1] X, const floating[:, ::1] Y,

@@ -254,9 +254,13 @@ cdef extern from *:
 
     #define FASTGD_GRAM_AT(T, R, H)                                                         \\
         fastgd_gram_##T##R##x##H(m, ld, S + i, S + j0, C + i * ld + j0, ld)
+    #define FASTGD_GRAM_AT2(T, R, L)                                                       \\
+        fastgd_gram_##T##R##x1(m, ld, S + i, S + j0 + L, C + i * ld + j0 + L, ld)
 
     /* the upper triangle of C (ld x ld) = S^T S, S m rows of ld values: strips of two
-       vectors of columns, then one, each with its tiles down to the diagonal */
+       vectors of columns, then one, each with its tiles down to the diagonal. In a strip
+       of two, the rows of the second vector's diagonal block (j0 + L .. j0 + 2L - 1) get
+       the second vector only: their first lies below the diagonal */
     #define FASTGD_GRAM(T, L)                                                               \\
     FASTGD_GRAM_TILE(T, L, FASTGD_WIDE, 2) FASTGD_GRAM_TILE(T, L, 8, 2)                     \\
     FASTGD_GRAM_TILE(T, L, 4, 2) FASTGD_GRAM_TILE(T, L, 2, 2) FASTGD_GRAM_TILE(T, L, 1, 2)  \\
@@ -265,12 +269,17 @@ cdef extern from *:
     static void fastgd_gram_##T(Py_ssize_t m, Py_ssize_t ld, const T *S, T *C) {            \\
         Py_ssize_t i, j0 = 0;                                                              \\
         for (; j0 + 2 * L <= ld; j0 += 2 * L) {                                            \\
-            for (i = 0; i + FASTGD_WIDE <= j0 + 2 * L; i += FASTGD_WIDE)                   \\
+            for (i = 0; i + FASTGD_WIDE <= j0 + L; i += FASTGD_WIDE)                       \\
                 FASTGD_GRAM_AT(T, FASTGD_WIDE, 2);                                         \\
-            if (FASTGD_WIDE > 8 && i + 8 <= j0 + 2 * L) { FASTGD_GRAM_AT(T, 8, 2); i += 8; } \\
-            if (i + 4 <= j0 + 2 * L) { FASTGD_GRAM_AT(T, 4, 2); i += 4; }                  \\
-            if (i + 2 <= j0 + 2 * L) { FASTGD_GRAM_AT(T, 2, 2); i += 2; }                  \\
-            if (i < j0 + 2 * L) FASTGD_GRAM_AT(T, 1, 2);                                   \\
+            if (FASTGD_WIDE > 8 && i + 8 <= j0 + L) { FASTGD_GRAM_AT(T, 8, 2); i += 8; }   \\
+            if (i + 4 <= j0 + L) { FASTGD_GRAM_AT(T, 4, 2); i += 4; }                      \\
+            if (i + 2 <= j0 + L) { FASTGD_GRAM_AT(T, 2, 2); i += 2; }                      \\
+            if (i < j0 + L) { FASTGD_GRAM_AT(T, 1, 2); i += 1; }                           \\
+            for (; i + 12 <= j0 + 2 * L; i += 12) FASTGD_GRAM_AT2(T, 12, L);               \\
+            if (i + 8 <= j0 + 2 * L) { FASTGD_GRAM_AT2(T, 8, L); i += 8; }                 \\
+            if (i + 4 <= j0 + 2 * L) { FASTGD_GRAM_AT2(T, 4, L); i += 4; }                 \\
+            if (i + 2 <= j0 + 2 * L) { FASTGD_GRAM_AT2(T, 2, L); i += 2; }                 \\
+            if (i < j0 + 2 * L) FASTGD_GRAM_AT2(T, 1, L);                                  \\
         }                                                                                  \\
         if (j0 == ld) return;                                                              \\
         for (i = 0; i + 12 <= j0 + L; i += 12) FASTGD_GRAM_AT(T, 12, 1);                   \\

@@ -114,17 +114,23 @@ def _gram_codegen(context, builder, signature, args):
     m, j0, width = (context.cast(builder, args[j], signature.args[j], types.intp) for j in (1, 2, 4))  # fmt: skip
     ld = cgutils.unpack_tuple(builder, S.shape, count=2)[1]
     ldc = cgutils.unpack_tuple(builder, C.shape, count=2)[1]
-    rows = builder.add(j0, width)  # the tiles reach the diagonal: rows 0 .. j0 + width - 1
 
-    def tile(count, at, halves):
-        a, b = (S.data, at, _INTP(1), ld), (S.data, j0, ld)
-        c = (C.data, builder.add(builder.mul(at, ldc), j0), ldc)
+    def tile(count, at, halves, column):
+        a, b = (S.data, at, _INTP(1), ld), (S.data, column, ld)
+        c = (C.data, builder.add(builder.mul(at, ldc), column), ldc)
         emit_tile(builder, count, halves, (_INTP(0), m), a, b, c, GRAM_VECTOR_BYTES)
 
     L = lanes(signature.args[0].dtype, GRAM_VECTOR_BYTES)
-    for halves, sizes in ((2, GRAM_WIDE_TILES), (1, NARROW_TILES)):
-        with builder.if_then(builder.icmp_signed("==", width, _INTP(L * halves))):
-            rows_in_tiles(builder, rows, lambda count, at, h=halves: tile(count, at, h), sizes)
+    second = builder.add(j0, _INTP(L))  # the second vector's first column
+    with builder.if_then(builder.icmp_signed("==", width, _INTP(2 * L))):
+        # rows above the second vector's diagonal block: both vectors; the rows of that
+        # block (j0 + L .. j0 + 2L - 1) only the second, their first vector lying below
+        # the diagonal
+        rows_in_tiles(builder, second, lambda count, at: tile(count, at, 2, j0), GRAM_WIDE_TILES)
+        rows_in_tiles(builder, _INTP(L), lambda count, at: tile(count, builder.add(at, second), 1, second), NARROW_TILES)  # fmt: skip
+    with builder.if_then(builder.icmp_signed("==", width, _INTP(L))):
+        rows = builder.add(j0, width)  # the tiles reach the diagonal: rows 0 .. j0 + width - 1
+        rows_in_tiles(builder, rows, lambda count, at: tile(count, at, 1, j0), NARROW_TILES)
     return context.get_dummy_value()
 
 

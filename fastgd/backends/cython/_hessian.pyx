@@ -3,8 +3,9 @@
 """Cython + OpenMP kernel of the Newton pass of the linear family (float32 and float64 X).
 
 The algorithm of :mod:`fastgd.backends.numba.hessian`: ``prange`` over the fixed row
-chunks; each chunk walks its rows block by block. One output: each row is read once
-(:func:`_one_output`) and the block's Gram product ``S^T S`` of the rows scaled by
+chunks; each chunk walks its rows block by block. One output: each row is read from
+memory once (:func:`_one_output`: three sweeps over a block in the per-core cache) and
+the block's Gram product ``S^T S`` of the rows scaled by
 ``sqrt(h)`` runs on register tiles, or on BLAS's syrk for rows of more than
 TILE_MAX_COLUMNS values (:func:`_block_gram`). Several outputs: float64 rows in place,
 float32 rows copied to float64, and BLAS (``scipy.linalg.cython_blas``, single-threaded:

@@ -5,9 +5,10 @@ Contract and layout: :meth:`fastgd.backends.contract.Backend.loss_gradient_hessi
 ``prange`` runs over the fixed row chunks of :func:`fastgd.backends.hessian_layout.chunk_bounds`;
 each chunk walks its rows block by block, in float64 (also for float32 data).
 
-- One output (least squares, logistic): each row is read once for its decision value,
-  loss, derivative ``D``, curvature ``h``, gradient term ``D [x, 1]`` and scaled copy
-  ``sqrt(h) [x, 1]`` (:func:`_one_output`); the block's Gram product ``S^T S`` of those
+- One output (least squares, logistic): each row is read from memory once, block by
+  block, for its decision value, loss, derivative ``D``, curvature ``h``, gradient term
+  ``D [x, 1]`` and scaled copy ``sqrt(h) [x, 1]`` (:func:`_one_output`: three sweeps over
+  a block that stays in the per-core cache); the block's Gram product ``S^T S`` of those
   copies runs on register tiles (:mod:`.tiles`) up to
   :data:`~fastgd.backends.hessian_layout.TILE_MAX_COLUMNS` values per row, on BLAS's
   syrk beyond (:func:`_add_block_gram`).

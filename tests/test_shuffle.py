@@ -181,3 +181,62 @@ def test_dask_local_sgd_draws_block_orders_per_chunk(monkeypatch):
         assert np.array_equal(np.sort(order), np.arange(100))
         assert all(first % _config.SHUFFLE_BLOCK_ROWS == 0 for first, _ in _runs(order))
     assert not np.array_equal(drawn[0][1], drawn[1][1])  # each chunk its own order
+
+
+def _force_draw_ahead(monkeypatch):
+    import fastgd.training.trainer as trainer
+
+    monkeypatch.setattr(trainer, "DRAW_AHEAD_MIN_ROWS", 1)
+    monkeypatch.setattr(trainer, "spare_core", lambda n_threads: True)
+    monkeypatch.setattr(trainer, "ORDER_BUDGET", 3000)  # blocks of one epoch ahead
+
+
+@pytest.mark.parametrize("shuffle", ["rows", "blocks"])
+@pytest.mark.parametrize("early_stopping", [False, True])
+def test_orders_drawn_ahead_give_the_same_fit(backend, monkeypatch, shuffle, early_stopping):
+    # the next block of orders drawn in a background thread while the kernel trains: the
+    # same permutations in the same sequence, so the same parameters and losses
+    rng = np.random.default_rng(21)
+    X = rng.standard_normal((1500, 5))
+    y = X @ rng.standard_normal(5) + 0.1 * rng.standard_normal(1500)
+    kwargs = dict(batch_size=32, epochs=7, seed=3, shuffle=shuffle, backend=backend,
+                  early_stopping=early_stopping, tol=None)  # fmt: skip
+    whole = fastgd.fit(X, y, **kwargs)
+    _force_draw_ahead(monkeypatch)
+    ahead = fastgd.fit(X, y, **kwargs)
+    assert np.array_equal(whole.params, ahead.params)
+    assert np.array_equal(whole.loss_history, ahead.loss_history)
+
+
+def test_a_fit_stopped_before_its_drawn_orders_leaves_no_thread(monkeypatch):
+    import threading
+
+    rng = np.random.default_rng(22)
+    X = rng.standard_normal((1500, 5))
+    y = X @ rng.standard_normal(5)
+    _force_draw_ahead(monkeypatch)
+    before = threading.active_count()
+    result = fastgd.fit(X, y, batch_size=32, epochs=50, seed=3, tol=None,
+                        callback=lambda epoch, info: epoch >= 2)  # fmt: skip
+    assert result.n_epochs == 3 and result.stop_reason == "callback"
+    assert threading.active_count() == before
+
+
+def test_an_error_drawing_ahead_is_raised_by_the_fit(monkeypatch):
+    import fastgd.training.orders as orders
+
+    rng = np.random.default_rng(23)
+    X = rng.standard_normal((1500, 5))
+    y = X @ rng.standard_normal(5)
+    _force_draw_ahead(monkeypatch)
+    calls = []
+
+    def failing(rng, n, mode, block_rows=None):
+        calls.append(n)
+        if len(calls) > 1:  # the first order is drawn in the fit's thread, the rest ahead
+            raise MemoryError("no room for the next orders")
+        return epoch_order(rng, n, mode, block_rows)
+
+    monkeypatch.setattr(orders, "epoch_order", failing)
+    with pytest.raises(MemoryError, match="no room"):
+        fastgd.fit(X, y, batch_size=32, epochs=5, seed=3, tol=None)

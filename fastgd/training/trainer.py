@@ -2,8 +2,10 @@
 
 The kernels run whole blocks of epochs (forward, gradient, update over every mini-batch);
 Python runs between blocks only: it draws the row orders (NumPy's generator, so every
-backend sees the same batches), evaluates the learning-rate schedule per epoch, and tells
-the observers (:mod:`fastgd.training.observers`).
+backend sees the same batches; with a core to spare, the next block's in a background
+thread while the kernel runs: :class:`~fastgd.training.orders.BlockOrders`), evaluates
+the learning-rate schedule per epoch, and tells the observers
+(:mod:`fastgd.training.observers`).
 """
 
 import time
@@ -15,10 +17,11 @@ from ..backends.contract import EpochBlock, UpdateConfig
 from ..specs import stopping
 from .interrupt import Interruption
 from .observers import block_size
-from .orders import epoch_order
+from .orders import DRAW_AHEAD_MIN_ROWS, BlockOrders, spare_core
 
 # Shuffled row orders are drawn in Python and handed to the kernel for a block of epochs
-# at a time; this bounds the int64 entries held at once (32 MB).
+# at a time; this bounds the int64 entries held at once (32 MB), the block being drawn
+# ahead included (fastgd.training.orders.BlockOrders).
 ORDER_BUDGET = 4_000_000
 
 
@@ -101,45 +104,37 @@ def _epoch_blocks(run, call, problem, options, rates, observers, interruption):
     stop was requested (Ctrl-C)."""
     n, train_rows = problem.n_train, problem.train_rows
     shuffle = options.shuffle if options.batch_size < n else None  # "rows", "blocks", None
-    rng = np.random.default_rng(options.seed)
-    default = max(1, ORDER_BUDGET // n) if shuffle else options.epochs
+    ahead = bool(shuffle) and n >= DRAW_AHEAD_MIN_ROWS and spare_core(options.n_threads)
+    # drawing ahead holds two blocks of orders at once: each gets half the budget
+    default = max(1, ORDER_BUDGET // (2 * n if ahead else n)) if shuffle else options.epochs
     block = block_size(observers, options.epochs, default)
-    while run.done < options.epochs and run.status == stopping.MAX_EPOCHS and not run.stop_reason:
-        count = min(block, options.epochs - run.done)
-        orders = _orders(rng, count, n, shuffle, train_rows)
-        run.ran, run.status = call(run, count, orders, rates, interruption)
-        run.done += run.ran
-        run.validation_loss = None
-        if interruption.requested and run.status == stopping.MAX_EPOCHS:
-            # the request came after the block's last batch (or between calls)
-            run.status = stopping.INTERRUPTED if run.done < options.epochs else run.status
-        if not run.ran:  # interrupted before an epoch ended: nothing new to observe
-            continue
-        for observer in observers:
-            # a later observer's reason wins: the user's callback, last, names the stop
-            run.stop_reason = observer.after_block(run) or run.stop_reason
+    orders = BlockOrders(np.random.default_rng(options.seed), n, shuffle, train_rows)
+    try:
+        while run.done < options.epochs and run.status == stopping.MAX_EPOCHS and not run.stop_reason:  # fmt: skip
+            # drawing ahead, the first call trains one epoch: the next block's orders are
+            # drawn meanwhile, instead of every order of the first block before training
+            count = min(1 if ahead and not run.done else block, options.epochs - run.done)
+            taken = orders.take(count)
+            following = min(block, options.epochs - run.done - count)
+            if ahead and following > 0:
+                orders.draw_ahead(following)
+            run.ran, run.status = call(run, count, taken, rates, interruption)
+            _after_call(run, options, observers, interruption)
+    finally:
+        orders.close()
     if not run.stop_reason:
         run.stop_reason = stopping.REASONS[run.status]
 
 
-def _orders(rng, count, n, shuffle, train_rows):
-    """The :class:`EpochBlock` row orders of ``count`` epochs over ``n`` training rows.
-
-    Shuffled (``shuffle`` "rows" or "blocks"): one permutation per epoch, drawn from
-    ``rng`` (:func:`fastgd.training.orders.epoch_order`); in order: none (the kernels
-    then read rows ``0..n-1``). With early stopping the kernels read the caller's array,
-    so the orders hold its row indices: the training rows taken in the order of the same
-    permutations (the epochs of a fit on the gathered training rows), or in increasing
-    order, one row of orders for every epoch.
-    """
-    if not shuffle:
-        no_orders = np.empty((0, 0), dtype=np.int64)
-        return no_orders if train_rows is None else train_rows.reshape(1, -1)
-    orders = np.empty((count, n), dtype=np.int64)
-    for epoch in range(count):
-        permutation = epoch_order(rng, n, shuffle)
-        if train_rows is None:
-            orders[epoch] = permutation
-        else:  # no temporary: the indices go straight into the block's row
-            np.take(train_rows, permutation, out=orders[epoch])
-    return orders
+def _after_call(run, options, observers, interruption):
+    """Account a kernel call's epochs and tell the observers."""
+    run.done += run.ran
+    run.validation_loss = None
+    if interruption.requested and run.status == stopping.MAX_EPOCHS:
+        # the request came after the block's last batch (or between calls)
+        run.status = stopping.INTERRUPTED if run.done < options.epochs else run.status
+    if not run.ran:  # interrupted before an epoch ended: nothing new to observe
+        return
+    for observer in observers:
+        # a later observer's reason wins: the user's callback, last, names the stop
+        run.stop_reason = observer.after_block(run) or run.stop_reason

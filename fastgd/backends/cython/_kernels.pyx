@@ -387,27 +387,6 @@ cdef inline double _add_weighted_row_loss(
     return loss + sw * row_loss
 
 
-cdef inline void _backward_row(
-    const floating* x, const floating* z, Py_ssize_t d, Py_ssize_t k, floating* G
-) noexcept nogil:
-    """Add ``x * dloss/dz`` (weights) and ``dloss/dz`` (intercepts) of one sample to G."""
-    cdef Py_ssize_t bias = d * k
-    cdef Py_ssize_t j, c
-    cdef floating g, xj
-    if k == 1:
-        g = z[0]
-        for j in range(d):
-            G[j] += g * x[j]
-        G[bias] += g
-    else:
-        for j in range(d):
-            xj = x[j]
-            for c in range(k):
-                G[j * k + c] += xj * z[c]
-        for c in range(k):
-            G[bias + c] += z[c]
-
-
 cdef inline double _one_feature_least_squares(
     const floating* x, const floating* y, Py_ssize_t m, floating w, floating b, Py_ssize_t rows,
     floating* G,

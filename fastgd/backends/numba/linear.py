@@ -425,24 +425,34 @@ def _per_sample_one_output(data, params, order, shuffled, loss_code, n_trained, 
     weighted = weights.shape[0] > 0
     loss_sum = 0.0
     done = n
-    for r in range(n):
-        if _interrupt_flag(stop_state):  # (the intrinsic: no array bound per row)
-            done = r
-            break
-        prefetch_ahead(X, Y, weights, order, shuffled, r)
-        i = order[r] if shuffled else r
-        v = params[d]
-        for j in range(d):
-            v += X[i, j] * params[j]
-        row_loss, g = _single_output_loss(v, Y[i, 0], loss_code)
-        if weighted:
-            row_loss *= weights[i]
-            g *= weights[i]
-        loss_sum += row_loss
-        for j in range(d):
-            params[j] -= lr * (g * X[i, j])
+    if n == 0:
+        return loss_sum, done
+    i, g, v = order[0] if shuffled else 0, 0.0, params[d]
+    # Pipelined: one loop over the features makes row r's update of the weights and, from
+    # the updated weights, row r + 1's decision value (the intercept updated first). Each
+    # weight is updated before it is read, so the values are the row-by-row loop's. Pass
+    # r = -1 makes a step of 0 and row 0's decision value: every decision value of every
+    # epoch comes from this one loop, so an interrupted epoch resumes to the bit.
+    for r in range(-1, n):
+        if r >= 0:
+            if _interrupt_flag(stop_state):  # (the intrinsic: no array bound per row)
+                done = r
+                break
+            prefetch_ahead(X, Y, weights, order, shuffled, r)
+            i = order[r] if shuffled else r
+            row_loss, g = _single_output_loss(v, Y[i, 0], loss_code)
+            if weighted:
+                row_loss *= weights[i]
+                g *= weights[i]
+            loss_sum += row_loss
+        after = min(r + 1, n - 1)
+        following = order[after] if shuffled else after
         if n_trained > d:
             params[d] -= lr * g
+        v = params[d]
+        for j in range(d):
+            params[j] -= lr * (g * X[i, j])
+            v += X[following, j] * params[j]
     return loss_sum, done
 
 

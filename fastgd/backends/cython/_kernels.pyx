@@ -298,6 +298,19 @@ cdef inline Py_ssize_t _row(const Problem* pb, Py_ssize_t r) noexcept nogil:
     return pb.order[r] if pb.shuffled else r
 
 
+cdef inline void _prefetch_ahead(
+    const Problem* pb, const floating* X, const floating* Y, Py_ssize_t r,
+    Py_ssize_t distance,
+) noexcept nogil:
+    """Request from memory the row ``distance`` places after place r of the order (its
+    row of X and its targets); nothing past the last row."""
+    cdef Py_ssize_t ahead
+    if r + distance < pb.n:
+        ahead = _row(pb, r + distance)
+        _prefetch_row(X + ahead * pb.d, pb.d)
+        fastgd_prefetch(Y + ahead * pb.m)
+
+
 cdef inline void _forward_row(
     const Problem* pb, const floating* X, const floating* Y, const floating* params,
     Py_ssize_t r, floating* z,
@@ -305,15 +318,11 @@ cdef inline void _forward_row(
     """Decision values ``z = x @ W + b`` of the r-th row of the order."""
     cdef Py_ssize_t d = pb.d, k = pb.k
     cdef Py_ssize_t bias = d * k
-    cdef Py_ssize_t ahead, j, c
+    cdef Py_ssize_t j, c
     cdef const floating* x = X + _row(pb, r) * d
     cdef const floating* w
     cdef floating xj
-    cdef Py_ssize_t distance = SHUFFLED_AHEAD if pb.shuffled else PREFETCH_AHEAD
-    if r + distance < pb.n:
-        ahead = _row(pb, r + distance)
-        _prefetch_row(X + ahead * d, d)
-        fastgd_prefetch(Y + ahead * pb.m)
+    _prefetch_ahead(pb, X, Y, r, SHUFFLED_AHEAD if pb.shuffled else PREFETCH_AHEAD)
     if k == 1:  # one output: a plain dot product
         z[0] = params[bias] + _dot(x, params, d)
     else:
@@ -482,10 +491,7 @@ cdef inline double _one_output_rows(
         return loss
     Z[0] = params[d] + _dot(X + _row(pb, lo) * d, params, d)
     for r in range(lo, hi):
-        if r + distance < pb.n:
-            following = _row(pb, r + distance)
-            _prefetch_row(X + following * d, d)
-            fastgd_prefetch(Y + following * m)
+        _prefetch_ahead(pb, X, Y, r, distance)
         i = _row(pb, r)
         following = _row(pb, min(r + 1, hi - 1))
         if sw == NULL:  # loop-invariant, predicted perfectly
@@ -701,10 +707,7 @@ cdef double _per_sample_one_output(
         if fastgd_interrupted(pb.stop_state):
             done[0] = r
             break
-        if r + distance < pb.n:
-            following = _row(pb, r + distance)
-            _prefetch_row(X + following * d, d)
-            fastgd_prefetch(Y + following * m)
+        _prefetch_ahead(pb, X, Y, r, distance)
         i = _row(pb, r)
         if sw == NULL:
             loss = _add_row_loss(0.0, z, Y + i * m, pb.loss_code, 1)

@@ -81,7 +81,16 @@ cdef extern from *:
     #define fastgd_spin_pause() ((void)0)
     #define fastgd_cycles() 0LL
     #endif
-    #if defined(__GNUC__) || defined(__clang__)
+    /* Software prefetch as a volatile asm statement where we know the instruction. GCC
+       counts __builtin_prefetch as free of side effects: a helper that only prefetched
+       (_prefetch_ahead) was judged pure and its calls deleted, so no row was requested
+       ahead (GCC 12, 1,000,000 x 100 in order, 1 thread: 50-65% of the streaming limit
+       against 75-90% with the requests). A volatile asm is never deleted. */
+    #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+    #define fastgd_prefetch(p) __asm__ volatile("prefetcht0 %0" : : "m"(*(const char*)(p)))
+    #elif (defined(__GNUC__) || defined(__clang__)) && defined(__aarch64__)
+    #define fastgd_prefetch(p) __asm__ volatile("prfm pldl1keep, %0" : : "Q"(*(const char*)(p)))
+    #elif defined(__GNUC__) || defined(__clang__)
     #define fastgd_prefetch(p) __builtin_prefetch((p), 0, 3)
     #else
     #define fastgd_prefetch(p) ((void)0)

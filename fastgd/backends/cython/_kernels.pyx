@@ -268,33 +268,6 @@ cdef inline floating _abs(floating x) noexcept nogil:
         return fabs(x)
 
 
-cdef inline floating _dot(const floating* x, const floating* w, Py_ssize_t d) noexcept nogil:
-    """sum_j x[j] w[j] in sixteen interleaved partial sums, added as a tree at the end.
-
-    One running sum is a chain of dependent additions that strict IEEE semantics forbid the
-    compiler to reorder; independent chains are vectorized and pipelined. Sixteen: with
-    four (one vector of 4 doubles, as before), an AVX-512 build ran one chain of 25 fused
-    multiply-adds per row of 100, whose latency (not the memory) set the pace of an
-    epoch. (Numba gets the same freedom from its "reassoc" flag; either way the result
-    differs from a sequential sum by rounding only.)
-    """
-    cdef floating s[16]
-    cdef Py_ssize_t j, k
-    cdef Py_ssize_t d16 = d - d % 16
-    for k in range(16):
-        s[k] = 0
-    for j in range(0, d16, 16):
-        for k in range(16):
-            s[k] += x[j + k] * w[j + k]
-    for j in range(d16, d):  # the rest, one term per partial sum
-        s[j - d16] += x[j] * w[j]
-    for k in range(8):
-        s[k] += s[k + 8]
-    for k in range(4):
-        s[k] += s[k + 4]
-    return (s[0] + s[2]) + (s[1] + s[3])
-
-
 cdef inline void _prefetch_row(const floating* x, Py_ssize_t d) noexcept nogil:
     cdef Py_ssize_t j = 0
     cdef Py_ssize_t step = CACHE_LINE_BYTES // sizeof(floating)
@@ -481,23 +454,84 @@ cdef inline const floating* _several_forward(
     return xb
 
 
+cdef inline floating _one_output_loss(
+    floating v, floating y, int loss_code, double* loss
+) noexcept nogil:
+    """dloss/dz of one sample of a one-output model at decision value ``v``; adds its loss
+    term to ``loss[0]``. The arithmetic of :func:`_add_row_loss` with k = 1, on values
+    kept in registers (a decision value stored to memory and loaded back every row was
+    part of what held the Cython row loop below Numba's)."""
+    cdef floating e
+    if loss_code == MSE:
+        e = v - y
+        loss[0] += e * e
+        return 2.0 * e
+    # log(1 + exp(v)) - y v and sigmoid(v) - y through exp(-|v|), which never overflows
+    e = _exp(-_abs(v))
+    if v >= 0:
+        loss[0] += v + _log1p(e) - y * v
+        return 1.0 / (1.0 + e) - y
+    loss[0] += _log1p(e) - y * v
+    return e / (1.0 + e) - y
+
+
+cdef inline floating _one_output_term(
+    floating v, const floating* Y, const floating* sw, Py_ssize_t i, Py_ssize_t m,
+    int loss_code, double* loss,
+) noexcept nogil:
+    """:func:`_one_output_loss` of row i, whose weight (``sw``, or NULL) multiplies the
+    loss term and dloss/dz as in :func:`_add_weighted_row_loss`."""
+    cdef double row_loss = 0.0
+    cdef floating dz
+    if sw == NULL:
+        return _one_output_loss(v, Y[i * m], loss_code, loss)
+    dz = _one_output_loss(v, Y[i * m], loss_code, &row_loss)
+    loss[0] += sw[i] * row_loss
+    return sw[i] * dz
+
+
 cdef inline double _one_output_rows(
     const Problem* pb, const floating* X, const floating* Y, const floating* sw,
-    const floating* params, Py_ssize_t lo, Py_ssize_t hi, floating* Z, floating* G,
+    const floating* params, Py_ssize_t lo, Py_ssize_t hi, floating* G, int loss_code,
 ) noexcept nogil:
     """Loss sum of rows lo:hi of a one-output model; adds their gradient terms to G.
 
     Software-pipelined, as in Numba's ``_one_output_rows``: row r's loss and gradient
-    terms come after row r + 1's decision value (into Z[1]), so that the dot product of
-    the next row overlaps the dependent chain of the current one (its loss, then its
-    gradient terms) instead of waiting behind it. The same operations in the same order
-    for each sum; the last row computes its own decision value again, unused.
+    terms come after row r + 1's decision value, so that the dot product of the next row
+    overlaps the dependent chain of the current one (its loss, then its gradient terms)
+    instead of waiting behind it. The same operations in the same order for each sum;
+    the last row computes its own decision value again, unused. Called with a constant
+    ``loss_code`` (see :func:`_one_output_chunk`).
     """
     cdef Py_ssize_t d = pb.d, m = pb.m, r, i, following
     cdef Py_ssize_t distance = SHUFFLED_AHEAD if pb.shuffled else IN_ORDER_AHEAD
     cdef double loss = 0.0
+    cdef floating v, dz
     if lo >= hi:
         return loss
+    v = params[d] + _dot(X + _row(pb, lo) * d, params, d)
+    for r in range(lo, hi):
+        _prefetch_ahead(pb, X, Y, r, distance)
+        i = _row(pb, r)
+        following = _row(pb, min(r + 1, hi - 1))
+        dz = _one_output_term(v, Y, sw, i, m, loss_code, &loss)
+        G[d] += dz
+        v = params[d] + _dot_and_add(X + following * d, params, X + i * d, dz, G, d)
+    return loss
+
+
+cdef inline double _one_output_chunk(
+    const Problem* pb, const floating* X, const floating* Y, const floating* sw,
+    const floating* params, Py_ssize_t lo, Py_ssize_t hi, floating* G,
+) noexcept nogil:
+    """:func:`_one_output_rows` over the whole chunk, compiled once per loss with the loss
+    code a constant, as Numba's row loop is: a loop that tests a run-time code in every
+    row keeps the other loss's path live and spills registers. The rows of a chunk go in
+    one pass (the pipeline restarted every 64 rows before, with one dot product unused
+    each time). MSE's division of the loss by k is left out: k = 1."""
+    if pb.loss_code == MSE:
+        return _one_output_rows(pb, X, Y, sw, params, lo, hi, G, MSE)
+    return _one_output_rows(pb, X, Y, sw, params, lo, hi, G, BINARY_CROSS_ENTROPY)
     Z[0] = params[d] + _dot(X + _row(pb, lo) * d, params, d)
     for r in range(lo, hi):
         _prefetch_ahead(pb, X, Y, r, distance)
@@ -512,55 +546,66 @@ cdef inline double _one_output_rows(
     return loss
 
 
-# ``xn . w`` in the 16 partial sums of _dot while ``G[:d] += g x``, in one loop (C, for
-# its ``restrict``: without it the compiler must assume the stores to G may change the
-# rows it reads, and the loop stayed scalar: 54-58% of the streaming limit, against
-# 66-69% for the two loops apart).
+# The dot products of the linear kernels, in C (for ``restrict``: without it the compiler
+# must assume that the stores to G or w may change the rows read, and the fused loops
+# stayed scalar: 54-58% of the streaming limit, against 66-69% for two loops apart).
+#
+# ``x . w`` goes into 32 interleaved partial sums: a single running sum is a chain of
+# dependent additions that strict IEEE semantics forbid the compiler to reorder, while
+# independent chains are vectorized and pipelined (four AVX-512 vectors of doubles, as
+# Numba's loop has with its "reassoc" flag). The features past the last full group of 32
+# go in groups of 4 into sums 0-3, and the last d % 4 into sums 0-2, so that every sum
+# has a fixed place and stays in a register: with a variable place (``s[j - d32]``) the
+# sums went through memory for every row, and on the Zen 5 VM the Cython kernels ran at
+# 50-65% of the streaming limit against Numba's 75-90%. The sums are added as a tree.
+# The result differs from a sequential sum by rounding only, and all three functions
+# below group the terms the same way, so a decision value is the same whichever computes it.
 cdef extern from *:
     """
+    #define FASTGD_DOT_GROUPS(T, TERM)                                                      \
+        T s[32] = {0};                                                                     \
+        Py_ssize_t j, k, d32 = d - d % 32;                                                 \
+        for (j = 0; j < d32; j += 32)                                                      \
+            for (k = 0; k < 32; k++) { TERM(j + k, k) }                                     \
+        for (; j + 4 <= d; j += 4)                                                         \
+            for (k = 0; k < 4; k++) { TERM(j + k, k) }                                      \
+        for (k = 0; k < 3; k++)                                                            \
+            if (j + k < d) { TERM(j + k, k) }                                              \
+        for (k = 0; k < 16; k++) s[k] += s[k + 16];                                        \
+        for (k = 0; k < 8; k++) s[k] += s[k + 8];                                          \
+        for (k = 0; k < 4; k++) s[k] += s[k + 4];                                          \
+        return (s[0] + s[2]) + (s[1] + s[3]);
+    /* x . w */
+    #define FASTGD_DOT_TERM(i, k) s[k] += x[i] * w[i];
+    #define FASTGD_DOT(T)                                                                   \
+    static inline T fastgd_dot_##T(const T *restrict x, const T *restrict w, Py_ssize_t d) { \
+        FASTGD_DOT_GROUPS(T, FASTGD_DOT_TERM)                                               \
+    }
+    /* xn . w while G[:d] += g x */
+    #define FASTGD_DOT_ADD_TERM(i, k) s[k] += xn[i] * w[i]; G[i] += g * x[i];
     #define FASTGD_DOT_ADD(T)                                                               \
     static inline T fastgd_dot_add_##T(const T *restrict xn, const T *restrict w,          \
                                        const T *restrict x, T g, T *restrict G,            \
                                        Py_ssize_t d) {                                     \
-        T s[16] = {0};                                                                     \
-        Py_ssize_t j, k, d16 = d - d % 16;                                                 \
-        for (j = 0; j < d16; j += 16)                                                      \
-            for (k = 0; k < 16; k++) {                                                     \
-                s[k] += xn[j + k] * w[j + k];                                              \
-                G[j + k] += g * x[j + k];                                                  \
-            }                                                                              \
-        for (j = d16; j < d; j++) {                                                        \
-            s[j - d16] += xn[j] * w[j];                                                    \
-            G[j] += g * x[j];                                                              \
-        }                                                                                  \
-        for (k = 0; k < 8; k++) s[k] += s[k + 8];                                          \
-        for (k = 0; k < 4; k++) s[k] += s[k + 4];                                          \
-        return (s[0] + s[2]) + (s[1] + s[3]);                                              \
+        FASTGD_DOT_GROUPS(T, FASTGD_DOT_ADD_TERM)                                           \
     }
-    FASTGD_DOT_ADD(float)
-    FASTGD_DOT_ADD(double)
+    /* w[:d] -= lr (g x), then xn . w of the updated w: each weight before it is read */
+    #define FASTGD_STEP_DOT_TERM(i, k) w[i] -= lr * (g * x[i]); s[k] += xn[i] * w[i];
     #define FASTGD_STEP_DOT(T)                                                              \
     static inline T fastgd_step_dot_##T(const T *restrict xn, T *restrict w,               \
                                         const T *restrict x, double lr, T g,               \
                                         Py_ssize_t d) {                                    \
-        T s[16] = {0};                                                                     \
-        Py_ssize_t j, k, d16 = d - d % 16;                                                 \
-        for (j = 0; j < d16; j += 16)                                                      \
-            for (k = 0; k < 16; k++) {                                                     \
-                w[j + k] -= lr * (g * x[j + k]);                                           \
-                s[k] += xn[j + k] * w[j + k];                                              \
-            }                                                                              \
-        for (j = d16; j < d; j++) {                                                        \
-            w[j] -= lr * (g * x[j]);                                                       \
-            s[j - d16] += xn[j] * w[j];                                                    \
-        }                                                                                  \
-        for (k = 0; k < 8; k++) s[k] += s[k + 8];                                          \
-        for (k = 0; k < 4; k++) s[k] += s[k + 4];                                          \
-        return (s[0] + s[2]) + (s[1] + s[3]);                                              \
+        FASTGD_DOT_GROUPS(T, FASTGD_STEP_DOT_TERM)                                          \
     }
+    FASTGD_DOT(float)
+    FASTGD_DOT(double)
+    FASTGD_DOT_ADD(float)
+    FASTGD_DOT_ADD(double)
     FASTGD_STEP_DOT(float)
     FASTGD_STEP_DOT(double)
     """
+    float fastgd_dot_float(const float* x, const float* w, Py_ssize_t d) noexcept nogil
+    double fastgd_dot_double(const double* x, const double* w, Py_ssize_t d) noexcept nogil
     float fastgd_dot_add_float(const float* xn, const float* w, const float* x, float g,
                                float* G, Py_ssize_t d) noexcept nogil
     double fastgd_dot_add_double(const double* xn, const double* w, const double* x, double g,
@@ -569,6 +614,14 @@ cdef extern from *:
                                 Py_ssize_t d) noexcept nogil
     double fastgd_step_dot_double(const double* xn, double* w, const double* x, double lr,
                                   double g, Py_ssize_t d) noexcept nogil
+
+
+cdef inline floating _dot(const floating* x, const floating* w, Py_ssize_t d) noexcept nogil:
+    """``x . w`` in the partial sums described above."""
+    if floating is double:
+        return fastgd_dot_double(x, w, d)
+    else:
+        return fastgd_dot_float(x, w, d)
 
 
 cdef inline floating _step_and_dot(
@@ -602,9 +655,9 @@ cdef inline void _chunk_gradient(
 
     The chunk is walked in blocks of rows_per_block rows, as in Numba: decision values of
     the block, their losses, then the gradient sums while the block of X is in cache. The
-    row's entry n_params receives the summed loss. With one output the three steps are
-    done row by row instead (while the row is in L1 cache): the same floating-point
-    operations in the same order, measured faster here for this memory-bound case.
+    row's entry n_params receives the summed loss. With one output the rows go in one
+    pass instead, each row's gradient terms added while it is in L1 cache
+    (:func:`_one_output_chunk`), measured faster here for this memory-bound case.
     ``sw`` holds the sample weights by original row index, or is NULL (unweighted: the
     loss terms and dloss/dz are used as they are, without multiplying by 1).
     """
@@ -625,27 +678,27 @@ cdef inline void _chunk_gradient(
         G[pb.n_params] = _one_feature_least_squares(X + lo, Y + lo * m, m, params[0], params[1],
                                                     hi - lo, G)
         return
+    if k == 1:
+        G[pb.n_params] = _one_output_chunk(pb, X, Y, sw, params, lo, hi, G)
+        return
     while block_lo < hi:
         block_hi = min(block_lo + pb.rows_per_block, hi)
         block_loss = 0.0
-        if k == 1:
-            block_loss = _one_output_rows(pb, X, Y, sw, params, block_lo, block_hi, Z, G)
+        xb = _several_forward(pb, X, params, block_lo, block_hi, Z)
+        if sw == NULL:
+            for r in range(block_lo, block_hi):
+                block_loss = _add_row_loss(block_loss, Z + (r - block_lo) * k,
+                                           Y + _row(pb, r) * m, pb.loss_code, k)
         else:
-            xb = _several_forward(pb, X, params, block_lo, block_hi, Z)
-            if sw == NULL:
-                for r in range(block_lo, block_hi):
-                    block_loss = _add_row_loss(block_loss, Z + (r - block_lo) * k,
-                                               Y + _row(pb, r) * m, pb.loss_code, k)
-            else:
-                for r in range(block_lo, block_hi):
-                    i = _row(pb, r)
-                    block_loss = _add_weighted_row_loss(block_loss, Z + (r - block_lo) * k,
-                                                        Y + i * m, pb.loss_code, k, sw[i])
-            # G_W (d, k) += X_b^T D, as the column-major G^T (k, d) += D^T X_b
-            _gemm_add(c'N', c'T', k, d, block_hi - block_lo, Z, k, xb, d, G, k)
-            for r in range(block_hi - block_lo):
-                for c in range(k):
-                    G[d * k + c] += Z[r * k + c]
+            for r in range(block_lo, block_hi):
+                i = _row(pb, r)
+                block_loss = _add_weighted_row_loss(block_loss, Z + (r - block_lo) * k,
+                                                    Y + i * m, pb.loss_code, k, sw[i])
+        # G_W (d, k) += X_b^T D, as the column-major G^T (k, d) += D^T X_b
+        _gemm_add(c'N', c'T', k, d, block_hi - block_lo, Z, k, xb, d, G, k)
+        for r in range(block_hi - block_lo):
+            for c in range(k):
+                G[d * k + c] += Z[r * k + c]
         loss += block_loss / k if pb.loss_code == MSE else block_loss
         block_lo = block_hi
     G[pb.n_params] = loss

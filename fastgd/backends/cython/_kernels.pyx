@@ -532,18 +532,6 @@ cdef inline double _one_output_chunk(
     if pb.loss_code == MSE:
         return _one_output_rows(pb, X, Y, sw, params, lo, hi, G, MSE)
     return _one_output_rows(pb, X, Y, sw, params, lo, hi, G, BINARY_CROSS_ENTROPY)
-    Z[0] = params[d] + _dot(X + _row(pb, lo) * d, params, d)
-    for r in range(lo, hi):
-        _prefetch_ahead(pb, X, Y, r, distance)
-        i = _row(pb, r)
-        following = _row(pb, min(r + 1, hi - 1))
-        if sw == NULL:  # loop-invariant, predicted perfectly
-            loss = _add_row_loss(loss, Z, Y + i * m, pb.loss_code, 1)
-        else:
-            loss = _add_weighted_row_loss(loss, Z, Y + i * m, pb.loss_code, 1, sw[i])
-        G[d] += Z[0]
-        Z[0] = params[d] + _dot_and_add(X + following * d, params, X + i * d, Z[0], G, d)
-    return loss
 
 
 # The dot products of the linear kernels, in C (for ``restrict``: without it the compiler

@@ -737,7 +737,7 @@ cdef inline void _add_chunk_rows(const Problem* pb, floating* G, Py_ssize_t n_ch
 
 cdef double _per_sample_one_output(
     const Problem* pb, const floating* X, const floating* Y, const floating* sw,
-    floating* params, Py_ssize_t n_trained, double lr, floating* z, Py_ssize_t* done,
+    floating* params, Py_ssize_t n_trained, double lr, Py_ssize_t* done,
 ) noexcept nogil:
     """:func:`_per_sample_epoch` of a one-output model, pipelined: one loop over the
     features makes row r's update of the weights and, from the updated weights, row
@@ -747,31 +747,28 @@ cdef double _per_sample_one_output(
     and an interrupted epoch resumes exactly."""
     cdef Py_ssize_t d = pb.d, m = pb.m, r, i, following
     cdef Py_ssize_t distance = SHUFFLED_AHEAD if pb.shuffled else IN_ORDER_AHEAD
-    cdef floating g, s = 0
+    cdef floating g, v, s = 0
     cdef double loss, loss_sum = 0.0
     done[0] = pb.n
     if pb.n == 0:
         return loss_sum
-    z[0] = params[d] + _dot(X + _row(pb, 0) * d, params, d)
+    v = params[d] + _dot(X + _row(pb, 0) * d, params, d)
     for r in range(pb.n):
         if fastgd_interrupted(pb.stop_state):
             done[0] = r
             break
         _prefetch_ahead(pb, X, Y, r, distance)
         i = _row(pb, r)
-        if sw == NULL:
-            loss = _add_row_loss(0.0, z, Y + i * m, pb.loss_code, 1)
-        else:
-            loss = _add_weighted_row_loss(0.0, z, Y + i * m, pb.loss_code, 1, sw[i])
-        loss_sum += loss  # a block of one row (MSE's division by k = 1 left out)
-        g = z[0]
+        loss = 0.0  # a block of one row (MSE's division by k = 1 left out)
+        g = _one_output_term(v, Y, sw, i, m, pb.loss_code, &loss)
+        loss_sum += loss
         if r + 1 < pb.n:
             s = _step_and_dot(X + _row(pb, r + 1) * d, params, X + i * d, lr, g, d)
         else:
             s = _step_and_dot(X + i * d, params, X + i * d, lr, g, d)
         if n_trained > d:
             params[d] -= lr * g
-        z[0] = params[d] + s
+        v = params[d] + s
     return loss_sum
 
 
@@ -796,7 +793,7 @@ cdef double _per_sample_epoch(
     cdef double loss
     cdef double loss_sum = 0.0
     if k == 1:
-        return _per_sample_one_output(pb, X, Y, sw, params, n_trained, lr, z, done)
+        return _per_sample_one_output(pb, X, Y, sw, params, n_trained, lr, done)
     done[0] = pb.n
     for r in range(pb.n):
         if fastgd_interrupted(pb.stop_state):

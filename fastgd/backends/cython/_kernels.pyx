@@ -317,6 +317,27 @@ cdef inline void _forward_row(
                 z[c] += xj * w[c]
 
 
+cdef inline floating _one_output_loss(
+    floating v, floating y, int loss_code, double* loss
+) noexcept nogil:
+    """dloss/dz of one sample of a one-output model at decision value ``v``; adds its loss
+    term to ``loss[0]`` (:func:`_add_row_loss` uses it for k = 1 too). On values kept in
+    registers: a decision value stored to memory and loaded back every row was part of
+    what held the Cython row loop below Numba's."""
+    cdef floating e
+    if loss_code == MSE:
+        e = v - y
+        loss[0] += e * e
+        return 2.0 * e
+    # log(1 + exp(v)) - y v and sigmoid(v) - y through exp(-|v|), which never overflows
+    e = _exp(-_abs(v))
+    if v >= 0:
+        loss[0] += v + _log1p(e) - y * v
+        return 1.0 / (1.0 + e) - y
+    loss[0] += _log1p(e) - y * v
+    return e / (1.0 + e) - y
+
+
 cdef inline double _add_row_loss(
     double loss, floating* z, const floating* y, int loss_code, Py_ssize_t k
 ) noexcept nogil:
@@ -326,7 +347,7 @@ cdef inline double _add_row_loss(
     one, as in Numba's ``_loss_block`` (the MSE terms are divided by k once per block).
     """
     cdef Py_ssize_t c, label
-    cdef floating e, v, zmax, z_label
+    cdef floating e, zmax, z_label
     cdef double s
     if loss_code == MSE:
         for c in range(k):
@@ -335,15 +356,7 @@ cdef inline double _add_row_loss(
             z[c] = (2.0 / k) * e
         return loss
     if loss_code == BINARY_CROSS_ENTROPY:
-        # log(1 + exp(v)) - y v and sigmoid(v) - y through exp(-|v|), which never overflows
-        v = z[0]
-        e = _exp(-_abs(v))
-        if v >= 0:
-            loss += v + _log1p(e) - y[0] * v
-            z[0] = 1.0 / (1.0 + e) - y[0]
-        else:
-            loss += _log1p(e) - y[0] * v
-            z[0] = e / (1.0 + e) - y[0]
+        z[0] = _one_output_loss(z[0], y[0], BINARY_CROSS_ENTROPY, &loss)
         return loss
     # categorical cross-entropy: logsumexp(z) - z[label] with the exponentials shifted by
     # max(z) so that they cannot overflow; z[label] is read before z becomes the softmax
@@ -452,27 +465,6 @@ cdef inline const floating* _several_forward(
         for c in range(k):
             Z[r * k + c] += params[d * k + c]
     return xb
-
-
-cdef inline floating _one_output_loss(
-    floating v, floating y, int loss_code, double* loss
-) noexcept nogil:
-    """dloss/dz of one sample of a one-output model at decision value ``v``; adds its loss
-    term to ``loss[0]``. The arithmetic of :func:`_add_row_loss` with k = 1, on values
-    kept in registers (a decision value stored to memory and loaded back every row was
-    part of what held the Cython row loop below Numba's)."""
-    cdef floating e
-    if loss_code == MSE:
-        e = v - y
-        loss[0] += e * e
-        return 2.0 * e
-    # log(1 + exp(v)) - y v and sigmoid(v) - y through exp(-|v|), which never overflows
-    e = _exp(-_abs(v))
-    if v >= 0:
-        loss[0] += v + _log1p(e) - y * v
-        return 1.0 / (1.0 + e) - y
-    loss[0] += _log1p(e) - y * v
-    return e / (1.0 + e) - y
 
 
 cdef inline floating _one_output_term(

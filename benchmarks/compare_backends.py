@@ -10,8 +10,9 @@ The baseline (``numpy-loop``) is the tightest plain-NumPy SGD loop a user would 
 (contiguous slices, BLAS on the same threads: :mod:`fastgd.bench.numpy_loop`); fastgd's
 NumPy *reference backend* is a separate row (``numpy``). Times are wall times of the whole
 ``fit`` call (validation included); ``kernel`` is fastgd's training time alone, and
-``of limit`` its bytes of X per second as a share of the streaming read bandwidth measured
-just before that batch size's rows (:mod:`fastgd.bench.roofline`).
+``of limit`` its bytes of X per second as a share of the streaming read bandwidth, the
+median over the repeats of each fit's share of a reading taken just before it
+(:mod:`fastgd.bench.roofline`).
 
 Fairness rules: every side runs the same algorithm (the mean squared error, the same optimizer,
 same learning rate, same number of epochs and updates); fastgd backends see the same
@@ -58,20 +59,29 @@ def model_of(y):
 
 
 def time_fit(
-    X, y, backend, batch_size, epochs, lr, threads, repeats, optimizer="sgd", shuffle=False
-):
+    X, y, backend, batch_size, epochs, lr, threads, repeats, optimizer="sgd", shuffle=False,
+    limit=None,
+):  # fmt: skip
     """Median wall time of the whole ``fastgd.fit`` call (compile excluded: warmed up
-    first), the median kernel time, the last result and the warm-up's compile time."""
+    first), the median kernel time, the last result, the warm-up's compile time and the
+    median share of the streaming limit (None without ``limit``).
+
+    ``limit``: a :func:`fastgd.bench.roofline.stream_reader`, read just before each
+    repeat; each repeat's bytes of X per second over its own reading give its share."""
     options = dict(model=model_of(y), batch_size=batch_size, epochs=epochs, lr=lr, seed=0,
                    optimizer=optimizer, backend=backend, n_threads=threads, shuffle=shuffle)  # fmt: skip
     compile_s = fastgd.fit(X, y, **options).compile_time
-    walls, kernels = [], []
+    walls, kernels, shares = [], [], []
     for _ in range(repeats):
+        bandwidth = limit() if limit else None
         started = time.perf_counter()
         result = fastgd.fit(X, y, **options)
         walls.append(time.perf_counter() - started)
         kernels.append(result.train_time)
-    return statistics.median(walls), statistics.median(kernels), result, compile_s
+        if bandwidth:
+            shares.append(X.nbytes * epochs / result.train_time / bandwidth)
+    share = statistics.median(shares) if shares else None
+    return statistics.median(walls), statistics.median(kernels), result, compile_s, share
 
 
 def time_numpy_loop(X, y, batch_size, epochs, lr, threads, repeats, shuffle):
@@ -118,15 +128,16 @@ def time_demo(repeats):
         times.append(time.perf_counter() - started)
     rows["plain NumPy loop"] = (statistics.median(times), w)
     for backend in available_backends():
-        median, _, result, _ = time_fit(X, y, backend, None, 1000, 0.1, None, repeats)
+        median, _, result, _, _ = time_fit(X, y, backend, None, 1000, 0.1, None, repeats)
         assert abs(result.coef_[0] - w) < 1e-9, (backend, result.coef_, w)
         rows[f"fastgd {backend}"] = (median, result.coef_[0])
     return rows
 
 
-def batch_rows(X, y, args, batch_size, text, backends):
+def batch_rows(X, y, args, batch_size, text, backends, limit=None):
     """Rows of one batch size: every backend (checked against the reference), the NumPy
-    loop (plain SGD) and scikit-learn (batch size 1), with ratios to the NumPy loop."""
+    loop (plain SGD) and scikit-learn (batch size 1), with ratios to the NumPy loop;
+    fastgd's shares of the streaming limit read before each repeat (``limit``)."""
     results = {}
     if args.optimizer == "sgd" and not (batch_size == 1 and args.rows > 50_000):
         seconds, params = time_numpy_loop(X, y, batch_size, args.epochs, args.lr, args.threads,
@@ -135,11 +146,12 @@ def batch_rows(X, y, args, batch_size, text, backends):
     for backend in backends:
         if backend == "numpy" and batch_size == 1 and args.rows > 50_000:
             continue  # millions of Python-level steps: minutes, not informative
-        wall, kernel, result, compile_s = time_fit(X, y, backend, batch_size, args.epochs,
-                                                   args.lr, args.threads, args.repeats,
-                                                   args.optimizer, args.shuffle)  # fmt: skip
+        wall, kernel, result, compile_s, share = time_fit(
+            X, y, backend, batch_size, args.epochs, args.lr, args.threads, args.repeats,
+            args.optimizer, args.shuffle, limit,
+        )  # fmt: skip
         results[backend] = dict(fit_s=wall, kernel_s=kernel, params=result.params,
-                                compile_s=compile_s, coef=result.coef_)  # fmt: skip
+                                compile_s=compile_s, coef=result.coef_, of_limit=share)  # fmt: skip
     _check(results)
     sk_time = None
     if batch_size == 1 and args.optimizer == "sgd" and args.classes == 1:
@@ -156,7 +168,8 @@ def batch_rows(X, y, args, batch_size, text, backends):
     return [dict(batch_size=text, impl=impl, fit_s=r["fit_s"], kernel_s=r.get("kernel_s"),
                  speedup_vs_loop=base / r["fit_s"] if base else None,
                  speedup_vs_sklearn=sk_time / r["fit_s"] if sk_time else None,
-                 compile_s=r.get("compile_s")) for impl, r in results.items()]  # fmt: skip
+                 compile_s=r.get("compile_s"), of_limit=r.get("of_limit"))
+            for impl, r in results.items()]  # fmt: skip
 
 
 def _check(results):
@@ -228,17 +241,19 @@ def main(argv=None):
     with _blas_threads(args.threads):
         for text in args.batch_sizes.split(","):
             batch_size = None if text == "full" else int(text)
-            # the limit is read again before each batch size: on a shared machine it moves
+            # the limit is read again before each timed fit: on a shared machine it moves
             # by a sixth from one minute to the next, and the shares with it
-            stream = roofline.stream_read(args.threads) if not args.quick else None
+            limit = roofline.stream_reader(args.threads) if not args.quick else None
+            stream = limit() if limit else None
             if stream:
                 streams.append(stream)
-                print(f"streaming read limit ({args.threads} threads): {stream / 1e9:.1f} GB/s")
-            for row in batch_rows(X, y, args, batch_size, text, backends):
-                row["of_limit"] = X.nbytes * args.epochs / row["kernel_s"] / stream if stream and row.get("kernel_s") else None  # fmt: skip
+                print(f"streaming read limit ({args.threads} threads): {stream / 1e9:.1f} GB/s"
+                      " (and again before each timed fit)")  # fmt: skip
+            for row in batch_rows(X, y, args, batch_size, text, backends, limit):
                 row["stream_read_bps"] = stream
                 records.append(row)
                 print_row(row)
+            del limit  # its 800 MiB array
 
     print("\ndemo: 1000 full-batch steps on 100 points")
     demo = time_demo(max(args.repeats, 5))

@@ -204,3 +204,11 @@ def test_share_of_a_cached_data_set_is_of_its_own_read_rate():
     record = {"samples_per_s": 1e6, "features": 10, "dtype": "float64", "threads": 1}
     assert roofline.share(record, limits) == pytest.approx(80e6 / 10e9)  # rows unknown
     assert roofline.share({**record, "rows": 20_000}, limits) == pytest.approx(80e6 / 40e9)
+
+
+def test_stream_reader_measures_again_at_each_call():
+    # one array, read anew at each call: a benchmark pairs a reading with each timing
+    reader = roofline.stream_reader(1, 4 * 2**20)
+    readings = [reader() for _ in range(3)]
+    assert all(np.isfinite(r) and r > 1e8 for r in readings)  # > 0.1 GB/s from a cache
+    assert roofline.stream_read(1, 4 * 2**20) > 1e8

@@ -70,6 +70,27 @@ def stream_read(threads, nbytes=STREAM_BYTES):
     -------
     float
     """
+    return stream_reader(threads, nbytes)()
+
+
+def stream_reader(threads, nbytes=STREAM_BYTES):
+    """A measurement of the streaming read bandwidth to take again and again: the array
+    is allocated once, and each call returns the bandwidth of that moment.
+
+    On a shared machine the bandwidth moves by a sixth from one minute to the next, so a
+    benchmark that reads it just before each timing it bounds (a pair per repeat) gives
+    steadier shares than one read for the whole run.
+
+    Parameters
+    ----------
+    threads, nbytes : int
+        As for :func:`stream_read`.
+
+    Returns
+    -------
+    callable
+        With no arguments; returns bytes per second (a float).
+    """
     import numba
 
     kernel = _row_sums_kernel()
@@ -81,13 +102,16 @@ def stream_read(threads, nbytes=STREAM_BYTES):
         for _ in range(reads):
             kernel(X, out)
 
-    previous = numba.get_num_threads()
-    numba.set_num_threads(threads)
-    try:
-        seconds = _median_seconds(read)
-    finally:
-        numba.set_num_threads(previous)
-    return reads * X.nbytes / seconds
+    def measure():
+        previous = numba.get_num_threads()
+        numba.set_num_threads(threads)
+        try:
+            seconds = _median_seconds(read)
+        finally:
+            numba.set_num_threads(previous)
+        return reads * X.nbytes / seconds
+
+    return measure
 
 
 def matmul_rate(dtype, threads, n=MATMUL_N):

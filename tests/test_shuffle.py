@@ -188,7 +188,6 @@ def _force_draw_ahead(monkeypatch):
 
     monkeypatch.setattr(trainer, "DRAW_AHEAD_MIN_ROWS", 1)
     monkeypatch.setattr(trainer, "spare_core", lambda n_threads: True)
-    monkeypatch.setattr(trainer, "ORDER_BUDGET", 3000)  # blocks of one epoch ahead
 
 
 @pytest.mark.parametrize("shuffle", ["rows", "blocks"])
@@ -206,6 +205,24 @@ def test_orders_drawn_ahead_give_the_same_fit(backend, monkeypatch, shuffle, ear
     ahead = fastgd.fit(X, y, **kwargs)
     assert np.array_equal(whole.params, ahead.params)
     assert np.array_equal(whole.loss_history, ahead.loss_history)
+
+
+def test_drawing_ahead_trains_one_epoch_per_call(monkeypatch):
+    # each kernel call trains one epoch while the next epoch's order is drawn (a block of
+    # several orders drawn during one epoch kept the next call waiting)
+    import fastgd.training.orders as orders
+
+    rng = np.random.default_rng(24)
+    X = rng.standard_normal((1500, 5))
+    y = X @ rng.standard_normal(5)
+    _force_draw_ahead(monkeypatch)
+    taken, ahead = [], []
+    take, draw_ahead = orders.BlockOrders.take, orders.BlockOrders.draw_ahead
+    monkeypatch.setattr(orders.BlockOrders, "take", lambda self, count: taken.append(count) or take(self, count))  # fmt: skip
+    monkeypatch.setattr(orders.BlockOrders, "draw_ahead", lambda self, count: ahead.append(count) or draw_ahead(self, count))  # fmt: skip
+    result = fastgd.fit(X, y, batch_size=32, epochs=4, seed=3, tol=None)
+    assert result.n_epochs == 4
+    assert taken == [1, 1, 1, 1] and ahead == [1, 1, 1]
 
 
 def test_a_fit_stopped_before_its_drawn_orders_leaves_no_thread(monkeypatch):

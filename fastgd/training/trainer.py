@@ -105,15 +105,16 @@ def _epoch_blocks(run, call, problem, options, rates, observers, interruption):
     n, train_rows = problem.n_train, problem.train_rows
     shuffle = options.shuffle if options.batch_size < n else None  # "rows", "blocks", None
     ahead = bool(shuffle) and n >= DRAW_AHEAD_MIN_ROWS and spare_core(options.n_threads)
-    # drawing ahead holds two blocks of orders at once: each gets half the budget
-    default = max(1, ORDER_BUDGET // (2 * n if ahead else n)) if shuffle else options.epochs
+    # Drawing ahead, each call trains one epoch while the next epoch's order is drawn:
+    # sharing memory with the kernel, a permutation of a large data set takes up to most
+    # of an epoch (1,000,000 x 100 on one thread: two orders took 22-86 ms against a
+    # 55 ms epoch, and the next call waited for them); a kernel call costs far less.
+    default = (1 if ahead else max(1, ORDER_BUDGET // n)) if shuffle else options.epochs
     block = block_size(observers, options.epochs, default)
     orders = BlockOrders(np.random.default_rng(options.seed), n, shuffle, train_rows)
     try:
         while run.done < options.epochs and run.status == stopping.MAX_EPOCHS and not run.stop_reason:  # fmt: skip
-            # drawing ahead, the first call trains one epoch: the next block's orders are
-            # drawn meanwhile, instead of every order of the first block before training
-            count = min(1 if ahead and not run.done else block, options.epochs - run.done)
+            count = min(block, options.epochs - run.done)
             taken = orders.take(count)
             following = min(block, options.epochs - run.done - count)
             if ahead and following > 0:

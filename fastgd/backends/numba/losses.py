@@ -5,6 +5,7 @@ import math
 from ..._config import NUMBA_OPTIONS
 from ...specs import losses
 from .cache import njit
+from .fastexp import exp_nonpositive
 
 MSE = losses.MSE
 BINARY_CROSS_ENTROPY = losses.BINARY_CROSS_ENTROPY
@@ -56,6 +57,7 @@ def _loss_block(Y, weights, order, shuffled, lo, hi, loss_code, k, Z, chunk):
             Z[chunk, r - lo, 0] = dz
         return loss
     # categorical cross-entropy: logsumexp(z) - z[label], exponentials shifted by max(z)
+    # (so their arguments are <= 0: exp_nonpositive, which the loop over classes vectorizes)
     for r in range(lo, hi):
         i = order[r] if shuffled else r
         label = int(Y[i, 0])
@@ -65,7 +67,7 @@ def _loss_block(Y, weights, order, shuffled, lo, hi, loss_code, k, Z, chunk):
             m = max(m, Z[chunk, r - lo, c])
         s = 0.0
         for c in range(k):
-            Z[chunk, r - lo, c] = math.exp(Z[chunk, r - lo, c] - m)
+            Z[chunk, r - lo, c] = exp_nonpositive(Z[chunk, r - lo, c] - m)
             s += Z[chunk, r - lo, c]
         w = weights[i] if weighted else 1.0
         for c in range(k):

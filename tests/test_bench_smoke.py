@@ -212,3 +212,25 @@ def test_stream_reader_measures_again_at_each_call():
     readings = [reader() for _ in range(3)]
     assert all(np.isfinite(r) and r > 1e8 for r in readings)  # > 0.1 GB/s from a cache
     assert roofline.stream_read(1, 4 * 2**20) > 1e8
+
+
+def test_shuffled_read_script_reports_every_measurement(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    from fastgd.backends import available_backends
+
+    path = Path(__file__).parent.parent / "benchmarks" / "shuffled_read.py"
+    spec = importlib.util.spec_from_file_location("shuffled_read", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    backends = [b for b in available_backends() if b != "numpy"]
+    assert script.main(["--rows", "20000", "--features", "10", "--rounds", "1",
+                        "--backends", ",".join(backends)]) == 0  # fmt: skip
+    lines = capsys.readouterr().out.splitlines()[1:]
+    names = [line[:32].strip() for line in lines]
+    assert names[:2] == ["streaming limit (GB/s)", "read in order"]
+    assert {f"fastgd {b}, batch {n}" for b in backends for n in (32, 256)} <= set(names)
+    assert {f"shuffled read, ahead {k}" for k in script.AHEAD} <= set(names)
+    shares = [float(line.split()[-1].rstrip("%")) for line in lines]
+    assert all(0 < share < 1e4 for share in shares)

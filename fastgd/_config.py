@@ -83,6 +83,13 @@ HELD_OUT_MIN_ROWS = 64
 CACHE_LINE_BYTES = 64
 PREFETCH_AHEAD = 12
 PREFETCH_IN_ORDER = True
+# The locality of the requests for shuffled rows: 2 (x86 prefetcht1) brings a line into
+# L2 but not L1, 3 (prefetcht0) into L1 too. A request into L1 holds one of the core's few
+# L1 miss buffers until its line arrives; with every shuffled row a trip to memory those
+# buffers capped the requests in flight. Zen 4 VM, 1 thread: a bare read of 1,000,000
+# shuffled rows of 100 doubles reached 22-27% of the streaming limit with locality 3 and
+# 28-37% with 2; numba's shuffled kernel 14-19% -> 17-23% (README "Shuffled rows into L2").
+SHUFFLED_PREFETCH_LOCALITY = 2
 
 # shuffle="blocks" (fastgd.training.orders): each epoch permutes blocks of this many
 # consecutive rows and visits the rows of each block in order. Long runs of neighbouring

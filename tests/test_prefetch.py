@@ -119,3 +119,38 @@ def test_cython_kernels_keep_their_prefetch_instructions():
     ).stdout
     count = len(re.findall(r"\bprefetcht0\b", listing))
     assert count >= 12, f"only {count} prefetch instructions in {kernels.__file__}"
+    # shuffled rows are requested into L2 (fastgd_prefetch_l2), by the linear kernels'
+    # row loops and their gather of several-output blocks
+    into_l2 = len(re.findall(r"\bprefetcht1\b", listing))
+    assert into_l2 >= 8, f"only {into_l2} L2 prefetch instructions in {kernels.__file__}"
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 disassembly")
+@pytest.mark.parametrize("shuffled", [True, False])
+def test_shuffled_rows_are_requested_into_l2_and_rows_in_order_into_l1(shuffled):
+    """``prefetch_ahead`` requests a shuffled row with prefetcht1 (into L2: no L1 miss
+    buffer held per line, see ``fastgd._config.SHUFFLED_PREFETCH_LOCALITY``) and a row
+    in order with prefetcht0; the sums are those of the rows read."""
+    import numba
+
+    from fastgd.backends.numba.prefetch import prefetch_ahead
+
+    @numba.njit
+    def row_sums(X, Y, weights, order, out):
+        for r in range(out.shape[0]):
+            prefetch_ahead(X, Y, weights, order, shuffled, r)  # (a compile-time constant)
+            i = order[r] if shuffled else r
+            total = 0.0
+            for j in range(X.shape[1]):
+                total += X[i, j]
+            out[r] = total
+
+    rng = np.random.default_rng(2)
+    X, Y, weights = rng.standard_normal((60, 21)), np.zeros((60, 1)), np.ones(60)
+    order, out = rng.permutation(60), np.empty(60)
+    row_sums(X, Y, weights, order, out)
+    np.testing.assert_allclose(out, (X[order] if shuffled else X).sum(axis=1), rtol=1e-12)
+    (asm,) = row_sums.inspect_asm().values()
+    used, unused = ("prefetcht1", "prefetcht0") if shuffled else ("prefetcht0", "prefetcht1")
+    assert re.search(rf"\b{used}\b", asm)
+    assert not re.search(rf"\b{unused}\b", asm)

@@ -88,12 +88,16 @@ cdef extern from *:
        against 75-90% with the requests). A volatile asm is never deleted. */
     #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
     #define fastgd_prefetch(p) __asm__ volatile("prefetcht0 %0" : : "m"(*(const char*)(p)))
+    #define fastgd_prefetch_l2(p) __asm__ volatile("prefetcht1 %0" : : "m"(*(const char*)(p)))
     #elif (defined(__GNUC__) || defined(__clang__)) && defined(__aarch64__)
     #define fastgd_prefetch(p) __asm__ volatile("prfm pldl1keep, %0" : : "Q"(*(const char*)(p)))
+    #define fastgd_prefetch_l2(p) __asm__ volatile("prfm pldl2keep, %0" : : "Q"(*(const char*)(p)))
     #elif defined(__GNUC__) || defined(__clang__)
     #define fastgd_prefetch(p) __builtin_prefetch((p), 0, 3)
+    #define fastgd_prefetch_l2(p) __builtin_prefetch((p), 0, 2)
     #else
     #define fastgd_prefetch(p) ((void)0)
+    #define fastgd_prefetch_l2(p) ((void)0)
     #endif
     """
     const int FASTGD_OPENMP_ENABLED
@@ -107,6 +111,7 @@ cdef extern from *:
     void fastgd_spin_pause() noexcept nogil
     long long fastgd_cycles() noexcept nogil
     void fastgd_prefetch(const void* p) noexcept nogil
+    void fastgd_prefetch_l2(const void* p) noexcept nogil
 
 # exp(x) for x <= 0 in plain arithmetic that the compiler vectorizes with the loop around it
 # (libm's exp is a call per value, about a fifth of a softmax mini-batch's time with 10
@@ -230,9 +235,11 @@ cdef enum:
     # page boundaries. Shuffled rows of a linear model are requested SHUFFLED_AHEAD places
     # ahead: each costs a full memory latency, and 4 rows in flight left the AVX-512 VM's
     # core waiting (1,000,000 x 100, 3 shuffled epochs on 1 thread, batch 256: about 200 ms
-    # with 4, 157-172 with 8, 163-181 with 12; in order 12 was slower than 4).
+    # with 4, 157-172 with 8, 163-181 with 12; in order 12 was slower than 4). Requested
+    # into L2 (prefetcht1), 12 ahead is the better distance (Zen 4 VM, kernel alone, 1
+    # thread, 2 rounds each: 8 ahead 11-20% of the streaming limit, 12: 15-20%, 16: 15-17%).
     PREFETCH_AHEAD = 4
-    SHUFFLED_AHEAD = 8
+    SHUFFLED_AHEAD = 12
     # The pipelined row loops of one-output models (_one_output_rows, and per-sample SGD's
     # _per_sample_one_output) request rows read in order this many places ahead: they
     # consume rows faster than the row-by-row loops did. Mini-batches: 4 left the loop at
@@ -319,6 +326,22 @@ cdef inline void _prefetch_row(const floating* x, Py_ssize_t d) noexcept nogil:
         j += step
 
 
+# Scattered (shuffled) rows are requested into L2 only. A request into L1 (prefetcht0)
+# holds one of the core's few L1 miss buffers until its line arrives, so with every row a
+# trip to memory the buffers, not the memory, capped the requests in flight; L2 tracks
+# more misses. Zen 4 VM, a bare compiled read of 1,000,000 shuffled rows of 100 doubles
+# (2 rounds): 22-27% of the streaming limit with prefetcht0 at 8-64 rows ahead, 28-37%
+# with prefetcht1; fastgd's kernel alone (its order given), batch 32 and 256: numba
+# 14-19% -> 17-23%, cython 14-17% -> 16-17% (-> 15-20% at 12 ahead). Rows in order keep
+# prefetcht0: the hardware prefetchers stream them, and the request only crosses pages.
+cdef inline void _prefetch_row_l2(const floating* x, Py_ssize_t d) noexcept nogil:
+    cdef Py_ssize_t j = 0
+    cdef Py_ssize_t step = CACHE_LINE_BYTES // sizeof(floating)
+    while j < d:
+        fastgd_prefetch_l2(x + j)
+        j += step
+
+
 cdef inline Py_ssize_t _row(const Problem* pb, Py_ssize_t r) noexcept nogil:
     return pb.order[r] if pb.shuffled else r
 
@@ -330,8 +353,13 @@ cdef inline void _prefetch_ahead(
     """Request from memory the row ``distance`` places after place r of the order (its
     row of X and its targets); nothing past the last row."""
     cdef Py_ssize_t ahead
-    if r + distance < pb.n:
-        ahead = _row(pb, r + distance)
+    if r + distance >= pb.n:
+        return
+    ahead = _row(pb, r + distance)
+    if pb.shuffled:  # scattered rows into L2 (see _prefetch_row_l2)
+        _prefetch_row_l2(X + ahead * pb.d, pb.d)
+        fastgd_prefetch_l2(Y + ahead * pb.m)
+    else:
         _prefetch_row(X + ahead * pb.d, pb.d)
         fastgd_prefetch(Y + ahead * pb.m)
 
@@ -500,7 +528,7 @@ cdef inline const floating* _several_forward(
     if pb.shuffled:
         for r in range(lo, hi):
             if r + PREFETCH_AHEAD < pb.n:
-                _prefetch_row(X + _row(pb, r + PREFETCH_AHEAD) * d, d)
+                _prefetch_row_l2(X + _row(pb, r + PREFETCH_AHEAD) * d, d)
             memcpy(gathered + (r - lo) * d, X + _row(pb, r) * d, d * sizeof(floating))
         xb = gathered
     # Z (rows, k) = X_b @ W, as the column-major Z^T = W^T X_b^T

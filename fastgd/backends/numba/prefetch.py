@@ -19,7 +19,12 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ..._config import CACHE_LINE_BYTES, PREFETCH_AHEAD, PREFETCH_IN_ORDER
+from ..._config import (
+    CACHE_LINE_BYTES,
+    PREFETCH_AHEAD,
+    PREFETCH_IN_ORDER,
+    SHUFFLED_PREFETCH_LOCALITY,
+)
 
 
 def _index_values(builder, index_type, index):
@@ -53,21 +58,23 @@ def _prefetch_item(typingctx, array, index):
     return types.none(array, index), codegen
 
 
-def _call_prefetch(builder, pointer):
-    """Emit ``llvm.prefetch`` (read, keep in all cache levels, data cache) for ``pointer``."""
+def _call_prefetch(builder, pointer, locality=3):
+    """Emit ``llvm.prefetch`` (read, data cache) for ``pointer``: with ``locality`` 3 into
+    every cache level (x86 ``prefetcht0``), with 2 into L2 and below (``prefetcht1``)."""
     byte_pointer = builder.bitcast(pointer, ir.IntType(8).as_pointer())
     i32 = ir.IntType(32)
     function_type = ir.FunctionType(ir.VoidType(), [byte_pointer.type, i32, i32, i32])
     # "p0" (opaque pointers) or "p0i8" (typed pointers, older llvmlite)
     name = "llvm.prefetch." + byte_pointer.type.intrinsic_name
     prefetch = cgutils.get_or_insert_function(builder.module, function_type, name)
-    builder.call(prefetch, [byte_pointer, i32(0), i32(3), i32(1)])
+    builder.call(prefetch, [byte_pointer, i32(0), i32(locality), i32(1)])
 
 
-def _prefetch_row_lines(context, builder, array_type, ary, row):
+def _prefetch_row_lines(context, builder, array_type, ary, row, locality=3):
     """Emit the prefetch of row ``row`` (an ``intp``) of the 2-D array ``ary``: one
     request per cache line from its first element to its last, and one for its last
-    element (a row that does not start on a line boundary ends in one more line)."""
+    element (a row that does not start on a line boundary ends in one more line);
+    ``locality`` as in :func:`_call_prefetch`."""
     intp = context.get_value_type(types.intp)
     d = cgutils.unpack_tuple(builder, ary.shape, count=2)[1]
     with builder.if_then(builder.icmp_signed(">", d, intp(0)), likely=True):
@@ -79,8 +86,8 @@ def _prefetch_row_lines(context, builder, array_type, ary, row):
         lines = builder.add(builder.sdiv(span, intp(CACHE_LINE_BYTES)), intp(1))
         with cgutils.for_range(builder, lines, intp=intp) as loop:
             address = builder.add(start, builder.mul(loop.index, intp(CACHE_LINE_BYTES)))
-            _call_prefetch(builder, builder.inttoptr(address, ir.IntType(8).as_pointer()))
-        _call_prefetch(builder, last)
+            _call_prefetch(builder, builder.inttoptr(address, ir.IntType(8).as_pointer()), locality)  # fmt: skip
+        _call_prefetch(builder, last, locality)
 
 
 @intrinsic
@@ -107,7 +114,7 @@ def prefetch_row(typingctx, X, i):
 
 def _ahead_codegen(context, builder, signature, args):
     """Code of :func:`prefetch_ahead` (its docstring says what it does)."""
-    x_type, y_type, w_type, order_type, _, r_type = signature.args
+    order_type, r_type = signature.args[3], signature.args[5]
     X, Y, weights, order = (context.make_array(t)(context, builder, a) for t, a in zip(signature.args[:4], args[:4], strict=True))  # fmt: skip
     intp = context.get_value_type(types.intp)
     ahead = builder.add(context.cast(builder, args[5], r_type, types.intp), intp(PREFETCH_AHEAD))
@@ -127,14 +134,27 @@ def _ahead_codegen(context, builder, signature, args):
                     builder.store(ahead, row)
     i = builder.load(row)
     with builder.if_then(builder.icmp_signed(">=", i, intp(0))):
-        _prefetch_row_lines(context, builder, x_type, X, i)
-        _call_prefetch(builder, cgutils.get_item_pointer(context, builder, y_type, Y, [i, intp(0)]))
-        n_weights = cgutils.unpack_tuple(builder, weights.shape, count=1)[0]
-        with builder.if_then(builder.icmp_signed(">", n_weights, intp(0))):
-            _call_prefetch(
-                builder, cgutils.get_item_pointer(context, builder, w_type, weights, [i])
-            )
+        # scattered rows into L2 (see SHUFFLED_PREFETCH_LOCALITY), rows in order everywhere
+        with builder.if_else(shuffled) as (then, otherwise):
+            with then:
+                _prefetch_one(context, builder, signature.args[:3], (X, Y, weights), i, SHUFFLED_PREFETCH_LOCALITY)  # fmt: skip
+            with otherwise:
+                _prefetch_one(context, builder, signature.args[:3], (X, Y, weights), i, 3)
     return context.get_dummy_value()
+
+
+def _prefetch_one(context, builder, array_types, arrays, i, locality):
+    """Emit the prefetch of row ``i`` of ``X``, its first target in ``Y`` and its sample
+    weight (if ``weights`` is not empty): ``arrays = (X, Y, weights)``."""
+    x_type, y_type, w_type = array_types
+    X, Y, weights = arrays
+    intp = context.get_value_type(types.intp)
+    _prefetch_row_lines(context, builder, x_type, X, i, locality)
+    _call_prefetch(builder, cgutils.get_item_pointer(context, builder, y_type, Y, [i, intp(0)]), locality)  # fmt: skip
+    n_weights = cgutils.unpack_tuple(builder, weights.shape, count=1)[0]
+    with builder.if_then(builder.icmp_signed(">", n_weights, intp(0))):
+        item = cgutils.get_item_pointer(context, builder, w_type, weights, [i])
+        _call_prefetch(builder, item, locality)
 
 
 @intrinsic

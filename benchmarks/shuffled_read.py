@@ -10,11 +10,13 @@ read of :mod:`fastgd.bench.roofline`, which ``compare_backends.py`` reports shar
 and then times (median of 5 each):
 
 - ``read in order``: a compiled read of every row of X in stored order;
-- ``shuffled, ahead k``: the same read with the rows in a random order, each row's cache
-  lines requested ``k`` rows ahead (``k = 0``: no request, every row waits for memory);
+- ``shuffled read, ahead k``: the same read with the rows in a random order, each row's
+  cache lines requested ``k`` rows ahead into every cache level (``k = 0``: no request,
+  every row waits for memory); ``shuffled into L2, ahead k``: requested into L2 only, as
+  fastgd's kernels request shuffled rows (``fastgd._config.SHUFFLED_PREFETCH_LOCALITY``);
 - ``minimal SGD, batch b``: the smallest compiled mini-batch SGD loop of least squares
   over the same shuffled order (a row's dot product, then its gradient terms; the
-  weights updated after each batch), rows and targets requested 12 ahead;
+  weights updated after each batch), rows and targets requested 12 ahead into L2;
 - ``fastgd numba`` / ``fastgd cython``: fastgd's kernel over the same order (its
   ``train_epochs`` called with the epoch's order given, so no permutation is drawn).
 
@@ -31,7 +33,7 @@ import numpy as np
 from numba import njit
 
 import fastgd
-from fastgd.backends.numba.prefetch import prefetch_row
+from fastgd.backends.numba.prefetch import prefetch_row, prefetch_row_into_l2
 from fastgd.bench import roofline
 
 AHEAD = (0, 4, 8, 12, 16, 32)
@@ -39,13 +41,17 @@ SGD_AHEAD = 12
 
 
 @njit(cache=True, nogil=True, fastmath=True)
-def read_rows(X, order, ahead):
-    """Sum of every row of X, read in ``order`` (``ahead``: rows requested ahead)."""
+def read_rows(X, order, ahead, into_l2=False):
+    """Sum of every row of X, read in ``order`` (``ahead``: rows requested ahead, into L2
+    only if ``into_l2``)."""
     n, d = X.shape
     total = 0.0
     for r in range(n):
         if ahead > 0 and r + ahead < n:
-            prefetch_row(X, order[r + ahead])
+            if into_l2:
+                prefetch_row_into_l2(X, order[r + ahead])
+            else:
+                prefetch_row(X, order[r + ahead])
         i = order[r]
         for j in range(d):
             total += X[i, j]
@@ -63,8 +69,8 @@ def minimal_sgd(X, y, w, order, batch, lr):
         g[:] = 0.0
         for r in range(start, stop):
             if r + SGD_AHEAD < n:
-                prefetch_row(X, order[r + SGD_AHEAD])
-                prefetch_row(Y, order[r + SGD_AHEAD])
+                prefetch_row_into_l2(X, order[r + SGD_AHEAD])
+                prefetch_row_into_l2(Y, order[r + SGD_AHEAD])
             i = order[r]
             v = w[d]
             for j in range(d):
@@ -142,6 +148,8 @@ def main(argv=None):
     numba.set_num_threads(1)
     for ahead in AHEAD:
         timed[f"shuffled read, ahead {ahead}"] = lambda a=ahead: read_rows(X, order, a)
+    for ahead in AHEAD[1:]:
+        timed[f"shuffled into L2, ahead {ahead}"] = lambda a=ahead: read_rows(X, order, a, True)
     for batch in (32, 256):
         timed[f"minimal SGD, batch {batch}"] = lambda b=batch: minimal_sgd(X, y, w, order, b, 1e-3)
     calls = dict(limit=roofline.stream_reader(1), timed=timed)

@@ -90,26 +90,40 @@ def _prefetch_row_lines(context, builder, array_type, ary, row, locality=3):
         _call_prefetch(builder, last, locality)
 
 
-@intrinsic
-def prefetch_row(typingctx, X, i):
-    """Prefetch row ``i`` of the 2-D array ``X`` (every cache line of it).
+def _row_intrinsic(locality):
+    """An intrinsic ``(X, i)`` that prefetches every cache line of row ``i`` of the 2-D
+    array ``X`` with ``locality`` (:func:`_call_prefetch`)."""
 
-    An intrinsic, not a jitted loop: the line count is a shift of the row's byte length
-    (no division by the item size per row), and a row loop that calls it binds no new
-    array variable (an inlined function's array arguments are new variables, whose
-    reference counts Numba updates with atomic operations, row after row).
-    """
-    if not isinstance(X, types.Array) or X.ndim != 2 or not isinstance(i, types.Integer):
-        return None
+    def typer(typingctx, X, i):
+        if not isinstance(X, types.Array) or X.ndim != 2 or not isinstance(i, types.Integer):
+            return None
 
-    def codegen(context, builder, signature, args):
-        array_type, index_type = signature.args
-        ary = context.make_array(array_type)(context, builder, args[0])
-        row = context.cast(builder, args[1], index_type, types.intp)
-        _prefetch_row_lines(context, builder, array_type, ary, row)
-        return context.get_dummy_value()
+        def codegen(context, builder, signature, args):
+            array_type, index_type = signature.args
+            ary = context.make_array(array_type)(context, builder, args[0])
+            row = context.cast(builder, args[1], index_type, types.intp)
+            _prefetch_row_lines(context, builder, array_type, ary, row, locality)
+            return context.get_dummy_value()
 
-    return types.none(X, i), codegen
+        return types.none(X, i), codegen
+
+    typer.__name__ = typer.__qualname__ = f"prefetch_row_locality_{locality}"  # one per intrinsic
+    return typer
+
+
+prefetch_row_into_l2 = intrinsic(_row_intrinsic(2))
+prefetch_row_into_l2.__doc__ = """Prefetch row ``i`` of the 2-D array ``X`` into L2, not L1
+(``prefetcht1``: the locality of shuffled rows, ``SHUFFLED_PREFETCH_LOCALITY``)."""
+
+
+prefetch_row = intrinsic(_row_intrinsic(3))
+prefetch_row.__doc__ = """Prefetch row ``i`` of the 2-D array ``X`` (every cache line of it)
+into every cache level.
+
+An intrinsic, not a jitted loop: the line count is a shift of the row's byte length
+(no division by the item size per row), and a row loop that calls it binds no new
+array variable (an inlined function's array arguments are new variables, whose
+reference counts Numba updates with atomic operations, row after row)."""
 
 
 def _ahead_codegen(context, builder, signature, args):

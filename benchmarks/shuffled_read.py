@@ -40,7 +40,9 @@ AHEAD = (0, 4, 8, 12, 16, 32)
 SGD_AHEAD = 12
 
 
-@njit(cache=True, nogil=True, fastmath=True)
+# Compiled at each run, not cached on disk: the smoke test loads this file as a module of no
+# package, and a cache entry it wrote then failed to load in a run as a script.
+@njit(nogil=True, fastmath=True)
 def read_rows(X, order, ahead, into_l2=False):
     """Sum of every row of X, read in ``order`` (``ahead``: rows requested ahead, into L2
     only if ``into_l2``)."""
@@ -58,7 +60,7 @@ def read_rows(X, order, ahead, into_l2=False):
     return total
 
 
-@njit(cache=True, nogil=True, fastmath=True)
+@njit(nogil=True, fastmath=True)
 def minimal_sgd(X, y, w, order, batch, lr):
     """One epoch of plain mini-batch SGD of least squares over the rows in ``order``."""
     n, d = X.shape

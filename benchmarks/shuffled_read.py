@@ -13,7 +13,7 @@ and then times (median of 5 each):
 - ``shuffled read, ahead k``: the same read with the rows in a random order, each row's
   cache lines requested ``k`` rows ahead into every cache level (``k = 0``: no request,
   every row waits for memory); ``shuffled into L2, ahead k``: requested into L2 only, as
-  fastgd's kernels request shuffled rows (``fastgd._config.SHUFFLED_PREFETCH_LOCALITY``);
+  fastgd's kernels request rows (``fastgd._config.ROW_PREFETCH_LOCALITY``);
 - ``minimal SGD, batch b``: the smallest compiled mini-batch SGD loop of least squares
   over the same shuffled order (a row's dot product, then its gradient terms; the
   weights updated after each batch), rows and targets requested 12 ahead into L2;

@@ -83,13 +83,15 @@ HELD_OUT_MIN_ROWS = 64
 CACHE_LINE_BYTES = 64
 PREFETCH_AHEAD = 12
 PREFETCH_IN_ORDER = True
-# The locality of the requests for shuffled rows: 2 (x86 prefetcht1) brings a line into
-# L2 but not L1, 3 (prefetcht0) into L1 too. A request into L1 holds one of the core's few
-# L1 miss buffers until its line arrives; with every shuffled row a trip to memory those
-# buffers capped the requests in flight. Zen 4 VM, 1 thread: a bare read of 1,000,000
-# shuffled rows of 100 doubles reached 22-27% of the streaming limit with locality 3 and
-# 28-37% with 2; numba's shuffled kernel 14-19% -> 17-23% (README "Shuffled rows into L2").
-SHUFFLED_PREFETCH_LOCALITY = 2
+# The locality of those requests: 2 (x86 prefetcht1) brings a line into L2 but not L1, 3
+# (prefetcht0) into L1 too. A request into L1 holds one of the core's few L1 miss buffers
+# until its line arrives, and on a Zen 4 VM those buffers, not the memory, capped the
+# requests in flight; L1's own prefetcher then takes the lines from L2. Zen 4 VM, 1
+# thread, 1,000,000 x 100: a bare read of shuffled rows reached 22-27% of the streaming
+# limit with locality 3 and 28-37% with 2; fastgd's kernels alone, rows in order, batch
+# 32 / 256: numba 47-53% / 53-58% -> 79-95% / 80-88%, cython 42-49% / 42-49% -> 71-85% /
+# 76-87%; shuffled, numba 14-19% -> 17-23% (README "Rows requested into L2").
+ROW_PREFETCH_LOCALITY = 2
 
 # shuffle="blocks" (fastgd.training.orders): each epoch permutes blocks of this many
 # consecutive rows and visits the rows of each block in order. Long runs of neighbouring

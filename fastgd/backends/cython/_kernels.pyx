@@ -326,14 +326,12 @@ cdef inline void _prefetch_row(const floating* x, Py_ssize_t d) noexcept nogil:
         j += step
 
 
-# Scattered (shuffled) rows are requested into L2 only. A request into L1 (prefetcht0)
-# holds one of the core's few L1 miss buffers until its line arrives, so with every row a
-# trip to memory the buffers, not the memory, capped the requests in flight; L2 tracks
-# more misses. Zen 4 VM, a bare compiled read of 1,000,000 shuffled rows of 100 doubles
-# (2 rounds): 22-27% of the streaming limit with prefetcht0 at 8-64 rows ahead, 28-37%
-# with prefetcht1; fastgd's kernel alone (its order given), batch 32 and 256: numba
-# 14-19% -> 17-23%, cython 14-17% -> 16-17% (-> 15-20% at 12 ahead). Rows in order keep
-# prefetcht0: the hardware prefetchers stream them, and the request only crosses pages.
+# The linear kernels request rows into L2 only (prefetcht1), in order as shuffled. A request
+# into L1 holds one of the core's few L1 miss buffers until its line arrives, and on a Zen 4
+# VM those buffers, not the memory, capped the requests in flight; L1's own prefetcher
+# then takes the lines from L2. Zen 4 VM, 1,000,000 x 100, 1 thread, kernel alone: rows in
+# order, batch 32 / 256, 42-49% / 42-49% of the streaming limit with prefetcht0 against
+# 71-85% / 76-87% with prefetcht1; shuffled 14-17% -> 15-20% (with 12 rows ahead).
 cdef inline void _prefetch_row_l2(const floating* x, Py_ssize_t d) noexcept nogil:
     cdef Py_ssize_t j = 0
     cdef Py_ssize_t step = CACHE_LINE_BYTES // sizeof(floating)
@@ -356,12 +354,8 @@ cdef inline void _prefetch_ahead(
     if r + distance >= pb.n:
         return
     ahead = _row(pb, r + distance)
-    if pb.shuffled:  # scattered rows into L2 (see _prefetch_row_l2)
-        _prefetch_row_l2(X + ahead * pb.d, pb.d)
-        fastgd_prefetch_l2(Y + ahead * pb.m)
-    else:
-        _prefetch_row(X + ahead * pb.d, pb.d)
-        fastgd_prefetch(Y + ahead * pb.m)
+    _prefetch_row_l2(X + ahead * pb.d, pb.d)  # into L2 only (see _prefetch_row_l2)
+    fastgd_prefetch_l2(Y + ahead * pb.m)
 
 
 cdef inline void _forward_row(

@@ -5,7 +5,8 @@ random place in memory and the hardware prefetchers, which follow sequential str
 not fetch it ahead: every row then costs a full memory latency (measured here: about
 360 ns per 800-byte row, against about 100 ns in order). The order is known in advance,
 so the kernels ask for the row a few places ahead while they compute the current one
-(:func:`prefetch_ahead`), as the Cython kernels do with ``__builtin_prefetch``.
+(:func:`prefetch_ahead`, into L2 only: ``fastgd._config.ROW_PREFETCH_LOCALITY``), as the
+Cython kernels do with ``fastgd_prefetch_l2``.
 
 A prefetch is a hint: it never changes a value, never faults, and the kernels that use it
 compute exactly what they computed before. :func:`_prefetch_item` emits LLVM's
@@ -23,7 +24,7 @@ from ..._config import (
     CACHE_LINE_BYTES,
     PREFETCH_AHEAD,
     PREFETCH_IN_ORDER,
-    SHUFFLED_PREFETCH_LOCALITY,
+    ROW_PREFETCH_LOCALITY,
 )
 
 
@@ -113,7 +114,7 @@ def _row_intrinsic(locality):
 
 prefetch_row_into_l2 = intrinsic(_row_intrinsic(2))
 prefetch_row_into_l2.__doc__ = """Prefetch row ``i`` of the 2-D array ``X`` into L2, not L1
-(``prefetcht1``: the locality of shuffled rows, ``SHUFFLED_PREFETCH_LOCALITY``)."""
+(``prefetcht1``: the locality of the linear kernels' requests, ``ROW_PREFETCH_LOCALITY``)."""
 
 
 prefetch_row = intrinsic(_row_intrinsic(3))
@@ -148,12 +149,8 @@ def _ahead_codegen(context, builder, signature, args):
                     builder.store(ahead, row)
     i = builder.load(row)
     with builder.if_then(builder.icmp_signed(">=", i, intp(0))):
-        # scattered rows into L2 (see SHUFFLED_PREFETCH_LOCALITY), rows in order everywhere
-        with builder.if_else(shuffled) as (then, otherwise):
-            with then:
-                _prefetch_one(context, builder, signature.args[:3], (X, Y, weights), i, SHUFFLED_PREFETCH_LOCALITY)  # fmt: skip
-            with otherwise:
-                _prefetch_one(context, builder, signature.args[:3], (X, Y, weights), i, 3)
+        # into L2 only (see ROW_PREFETCH_LOCALITY)
+        _prefetch_one(context, builder, signature.args[:3], (X, Y, weights), i, ROW_PREFETCH_LOCALITY)  # fmt: skip
     return context.get_dummy_value()
 
 

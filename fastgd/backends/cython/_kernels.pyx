@@ -318,25 +318,23 @@ cdef inline floating _abs(floating x) noexcept nogil:
         return fabs(x)
 
 
-cdef inline void _prefetch_row(const floating* x, Py_ssize_t d) noexcept nogil:
-    cdef Py_ssize_t j = 0
-    cdef Py_ssize_t step = CACHE_LINE_BYTES // sizeof(floating)
-    while j < d:
-        fastgd_prefetch(x + j)
-        j += step
-
-
 # The linear kernels request rows into L2 only (prefetcht1), in order as shuffled. A request
 # into L1 holds one of the core's few L1 miss buffers until its line arrives, and on a Zen 4
 # VM those buffers, not the memory, capped the requests in flight; L1's own prefetcher
 # then takes the lines from L2. Zen 4 VM, 1,000,000 x 100, 1 thread, kernel alone: rows in
 # order, batch 32 / 256, 42-49% / 42-49% of the streaming limit with prefetcht0 against
-# 71-85% / 76-87% with prefetcht1; shuffled 14-17% -> 15-20% (with 12 rows ahead).
-cdef inline void _prefetch_row_l2(const floating* x, Py_ssize_t d) noexcept nogil:
+# 71-85% / 76-87% with prefetcht1; shuffled 14-17% -> 15-20% (with 12 rows ahead). The
+# network kernels still request into L1 (into_l2 False; not measured).
+cdef inline void _prefetch_row(const floating* x, Py_ssize_t d, bint into_l2) noexcept nogil:
+    """Request row ``x[:d]`` one cache line at a time, into L2 only if ``into_l2`` (a
+    constant at every call, so the test is compiled away)."""
     cdef Py_ssize_t j = 0
     cdef Py_ssize_t step = CACHE_LINE_BYTES // sizeof(floating)
     while j < d:
-        fastgd_prefetch_l2(x + j)
+        if into_l2:
+            fastgd_prefetch_l2(x + j)
+        else:
+            fastgd_prefetch(x + j)
         j += step
 
 
@@ -354,7 +352,7 @@ cdef inline void _prefetch_ahead(
     if r + distance >= pb.n:
         return
     ahead = _row(pb, r + distance)
-    _prefetch_row_l2(X + ahead * pb.d, pb.d)  # into L2 only (see _prefetch_row_l2)
+    _prefetch_row(X + ahead * pb.d, pb.d, True)  # into L2 only (see _prefetch_row)
     fastgd_prefetch_l2(Y + ahead * pb.m)
 
 
@@ -522,7 +520,7 @@ cdef inline const floating* _several_forward(
     if pb.shuffled:
         for r in range(lo, hi):
             if r + PREFETCH_AHEAD < pb.n:
-                _prefetch_row_l2(X + _row(pb, r + PREFETCH_AHEAD) * d, d)
+                _prefetch_row(X + _row(pb, r + PREFETCH_AHEAD) * d, d, True)
             memcpy(gathered + (r - lo) * d, X + _row(pb, r) * d, d * sizeof(floating))
         xb = gathered
     # Z (rows, k) = X_b @ W, as the column-major Z^T = W^T X_b^T

@@ -238,7 +238,7 @@ cdef inline const floating* _input_rows(
     if gather:
         for r in range(lo, hi):
             if r + PREFETCH_AHEAD < hi:
-                _prefetch_row(X + net.order[net.start + r + PREFETCH_AHEAD] * d, d)
+                _prefetch_row(X + net.order[net.start + r + PREFETCH_AHEAD] * d, d, False)
             memcpy(dst + (r - lo) * d, X + net.order[net.start + r] * d, d * sizeof(floating))
     return dst
 

@@ -1,0 +1,80 @@
+"""The dot products of Cython's linear kernels (``FASTGD_DOT_GROUPS`` in ``_kernels.pyx``):
+every feature goes into one of 32 fixed partial sums, added as a fixed tree, whatever
+the compiler keeps the sums in (an array once, named vectors now).
+
+The expected values are computed exactly with :class:`fractions.Fraction`. Whether a
+multiply-add is rounded once (fused) or twice is the compiler's choice, per loop: GCC
+tuned for AMD Zen fuses the 512-bit main loop but not the 256-bit loop over the groups
+of 4 of ``x . w`` (it avoids chains of fused adds there), so each of the three stages
+(full groups of 32, groups of 4, the last d % 4) may be either."""
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+kernels = pytest.importorskip("fastgd.backends.cython._kernels")
+
+
+def _fma(a, b, c):
+    return float(Fraction(a) * Fraction(b) + Fraction(c))
+
+
+def _mul_add(a, b, c):
+    return float(Fraction(float(Fraction(a) * Fraction(b))) + Fraction(c))
+
+
+def _grouped(x, w, main, fours, last):
+    """``x . w`` in the kernels' grouping: 32 sums over the full groups of 32 features
+    (multiply-adds ``main``), then groups of 4 into sums 0-3 (``fours``), the last d % 4
+    into sums 0-2 (``last``), then a tree of additions."""
+    d, s = len(x), [0.0] * 32
+    d32 = d - d % 32
+    d4 = d - d % 4
+    for j in range(d):
+        k = j % 32 if j < d32 else (j - d32) % 4
+        multiply_add = main if j < d32 else fours if j < d4 else last
+        s[k] = multiply_add(x[j], w[j], s[k])
+    for half in (16, 8, 4):
+        s = [s[k] + s[k + half] for k in range(half)]
+    return (s[0] + s[2]) + (s[1] + s[3])
+
+
+def _some_grouping(value, x, w):
+    """Whether ``value`` is ``x . w`` in the kernels' grouping, for some choice of fused
+    or unfused multiply-adds in each of its three stages."""
+    choices = (_fma, _mul_add)
+    return any(value == _grouped(x, w, a, b, c) for a in choices for b in choices for c in choices)
+
+
+def _either(value, a, b, c):
+    return value in (_fma(a, b, c), _mul_add(a, b, c))
+
+
+@pytest.mark.parametrize("d", [1, 3, 4, 7, 30, 31, 32, 33, 63, 64, 100, 101, 131])
+def test_the_three_fused_loops_sum_in_the_same_fixed_groups(d):
+    rng = np.random.default_rng(d)
+    xn, x, w, G = (rng.standard_normal(d) for _ in range(4))
+    g, lr = 0.7, 0.01
+    w_before, G_before = w.copy(), G.copy()
+    plain, added, stepped = kernels._grouped_dot_values(xn, x, w, g, lr, G)
+    assert _some_grouping(plain, x, w_before)
+    assert _some_grouping(added, xn, w_before)
+    assert all(_either(G[j], g, x[j], G_before[j]) for j in range(d))
+    # the step: w' = w - lr (g x) in double, each weight updated before it is read
+    steps = [float(Fraction(g) * Fraction(x[j])) for j in range(d)]
+    assert all(_either(w[j], -lr, steps[j], w_before[j]) for j in range(d))
+    assert _some_grouping(stepped, xn, list(w))
+
+
+def test_a_different_grouping_is_told_apart():
+    """The check above can fail: with a cancellation, a sequential sum is not in the
+    kernels' grouping (1e16 and -1e16 share sum 0, the 1 is in sum 1)."""
+    x, w = np.zeros(64), np.ones(64)
+    x[0], x[1], x[32] = 1e16, 1.0, -1e16
+    sequential = 0.0
+    for a, b in zip(x, w, strict=True):
+        sequential = _fma(a, b, sequential)
+    assert sequential == 0.0
+    assert not _some_grouping(sequential, x, w)
+    assert _some_grouping(kernels._grouped_dot_values(x, x, w, 0.0, 0.0, np.zeros(64))[0], x, w)

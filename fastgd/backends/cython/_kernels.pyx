@@ -602,31 +602,42 @@ cdef inline double _one_output_chunk(
 # has a fixed place and stays in a register: with a variable place (``s[j - d32]``) the
 # sums went through memory for every row, and on the Zen 5 VM the Cython kernels ran at
 # 50-65% of the streaming limit against Numba's 75-90%. The sums are added as a tree.
-# The 32 sums of the main loop are four named 8-lane vectors: as one array of 32, GCC
-# kept the first eight in memory (a store and a load in every group of 32) once the loop
-# was inlined into the chunk kernels. Zen 4 VM, rows in L2 cache (1,000 x 100, 3,000
-# epochs), Cython per-sample SGD 0.113-0.132 s before, 0.085-0.098 s after.
+# Per-sample SGD's step keeps its 32 sums in four named 8-lane vectors: as one array, GCC
+# kept sums 0-7 in memory (the tail adds into 0-3), a store and a load in every group of
+# 32. Zen 4 VM, 1 thread, batch 1, the same process alternating the two builds: rows in
+# L2 cache (1,000 x 100, 3,000 epochs) 0.114-0.121 s -> 0.083-0.085 s, 1,000,000 x 100 (3
+# epochs) 0.125 -> 0.095 s. The other two keep the array: written with vectors, GCC no
+# longer inlined them into the chunk loops, and a call per row made batches 32 to full
+# 5-16% slower in cache.
 # The result differs from a sequential sum by rounding only, and all three functions
 # below group the terms the same way (tests/test_grouped_dots.py). Whether a multiply-add
 # is fused is the compiler's choice per loop (tuned for Zen, GCC does not fuse the
 # 256-bit loop over groups of 4 in x . w), so the last bits may differ between them.
 cdef extern from *:
     """
-    /* 8-lane vectors: the 32 partial sums are 4 of them, named, so they stay in registers */
-    typedef double fastgd_v8_double __attribute__((vector_size(64)));
-    typedef float fastgd_v8_float __attribute__((vector_size(32)));
-    /* unaligned 8-lane load and store (a statement expression: no vector crosses a call) */
-    #define FASTGD_LOAD8(T, p) ({ fastgd_v8_##T fastgd_v; memcpy(&fastgd_v, (p), sizeof fastgd_v); fastgd_v; })
-    #define FASTGD_STORE8(T, p, v) { fastgd_v8_##T fastgd_v = (v); memcpy((p), &fastgd_v, sizeof fastgd_v); }
-    #define FASTGD_DOT_GROUPS(T, VTERM, TERM)                                                 \
-        T s[32];                                                                           \
+    /* The main loop over the full groups of 32, with the 32 sums in the array s (the
+       compiler vectorizes it after inlining), or in four named 8-lane vectors. */
+    #define FASTGD_ARRAY_SUMS(T, TERM)                                                     \
+        for (j = 0; j < d32; j += 32)                                                      \
+            for (k = 0; k < 32; k++) { TERM(j + k, k) }
+    #define FASTGD_VECTOR_SUMS(T, VTERM) {                                                 \
         fastgd_v8_##T s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};                              \
-        Py_ssize_t j, k, d32 = d - d % 32;                                                 \
         for (j = 0; j < d32; j += 32) {                                                    \
             VTERM(T, j, s0) VTERM(T, j + 8, s1) VTERM(T, j + 16, s2) VTERM(T, j + 24, s3)   \
         }                                                                                  \
         memcpy(s, &s0, sizeof s0); memcpy(s + 8, &s1, sizeof s1);                          \
-        memcpy(s + 16, &s2, sizeof s2); memcpy(s + 24, &s3, sizeof s3);                    \
+        memcpy(s + 16, &s2, sizeof s2); memcpy(s + 24, &s3, sizeof s3); }
+    typedef double fastgd_v8_double __attribute__((vector_size(64)));
+    typedef float fastgd_v8_float __attribute__((vector_size(32)));
+    /* the same vectors at any alignment, allowed to alias the arrays they are read from */
+    typedef double fastgd_v8u_double __attribute__((vector_size(64), aligned(8), may_alias));
+    typedef float fastgd_v8u_float __attribute__((vector_size(32), aligned(4), may_alias));
+    #define FASTGD_LOAD8(T, p) (*(const fastgd_v8u_##T *)(p))
+    #define FASTGD_STORE8(T, p, v) *(fastgd_v8u_##T *)(p) = (v);
+    #define FASTGD_DOT_GROUPS(T, MAIN, MAIN_TERM, TERM)                                     \
+        T s[32] = {0};                                                                     \
+        Py_ssize_t j = 0, k, d32 = d - d % 32;                                             \
+        MAIN(T, MAIN_TERM)                                                                 \
         for (; j + 4 <= d; j += 4)                                                         \
             for (k = 0; k < 4; k++) { TERM(j + k, k) }                                      \
         for (k = 0; k < 3; k++)                                                            \
@@ -637,21 +648,17 @@ cdef extern from *:
         return (s[0] + s[2]) + (s[1] + s[3]);
     /* x . w */
     #define FASTGD_DOT_TERM(i, k) s[k] += x[i] * w[i];
-    #define FASTGD_DOT_VTERM(T, i, acc) acc += FASTGD_LOAD8(T, x + (i)) * FASTGD_LOAD8(T, w + (i));
     #define FASTGD_DOT(T)                                                                   \
     static inline T fastgd_dot_##T(const T *restrict x, const T *restrict w, Py_ssize_t d) { \
-        FASTGD_DOT_GROUPS(T, FASTGD_DOT_VTERM, FASTGD_DOT_TERM)                             \
+        FASTGD_DOT_GROUPS(T, FASTGD_ARRAY_SUMS, FASTGD_DOT_TERM, FASTGD_DOT_TERM)           \
     }
     /* xn . w while G[:d] += g x */
     #define FASTGD_DOT_ADD_TERM(i, k) s[k] += xn[i] * w[i]; G[i] += g * x[i];
-    #define FASTGD_DOT_ADD_VTERM(T, i, acc)                                                \
-        acc += FASTGD_LOAD8(T, xn + (i)) * FASTGD_LOAD8(T, w + (i));                      \
-        FASTGD_STORE8(T, G + (i), FASTGD_LOAD8(T, G + (i)) + g * FASTGD_LOAD8(T, x + (i)));
     #define FASTGD_DOT_ADD(T)                                                               \
     static inline T fastgd_dot_add_##T(const T *restrict xn, const T *restrict w,          \
                                        const T *restrict x, T g, T *restrict G,            \
                                        Py_ssize_t d) {                                     \
-        FASTGD_DOT_GROUPS(T, FASTGD_DOT_ADD_VTERM, FASTGD_DOT_ADD_TERM)                     \
+        FASTGD_DOT_GROUPS(T, FASTGD_ARRAY_SUMS, FASTGD_DOT_ADD_TERM, FASTGD_DOT_ADD_TERM)   \
     }
     /* w[:d] -= lr (g x), then xn . w of the updated w: each weight before it is read.
        lr is a double: the update is computed in double and rounded to T, as in C's w -= ... */
@@ -668,7 +675,8 @@ cdef extern from *:
     static inline T fastgd_step_dot_##T(const T *restrict xn, T *restrict w,               \
                                         const T *restrict x, double lr, T g,               \
                                         Py_ssize_t d) {                                    \
-        FASTGD_DOT_GROUPS(T, FASTGD_STEP_DOT_VTERM, FASTGD_STEP_DOT_TERM)                   \
+        FASTGD_DOT_GROUPS(T, FASTGD_VECTOR_SUMS, FASTGD_STEP_DOT_VTERM,                    \
+                          FASTGD_STEP_DOT_TERM)                                     \
     }
     FASTGD_DOT(float)
     FASTGD_DOT(double)

@@ -78,3 +78,19 @@ def test_a_different_grouping_is_told_apart():
     assert sequential == 0.0
     assert not _some_grouping(sequential, x, w)
     assert _some_grouping(kernels._grouped_dot_values(x, x, w, 0.0, 0.0, np.zeros(64))[0], x, w)
+
+
+@pytest.mark.parametrize("d", [1, 3, 7, 31, 32, 33, 100, 131])
+def test_two_rows_in_one_pass_equal_two_passes(d):
+    """``fastgd_dot2_add2`` (two rows per pass over the weights and G, the mini-batch row
+    loop of one-output models) gives each row the decision value of the one-row pass,
+    and G the two rows' terms in the same order: bit for bit."""
+    rng = np.random.default_rng(d)
+    xa, xb, w, x1, x2, G = (rng.standard_normal(d) for _ in range(6))
+    G_two, G_one = G.copy(), G.copy()
+    va, vb = kernels._two_row_values(xa, xb, w, x1, x2, 0.7, -0.3, G_two)
+    _, a, _ = kernels._grouped_dot_values(xa, x1, w.copy(), 0.7, 0.0, G_one)
+    _, b, _ = kernels._grouped_dot_values(xb, x2, w.copy(), -0.3, 0.0, G_one)
+    assert (va, vb) == (a, b)
+    assert np.array_equal(G_two, G_one)
+    assert not np.array_equal(G_two, G)

@@ -552,27 +552,46 @@ cdef inline double _one_output_rows(
 ) noexcept nogil:
     """Loss sum of rows lo:hi of a one-output model; adds their gradient terms to G.
 
-    Software-pipelined, as in Numba's ``_one_output_rows``: row r's loss and gradient
-    terms come after row r + 1's decision value, so that the dot product of the next row
-    overlaps the dependent chain of the current one (its loss, then its gradient terms)
-    instead of waiting behind it. The same operations in the same order for each sum;
-    the last row computes its own decision value again, unused. Called with a constant
-    ``loss_code`` (see :func:`_one_output_chunk`).
+    Two rows at a time, software-pipelined as in Numba's ``_one_output_rows``: the loss
+    and gradient terms of rows r and r + 1 come after the decision values of rows r + 2
+    and r + 3, computed in the same pass over the weights and G
+    (``fastgd_dot2_add2``), so that the next rows' dot products overlap the dependent
+    chain of the current ones, and each weight and each entry of G is loaded (and G
+    stored) once for two rows. The same operations in the same order for each sum as one
+    row at a time; the last rows compute decision values again, unused. Called with a
+    constant ``loss_code`` (see :func:`_one_output_chunk`).
     """
-    cdef Py_ssize_t d = pb.d, m = pb.m, r, i, following
+    cdef Py_ssize_t d = pb.d, m = pb.m, r = lo, i1, i2
     cdef Py_ssize_t distance = SHUFFLED_AHEAD if pb.shuffled else IN_ORDER_AHEAD
     cdef double loss = 0.0
-    cdef floating v, dz
+    cdef floating va, vb, dz1, dz2
+    cdef const floating* xa
+    cdef const floating* xb
     if lo >= hi:
         return loss
-    v = params[d] + _dot(X + _row(pb, lo) * d, params, d)
-    for r in range(lo, hi):
+    va = params[d] + _dot(X + _row(pb, lo) * d, params, d)
+    vb = params[d] + _dot(X + _row(pb, min(lo + 1, hi - 1)) * d, params, d)
+    while r + 1 < hi:
         _prefetch_ahead(pb, X, Y, r, distance)
-        i = _row(pb, r)
-        following = _row(pb, min(r + 1, hi - 1))
-        dz = _one_output_term(v, Y, sw, i, m, loss_code, &loss)
-        G[d] += dz
-        v = params[d] + _dot_and_add(X + following * d, params, X + i * d, dz, G, d)
+        _prefetch_ahead(pb, X, Y, r + 1, distance)
+        i1, i2 = _row(pb, r), _row(pb, r + 1)
+        dz1 = _one_output_term(va, Y, sw, i1, m, loss_code, &loss)
+        dz2 = _one_output_term(vb, Y, sw, i2, m, loss_code, &loss)
+        G[d] += dz1
+        G[d] += dz2
+        xa, xb = X + _row(pb, min(r + 2, hi - 1)) * d, X + _row(pb, min(r + 3, hi - 1)) * d
+        # the C function itself (inlined here; through a Cython wrapper, a call per pair)
+        if floating is double:
+            fastgd_dot2_add2_double(xa, xb, params, X + i1 * d, X + i2 * d, dz1, dz2, G, d, &va, &vb)
+        else:
+            fastgd_dot2_add2_float(xa, xb, params, X + i1 * d, X + i2 * d, dz1, dz2, G, d, &va, &vb)
+        va, vb = va + params[d], vb + params[d]
+        r += 2
+    if r < hi:  # an odd row count: the last row alone (its decision value is va)
+        i1 = _row(pb, r)
+        dz1 = _one_output_term(va, Y, sw, i1, m, loss_code, &loss)
+        G[d] += dz1
+        _dot_and_add(X + i1 * d, params, X + i1 * d, dz1, G, d)
     return loss
 
 
@@ -634,6 +653,17 @@ cdef extern from *:
     typedef float fastgd_v8u_float __attribute__((vector_size(32), aligned(4), may_alias));
     #define FASTGD_LOAD8(T, p) (*(const fastgd_v8u_##T *)(p))
     #define FASTGD_STORE8(T, p, v) *(fastgd_v8u_##T *)(p) = (v);
+    /* the 32 sums added as a tree */
+    #define FASTGD_TREE(T)                                                                  \
+    static inline T fastgd_tree_##T(T *s) {                                                \
+        Py_ssize_t k;                                                                      \
+        for (k = 0; k < 16; k++) s[k] += s[k + 16];                                        \
+        for (k = 0; k < 8; k++) s[k] += s[k + 8];                                          \
+        for (k = 0; k < 4; k++) s[k] += s[k + 4];                                          \
+        return (s[0] + s[2]) + (s[1] + s[3]);                                              \
+    }
+    FASTGD_TREE(float)
+    FASTGD_TREE(double)
     #define FASTGD_DOT_GROUPS(T, MAIN, MAIN_TERM, TERM)                                     \
         T s[32] = {0};                                                                     \
         Py_ssize_t j = 0, k, d32 = d - d % 32;                                             \
@@ -642,10 +672,7 @@ cdef extern from *:
             for (k = 0; k < 4; k++) { TERM(j + k, k) }                                      \
         for (k = 0; k < 3; k++)                                                            \
             if (j + k < d) { TERM(j + k, k) }                                              \
-        for (k = 0; k < 16; k++) s[k] += s[k + 16];                                        \
-        for (k = 0; k < 8; k++) s[k] += s[k + 8];                                          \
-        for (k = 0; k < 4; k++) s[k] += s[k + 4];                                          \
-        return (s[0] + s[2]) + (s[1] + s[3]);
+        return fastgd_tree_##T(s);
     /* x . w */
     #define FASTGD_DOT_TERM(i, k) s[k] += x[i] * w[i];
     #define FASTGD_DOT(T)                                                                   \
@@ -678,6 +705,45 @@ cdef extern from *:
         FASTGD_DOT_GROUPS(T, FASTGD_VECTOR_SUMS, FASTGD_STEP_DOT_VTERM,                    \
                           FASTGD_STEP_DOT_TERM)                                     \
     }
+    /* Two rows in one pass over w and G: xa . w and xb . w (each in the sums and the
+       order of x . w) while G[:d] += g1 x1, then G[:d] += g2 x2 (each entry of G gets the
+       two terms in the order of two passes, without the store and load between them).
+       Inlined where it is called (see _one_output_rows). */
+    #define FASTGD_DOT2_VTERM(T, i, q) {                                                   \
+        fastgd_v8_##T wi = FASTGD_LOAD8(T, w + (i));                                       \
+        fastgd_v8_##T gi = FASTGD_LOAD8(T, G + (i)) + g1 * FASTGD_LOAD8(T, x1 + (i));      \
+        a##q += FASTGD_LOAD8(T, xa + (i)) * wi;                                            \
+        b##q += FASTGD_LOAD8(T, xb + (i)) * wi;                                            \
+        gi += g2 * FASTGD_LOAD8(T, x2 + (i));                                              \
+        FASTGD_STORE8(T, G + (i), gi) }
+    #define FASTGD_DOT2_TERM(i, k)                                                          \
+        sa[k] += xa[i] * w[i]; sb[k] += xb[i] * w[i]; G[i] += g1 * x1[i]; G[i] += g2 * x2[i];
+    #define FASTGD_DOT2_ADD2(T)                                                             \
+    static inline __attribute__((always_inline)) void fastgd_dot2_add2_##T(                \
+            const T *restrict xa, const T *restrict xb, const T *restrict w,               \
+            const T *restrict x1, const T *restrict x2, T g1, T g2, T *restrict G,         \
+            Py_ssize_t d, T *va, T *vb) {                                                  \
+        T sa[32], sb[32];                                                                  \
+        fastgd_v8_##T a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                              \
+        fastgd_v8_##T b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0};                              \
+        Py_ssize_t j, k, d32 = d - d % 32;                                                 \
+        for (j = 0; j < d32; j += 32) {                                                    \
+            FASTGD_DOT2_VTERM(T, j, 0) FASTGD_DOT2_VTERM(T, j + 8, 1)                       \
+            FASTGD_DOT2_VTERM(T, j + 16, 2) FASTGD_DOT2_VTERM(T, j + 24, 3)                 \
+        }                                                                                  \
+        memcpy(sa, &a0, sizeof a0); memcpy(sa + 8, &a1, sizeof a1);                        \
+        memcpy(sa + 16, &a2, sizeof a2); memcpy(sa + 24, &a3, sizeof a3);                  \
+        memcpy(sb, &b0, sizeof b0); memcpy(sb + 8, &b1, sizeof b1);                        \
+        memcpy(sb + 16, &b2, sizeof b2); memcpy(sb + 24, &b3, sizeof b3);                  \
+        for (; j + 4 <= d; j += 4)                                                         \
+            for (k = 0; k < 4; k++) { FASTGD_DOT2_TERM(j + k, k) }                          \
+        for (k = 0; k < 3; k++)                                                            \
+            if (j + k < d) { FASTGD_DOT2_TERM(j + k, k) }                                  \
+        *va = fastgd_tree_##T(sa);                                                         \
+        *vb = fastgd_tree_##T(sb);                                                         \
+    }
+    FASTGD_DOT2_ADD2(float)
+    FASTGD_DOT2_ADD2(double)
     FASTGD_DOT(float)
     FASTGD_DOT(double)
     FASTGD_DOT_ADD(float)
@@ -685,6 +751,12 @@ cdef extern from *:
     FASTGD_STEP_DOT(float)
     FASTGD_STEP_DOT(double)
     """
+    void fastgd_dot2_add2_float(const float* xa, const float* xb, const float* w,
+                                const float* x1, const float* x2, float g1, float g2,
+                                float* G, Py_ssize_t d, float* va, float* vb) noexcept nogil
+    void fastgd_dot2_add2_double(const double* xa, const double* xb, const double* w,
+                                 const double* x1, const double* x2, double g1, double g2,
+                                 double* G, Py_ssize_t d, double* va, double* vb) noexcept nogil
     float fastgd_dot_float(const float* x, const float* w, Py_ssize_t d) noexcept nogil
     double fastgd_dot_double(const double* x, const double* w, Py_ssize_t d) noexcept nogil
     float fastgd_dot_add_float(const float* xn, const float* w, const float* x, float g,
@@ -736,6 +808,17 @@ def _grouped_dot_values(const double[::1] xn, const double[::1] x, double[::1] w
     cdef double plain = _dot(&x[0], &w[0], d)
     cdef double added = _dot_and_add(&xn[0], &w[0], &x[0], g, &G[0], d)
     return plain, added, _step_and_dot(&xn[0], &w[0], &x[0], lr, g, d)
+
+
+def _two_row_values(const double[::1] xa, const double[::1] xb, const double[::1] w,
+                    const double[::1] x1, const double[::1] x2, double g1, double g2,
+                    double[::1] G):
+    """``(xa . w, xb . w)`` by ``fastgd_dot2_add2``, which adds ``g1 x1`` then ``g2 x2``
+    to ``G`` (a test hook)."""
+    cdef double va, vb
+    fastgd_dot2_add2_double(&xa[0], &xb[0], &w[0], &x1[0], &x2[0], g1, g2, &G[0],
+                            xa.shape[0], &va, &vb)
+    return va, vb
 
 
 cdef inline void _chunk_gradient(

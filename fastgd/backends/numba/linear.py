@@ -25,6 +25,7 @@ from numba import prange
 
 from ..._config import (
     MAX_CHUNKS,
+    MIN_ROWS_PER_CHUNK,
     NUMBA_OPTIONS,
     PARALLEL_MIN_WORK,
     ROW_PADDING,
@@ -197,7 +198,15 @@ def _one_output_rows(X, Y, weights, params, order, shuffled, lo, hi, loss_code, 
     rows' reads (full batch of 1,000,000 x 100, 1 thread: 76% of the streaming limit,
     against 88% pipelined in a scratch kernel). Each sum keeps its order; the last row
     of the range computes its own decision value again, unused.
+
+    Chunks of at least ``MIN_ROWS_PER_CHUNK`` rows go two rows at a time
+    (:func:`_two_rows_at_a_time`). Zen 4 VM, 1,000,000 x 100, 1 thread, alternating
+    processes: batch 256 / full 0.107 / 0.101-0.108 s -> 0.097-0.098 / 0.087-0.089 s; at
+    batch 32 (one chunk of 32 rows) two rows at a time took 0.101-0.103 s against 0.094-
+    0.095 s one at a time.
     """
+    if hi - lo >= MIN_ROWS_PER_CHUNK:
+        return _two_rows_at_a_time(X, Y, weights, params, order, shuffled, lo, hi, loss_code, G, chunk)  # fmt: skip
     d = X.shape[1]
     weighted = weights.shape[0] > 0
     loss = 0.0
@@ -223,6 +232,71 @@ def _one_output_rows(X, Y, weights, params, order, shuffled, lo, hi, loss_code, 
             G[chunk, j] += dz * X[i, j]
         G[chunk, d] += dz
     return loss
+
+
+@njit(inline="always", **NUMBA_OPTIONS)
+def _two_rows_at_a_time(X, Y, weights, params, order, shuffled, lo, hi, loss_code, G, chunk):
+    """:func:`_one_output_rows` two rows at a time (chunks of at least ``MIN_ROWS_PER_CHUNK``
+    rows): adds rows ``lo:hi``'s gradient terms to ``G[chunk]``; returns their summed loss.
+
+    Two rows at a time, software-pipelined: one loop over the features adds rows r and
+    r + 1's gradient terms and computes rows r + 2 and r + 3's decision values. Row by
+    row, a row's gradient loop waited for its own dot product, reduction and loss, and
+    the core idled on that chain between the rows' reads (full batch of 1,000,000 x 100,
+    1 thread: 76% of the streaming limit, against 88% pipelined in a scratch kernel).
+    Two rows per pass load each weight and each entry of G once for both, and store G
+    once: on the Zen 4 VM the loop is bound by those loads and stores, not by memory
+    (rows in L2 cache ran as fast as rows from memory). With an odd count, the last row
+    of the range computes its decision value twice.
+    """
+    d = X.shape[1]
+    weighted = weights.shape[0] > 0
+    loss = 0.0
+    if lo >= hi:
+        return loss
+    ia = order[lo] if shuffled else lo
+    ib = order[min(lo + 1, hi - 1)] if shuffled else min(lo + 1, hi - 1)
+    va, vb = params[d], params[d]
+    for j in range(d):
+        va += X[ia, j] * params[j]
+        vb += X[ib, j] * params[j]
+    for r in range(lo, hi, 2):
+        prefetch_ahead(X, Y, weights, order, shuffled, r)
+        prefetch_ahead(X, Y, weights, order, shuffled, r + 1)
+        i1 = order[r] if shuffled else r
+        dz1, row_loss = _weighted_loss(va, Y, weights, i1, loss_code, weighted)
+        loss += row_loss
+        dz2 = 0.0  # an odd count: the last row alone (a second term of 0 into G)
+        i2 = i1
+        if r + 1 < hi:
+            i2 = order[r + 1] if shuffled else r + 1
+            dz2, row_loss = _weighted_loss(vb, Y, weights, i2, loss_code, weighted)
+            loss += row_loss
+        G[chunk, d] += dz1 + dz2
+        if r + 2 >= hi:  # the last rows: no decision values to compute
+            for j in range(d):
+                G[chunk, j] += dz1 * X[i1, j] + dz2 * X[i2, j]
+            break
+        fa, fb = r + 2, min(r + 3, hi - 1)
+        if shuffled:
+            fa, fb = order[fa], order[fb]
+        va, vb = params[d], params[d]
+        for j in range(d):
+            va += X[fa, j] * params[j]
+            vb += X[fb, j] * params[j]
+            G[chunk, j] += dz1 * X[i1, j] + dz2 * X[i2, j]
+    return loss
+
+
+@njit(inline="always", **NUMBA_OPTIONS)
+def _weighted_loss(v, Y, weights, i, loss_code, weighted):
+    """``(dloss/dz, loss)`` of row ``i`` with decision value ``v``, both times the row's
+    sample weight when ``weighted``."""
+    row_loss, dz = _single_output_loss(v, Y[i, 0], loss_code)
+    if weighted:
+        row_loss *= weights[i]
+        dz *= weights[i]
+    return dz, row_loss
 
 
 @njit(inline="always", **NUMBA_OPTIONS)

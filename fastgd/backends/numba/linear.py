@@ -25,7 +25,6 @@ from numba import prange
 
 from ..._config import (
     MAX_CHUNKS,
-    MIN_ROWS_PER_CHUNK,
     NUMBA_OPTIONS,
     PARALLEL_MIN_WORK,
     ROW_PADDING,
@@ -180,8 +179,14 @@ def _one_output_chunk(data, params, order, shuffled, start, stop, n_chunks, chun
     d = X.shape[1]
     for j in range(d + 1):
         G[chunk, j] = 0.0
-    if loss_code == MSE:
+    # the chunks of a split batch go two rows at a time (:func:`_two_rows_at_a_time`);
+    # n_chunks is the constant 1 in a SINGLE kernel, whose loop then has one row loop only
+    if loss_code == MSE and n_chunks > 1:
+        loss = _two_rows_at_a_time(X, Y, weights, params, order, shuffled, lo, hi, MSE, G, chunk)  # fmt: skip
+    elif loss_code == MSE:
         loss = _one_output_rows(X, Y, weights, params, order, shuffled, lo, hi, MSE, G, chunk)
+    elif n_chunks > 1:
+        loss = _two_rows_at_a_time(X, Y, weights, params, order, shuffled, lo, hi, BCE, G, chunk)  # fmt: skip
     else:
         loss = _one_output_rows(X, Y, weights, params, order, shuffled, lo, hi, BCE, G, chunk)
     G[chunk, d + 1] = loss
@@ -199,14 +204,12 @@ def _one_output_rows(X, Y, weights, params, order, shuffled, lo, hi, loss_code, 
     against 88% pipelined in a scratch kernel). Each sum keeps its order; the last row
     of the range computes its own decision value again, unused.
 
-    Chunks of at least ``MIN_ROWS_PER_CHUNK`` rows go two rows at a time
+    The chunks of a split batch go two rows at a time instead
     (:func:`_two_rows_at_a_time`). Zen 4 VM, 1,000,000 x 100, 1 thread, alternating
     processes: batch 256 / full 0.107 / 0.101-0.108 s -> 0.097-0.098 / 0.087-0.089 s; at
-    batch 32 (one chunk of 32 rows) two rows at a time took 0.101-0.103 s against 0.094-
-    0.095 s one at a time.
+    batch 32 (a single chunk of 32 rows) two rows at a time took 0.101-0.103 s against
+    0.094-0.095 s one at a time.
     """
-    if hi - lo >= MIN_ROWS_PER_CHUNK:
-        return _two_rows_at_a_time(X, Y, weights, params, order, shuffled, lo, hi, loss_code, G, chunk)  # fmt: skip
     d = X.shape[1]
     weighted = weights.shape[0] > 0
     loss = 0.0
@@ -236,8 +239,8 @@ def _one_output_rows(X, Y, weights, params, order, shuffled, lo, hi, loss_code, 
 
 @njit(inline="always", **NUMBA_OPTIONS)
 def _two_rows_at_a_time(X, Y, weights, params, order, shuffled, lo, hi, loss_code, G, chunk):
-    """:func:`_one_output_rows` two rows at a time (chunks of at least ``MIN_ROWS_PER_CHUNK``
-    rows): adds rows ``lo:hi``'s gradient terms to ``G[chunk]``; returns their summed loss.
+    """:func:`_one_output_rows` two rows at a time (the chunks of a split batch): adds
+    rows ``lo:hi``'s gradient terms to ``G[chunk]``; returns their summed loss.
 
     Two rows at a time, software-pipelined: one loop over the features adds rows r and
     r + 1's gradient terms and computes rows r + 2 and r + 3's decision values. Row by

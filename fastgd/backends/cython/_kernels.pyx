@@ -731,7 +731,8 @@ cdef extern from *:
         FASTGD_DOT_GROUPS(T, FASTGD_ARRAY_SUMS, FASTGD_DOT_ADD_TERM, FASTGD_DOT_ADD_TERM)   \
     }
     /* w[:d] -= lr (g x), then xn . w of the updated w: each weight before it is read.
-       lr is a double: the update is computed in double and rounded to T, as in C's w -= ... */
+       lr is a double: the update is computed in double and rounded to T, as in C's w -= ...
+       Requests row pf into L2 as fastgd_dot2_add2 does. */
     #define FASTGD_STEP_DOT_TERM(i, k) w[i] -= lr * (g * x[i]); s[k] += xn[i] * w[i];
     #define FASTGD_STEP_DOT_VTERM(T, i, acc) {                                              \
         fastgd_v8_double step = __builtin_convertvector(g * FASTGD_LOAD8(T, x + (i)),     \
@@ -739,12 +740,16 @@ cdef extern from *:
         fastgd_v8_##T wi = __builtin_convertvector(                                        \
             __builtin_convertvector(FASTGD_LOAD8(T, w + (i)), fastgd_v8_double) - lr * step, \
             fastgd_v8_##T);                                                                \
-        FASTGD_STORE8(T, w + (i), wi)                                                    \
-        acc += FASTGD_LOAD8(T, xn + (i)) * wi; }
+        FASTGD_STORE8(T, w + (i), wi)                                                      \
+        acc += FASTGD_LOAD8(T, xn + (i)) * wi;                                             \
+        fastgd_prefetch_l2(pf + (i)); }
     #define FASTGD_STEP_DOT(T)                                                              \
     static inline T fastgd_step_dot_##T(const T *restrict xn, T *restrict w,               \
                                         const T *restrict x, double lr, T g,               \
-                                        Py_ssize_t d) {                                    \
+                                        Py_ssize_t d, const T *pf) {                       \
+        Py_ssize_t q;                                                                      \
+        for (q = d - d % 32; q < d; q += 8) fastgd_prefetch_l2(pf + q);                    \
+        fastgd_prefetch_l2(pf + d - 1);                                                    \
         FASTGD_DOT_GROUPS(T, FASTGD_VECTOR_SUMS, FASTGD_STEP_DOT_VTERM,                    \
                           FASTGD_STEP_DOT_TERM)                                     \
     }
@@ -813,9 +818,9 @@ cdef extern from *:
     double fastgd_dot_add_double(const double* xn, const double* w, const double* x, double g,
                                  double* G, Py_ssize_t d) noexcept nogil
     float fastgd_step_dot_float(const float* xn, float* w, const float* x, double lr, float g,
-                                Py_ssize_t d) noexcept nogil
+                                Py_ssize_t d, const float* pf) noexcept nogil
     double fastgd_step_dot_double(const double* xn, double* w, const double* x, double lr,
-                                  double g, Py_ssize_t d) noexcept nogil
+                                  double g, Py_ssize_t d, const double* pf) noexcept nogil
 
 
 cdef inline floating _dot(const floating* x, const floating* w, Py_ssize_t d) noexcept nogil:
@@ -828,13 +833,15 @@ cdef inline floating _dot(const floating* x, const floating* w, Py_ssize_t d) no
 
 cdef inline floating _step_and_dot(
     const floating* xn, floating* w, const floating* x, double lr, floating g, Py_ssize_t d,
+    const floating* ahead,
 ) noexcept nogil:
     """``w[:d] -= lr (g x)``, then ``xn . w`` of the updated ``w`` (the partial sums of
-    :func:`_dot`), in one loop: a weight is updated before it is read."""
+    :func:`_dot`), in one loop: a weight is updated before it is read. The row ``ahead``
+    is requested into L2 in the same loop (see :func:`_one_output_rows`)."""
     if floating is double:
-        return fastgd_step_dot_double(xn, w, x, lr, g, d)
+        return fastgd_step_dot_double(xn, w, x, lr, g, d, ahead)
     else:
-        return fastgd_step_dot_float(xn, w, x, lr, g, d)
+        return fastgd_step_dot_float(xn, w, x, lr, g, d, ahead)
 
 
 cdef inline floating _dot_and_add(
@@ -856,7 +863,7 @@ def _grouped_dot_values(const double[::1] xn, const double[::1] x, double[::1] w
     cdef Py_ssize_t d = x.shape[0]
     cdef double plain = _dot(&x[0], &w[0], d)
     cdef double added = _dot_and_add(&xn[0], &w[0], &x[0], g, &G[0], d)
-    return plain, added, _step_and_dot(&xn[0], &w[0], &x[0], lr, g, d)
+    return plain, added, _step_and_dot(&xn[0], &w[0], &x[0], lr, g, d, &xn[0])
 
 
 def _two_row_values(const double[::1] xa, const double[::1] xb, const double[::1] w,
@@ -980,11 +987,14 @@ cdef double _per_sample_one_output(
     r + 1's dot product (:func:`_step_and_dot`); the intercept's update and the next
     decision value follow. Each weight is updated before it is read, so every value is
     the one of the row-by-row loop (the dot product's partial sums are :func:`_dot`'s),
-    and an interrupted epoch resumes exactly."""
+    and an interrupted epoch resumes exactly. The row ``distance`` places ahead is
+    requested in that loop (Zen 4 VM, 1 thread, medians of 9-11 alternating fits: 2-4%
+    faster in order, no change shuffled)."""
     cdef Py_ssize_t d = pb.d, m = pb.m, r, i, following
     cdef Py_ssize_t distance = SHUFFLED_AHEAD if pb.shuffled else IN_ORDER_AHEAD
     cdef floating g, v, s = 0
     cdef double loss, loss_sum = 0.0
+    cdef const floating* ahead
     done[0] = pb.n
     if pb.n == 0:
         return loss_sum
@@ -993,15 +1003,15 @@ cdef double _per_sample_one_output(
         if fastgd_interrupted(pb.stop_state):
             done[0] = r
             break
-        _prefetch_ahead(pb, X, Y, r, distance)
+        ahead = _row_ahead(pb, X, Y, r, distance)
         i = _row(pb, r)
         loss = 0.0  # a block of one row (MSE's division by k = 1 left out)
         g = _one_output_term(v, Y, sw, i, m, pb.loss_code, &loss)
         loss_sum += loss
         if r + 1 < pb.n:
-            s = _step_and_dot(X + _row(pb, r + 1) * d, params, X + i * d, lr, g, d)
+            s = _step_and_dot(X + _row(pb, r + 1) * d, params, X + i * d, lr, g, d, ahead)
         else:
-            s = _step_and_dot(X + i * d, params, X + i * d, lr, g, d)
+            s = _step_and_dot(X + i * d, params, X + i * d, lr, g, d, ahead)
         if n_trained > d:
             params[d] -= lr * g
         v = params[d] + s

@@ -17,6 +17,8 @@ and then times (median of 5 each):
 - ``minimal SGD, batch b``: the smallest compiled mini-batch SGD loop of least squares
   over the same shuffled order (a row's dot product, then its gradient terms; the
   weights updated after each batch), rows and targets requested 12 ahead into L2;
+  ``minimal SGD + L1, batch b``: the same, each row also requested into L1
+  ``SHUFFLED_L1_AHEAD`` places ahead, as fastgd's kernels request shuffled rows;
 - ``fastgd numba`` / ``fastgd cython``: fastgd's kernel over the same order (its
   ``train_epochs`` called with the epoch's order given, so no permutation is drawn).
 
@@ -33,6 +35,7 @@ import numpy as np
 from numba import njit
 
 import fastgd
+from fastgd._config import SHUFFLED_L1_AHEAD
 from fastgd.backends.numba.prefetch import prefetch_row, prefetch_row_into_l2
 from fastgd.bench import roofline
 
@@ -61,8 +64,9 @@ def read_rows(X, order, ahead, into_l2=False):
 
 
 @njit(nogil=True, fastmath=True)
-def minimal_sgd(X, y, w, order, batch, lr):
-    """One epoch of plain mini-batch SGD of least squares over the rows in ``order``."""
+def minimal_sgd(X, y, w, order, batch, lr, near=0):
+    """One epoch of plain mini-batch SGD of least squares over the rows in ``order``
+    (``near`` > 0: each row also requested into L1 ``near`` places ahead)."""
     n, d = X.shape
     g = np.zeros(d + 1)
     Y = y.reshape((-1, 1))  # (prefetch_row takes a 2-D array)
@@ -73,6 +77,8 @@ def minimal_sgd(X, y, w, order, batch, lr):
             if r + SGD_AHEAD < n:
                 prefetch_row_into_l2(X, order[r + SGD_AHEAD])
                 prefetch_row_into_l2(Y, order[r + SGD_AHEAD])
+            if near > 0 and r + near < n:
+                prefetch_row(X, order[r + near])
             i = order[r]
             v = w[d]
             for j in range(d):
@@ -154,6 +160,8 @@ def main(argv=None):
         timed[f"shuffled into L2, ahead {ahead}"] = lambda a=ahead: read_rows(X, order, a, True)
     for batch in (32, 256):
         timed[f"minimal SGD, batch {batch}"] = lambda b=batch: minimal_sgd(X, y, w, order, b, 1e-3)
+    for batch in (32, 256):
+        timed[f"minimal SGD + L1, batch {batch}"] = lambda b=batch: minimal_sgd(X, y, w, order, b, 1e-3, SHUFFLED_L1_AHEAD)  # fmt: skip
     calls = dict(limit=roofline.stream_reader(1), timed=timed)
     rounds = [one_round(X, calls) for _ in range(args.rounds)]
     print(f"{args.rows} x {args.features} float64, 1 thread, {args.rounds} rounds")

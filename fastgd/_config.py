@@ -92,6 +92,10 @@ PREFETCH_IN_ORDER = True
 # 32 / 256: numba 47-53% / 53-58% -> 79-95% / 80-88%, cython 42-49% / 42-49% -> 71-85% /
 # 76-87%; shuffled, numba 14-19% -> 17-23% (README "Rows requested into L2").
 ROW_PREFETCH_LOCALITY = 2
+# Shuffled rows are requested a second time, SHUFFLED_L1_AHEAD places ahead, into L1
+# (locality 3): requested into L2 only, each row's lines still missed L1 when it was read,
+# and with them the loads of the weights and G waited behind those misses (0 turns it off).
+SHUFFLED_L1_AHEAD = 6
 
 # shuffle="blocks" (fastgd.training.orders): each epoch permutes blocks of this many
 # consecutive rows and visits the rows of each block in order. Long runs of neighbouring

@@ -233,5 +233,6 @@ def test_shuffled_read_script_reports_every_measurement(capsys):
     assert {f"fastgd {b}, batch {n}" for b in backends for n in (32, 256)} <= set(names)
     assert {f"shuffled read, ahead {k}" for k in script.AHEAD} <= set(names)
     assert {f"shuffled into L2, ahead {k}" for k in script.AHEAD[1:]} <= set(names)
+    assert {f"minimal SGD{near}, batch {n}" for near in ("", " + L1") for n in (32, 256)} <= set(names)  # fmt: skip
     shares = [float(line.split()[-1].rstrip("%")) for line in lines]
     assert all(0 < share < 1e4 for share in shares)

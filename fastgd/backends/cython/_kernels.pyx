@@ -246,6 +246,11 @@ cdef enum:
     # 65-68% of the streaming limit (12: 70-78%, 20: 74-85%, 1 thread); per-sample SGD, 3
     # epochs of 1,000,000 x 100: 89-94 ms with 4, 72-76 ms with 16.
     IN_ORDER_AHEAD = 16
+    # Shuffled rows are requested a second time, this many places ahead, into L1 (as
+    # fastgd._config.SHUFFLED_L1_AHEAD for Numba): requested into L2 only, a row's lines
+    # still missed L1 when the pass read them, and the loads of the weights and G waited
+    # behind those misses (_near_into_l1).
+    SHUFFLED_L1_AHEAD = 6
     CACHE_LINE_BYTES = 64
 
 
@@ -342,6 +347,20 @@ cdef inline Py_ssize_t _row(const Problem* pb, Py_ssize_t r) noexcept nogil:
     return pb.order[r] if pb.shuffled else r
 
 
+cdef inline void _near_into_l1(
+    const Problem* pb, const floating* X, Py_ssize_t r,
+) noexcept nogil:
+    """Request into L1 every line of the row SHUFFLED_L1_AHEAD places after place r of a
+    shuffled order (already requested into L2 further ahead); nothing past the last
+    row. Called for shuffled orders only."""
+    cdef const floating* x
+    if r + SHUFFLED_L1_AHEAD >= pb.n:
+        return
+    x = X + pb.order[r + SHUFFLED_L1_AHEAD] * pb.d
+    _prefetch_row(x, pb.d, False)
+    fastgd_prefetch(x + pb.d - 1)  # the row's last line, if it starts mid-line
+
+
 cdef inline void _prefetch_ahead(
     const Problem* pb, const floating* X, const floating* Y, Py_ssize_t r,
     Py_ssize_t distance,
@@ -354,6 +373,8 @@ cdef inline void _prefetch_ahead(
     ahead = _row(pb, r + distance)
     _prefetch_row(X + ahead * pb.d, pb.d, True)  # into L2 only (see _prefetch_row)
     fastgd_prefetch_l2(Y + ahead * pb.m)
+    if pb.shuffled:
+        _near_into_l1(pb, X, r)
 
 
 cdef inline const floating* _row_ahead(
@@ -583,6 +604,7 @@ cdef inline double _one_output_rows(
     """
     cdef Py_ssize_t d = pb.d, m = pb.m, r = lo, i1, i2
     cdef Py_ssize_t distance = SHUFFLED_AHEAD if pb.shuffled else IN_ORDER_AHEAD
+    cdef bint shuffled = pb.shuffled
     cdef double loss = 0.0
     cdef floating va, vb, dz1, dz2
     cdef const floating* xa
@@ -596,6 +618,9 @@ cdef inline double _one_output_rows(
     while r + 1 < hi:
         ra = _row_ahead(pb, X, Y, r, distance)
         rb = _row_ahead(pb, X, Y, r + 1, distance)
+        if shuffled:
+            _near_into_l1(pb, X, r)
+            _near_into_l1(pb, X, r + 1)
         i1, i2 = _row(pb, r), _row(pb, r + 1)
         dz1 = _one_output_term(va, Y, sw, i1, m, loss_code, &loss)
         dz2 = _one_output_term(vb, Y, sw, i2, m, loss_code, &loss)
@@ -992,6 +1017,7 @@ cdef double _per_sample_one_output(
     faster in order, no change shuffled)."""
     cdef Py_ssize_t d = pb.d, m = pb.m, r, i, following
     cdef Py_ssize_t distance = SHUFFLED_AHEAD if pb.shuffled else IN_ORDER_AHEAD
+    cdef bint shuffled = pb.shuffled
     cdef floating g, v, s = 0
     cdef double loss, loss_sum = 0.0
     cdef const floating* ahead
@@ -1004,6 +1030,8 @@ cdef double _per_sample_one_output(
             done[0] = r
             break
         ahead = _row_ahead(pb, X, Y, r, distance)
+        if shuffled:
+            _near_into_l1(pb, X, r)
         i = _row(pb, r)
         loss = 0.0  # a block of one row (MSE's division by k = 1 left out)
         g = _one_output_term(v, Y, sw, i, m, pb.loss_code, &loss)

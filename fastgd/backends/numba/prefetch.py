@@ -25,6 +25,7 @@ from ..._config import (
     PREFETCH_AHEAD,
     PREFETCH_IN_ORDER,
     ROW_PREFETCH_LOCALITY,
+    SHUFFLED_L1_AHEAD,
 )
 
 
@@ -142,6 +143,8 @@ def _ahead_codegen(context, builder, signature, args):
                 item = cgutils.get_item_pointer(context, builder, order_type, order, [ahead])
                 value = context.cast(builder, builder.load(item), order_type.dtype, types.intp)
                 builder.store(value, row)
+            if SHUFFLED_L1_AHEAD > 0:
+                _near_into_l1(context, builder, signature.args[0], X, order_type, order, args[5], r_type)  # fmt: skip
         with otherwise:
             if PREFETCH_IN_ORDER:
                 n = cgutils.unpack_tuple(builder, X.shape, count=2)[0]
@@ -152,6 +155,18 @@ def _ahead_codegen(context, builder, signature, args):
         # into L2 only (see ROW_PREFETCH_LOCALITY)
         _prefetch_one(context, builder, signature.args[:3], (X, Y, weights), i, ROW_PREFETCH_LOCALITY)  # fmt: skip
     return context.get_dummy_value()
+
+
+def _near_into_l1(context, builder, x_type, X, order_type, order, r, r_type):
+    """Emit the request into L1 of the row of ``X`` at place ``r + SHUFFLED_L1_AHEAD`` of a
+    shuffled order (nothing past its end)."""
+    intp = context.get_value_type(types.intp)
+    near = builder.add(context.cast(builder, r, r_type, types.intp), intp(SHUFFLED_L1_AHEAD))
+    n_order = cgutils.unpack_tuple(builder, order.shape, count=1)[0]
+    with builder.if_then(builder.icmp_signed("<", near, n_order)):
+        item = cgutils.get_item_pointer(context, builder, order_type, order, [near])
+        i = context.cast(builder, builder.load(item), order_type.dtype, types.intp)
+        _prefetch_row_lines(context, builder, x_type, X, i, 3)
 
 
 def _prefetch_one(context, builder, array_types, arrays, i, locality):

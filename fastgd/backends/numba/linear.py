@@ -224,10 +224,7 @@ def _one_output_rows(X, Y, weights, params, order, shuffled, lo, hi, loss_code, 
         i = order[r] if shuffled else r
         after = min(r + 1, hi - 1)
         following = order[after] if shuffled else after
-        row_loss, dz = _single_output_loss(v, Y[i, 0], loss_code)
-        if weighted:
-            row_loss *= weights[i]
-            dz *= weights[i]
+        dz, row_loss = _weighted_loss(v, Y, weights, i, loss_code, weighted)
         loss += row_loss
         v = params[d]
         for j in range(d):
@@ -294,12 +291,14 @@ def _two_rows_at_a_time(X, Y, weights, params, order, shuffled, lo, hi, loss_cod
 @njit(inline="always", **NUMBA_OPTIONS)
 def _weighted_loss(v, Y, weights, i, loss_code, weighted):
     """``(dloss/dz, loss)`` of row ``i`` with decision value ``v``, both times the row's
-    sample weight when ``weighted``."""
+    sample weight when ``weighted``.
+
+    Both are always multiplied, by 1 when unweighted (exact, so the same values): with
+    the multiplications inside the test of ``weighted``, the two-row loop took 10-13%
+    longer, rows in L2 (README "Numba's row weights multiplied without a branch")."""
     row_loss, dz = _single_output_loss(v, Y[i, 0], loss_code)
-    if weighted:
-        row_loss *= weights[i]
-        dz *= weights[i]
-    return dz, row_loss
+    scale = weights[i] if weighted else 1.0
+    return dz * scale, row_loss * scale
 
 
 @njit(inline="always", **NUMBA_OPTIONS)
@@ -517,10 +516,7 @@ def _per_sample_one_output(data, params, order, shuffled, loss_code, n_trained, 
                 break
             prefetch_ahead(X, Y, weights, order, shuffled, r)
             i = order[r] if shuffled else r
-            row_loss, g = _single_output_loss(v, Y[i, 0], loss_code)
-            if weighted:
-                row_loss *= weights[i]
-                g *= weights[i]
+            g, row_loss = _weighted_loss(v, Y, weights, i, loss_code, weighted)
             loss_sum += row_loss
         after = min(r + 1, n - 1)
         following = order[after] if shuffled else after

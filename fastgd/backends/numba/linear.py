@@ -295,7 +295,7 @@ def _weighted_loss(v, Y, weights, i, loss_code, weighted):
 
     Both are always multiplied, by 1 when unweighted (exact, so the same values): with
     the multiplications inside the test of ``weighted``, the two-row loop took 10-13%
-    longer, rows in L2 (README "Numba's row weights multiplied without a branch")."""
+    longer, rows in L2 (README "Numba's weights without a branch")."""
     row_loss, dz = _single_output_loss(v, Y[i, 0], loss_code)
     scale = weights[i] if weighted else 1.0
     return dz * scale, row_loss * scale

@@ -188,9 +188,10 @@ def prefetch_ahead(typingctx, X, Y, weights, order, shuffled, r):
     """Prefetch the row ``PREFETCH_AHEAD`` places after place ``r`` of the epoch's order:
     its row of ``X``, its first target and its sample weight (if weighted).
 
-    Shuffled, the row is ``order[r + PREFETCH_AHEAD]``; in order it is that place itself,
-    prefetched only if :data:`fastgd._config.PREFETCH_IN_ORDER`. Nothing past the last
-    row; nothing at all if ``PREFETCH_AHEAD`` is 0.
+    Shuffled, the row is ``order[r + PREFETCH_AHEAD]``, and the row
+    ``SHUFFLED_L1_AHEAD`` places after r is requested again, into L1; in order it is that
+    place itself, prefetched only if :data:`fastgd._config.PREFETCH_IN_ORDER`. Nothing
+    past the last row; nothing at all if ``PREFETCH_AHEAD`` is 0.
 
     An intrinsic (its code is emitted by :func:`_ahead_codegen`), not a jitted function:
     called once per row, an inlined function would bind its four array arguments to new

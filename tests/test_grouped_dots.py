@@ -1,6 +1,8 @@
 """The dot products of Cython's linear kernels (``FASTGD_DOT_GROUPS`` in ``_kernels.pyx``):
 every feature goes into one of 32 fixed partial sums, added as a fixed tree, whatever
-the compiler keeps the sums in (an array once, named vectors now).
+the compiler keeps the sums in: named vectors (GCC's and Clang's vector extensions, the
+installed build) or arrays (the fallback for other compilers, MSVC, built here from the
+generated C with ``FASTGD_SCALAR_SUMS``).
 
 The expected values are computed exactly with :class:`fractions.Fraction`. Whether a
 multiply-add is rounded once (fused) or twice is the compiler's choice, per loop: GCC
@@ -8,12 +10,48 @@ tuned for AMD Zen fuses the 512-bit main loop but not the 256-bit loop over the 
 of 4 of ``x . w`` (it avoids chains of fused adds there), so each of the three stages
 (full groups of 32, groups of 4, the last d % 4) may be either."""
 
+import importlib.machinery
+import importlib.util
+import os
+import shutil
+import subprocess
+import sysconfig
 from fractions import Fraction
 
 import numpy as np
 import pytest
 
-kernels = pytest.importorskip("fastgd.backends.cython._kernels")
+vector_kernels = pytest.importorskip("fastgd.backends.cython._kernels")
+
+
+def _build_scalar_sums(tmp_dir):
+    """The extension compiled from its generated C with ``FASTGD_SCALAR_SUMS`` defined:
+    the array sums that compilers without GCC's vector extensions (MSVC) get, loaded as
+    a second module. None when the C source or a compiler is not at hand."""
+    source = os.path.splitext(vector_kernels.__file__)[0].split(".")[0] + ".c"
+    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    if not os.path.exists(source) or shutil.which(compiler) is None:
+        return None
+    target = os.path.join(tmp_dir, "_kernels" + sysconfig.get_config_var("EXT_SUFFIX"))
+    includes = [sysconfig.get_paths()["include"], np.get_include()]
+    command = [compiler, "-O1", "-fPIC", "-shared", "-march=native", "-DFASTGD_SCALAR_SUMS"]
+    command += [f"-I{p}" for p in includes] + [source, "-o", target]
+    subprocess.run(command, check=True, capture_output=True)
+    loader = importlib.machinery.ExtensionFileLoader("_kernels", target)
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader("_kernels", loader))
+    loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module", params=["vector sums", "scalar sums"])
+def kernels(request, tmp_path_factory):
+    """The installed kernels (GCC's vector extensions), then the fallback build."""
+    if request.param == "vector sums":
+        return vector_kernels
+    module = _build_scalar_sums(str(tmp_path_factory.mktemp("scalar_sums")))
+    if module is None:
+        pytest.skip("no generated _kernels.c or no C compiler to build the fallback")
+    return module
 
 
 def _fma(a, b, c):
@@ -52,7 +90,7 @@ def _either(value, a, b, c):
 
 
 @pytest.mark.parametrize("d", [1, 3, 4, 7, 30, 31, 32, 33, 63, 64, 100, 101, 131])
-def test_the_three_fused_loops_sum_in_the_same_fixed_groups(d):
+def test_the_three_fused_loops_sum_in_the_same_fixed_groups(kernels, d):
     rng = np.random.default_rng(d)
     xn, x, w, G = (rng.standard_normal(d) for _ in range(4))
     g, lr = 0.7, 0.01
@@ -67,7 +105,7 @@ def test_the_three_fused_loops_sum_in_the_same_fixed_groups(d):
     assert _some_grouping(stepped, xn, list(w))
 
 
-def test_a_different_grouping_is_told_apart():
+def test_a_different_grouping_is_told_apart(kernels):
     """The check above can fail: with a cancellation, a sequential sum is not in the
     kernels' grouping (1e16 and -1e16 share sum 0, the 1 is in sum 1)."""
     x, w = np.zeros(64), np.ones(64)
@@ -81,7 +119,7 @@ def test_a_different_grouping_is_told_apart():
 
 
 @pytest.mark.parametrize("d", [1, 3, 7, 31, 32, 33, 100, 131])
-def test_two_rows_in_one_pass_equal_two_passes(d):
+def test_two_rows_in_one_pass_equal_two_passes(kernels, d):
     """``fastgd_dot2_add2`` (two rows per pass over the weights and G, the mini-batch row
     loop of one-output models) gives each row the decision value of the one-row pass,
     and G the two rows' terms in the same order: bit for bit."""

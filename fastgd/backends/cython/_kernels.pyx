@@ -95,6 +95,10 @@ cdef extern from *:
     #elif defined(__GNUC__) || defined(__clang__)
     #define fastgd_prefetch(p) __builtin_prefetch((p), 0, 3)
     #define fastgd_prefetch_l2(p) __builtin_prefetch((p), 0, 2)
+    #elif defined(_MSC_VER) && (defined(_M_X64) || defined(_M_IX86))
+    #include <xmmintrin.h>
+    #define fastgd_prefetch(p) _mm_prefetch((const char*)(p), _MM_HINT_T0)
+    #define fastgd_prefetch_l2(p) _mm_prefetch((const char*)(p), _MM_HINT_T1)
     #else
     #define fastgd_prefetch(p) ((void)0)
     #define fastgd_prefetch_l2(p) ((void)0)
@@ -332,15 +336,19 @@ cdef inline floating _abs(floating x) noexcept nogil:
 # network kernels still request into L1 (into_l2 False; not measured).
 cdef inline void _prefetch_row(const floating* x, Py_ssize_t d, bint into_l2) noexcept nogil:
     """Request row ``x[:d]`` one cache line at a time, into L2 only if ``into_l2`` (a
-    constant at every call, so the test is compiled away)."""
-    cdef Py_ssize_t j = 0
-    cdef Py_ssize_t step = CACHE_LINE_BYTES // sizeof(floating)
-    while j < d:
+    constant at every call, so the test is compiled away): every line from the one
+    holding ``x[0]`` to the one holding ``x[d - 1]``, counted from the first line's start,
+    so that a row starting mid-line gets its last line too, with no request twice."""
+    cdef size_t line = (<size_t>x) & ~(<size_t>(CACHE_LINE_BYTES - 1))
+    cdef size_t last = <size_t>(x + d - 1)
+    if d <= 0:
+        return
+    while line <= last:
         if into_l2:
-            fastgd_prefetch_l2(x + j)
+            fastgd_prefetch_l2(<const void*>line)
         else:
-            fastgd_prefetch(x + j)
-        j += step
+            fastgd_prefetch(<const void*>line)
+        line += CACHE_LINE_BYTES
 
 
 cdef inline Py_ssize_t _row(const Problem* pb, Py_ssize_t r) noexcept nogil:
@@ -358,7 +366,6 @@ cdef inline void _near_into_l1(
         return
     x = X + pb.order[r + SHUFFLED_L1_AHEAD] * pb.d
     _prefetch_row(x, pb.d, False)
-    fastgd_prefetch(x + pb.d - 1)  # the row's last line, if it starts mid-line
 
 
 cdef inline void _prefetch_ahead(
@@ -682,17 +689,46 @@ cdef inline double _one_output_chunk(
 # alternating the two builds, medians of 9: rows in L2 (1,000 x 100, 3,000 epochs) batch
 # 32 / 256 / full 0.094 / 0.090 / 0.090 -> 0.081 / 0.079 / 0.082 s; 1,000,000 x 100 (3
 # epochs) batch 32 / 256 0.107 / 0.108 -> 0.096 / 0.092 s.
+# Compilers without GCC's vector extensions (MSVC), or a build with FASTGD_SCALAR_SUMS
+# defined, get the same 32 sums in arrays, added in the same order (tested against both).
 # The result differs from a sequential sum by rounding only, and all three functions
 # below group the terms the same way (tests/test_grouped_dots.py). Whether a multiply-add
 # is fused is the compiler's choice per loop (tuned for Zen, GCC does not fuse the
 # 256-bit loop over groups of 4 in x . w), so the last bits may differ between them.
 cdef extern from *:
     """
+    /* GCC's and Clang's vector extensions (named 8-lane vectors) where the compiler has
+       them; elsewhere (MSVC), or with FASTGD_SCALAR_SUMS defined, the same sums in arrays,
+       added in the same order. MSVC's C spells restrict __restrict. */
+    #if (defined(__GNUC__) || defined(__clang__)) && !defined(FASTGD_SCALAR_SUMS)
+    #define FASTGD_VECTORS 1
+    #define FASTGD_ALWAYS_INLINE inline __attribute__((always_inline))
+    #else
+    #define FASTGD_VECTORS 0
+    #if defined(_MSC_VER) && !defined(__clang__)
+    #define restrict __restrict
+    #define FASTGD_ALWAYS_INLINE __forceinline
+    #else
+    #define FASTGD_ALWAYS_INLINE inline
+    #endif
+    #endif
     /* The main loop over the full groups of 32, with the 32 sums in the array s (the
        compiler vectorizes it after inlining), or in four named 8-lane vectors. */
     #define FASTGD_ARRAY_SUMS(T, TERM)                                                     \
         for (j = 0; j < d32; j += 32)                                                      \
             for (k = 0; k < 32; k++) { TERM(j + k, k) }
+    /* the 32 sums added as a tree */
+    #define FASTGD_TREE(T)                                                                  \
+    static inline T fastgd_tree_##T(T *s) {                                                \
+        Py_ssize_t k;                                                                      \
+        for (k = 0; k < 16; k++) s[k] += s[k + 16];                                        \
+        for (k = 0; k < 8; k++) s[k] += s[k + 8];                                          \
+        for (k = 0; k < 4; k++) s[k] += s[k + 4];                                          \
+        return (s[0] + s[2]) + (s[1] + s[3]);                                              \
+    }
+    FASTGD_TREE(float)
+    FASTGD_TREE(double)
+    #if FASTGD_VECTORS
     #define FASTGD_VECTOR_SUMS(T, VTERM) {                                                 \
         fastgd_v8_##T s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};                              \
         for (j = 0; j < d32; j += 32) {                                                    \
@@ -707,17 +743,6 @@ cdef extern from *:
     typedef float fastgd_v8u_float __attribute__((vector_size(32), aligned(4), may_alias));
     #define FASTGD_LOAD8(T, p) (*(const fastgd_v8u_##T *)(p))
     #define FASTGD_STORE8(T, p, v) *(fastgd_v8u_##T *)(p) = (v);
-    /* the 32 sums added as a tree */
-    #define FASTGD_TREE(T)                                                                  \
-    static inline T fastgd_tree_##T(T *s) {                                                \
-        Py_ssize_t k;                                                                      \
-        for (k = 0; k < 16; k++) s[k] += s[k + 16];                                        \
-        for (k = 0; k < 8; k++) s[k] += s[k + 8];                                          \
-        for (k = 0; k < 4; k++) s[k] += s[k + 4];                                          \
-        return (s[0] + s[2]) + (s[1] + s[3]);                                              \
-    }
-    FASTGD_TREE(float)
-    FASTGD_TREE(double)
     /* FASTGD_TREE on the 32 sums held in four 8-lane vectors (sums 0-7, 8-15, ...): the
        same additions, its first two stages as vector additions */
     #define FASTGD_VTREE(T)                                                                 \
@@ -732,6 +757,7 @@ cdef extern from *:
     }
     FASTGD_VTREE(float)
     FASTGD_VTREE(double)
+    #endif
     #define FASTGD_DOT_GROUPS(T, MAIN, MAIN_TERM, TERM)                                     \
         T s[32] = {0};                                                                     \
         Py_ssize_t j = 0, k, d32 = d - d % 32;                                             \
@@ -773,11 +799,20 @@ cdef extern from *:
                                         const T *restrict x, double lr, T g,               \
                                         Py_ssize_t d, const T *pf) {                       \
         Py_ssize_t q;                                                                      \
-        for (q = d - d % 32; q < d; q += 8) fastgd_prefetch_l2(pf + q);                    \
+        for (q = FASTGD_STEP_PREFETCH_FROM(d); q < d; q += 8) fastgd_prefetch_l2(pf + q);  \
         fastgd_prefetch_l2(pf + d - 1);                                                    \
-        FASTGD_DOT_GROUPS(T, FASTGD_VECTOR_SUMS, FASTGD_STEP_DOT_VTERM,                    \
-                          FASTGD_STEP_DOT_TERM)                                     \
+        FASTGD_DOT_GROUPS(T, FASTGD_STEP_MAIN, FASTGD_STEP_MAIN_TERM, FASTGD_STEP_DOT_TERM) \
     }
+    /* the vector loop requests pf's lines in its groups of 32; the array loop does not */
+    #if FASTGD_VECTORS
+    #define FASTGD_STEP_MAIN FASTGD_VECTOR_SUMS
+    #define FASTGD_STEP_MAIN_TERM FASTGD_STEP_DOT_VTERM
+    #define FASTGD_STEP_PREFETCH_FROM(d) ((d) - (d) % 32)
+    #else
+    #define FASTGD_STEP_MAIN FASTGD_ARRAY_SUMS
+    #define FASTGD_STEP_MAIN_TERM FASTGD_STEP_DOT_TERM
+    #define FASTGD_STEP_PREFETCH_FROM(d) 0
+    #endif
     /* Two rows in one pass over w and G: xa . w and xb . w (each in the sums and the
        order of x . w) while G[:d] += g1 x1, then G[:d] += g2 x2 (each entry of G gets the
        two terms in the order of two passes, without the store and load between them).
@@ -795,10 +830,14 @@ cdef extern from *:
     #define FASTGD_DOT2_TERM(i, k)                                                          \
         sa[k] += xa[i] * w[i]; sb[k] += xb[i] * w[i]; G[i] += g1 * x1[i]; G[i] += g2 * x2[i];
     #define FASTGD_DOT2_ADD2(T)                                                             \
-    static inline __attribute__((always_inline)) void fastgd_dot2_add2_##T(                \
+    static FASTGD_ALWAYS_INLINE void fastgd_dot2_add2_##T(                                 \
             const T *restrict xa, const T *restrict xb, const T *restrict w,               \
             const T *restrict x1, const T *restrict x2, T g1, T g2, T *restrict G,         \
             Py_ssize_t d, const T *pa, const T *pb, T *va, T *vb) {                        \
+        FASTGD_DOT2_BODY(T)                                                                \
+    }
+    #if FASTGD_VECTORS
+    #define FASTGD_DOT2_BODY(T)                                                             \
         T sa[4], sb[4];                                                                    \
         fastgd_v8_##T a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                              \
         fastgd_v8_##T b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0};                              \
@@ -817,8 +856,22 @@ cdef extern from *:
         a0 = (fastgd_v8_##T){sa[0], sa[1], sa[2], sa[3], a0[4], a0[5], a0[6], a0[7]};      \
         b0 = (fastgd_v8_##T){sb[0], sb[1], sb[2], sb[3], b0[4], b0[5], b0[6], b0[7]};      \
         *va = fastgd_vtree_##T(a0, a1, a2, a3);                                            \
-        *vb = fastgd_vtree_##T(b0, b1, b2, b3);                                            \
-    }
+        *vb = fastgd_vtree_##T(b0, b1, b2, b3);
+    #else
+    #define FASTGD_DOT2_BODY(T)                                                             \
+        T sa[32] = {0}, sb[32] = {0};                                                      \
+        Py_ssize_t j, k, d32 = d - d % 32;                                                 \
+        for (k = 0; k < d; k += 8) { fastgd_prefetch_l2(pa + k); fastgd_prefetch_l2(pb + k); } \
+        fastgd_prefetch_l2(pa + d - 1); fastgd_prefetch_l2(pb + d - 1);                    \
+        for (j = 0; j < d32; j += 32)                                                      \
+            for (k = 0; k < 32; k++) { FASTGD_DOT2_TERM(j + k, k) }                         \
+        for (; j + 4 <= d; j += 4)                                                         \
+            for (k = 0; k < 4; k++) { FASTGD_DOT2_TERM(j + k, k) }                          \
+        for (k = 0; k < 3; k++)                                                            \
+            if (j + k < d) { FASTGD_DOT2_TERM(j + k, k) }                                  \
+        *va = fastgd_tree_##T(sa);                                                         \
+        *vb = fastgd_tree_##T(sb);
+    #endif
     FASTGD_DOT2_ADD2(float)
     FASTGD_DOT2_ADD2(double)
     FASTGD_DOT(float)

@@ -74,22 +74,22 @@ def _call_prefetch(builder, pointer, locality=3):
 
 def _prefetch_row_lines(context, builder, array_type, ary, row, locality=3):
     """Emit the prefetch of row ``row`` (an ``intp``) of the 2-D array ``ary``: one
-    request per cache line from its first element to its last, and one for its last
-    element (a row that does not start on a line boundary ends in one more line);
-    ``locality`` as in :func:`_call_prefetch`."""
+    request per cache line, from the line holding its first element to the line holding
+    its last, counted from the first line's start (a row that starts mid-line gets its
+    last line too, and no line is requested twice); ``locality`` as in
+    :func:`_call_prefetch`."""
     intp = context.get_value_type(types.intp)
     d = cgutils.unpack_tuple(builder, ary.shape, count=2)[1]
     with builder.if_then(builder.icmp_signed(">", d, intp(0)), likely=True):
         first = cgutils.get_item_pointer(context, builder, array_type, ary, [row, intp(0)])
         last = cgutils.get_item_pointer(context, builder, array_type, ary, [row, builder.sub(d, intp(1))])  # fmt: skip
-        start = builder.ptrtoint(first, intp)
+        start = builder.and_(builder.ptrtoint(first, intp), intp(-CACHE_LINE_BYTES))
         span = builder.sub(builder.ptrtoint(last, intp), start)
-        # a shift of the row's byte length (a signed one: no line for a negative span)
+        # a shift of the byte span (a signed one: no line for a negative span)
         lines = builder.add(builder.sdiv(span, intp(CACHE_LINE_BYTES)), intp(1))
         with cgutils.for_range(builder, lines, intp=intp) as loop:
             address = builder.add(start, builder.mul(loop.index, intp(CACHE_LINE_BYTES)))
             _call_prefetch(builder, builder.inttoptr(address, ir.IntType(8).as_pointer()), locality)  # fmt: skip
-        _call_prefetch(builder, last, locality)
 
 
 def _row_intrinsic(locality):

@@ -28,7 +28,8 @@ def _build_scalar_sums(tmp_dir):
     """The extension compiled from its generated C with ``FASTGD_SCALAR_SUMS`` defined:
     the array sums that compilers without GCC's vector extensions (MSVC) get, loaded as
     a second module. None when the C source or a compiler is not at hand."""
-    source = os.path.splitext(vector_kernels.__file__)[0].split(".")[0] + ".c"
+    folder, name = os.path.split(vector_kernels.__file__)
+    source = os.path.join(folder, name.split(".")[0] + ".c")  # _kernels.c beside the .so
     compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
     if not os.path.exists(source) or shutil.which(compiler) is None:
         return None
